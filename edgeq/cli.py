@@ -1,0 +1,172 @@
+"""The `edgeq` command line. Each command parses options, builds a config, calls one function."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from edgeq import __version__
+from edgeq.errors import BackendError, EdgeqError
+from edgeq.spec import EXIT_CODES, EXIT_RUNTIME
+
+_state = {"debug": False}
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: " + ", ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + ".",
+)
+@click.version_option(__version__, prog_name="edgeq")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """edgeq: fine-tune, merge, quantize, export and benchmark a language model for an edge device."""
+    _state["debug"] = debug
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """Check every backend with a real operation; exit 1 if a required one is broken."""
+    from edgeq import report
+    from edgeq.doctor import OK, platform_info, run_checks
+
+    checks, plat = run_checks(), platform_info()
+    if as_json:
+        report.print_json({"platform": plat, "backends": [c.__dict__ for c in checks]})
+    else:
+        report.out.print(
+            report.table(
+                "platform", ["key", "value"], [[k, ", ".join(v) if isinstance(v, list) else v] for k, v in plat.items()]
+            )
+        )
+        style = {"ok": "green", "missing": "yellow", "broken": "red"}
+        report.out.print(
+            report.table(
+                "backends",
+                ["backend", "required", "status", "version", "detail"],
+                [
+                    [c.name, "yes" if c.required else "no", f"[{style[c.status]}]{c.status}[/]", c.version, c.detail]
+                    for c in checks
+                ],
+            )
+        )
+    failed = [c for c in checks if c.required and c.status != OK]
+    if failed:
+        raise BackendError(
+            "required backend " + ", ".join(f"{c.name} is {c.status} ({c.detail})" for c in failed),
+            None,
+            "reinstall it as the README's set-up commands do",
+        )
+
+
+@cli.group()
+def profiles() -> None:
+    """Device profiles: memory, storage, latency and quality budgets."""
+
+
+@profiles.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def profiles_list(as_json: bool) -> None:
+    """List the shipped profiles."""
+    from edgeq import report
+    from edgeq.profiles import list_profiles
+
+    items = list_profiles()
+    if as_json:
+        report.print_json([p.as_dict() for p in items])
+        return
+    report.out.print(
+        report.table(
+            "device profiles",
+            ["name", "memory MiB", "storage MiB", "ctx", "threads", "formats", "TTFT ms", "decode tok/s"],
+            [
+                [
+                    p.name,
+                    p.memory_budget_mib,
+                    p.storage_budget_mib,
+                    p.max_context_tokens,
+                    p.threads,
+                    ", ".join(p.formats),
+                    f"{p.ttft_ms:g} @ {p.prompt_tokens} tok",
+                    f"≥ {p.min_decode_tok_s:g}",
+                ]
+                for p in items
+            ],
+        )
+    )
+
+
+@profiles.command("show")
+@click.argument("profile")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def profiles_show(profile: str, as_json: bool) -> None:
+    """Show one profile (a shipped NAME or a PATH to YAML), validated, with its rationale."""
+    from edgeq import report
+    from edgeq.profiles import load_profile
+    from edgeq.spec import PROFILE_FIELDS
+
+    p = load_profile(profile)
+    if as_json:
+        report.print_json(p.as_dict())
+        return
+    rows = []
+    for f in PROFILE_FIELDS:
+        if f.kind == "rationale":
+            continue
+        value = getattr(p, f.name)
+        value = ", ".join(value) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else value
+        rows.append([f"{f.section}.{f.name}" if f.section else f.name, value, p.rationale.get(f.name, f.help)])
+    report.out.print(report.table(f"profile {p.name}", ["field", "value", "rationale"], rows, caption=p.source))
+
+
+@cli.group()
+def model() -> None:
+    """The base model: the embedded default or a local Hugging Face directory."""
+
+
+@model.command("info")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(),
+    default=None,
+    help="HF model directory (default: embedded SmolLM2-135M-Instruct).",
+)
+def model_info(model_dir: str | None) -> None:
+    """Resolve a model (converting the embedded default on first use) and summarize it."""
+    from edgeq import report
+    from edgeq.basemodel import model_summary, resolve_model
+
+    path = resolve_model(model_dir)
+    info = {"path": str(path), **model_summary(path)}
+    report.out.print(report.table("model", ["key", "value"], [[k, v] for k, v in info.items()]))
+
+
+def main() -> None:
+    """Console entry point: one line per error, documented exit codes, tracebacks only with --debug."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        code = EXIT_RUNTIME
+    except click.ClickException as e:
+        e.show()
+        code = e.exit_code
+    except click.exceptions.Exit as e:
+        code = e.exit_code
+    except EdgeqError as e:
+        if _state["debug"]:
+            traceback.print_exc()
+        click.echo(e.line(), err=True)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        code = 130
+    except Exception as e:  # a bug in edgeq or a backend: still one line unless --debug
+        if _state["debug"]:
+            traceback.print_exc()
+        click.echo(f"error: internal error: {type(e).__name__}: {e} — rerun with --debug and report it", err=True)
+        code = EXIT_RUNTIME
+    sys.exit(code or 0)

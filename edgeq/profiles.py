@@ -1,0 +1,163 @@
+"""Device profiles: YAML files that set an edge device's memory, storage, latency and quality budgets.
+
+A profile is looked up by name in the shipped `profiles/` folder or read from a path. Validation
+is strict and collects every problem before raising, so one run shows them all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from edgeq.errors import ConfigError, UsageError
+from edgeq.spec import FORMATS, PROFILE_FIELDS, PROFILE_NUMERIC_FIELDS, PROFILE_SECTIONS, PROFILE_SUFFIX, QUANT_TYPES
+
+
+def profiles_dir() -> Path:
+    """Shipped profiles: inside the package when installed, beside it in a checkout."""
+    inside = Path(__file__).parent / "profiles"
+    return inside if inside.is_dir() else Path(__file__).parent.parent / "profiles"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    memory_budget_mib: int
+    storage_budget_mib: int
+    max_context_tokens: int
+    threads: int
+    formats: tuple[str, ...]
+    allowed_quant_types: tuple[str, ...]
+    prompt_tokens: int
+    ttft_ms: float
+    min_decode_tok_s: float
+    max_mean_kld: float
+    max_task_accuracy_drop_points: float
+    rationale: dict
+    source: str
+
+    def as_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in PROFILE_FIELDS}
+        out["formats"], out["allowed_quant_types"] = list(self.formats), list(self.allowed_quant_types)
+        out["source"] = self.source
+        return out
+
+
+def list_profiles() -> list[Profile]:
+    return [load_profile(str(p)) for p in sorted(profiles_dir().glob("*" + PROFILE_SUFFIX))]
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """Load a shipped profile by name, or a user's YAML by path."""
+    path = Path(name_or_path)
+    if not (path.suffix in (PROFILE_SUFFIX, ".yml") or path.exists()):
+        path = profiles_dir() / f"{name_or_path}{PROFILE_SUFFIX}"
+        if not path.exists():
+            known = ", ".join(p.stem for p in sorted(profiles_dir().glob("*" + PROFILE_SUFFIX)))
+            raise UsageError(
+                f"unknown profile {name_or_path!r}", None, f"use one of: {known}, or a path to a YAML file"
+            )
+    if not path.is_file():
+        raise UsageError("profile file not found", str(path), "check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UsageError(f"not valid YAML ({str(e).splitlines()[0]})", str(path), "fix the syntax") from None
+    return validate(data, str(path))
+
+
+_UNIT_TYPO = re.compile(r"^\s*[0-9.]+\s*[a-zA-Z/%]+\s*$")
+
+
+def validate(data, source: str) -> Profile:
+    """Check every key against spec.PROFILE_FIELDS; raise one ConfigError listing all problems."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"top level must be a mapping of keys, got {type(data).__name__}"], source)
+
+    flat: dict = {}
+    known_top = {f.name for f in PROFILE_FIELDS if f.section is None} | set(PROFILE_SECTIONS)
+    for key in data:
+        if key not in known_top:
+            problems.append(f"{key}: unknown key (expected one of: {', '.join(sorted(known_top))})")
+    for section in PROFILE_SECTIONS:
+        sub = data.get(section)
+        if sub is None:
+            continue
+        if not isinstance(sub, dict):
+            problems.append(f"{section}: must be a mapping, got {sub!r}")
+            continue
+        known_sub = {f.name for f in PROFILE_FIELDS if f.section == section}
+        for key in sub:
+            if key not in known_sub:
+                problems.append(f"{section}.{key}: unknown key (expected one of: {', '.join(sorted(known_sub))})")
+    for f in PROFILE_FIELDS:
+        holder = data if f.section is None else data.get(f.section)
+        key = f.name if f.section is None else f"{f.section}.{f.name}"
+        if not isinstance(holder, dict) or f.name not in holder:
+            problems.append(f"{key}: missing ({f.help})")
+            continue
+        value, problem = _check(f, key, holder[f.name])
+        if problem:
+            problems.append(problem)
+        else:
+            flat[f.name] = value
+
+    if isinstance(flat.get("rationale"), dict):
+        for name in PROFILE_NUMERIC_FIELDS:
+            if name not in flat["rationale"]:
+                problems.append(f"rationale.{name}: missing (one line on why this number)")
+        for name in flat["rationale"]:
+            if name not in PROFILE_NUMERIC_FIELDS:
+                problems.append(f"rationale.{name}: not a numeric field of the profile")
+    if "formats" in flat and "allowed_quant_types" in flat:
+        for fmt in flat["formats"]:
+            if not any(QUANT_TYPES[q].fmt == fmt for q in flat["allowed_quant_types"]):
+                problems.append(f"allowed_quant_types: no quant type for preferred format {fmt!r}")
+    if "prompt_tokens" in flat and "max_context_tokens" in flat and flat["prompt_tokens"] > flat["max_context_tokens"]:
+        problems.append(
+            f"latency.prompt_tokens: {flat['prompt_tokens']} exceeds max_context_tokens {flat['max_context_tokens']}"
+        )
+    if problems:
+        raise ConfigError(problems, source)
+    return Profile(**flat, source=source)
+
+
+def _check(f, key: str, value):
+    """Return (normalized value, None) or (None, problem line)."""
+    if f.kind in ("int", "float"):
+        if isinstance(value, str) and _UNIT_TYPO.match(value):
+            unit = f" in {f.unit}" if f.unit else ""
+            return (
+                None,
+                f"{key}: {value!r} looks like a number with a unit; "
+                f"write a plain number{unit} (the unit is in the key name)",
+            )
+        ok = isinstance(value, int) if f.kind == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            return None, f"{key}: {value!r} is not {'an integer' if f.kind == 'int' else 'a number'}"
+        if value < f.minimum or value > f.maximum:
+            return None, f"{key}: {value} is outside the sane range [{f.minimum:g}, {f.maximum:g}]"
+        return (float(value) if f.kind == "float" else value), None
+    if f.kind == "str":
+        if not isinstance(value, str) or not value.strip():
+            return None, f"{key}: {value!r} must be a non-empty string"
+        return value.strip(), None
+    if f.kind in ("formats", "quants"):
+        valid = FORMATS if f.kind == "formats" else tuple(QUANT_TYPES)
+        if not isinstance(value, list) or not value:
+            return None, f"{key}: {value!r} must be a non-empty list drawn from: {', '.join(valid)}"
+        bad = [v for v in value if v not in valid]
+        if bad:
+            return None, f"{key}: {', '.join(map(repr, bad))} not known (valid: {', '.join(valid)})"
+        if len(set(value)) != len(value):
+            return None, f"{key}: {value!r} lists an entry twice"
+        return tuple(value), None
+    # rationale: mapping field -> one line of text
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v.strip() for v in value.values()):
+        return None, f"{key}: must map each numeric field to one line of text"
+    return dict(value), None

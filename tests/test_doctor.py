@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from edgeq import doctor
+from edgeq.spec import EXIT_OK, EXIT_RUNTIME
+from tests.conftest import run_edgeq
+
+
+def test_doctor_passes_on_this_install_with_real_checks():
+    r = run_edgeq("doctor", "--json")
+    assert r.returncode == EXIT_OK, r.stderr
+    report = json.loads(r.stdout)
+    by_name = {c["name"]: c for c in report["backends"]}
+    assert all(c["status"] == "ok" for c in by_name.values())
+    assert "NF4+DQ round trip" in by_name["bitsandbytes"]["detail"]
+    assert (
+        "providers: " in by_name["onnxruntime"]["detail"] and "CPUExecutionProvider" in by_name["onnxruntime"]["detail"]
+    )
+    assert by_name["llama_cpp"]["detail"]  # llama.cpp's own system info: the CPU features it was built with
+    assert report["platform"]["cores_logical"] >= 1
+
+
+def test_broken_backend_is_reported_with_reason(monkeypatch):
+    def broken(mod):
+        raise RuntimeError("CUDA kernel not found for sm_87")
+
+    monkeypatch.setitem(doctor._PROBES, "bitsandbytes", broken)
+    checks = {c.name: c for c in doctor.run_checks()}
+    assert checks["bitsandbytes"].status == doctor.BROKEN
+    assert "sm_87" in checks["bitsandbytes"].detail
+
+
+def test_doctor_cli_exits_1_when_required_backend_broken(monkeypatch, capsys):
+    from edgeq import cli
+
+    monkeypatch.setitem(doctor._PROBES, "llama_cpp", lambda mod: (_ for _ in ()).throw(OSError("libggml.so: bad ELF")))
+    monkeypatch.setattr("sys.argv", ["edgeq", "doctor"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == EXIT_RUNTIME
+    err = capsys.readouterr().err
+    assert "llama_cpp is broken (OSError: libggml.so: bad ELF)" in err and "Traceback" not in err
+
+
+def test_missing_optional_backend_is_not_fatal(monkeypatch):
+    monkeypatch.setattr(doctor, "TOOLCHAIN", ("edgeq_no_such_module",))
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name: None)
+    checks = {c.name: c for c in doctor.run_checks()}
+    assert checks["edgeq_no_such_module"].status == doctor.MISSING
+    assert not checks["edgeq_no_such_module"].required
