@@ -144,6 +144,51 @@ def model_info(model_dir: str | None) -> None:
     report.out.print(report.table("model", ["key", "value"], [[k, v] for k, v in info.items()]))
 
 
+@cli.command()
+@click.option("--base", type=click.Path(), default=None, help="HF model dir (default: embedded SmolLM2-135M-Instruct).")
+@click.option("--data", required=True, type=click.Path(), help="JSONL: messages or prompt/response per line.")
+@click.option("--out", required=True, type=click.Path(), help="Output directory.")
+@click.option(
+    "--quant",
+    type=click.Choice(["nf4", "fp4", "none"]),
+    default="nf4",
+    show_default=True,
+    help="Frozen base storage; none = plain LoRA.",
+)
+@click.option("--double-quant/--no-double-quant", default=True, show_default=True)
+@click.option("--lora-r", type=int, default=16, show_default=True)
+@click.option("--lora-alpha", type=int, default=32, show_default=True)
+@click.option("--lora-dropout", type=float, default=0.0, show_default=True)
+@click.option("--target-modules", default=None, help="Comma-separated linear names (default: all decoder linears).")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (overrides --epochs).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--grad-accum", type=int, default=1, show_default=True)
+@click.option("--seq-len", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-split", type=float, default=0.05, show_default=True)
+@click.option("--save-every", type=int, default=25, show_default=True, help="Checkpoint every N steps.")
+@click.option("--strict", is_flag=True, help="Reject examples longer than --seq-len instead of truncating.")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
+@click.option("--force", is_flag=True, help="Replace an existing adapter in --out.")
+@click.option(
+    "--optim-bits",
+    type=click.Choice(["8", "32"]),
+    default="8",
+    show_default=True,
+    help="Paged AdamW state precision on CUDA.",
+)
+def finetune(target_modules, optim_bits, **kw) -> None:
+    """QLoRA fine-tune: NF4 + double-quant frozen base, LoRA adapters on top."""
+    from edgeq.finetune import FinetuneConfig
+    from edgeq.finetune import finetune as run
+
+    if target_modules:
+        kw["target_modules"] = tuple(t.strip() for t in target_modules.split(",") if t.strip())
+    run(FinetuneConfig(optim_bits=int(optim_bits), **kw))
+
+
 def main() -> None:
     """Console entry point: one line per error, documented exit codes, tracebacks only with --debug."""
     try:

@@ -132,6 +132,29 @@ PROFILE_NUMERIC_FIELDS = tuple(f.name for f in PROFILE_FIELDS if f.kind in ("int
 PROFILE_SUFFIX = ".yaml"
 
 # ---------------------------------------------------------------------------------------------
+# Fine-tuning.
+QUANT_MODES = ("nf4", "fp4", "none")  # frozen-base storage during fine-tuning
+NF4_BLOCKSIZE = 64  # bitsandbytes' 4-bit block size (the QLoRA paper's)
+LORA_TARGETS_ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Settings that change what a checkpoint means: resuming with any of them changed is refused.
+FINETUNE_STRUCTURAL = (
+    "quant",
+    "double_quant",
+    "lora_r",
+    "lora_alpha",
+    "target_modules",
+    "seq_len",
+    "seed",
+    "batch_size",
+    "grad_accum",
+    "eval_split",
+    "data",
+)
+FINETUNE_MANIFEST = "edgeq_finetune.json"
+MERGE_POLICIES = ("dequantized", "pristine")
+MERGE_DTYPES = ("float32", "bfloat16", "float16")
+
+# ---------------------------------------------------------------------------------------------
 # Manifest keys (shared by every stage that writes a manifest.json).
 MANIFEST_SCHEMA = "edgeq.manifest/1"
 MANIFEST_KEYS = ("schema", "edgeq_version", "stage", "inputs", "config", "versions", "outputs")

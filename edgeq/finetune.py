@@ -1,0 +1,590 @@
+"""`edgeq finetune`: QLoRA — base frozen in 4-bit NormalFloat (double-quantized), LoRA adapters on top.
+
+The recipe, top to bottom:
+  1. validate the config (all problems at once), read and tokenize the data (nothing written on error)
+  2. load the base quantized by bitsandbytes (NF4/FP4, double quant) or un-quantized (--quant none)
+  3. wrap the target linears with peft LoRA (W' = W_frozen + B·A · alpha/r); only A and B train
+  4. train: gradient checkpointing, loss over assistant tokens only, computed in chunks so the
+     (tokens × 49k vocab) logits are never materialized; AdamW (paged 8-bit AdamW on CUDA)
+  5. checkpoint atomically (temp dir → rename → COMPLETE marker); resume from the newest complete one
+  6. write the adapter and a manifest; print a summary
+Runs unchanged under torchrun / accelerate launch: gradients of the LoRA parameters are all-reduced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from edgeq import __version__
+from edgeq.errors import ConfigError, UsageError
+from edgeq.io import atomic_dir, check_free_disk, sha256_file, write_json
+from edgeq.spec import FINETUNE_MANIFEST, FINETUNE_STRUCTURAL, LORA_TARGETS_ALL_LINEAR, NF4_BLOCKSIZE, QUANT_MODES
+
+CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
+
+
+@dataclass
+class FinetuneConfig:
+    data: str = field(metadata={"help": "JSONL training data"})
+    out: str = field(metadata={"help": "output directory (adapter, checkpoints, manifest)"})
+    base: str | None = field(default=None, metadata={"help": "HF model dir; default: embedded SmolLM2-135M"})
+    quant: str = field(default="nf4", metadata={"help": "frozen base: nf4 | fp4 | none (plain LoRA)"})
+    double_quant: bool = field(default=True, metadata={"help": "quantize the quantization constants too"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    target_modules: tuple[str, ...] = field(default=LORA_TARGETS_ALL_LINEAR, metadata={"help": "linears to adapt"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (linear warm-up, cosine decay)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training split"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    batch_size: int = field(default=8, metadata={"help": "examples per micro-batch per process"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    seq_len: int = field(default=256, metadata={"help": "longest example in tokens"})
+    seed: int = field(default=0, metadata={"help": "seed for data order, init and dropout"})
+    eval_split: float = field(default=0.05, metadata={"help": "fraction of the data held out for eval loss"})
+    save_every: int = field(default=25, metadata={"help": "checkpoint every N optimizer steps"})
+    strict: bool = field(default=False, metadata={"help": "reject examples longer than seq_len"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest complete checkpoint"})
+    force: bool = field(default=False, metadata={"help": "replace an existing adapter in --out"})
+    optim_bits: int = field(default=8, metadata={"help": "paged AdamW state bits on CUDA: 8 or 32"})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in backward"})
+    loss_chunk: int = field(default=128, metadata={"help": "tokens per cross-entropy chunk"})
+
+    def check(self) -> None:
+        """Report every invalid setting at once."""
+        p = []
+        if self.quant not in QUANT_MODES:
+            p.append(f"--quant {self.quant!r}: expected one of {', '.join(QUANT_MODES)}")
+        for name, lo in (
+            ("lora_r", 1),
+            ("lora_alpha", 1),
+            ("batch_size", 1),
+            ("grad_accum", 1),
+            ("seq_len", 8),
+            ("save_every", 1),
+            ("loss_chunk", 1),
+        ):
+            if getattr(self, name) < lo:
+                p.append(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= {lo}")
+        if not 0 <= self.lora_dropout < 1:
+            p.append(f"--lora-dropout {self.lora_dropout}: must be in [0, 1)")
+        if not 0 < self.lr < 1:
+            p.append(f"--lr {self.lr}: must be in (0, 1)")
+        if self.epochs <= 0:
+            p.append(f"--epochs {self.epochs}: must be > 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            p.append(f"--max-steps {self.max_steps}: must be >= 1")
+        if not 0 <= self.eval_split < 0.5:
+            p.append(f"--eval-split {self.eval_split}: must be in [0, 0.5)")
+        if self.optim_bits not in (8, 32):
+            p.append(f"--optim-bits {self.optim_bits}: expected 8 or 32")
+        if not self.target_modules:
+            p.append("--target-modules: name at least one linear layer")
+        if p:
+            raise ConfigError(p, "finetune options")
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed helpers (torchrun / accelerate launch set these variables)
+
+
+def _dist_init():
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _all_reduce_mean(tensors, world: int) -> None:
+    import torch.distributed as dist
+
+    if world > 1:
+        for t in tensors:
+            dist.all_reduce(t)
+            t.div_(world)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+
+
+def release_freed_memory(model, every: int = 3) -> bool:
+    """Return freed heap pages to the OS every `every` decoder layers (glibc malloc_trim).
+
+    On CPU every 4-bit matmul dequantizes its weight into a fresh buffer, and activations of
+    similar sizes come and go around them: glibc keeps the freed pages, the heap fragments, and
+    RSS climbs far above what is live. Measured here (batch 8 x seq 128): a forward grew RSS by
+    970 MiB with the default policy, 74 MiB with every buffer mmap-ed (but steps took 2x longer);
+    a malloc_trim(0) before every third decoder layer keeps most of the saving for little time
+    (benchmarks/qlora_cpu_memory.py). Returns False where there is no glibc (macOS, musl): nothing to do there.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    for i, layer in enumerate(model.model.layers):  # the HF decoder stack, before peft wraps it
+        if i % every == 0:
+            layer.register_forward_pre_hook(lambda module, args: trim(0) and None)  # also runs on recompute
+    return True
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmul on this CPU (AVX512-BF16 / AMX on x86, BF16 on Arm)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def own_weights(model) -> None:
+    """Copy weights that still point into the mmap-ed safetensors file, so the file can be unmapped.
+
+    transformers keeps un-quantized tensors (the tied embedding, norms) as views of the mapped file;
+    every page read while quantizing stays resident (~530 MiB for the default model) until then.
+    """
+    import gc
+
+    for p in model.parameters():
+        if p.dtype.is_floating_point:
+            p.data = p.data.clone()
+    gc.collect()
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
+    """The frozen base (quantized unless --quant none) with LoRA adapters attached."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs = {"dtype": torch.float32}
+    if cfg.quant != "none":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.quant,
+            bnb_4bit_use_double_quant=cfg.double_quant,
+            # bf16 halves the bytes of every dequantized weight; on a CPU without native bf16 it is slower
+            bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" or cpu_has_bf16() else torch.float32,
+        )
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    if cfg.quant == "none":
+        model.to(device)
+    if device == "cpu":
+        own_weights(model)
+        release_freed_memory(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    # No prepare_model_for_kbit_training: it up-casts every non-quantized weight (the 28M-param tied
+    # embedding included) to fp32 copies we do not need; the base stays frozen as loaded.
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def chunked_loss(hidden, labels, lm_weight, chunk: int):
+    """Mean next-token cross-entropy over labelled positions, logits computed `chunk` rows at a time.
+
+    hidden: (B, T, H) last hidden states; labels: (B, T) with IGNORE where no loss is taken.
+    Only labelled positions reach the (H × vocab) projection, and each chunk's logits are
+    recomputed in backward instead of kept, so peak memory holds one (chunk × vocab) block.
+    """
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    from edgeq.data import IGNORE
+
+    targets = labels[:, 1:]  # (B, T-1): token t predicts t+1
+    keep = targets != IGNORE
+    h = hidden[:, :-1][keep]  # (N, H)
+    y = targets[keep]  # (N,)
+    total = hidden.new_zeros(())
+
+    def piece(h_part, y_part):
+        return F.cross_entropy(h_part @ lm_weight.T, y_part, reduction="sum")  # (n, vocab) lives only here
+
+    for i in range(0, h.shape[0], chunk):
+        total = total + checkpoint(piece, h[i : i + chunk], y[i : i + chunk], use_reentrant=False)
+    return total / max(int(y.numel()), 1), int(y.numel())
+
+
+def forward_loss(model, batch, chunk: int):
+    """Decoder forward without the LM head, then the chunked loss against the (frozen, tied) head."""
+    inner = model.get_base_model()  # LlamaForCausalLM-like: .model (decoder) + .lm_head
+    out = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return chunked_loss(out.last_hidden_state, batch["labels"], inner.lm_head.weight, chunk)
+
+
+def train_step(model, optim, micro_batches: list[dict], cfg: FinetuneConfig, world: int) -> float:
+    """One optimizer step over gradient-accumulated micro-batches; returns the mean loss (all ranks)."""
+    import torch
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    step_loss = torch.zeros(())
+    for mb in micro_batches:
+        loss, _ = forward_loss(model, mb, cfg.loss_chunk)
+        (loss / len(micro_batches)).backward()
+        step_loss += loss.detach().float().cpu() / len(micro_batches)
+    _all_reduce_mean([p.grad for p in trainable if p.grad is not None] + [step_loss], world)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optim.step()
+    optim.zero_grad(set_to_none=True)
+    return float(step_loss)
+
+
+def collate(examples, pad_id: int, device: str):
+    """Pad a list of Examples to the longest one: (B, T) tensors."""
+    import torch
+
+    from edgeq.data import IGNORE
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e.input_ids), torch.tensor(e.labels), 1
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+
+
+def quantized_bits_per_param(model) -> dict:
+    """Storage of the frozen 4-bit linears, constants included: bits per parameter (QLoRA paper: 4.127 with DQ)."""
+    import bitsandbytes as bnb
+
+    params = bits = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            w, qs = m.weight, m.weight.quant_state
+            params += qs.shape.numel()
+            bits += w.numel() * w.element_size() * 8
+            bits += qs.absmax.numel() * qs.absmax.element_size() * 8
+            if qs.nested and qs.state2 is not None:
+                bits += qs.state2.absmax.numel() * qs.state2.absmax.element_size() * 8
+                bits += 32  # the fp32 offset subtracted before quantizing the constants
+    return {"quantized_params": params, "bits_per_param": bits / params if params else None}
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _trainable(model):
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def save_checkpoint(out: Path, step: int, model, optim, state: dict) -> Path:
+    """Adapter weights, optimizer moments, RNG state and loss history; a COMPLETE marker after the rename."""
+    import torch
+    from safetensors.torch import save_file
+
+    final = out / CKPT_DIR / f"step-{step:06d}"
+    with atomic_dir(final, force=True) as tmp:
+        names = {id(p): n for n, p in _trainable(model)}
+        tensors = {f"param/{n}": p.detach().contiguous() for n, p in _trainable(model)}
+        for p, s in optim.state.items():
+            for k, v in s.items():
+                if torch.is_tensor(v):
+                    tensors[f"optim/{names[id(p)]}/{k}"] = v.detach().contiguous().reshape(v.shape)
+        tensors["rng/torch"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "state.safetensors"))
+        write_json(tmp / "state.json", {**state, "step": step})
+    write_json(final / CKPT_MARKER, {"step": step})
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """Newest checkpoint whose COMPLETE marker exists; incomplete ones are ignored (transformers#35782)."""
+    done = sorted(p for p in (out / CKPT_DIR).glob("step-*") if (p / CKPT_MARKER).is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model, optim) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path / "state.safetensors"))
+    params = dict(_trainable(model))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(tensors[f"param/{n}"])
+    for n, p in params.items():
+        st = {k.rsplit("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optim/{n}/")}
+        if st:
+            optim.state[p] = st
+    torch.set_rng_state(tensors["rng/torch"])
+    return json.loads((path / "state.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipe
+
+
+def structural_settings(cfg: FinetuneConfig, base_sha: str) -> dict:
+    picked = {"base_sha256": base_sha, **{k: v for k, v in asdict(cfg).items() if k in FINETUNE_STRUCTURAL}}
+    return json.loads(json.dumps(picked))  # tuples → lists, as they read back from state.json
+
+
+def base_fingerprint(base_dir: Path) -> str:
+    """sha256 of the base weights (safetensors files, in name order)."""
+    files = sorted(base_dir.glob("*.safetensors"))
+    if not files:
+        raise UsageError(
+            "no .safetensors weights in the base model", str(base_dir), "convert the checkpoint to safetensors first"
+        )
+    return sha256_file(files[0]) if len(files) == 1 else "+".join(sha256_file(f) for f in files)
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    import torch
+    from transformers import AutoTokenizer
+
+    from edgeq import report
+    from edgeq.basemodel import resolve_model
+    from edgeq.data import load_dataset
+
+    cfg.check()
+    rank, world = _dist_init()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    out = Path(cfg.out)
+    if (out / ADAPTER_DIR).exists() and not (cfg.force or cfg.resume):
+        raise UsageError("an adapter already exists", str(out / ADAPTER_DIR), "pass --resume, --force or another --out")
+
+    base_dir = resolve_model(cfg.base)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    dataset = load_dataset(cfg.data, tokenizer, cfg.seq_len, cfg.strict)  # raises before anything is written
+    base_sha = base_fingerprint(base_dir)
+    structure = structural_settings(cfg, base_sha)
+
+    examples = list(dataset.examples)
+    random.Random(cfg.seed).shuffle(examples)
+    n_eval = int(len(examples) * cfg.eval_split)
+    eval_set, train_set = examples[:n_eval], examples[n_eval:]
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    steps_per_epoch = max(1, len(train_set) // global_batch)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+    torch.manual_seed(cfg.seed)
+    model = load_model(base_dir, cfg, device)
+    frozen_base = quantized_bits_per_param(model) if cfg.quant != "none" else None  # before any eval-mode repacking
+    trainable = [p for _, p in _trainable(model)]
+    n_trainable = sum(p.numel() for p in trainable)
+    n_total = sum(p.numel() for p in model.parameters())
+    if device == "cuda":
+        import bitsandbytes as bnb
+
+        opt_cls = bnb.optim.PagedAdamW8bit if cfg.optim_bits == 8 else bnb.optim.PagedAdamW32bit
+        optim = opt_cls(trainable, lr=cfg.lr, weight_decay=0.0)
+    else:
+        if rank == 0:
+            report.err.print("[yellow]note:[/] paged optimizers need CUDA; on CPU edgeq uses plain AdamW")
+        optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    warmup = max(1, total_steps // 20)
+
+    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 %
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, total_steps - warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    start_step, losses = 0, []
+    if cfg.resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise UsageError("no complete checkpoint to resume from", str(out / CKPT_DIR), "run without --resume")
+        saved = json.loads((ckpt / "state.json").read_text())
+        changed = [
+            f"{k}: {saved['structure'].get(k)!r} → {v!r}"
+            for k, v in structure.items()
+            if saved["structure"].get(k) != v
+        ]
+        if changed:
+            raise UsageError(
+                "cannot resume with changed settings (" + "; ".join(changed) + ")",
+                str(ckpt),
+                "use the original settings, or start fresh in another --out",
+            )
+        state = load_checkpoint(ckpt, model, optim)
+        start_step, losses = state["step"], state["losses"]
+        if rank == 0:
+            report.err.print(f"resuming from {ckpt.name} (step {start_step} of {total_steps})")
+    elif rank == 0 and (out / CKPT_DIR).exists():
+        import shutil
+
+        shutil.rmtree(out / CKPT_DIR)  # a fresh run must not later resume from another run's checkpoints
+
+    def batches_for(step: int):
+        """The micro-batches of optimizer step `step` for this rank: a pure function of (seed, step)."""
+        epoch, pos = divmod(step, steps_per_epoch)
+        order = list(range(len(train_set)))
+        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+        chunk = order[pos * global_batch : (pos + 1) * global_batch]
+        mine = chunk[rank::world]
+        for i in range(0, len(mine), cfg.batch_size):
+            yield [train_set[j] for j in mine[i : i + cfg.batch_size]]
+
+    if rank == 0:
+        check_free_disk(out, 64 << 20, "checkpoints")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    t0 = time.time()
+    model.train()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("finetune"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=report.err,
+        disable=rank != 0,
+    )
+    with progress:
+        task = progress.add_task("train", total=total_steps, completed=start_step, loss="-", rate="")
+        for step in range(start_step, total_steps):
+            for g in optim.param_groups:
+                g["lr"] = lr_at(step)
+            micro = [collate(mb, pad_id, device) for mb in batches_for(step)]
+            losses.append(round(train_step(model, optim, micro, cfg, world), 6))
+            done = step + 1
+            rate = (done - start_step) / (time.time() - t0)
+            progress.update(task, completed=done, loss=f"{losses[-1]:.4f}", rate=f"{rate:.2f} step/s")
+            if rank == 0 and (done % cfg.save_every == 0 or done == total_steps):
+                save_checkpoint(out, done, model, optim, {"losses": losses, "structure": structure})
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+
+    eval_loss = evaluate_loss(model, eval_set, pad_id, device, cfg) if eval_set else None
+    if eval_loss is not None:
+        t = torch.tensor(eval_loss)
+        _all_reduce_mean([t], world)
+        eval_loss = float(t)
+    elapsed = time.time() - t0
+    summary = {
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+        "eval_loss": eval_loss,
+        "steps": total_steps,
+        "resumed_from_step": start_step,
+        "seconds": round(elapsed, 1),
+        "seconds_per_step": round(elapsed / max(1, total_steps - start_step), 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "trainable_params": n_trainable,
+        "total_params": n_total,
+        "world_size": world,
+        "examples": {"train": len(train_set), "eval": len(eval_set), "truncated": dataset.truncated},
+        "data": dataset.stats,
+        "frozen_base": frozen_base,
+    }
+    if device == "cuda":
+        summary["peak_vram_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if rank == 0:
+        _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summary)
+        _print_summary(summary, out)
+    return summary
+
+
+def evaluate_loss(model, eval_set, pad_id, device, cfg) -> float:
+    import torch
+
+    model.eval()
+    total = count = 0.0
+    with torch.no_grad():
+        for i in range(0, len(eval_set), cfg.batch_size):
+            loss, n = forward_loss(model, collate(eval_set[i : i + cfg.batch_size], pad_id, device), cfg.loss_chunk)
+            total, count = total + float(loss) * n, count + n
+    model.train()
+    return total / max(count, 1)
+
+
+def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summary) -> None:
+    from edgeq.spec import MANIFEST_SCHEMA
+
+    with atomic_dir(out / ADAPTER_DIR, force=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        write_json(
+            tmp / FINETUNE_MANIFEST,
+            {
+                "schema": MANIFEST_SCHEMA,
+                "edgeq_version": __version__,
+                "stage": "finetune",
+                "inputs": {
+                    "base": str(base_dir),
+                    "base_sha256": base_sha,
+                    "data": cfg.data,
+                    "data_sha256": sha256_file(cfg.data),
+                },
+                "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+                "quantization": {"quant": cfg.quant, "double_quant": cfg.double_quant, "blocksize": NF4_BLOCKSIZE},
+                "structure": structure,
+                "losses": losses,
+                "summary": summary,
+                "versions": _versions(),
+            },
+        )
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _print_summary(s: dict, out: Path) -> None:
+    from edgeq import report
+
+    fb = s["frozen_base"]
+    rows = [
+        ["train loss (first → last)", f"{s['train_loss_first']:.4f} → {s['train_loss_last']:.4f}"],
+        ["eval loss", "-" if s["eval_loss"] is None else f"{s['eval_loss']:.4f}"],
+        ["steps", f"{s['steps']} ({s['seconds_per_step']} s/step)"],
+        ["time", f"{s['seconds']:.0f} s"],
+        ["peak RSS", f"{s['peak_rss_mib']:.0f} MiB"],
+        ["trainable params", f"{s['trainable_params']:,} of {s['total_params']:,}"],
+        [
+            "frozen base",
+            "not quantized" if fb is None else f"{fb['bits_per_param']:.3f} bits/param (QLoRA paper: 4.127)",
+        ],
+        ["adapter", str(out / ADAPTER_DIR)],
+    ]
+    report.out.print(report.table("finetune summary", ["", ""], rows))
