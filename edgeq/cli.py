@@ -189,6 +189,57 @@ def finetune(target_modules, optim_bits, **kw) -> None:
     run(FinetuneConfig(optim_bits=int(optim_bits), **kw))
 
 
+@cli.command()
+@click.option("--base", type=click.Path(), default=None, help="HF base dir (default: embedded SmolLM2-135M-Instruct).")
+@click.option("--adapter", required=True, type=click.Path(), help="Adapter dir, or the finetune --out holding it.")
+@click.option("--out", required=True, type=click.Path(), help="Output HF model directory.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option(
+    "--merge-into",
+    type=click.Choice(["dequantized", "pristine"]),
+    default="dequantized",
+    show_default=True,
+    help="Base weights to merge into: after the 4-bit round trip (what training saw) or original.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing --out (kept intact if the merge fails).")
+def merge(**kw) -> None:
+    """Merge a LoRA adapter into an un-quantized base; verify logits before writing."""
+    from edgeq.merge import MergeConfig
+    from edgeq.merge import merge as run
+
+    run(MergeConfig(**kw))
+
+
+@cli.command("eval-task")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(),
+    default=None,
+    help="HF model dir (default: embedded SmolLM2-135M-Instruct).",
+)
+@click.option("--data", required=True, type=click.Path(), help="Held-out JSONL; the last assistant turn is the answer.")
+@click.option("--limit", type=int, default=None, help="Score only the first N examples.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_task(model_dir, data, limit, as_json) -> None:
+    """Task accuracy: exact match of the JSON action, and the rate of unparseable answers."""
+    from edgeq import report
+    from edgeq.basemodel import resolve_model
+    from edgeq.task import eval_task as run
+
+    result = run(resolve_model(model_dir), data, limit)
+    if as_json:
+        report.print_json(result)
+        return
+    report.out.print(
+        report.table(
+            "task accuracy",
+            ["model", "examples", "exact match %", "unparseable %"],
+            [[result["model"], result["n"], f"{result['exact_match_pct']:.1f}", f"{result['unparseable_pct']:.1f}"]],
+        )
+    )
+
+
 def main() -> None:
     """Console entry point: one line per error, documented exit codes, tracebacks only with --debug."""
     try:

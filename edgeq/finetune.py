@@ -206,7 +206,12 @@ def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
     )
     model = get_peft_model(model, lora)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        inner = model.get_base_model()
+        # transformers 5.x renamed gradient_checkpointing_enable; support both names in our range
+        if hasattr(inner, "activation_checkpointing_enable"):
+            inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 

@@ -153,6 +153,16 @@ FINETUNE_STRUCTURAL = (
 FINETUNE_MANIFEST = "edgeq_finetune.json"
 MERGE_POLICIES = ("dequantized", "pristine")
 MERGE_DTYPES = ("float32", "bfloat16", "float16")
+MERGE_MANIFEST = "edgeq_merge.json"
+MERGE_TOLERANCE = 1e-4  # max |logit difference| merged vs base + adapter, both in float64
+# Files that travel with a model directory besides its weights and config.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 # ---------------------------------------------------------------------------------------------
 # Manifest keys (shared by every stage that writes a manifest.json).

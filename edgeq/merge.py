@@ -1,0 +1,234 @@
+"""`edgeq merge`: fold a LoRA adapter into an un-quantized base and prove the merge is exact.
+
+Never merges into 4-bit weights (peft re-quantizes with rounding error, peft#2321). Two policies:
+  dequantized  the base after the NF4/FP4 round trip — the weights the adapter was trained
+               against, so the merged model reproduces the QLoRA model (the default)
+  pristine     the original base weights — what most tools do; measured in benchmarks/RESULTS.md
+Before anything is written: merged logits vs base + adapter (unmerged) on fixed inputs within
+MERGE_TOLERANCE, and no NaN/Inf in any weight. Both sides run in float64, so the check sees the merge
+itself and not float32 summation order (which alone moves SmolLM2's logits by ~1e-4 over 30 layers).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeq import __version__
+from edgeq.errors import ConfigError, EdgeqError, UsageError
+from edgeq.io import atomic_dir, check_free_disk, sha256_file, write_json
+from edgeq.spec import (
+    FINETUNE_MANIFEST,
+    MANIFEST_SCHEMA,
+    MERGE_DTYPES,
+    MERGE_MANIFEST,
+    MERGE_POLICIES,
+    MERGE_TOLERANCE,
+    NF4_BLOCKSIZE,
+    TOKENIZER_FILES,
+)
+
+# Fixed verification inputs: a chat turn, numbers, code and prose.
+VERIFY_TEXTS = (
+    "<|im_start|>user\nTake off to 35 meters and hover for 10 seconds.<|im_end|>\n<|im_start|>assistant\n",
+    "Coordinates 47.3769, 8.5417 at 120 m; battery 18 %.",
+    "def area(r):\n    return 3.14159 * r ** 2\n",
+    "The companion computer shares its memory with the vision pipeline.",
+)
+
+
+@dataclass
+class MergeConfig:
+    adapter: str = field(metadata={"help": "adapter dir (or the finetune --out that holds adapter/)"})
+    out: str = field(metadata={"help": "output HF model directory"})
+    base: str | None = field(default=None, metadata={"help": "HF base dir; default: embedded SmolLM2-135M"})
+    dtype: str = field(default="float32", metadata={"help": "saved weight dtype"})
+    merge_into: str = field(default="dequantized", metadata={"help": "dequantized | pristine"})
+    force: bool = field(default=False, metadata={"help": "replace an existing --out"})
+
+    def check(self) -> None:
+        p = []
+        if self.dtype not in MERGE_DTYPES:
+            p.append(f"--dtype {self.dtype!r}: expected one of {', '.join(MERGE_DTYPES)}")
+        if self.merge_into not in MERGE_POLICIES:
+            p.append(f"--merge-into {self.merge_into!r}: expected one of {', '.join(MERGE_POLICIES)}")
+        if p:
+            raise ConfigError(p, "merge options")
+
+
+def find_adapter(path: str | Path) -> Path:
+    path = Path(path)
+    for cand in (path, path / "adapter"):
+        if (cand / "adapter_config.json").is_file():
+            return cand
+    raise UsageError("no adapter_config.json", str(path), "pass the adapter directory that edgeq finetune wrote")
+
+
+def round_trip(weight, quant: str, double_quant: bool):
+    """The weight as the frozen base saw it during training: quantize to 4 bits, dequantize to fp32."""
+    from bitsandbytes import functional as F
+
+    q, state = F.quantize_4bit(
+        weight.data.float().contiguous(), blocksize=NF4_BLOCKSIZE, compress_statistics=double_quant, quant_type=quant
+    )
+    return F.dequantize_4bit(q, state).to(weight.dtype)  # fp32 in, exact in fp64 out
+
+
+def check_adapter_fits(model, adapter_dir: Path, base_dir: Path) -> None:
+    """Every adapter tensor must land on a module of this base with the right shape, and vice versa."""
+    from safetensors import safe_open
+
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    targets = set(cfg.get("target_modules") or [])
+    r = int(cfg["r"])
+    expected = {}
+    for name, mod in model.named_modules():
+        if name.split(".")[-1] in targets and hasattr(mod, "in_features"):
+            expected[f"base_model.model.{name}.lora_A.weight"] = (r, mod.in_features)
+            expected[f"base_model.model.{name}.lora_B.weight"] = (mod.out_features, r)
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise UsageError(
+            "adapter has no adapter_model.safetensors",
+            str(adapter_dir),
+            "re-save the adapter with safetensors (pickle adapters are refused)",
+        )
+    with safe_open(str(weights), "pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label} {len(keys)} (e.g. {keys[0]}{' ' + str(found[keys[0]]) + ' vs ' + str(expected[keys[0]]) if label == 'wrong shape' else ''})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise UsageError(
+            f"adapter does not fit this base ({detail})",
+            str(adapter_dir),
+            f"merge it into the base it was trained on, not {base_dir}",
+        )
+
+
+def merge(cfg: MergeConfig) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeq import report
+    from edgeq.basemodel import resolve_model
+    from edgeq.finetune import base_fingerprint
+
+    cfg.check()
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        raise UsageError("output exists", str(out), "pass --force to replace it, or choose another --out")
+    adapter_dir = find_adapter(cfg.adapter)
+    base_dir = resolve_model(cfg.base)
+    manifest_path = adapter_dir / FINETUNE_MANIFEST
+    trained = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    base_sha = base_fingerprint(base_dir)
+    if trained and trained["inputs"]["base_sha256"] != base_sha:
+        raise UsageError(
+            f"adapter was trained on another base (base sha256 {trained['inputs']['base_sha256'][:12]}…, "
+            f"adapter's base {trained['inputs']['base']}; this base {base_sha[:12]}… at {base_dir})",
+            str(adapter_dir),
+            "pass --base with the model the adapter was trained on",
+        )
+    quant = trained["quantization"] if trained else {"quant": "none", "double_quant": False}
+    policy = cfg.merge_into
+    if policy == "dequantized" and quant["quant"] == "none":
+        policy = "pristine"  # trained on an un-quantized base: the two policies are the same weights
+        report.err.print("note: the adapter was trained on an un-quantized base; merging into the pristine weights")
+    check_free_disk(
+        out.parent if out.parent.exists() else Path.cwd(),
+        3 * (base_dir / "model.safetensors").stat().st_size if (base_dir / "model.safetensors").exists() else 1 << 30,
+        "the merged model",
+    )
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float64)
+    check_adapter_fits(model, adapter_dir, base_dir)
+    targets = set(json.loads((adapter_dir / "adapter_config.json").read_text())["target_modules"])
+    if policy == "dequantized":
+        with torch.no_grad():
+            for name, mod in model.named_modules():
+                if name.split(".")[-1] in targets and hasattr(mod, "in_features"):
+                    mod.weight.copy_(round_trip(mod.weight, quant["quant"], quant["double_quant"]))
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    batch = tok(list(VERIFY_TEXTS), return_tensors="pt", padding=True, add_special_tokens=False)
+    peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False).eval()
+    with torch.no_grad():
+        unmerged = peft_model(**batch).logits
+        merged_model = peft_model.merge_and_unload().eval()
+        merged = merged_model(**batch).logits
+    keep = batch["attention_mask"].bool()
+    max_abs = float((merged - unmerged).abs()[keep].max())
+    bad = [n for n, p in merged_model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise EdgeqError(
+            f"merged weights contain NaN/Inf ({len(bad)} tensors, e.g. {bad[0]})",
+            str(adapter_dir),
+            "the adapter is corrupt or diverged: check the fine-tune's loss curve",
+        )
+    if not max_abs <= MERGE_TOLERANCE:
+        raise EdgeqError(
+            f"merged logits differ from base + adapter by {max_abs:.2e} (tolerance {MERGE_TOLERANCE:g})",
+            str(adapter_dir),
+            "report this: the merge is not exact",
+        )
+
+    merged_model.to(getattr(torch, cfg.dtype))
+    record = {
+        "schema": MANIFEST_SCHEMA,
+        "edgeq_version": __version__,
+        "stage": "merge",
+        "inputs": {
+            "base": str(base_dir),
+            "base_sha256": base_sha,
+            "adapter": str(adapter_dir),
+            "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors"),
+        },
+        "config": {
+            "dtype": cfg.dtype,
+            "merge_into": policy,
+            "requested_merge_into": cfg.merge_into,
+            "trained_quantization": quant,
+        },
+        "verification": {
+            "max_abs_logit_diff": max_abs,
+            "tolerance": MERGE_TOLERANCE,
+            "dtype_checked": "float64",
+            "inputs": len(VERIFY_TEXTS),
+        },
+        "versions": _versions(),
+    }
+    with atomic_dir(out, force=cfg.force) as tmp:
+        merged_model.config.dtype = cfg.dtype
+        merged_model.save_pretrained(tmp, safe_serialization=True)
+        for name in TOKENIZER_FILES:
+            if (base_dir / name).is_file():
+                shutil.copyfile(base_dir / name, tmp / name)
+        write_json(tmp / MERGE_MANIFEST, record)
+    report.out.print(
+        report.table(
+            "merge",
+            ["", ""],
+            [
+                ["policy", policy],
+                ["dtype", cfg.dtype],
+                ["max |Δlogit| vs unmerged", f"{max_abs:.2e} (≤ {MERGE_TOLERANCE:g})"],
+                ["output", str(out)],
+            ],
+        )
+    )
+    return record
+
+
+def _versions() -> dict:
+    from edgeq.finetune import _versions as v
+
+    return v()

@@ -1,0 +1,108 @@
+"""Merging a LoRA adapter into an un-quantized base, verified before anything is written."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from edgeq.errors import EdgeqError, UsageError
+from edgeq.finetune import finetune
+from edgeq.merge import MergeConfig, merge
+from edgeq.spec import MERGE_MANIFEST, MERGE_TOLERANCE
+from tests.conftest import make_tiny_model
+from tests.test_finetune import _cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "ft"
+    finetune(_cfg(tiny_model, small_data, out, max_steps=3, save_every=25))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["dequantized", "pristine"])
+def test_merge_is_verified_complete_and_loadable(tiny_model, trained, tmp_path, policy):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "merged"
+    record = merge(MergeConfig(adapter=str(trained), out=str(out), base=str(tiny_model), merge_into=policy))
+    assert record["config"]["merge_into"] == policy
+    assert record["verification"]["max_abs_logit_diff"] <= MERGE_TOLERANCE
+    assert len(record["inputs"]["adapter_sha256"]) == 64 and len(record["inputs"]["base_sha256"]) == 64
+    assert json.loads((out / MERGE_MANIFEST).read_text())["config"]["merge_into"] == policy
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token == "<|im_end|>" and tok.chat_template
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_policies_differ_only_in_adapted_weights(tiny_model, trained, tmp_path):
+    for policy in ("dequantized", "pristine"):
+        merge(MergeConfig(adapter=str(trained), out=str(tmp_path / policy), base=str(tiny_model), merge_into=policy))
+    deq = load_file(str(tmp_path / "dequantized" / "model.safetensors"))
+    pri = load_file(str(tmp_path / "pristine" / "model.safetensors"))
+    assert not torch.equal(deq["model.layers.0.self_attn.q_proj.weight"], pri["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(deq["model.embed_tokens.weight"], pri["model.embed_tokens.weight"])
+
+
+def test_bfloat16_output(tiny_model, trained, tmp_path):
+    merge(MergeConfig(adapter=str(trained), out=str(tmp_path / "m"), base=str(tiny_model), dtype="bfloat16"))
+    assert load_file(str(tmp_path / "m" / "model.safetensors"))["model.norm.weight"].dtype == torch.bfloat16
+
+
+def test_adapter_from_another_base_is_refused(trained, tmp_path, default_model):
+    other = make_tiny_model(tmp_path / "other", default_model, seed=1)
+    with pytest.raises(UsageError) as e:
+        merge(MergeConfig(adapter=str(trained), out=str(tmp_path / "m"), base=str(other)))
+    assert "trained on another base" in e.value.line() and str(other) in e.value.line()
+    assert not (tmp_path / "m").exists()
+
+
+def test_shape_mismatch_is_refused_even_without_manifest(trained, tmp_path, default_model):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained / "adapter", adapter)
+    (adapter / "edgeq_finetune.json").unlink()  # an adapter made elsewhere: no base hash to compare
+    wider = make_tiny_model(tmp_path / "wider", default_model, hidden_size=128, head_dim=32)
+    with pytest.raises(UsageError, match="adapter does not fit this base"):
+        merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), base=str(wider)))
+
+
+def test_missing_adapter_keys_are_an_error(tiny_model, trained, tmp_path):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained / "adapter", adapter)
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    dropped = sorted(tensors)[0]
+    del tensors[dropped]
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(UsageError) as e:
+        merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), base=str(tiny_model)))
+    assert "missing 1" in e.value.line()
+
+
+def test_nan_in_adapter_fails_and_keeps_previous_output(tiny_model, trained, tmp_path):
+    import shutil
+
+    out = tmp_path / "m"
+    merge(MergeConfig(adapter=str(trained), out=str(out), base=str(tiny_model)))
+    before = (out / "model.safetensors").read_bytes()
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained / "adapter", adapter)
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    key = next(k for k in sorted(tensors) if "lora_B" in k)
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(EdgeqError, match="NaN/Inf"):
+        merge(MergeConfig(adapter=str(adapter), out=str(out), base=str(tiny_model), force=True))
+    assert (out / "model.safetensors").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edgeq-tmp-")]
+
+
+def test_existing_output_needs_force(tiny_model, trained, tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(UsageError, match="output exists"):
+        merge(MergeConfig(adapter=str(trained), out=str(tmp_path / "m"), base=str(tiny_model)))
