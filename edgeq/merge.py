@@ -96,16 +96,13 @@ def check_adapter_fits(model, adapter_dir: Path, base_dir: Path) -> None:
             "re-save the adapter with safetensors (pickle adapters are refused)",
         )
     with safe_open(str(weights), "pt") as f:
-        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    wrong = sorted(f"{k} {found[k]} ≠ {expected[k]}" for k in set(expected) & set(found) if expected[k] != found[k])
     if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{label} {len(keys)} (e.g. {keys[0]}{' ' + str(found[keys[0]]) + ' vs ' + str(expected[keys[0]]) if label == 'wrong shape' else ''})"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        )
+        groups = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        detail = "; ".join(f"{label} {len(keys)} (e.g. {keys[0]})" for label, keys in groups if keys)
         raise UsageError(
             f"adapter does not fit this base ({detail})",
             str(adapter_dir),
