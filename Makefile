@@ -16,10 +16,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[full,dev]"
 	touch $@
 
+DEMO ?= runs/demo
+
 demo: setup
 	$(BIN)/edgeq doctor
-	$(BIN)/edgeq profiles list
-	$(BIN)/edgeq model info
+	$(BIN)/edgeq profiles show drone
+	$(BIN)/edgeq eval-task --data examples/drone/test.jsonl
+	$(BIN)/edgeq finetune --data examples/drone/train.jsonl --out $(DEMO)/finetune --force
+	$(BIN)/edgeq merge --adapter $(DEMO)/finetune --out $(DEMO)/merged --force
+	$(BIN)/edgeq eval-task --model $(DEMO)/merged --data examples/drone/test.jsonl
 
 test: setup lint test-fast test-slow
 

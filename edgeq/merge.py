@@ -158,6 +158,7 @@ def merge(cfg: MergeConfig) -> dict:
     tok = AutoTokenizer.from_pretrained(base_dir)
     batch = tok(list(VERIFY_TEXTS), return_tensors="pt", padding=True, add_special_tokens=False)
     peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False).eval()
+    peft_model.to(torch.float64)  # the adapter loads as float32; the check runs wholly in float64
     with torch.no_grad():
         unmerged = peft_model(**batch).logits
         merged_model = peft_model.merge_and_unload().eval()
