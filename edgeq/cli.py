@@ -210,6 +210,25 @@ def merge(**kw) -> None:
     run(MergeConfig(**kw))
 
 
+@cli.command()
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(),
+    default=None,
+    help="HF model dir (default: embedded SmolLM2-135M-Instruct).",
+)
+@click.option("--format", "fmt", type=click.Choice(["gguf"]), default="gguf", show_default=True)
+@click.option("--quant", default="Q4_K_M", show_default=True, help="F32, F16, BF16, Q8_0, Q6_K, … Q2_K, IQ4_XS.")
+@click.option("--out", required=True, type=click.Path(), help="Output artifact path.")
+@click.option("--force", is_flag=True, help="Replace an existing --out (kept intact if the export fails).")
+def export(model_dir, fmt, quant, out, force) -> None:
+    """Export to GGUF through gates: tokenizer parity, eos/chat template, float fidelity."""
+    from edgeq.export.gguf import GgufExport, export_gguf
+
+    export_gguf(GgufExport(model=model_dir, out=out, quant=quant, force=force))
+
+
 @cli.command("eval-task")
 @click.option(
     "--model",

