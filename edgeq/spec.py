@@ -164,6 +164,14 @@ GGUF_ARCHS = {
     "qwen2": GgufArch("qwen2", permute_qk=False),
     "qwen3": GgufArch("qwen3", permute_qk=False, qk_norm=True),
 }
+# edgeq's ONNX quant names → (onnxruntime-genai builder precision, int4/int8 block size)
+ONNX_PRECISIONS = {
+    "int4-block32": ("int4", 32),
+    "int4-block128": ("int4", 128),
+    "int8": ("int8", None),
+    "fp16": ("fp16", None),
+    "fp32": ("fp32", None),
+}
 # Export gates (F32/F16 GGUF vs the HF float32 model on a fixed text).
 GATE_MIN_TOP1 = 0.99
 GATE_MAX_ABS_LOGIT = {"F32": 0.02, "F16": 0.5, "BF16": 1.0}

@@ -41,6 +41,7 @@ class GgufExport:
     out: str
     quant: str = "Q4_K_M"
     force: bool = False
+    allow_pickle: bool = False
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -324,7 +325,7 @@ def export_gguf(cfg: GgufExport) -> dict:
 
     if cfg.quant not in GGUF_FTYPES:
         raise UsageError(f"unknown GGUF quant type {cfg.quant!r}", None, f"valid: {', '.join(GGUF_FTYPES)}")
-    model_dir = resolve_model(cfg.model)
+    model_dir = resolve_model(cfg.model, cfg.allow_pickle)
     out = Path(cfg.out)
     weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
     check_free_disk(out.parent if out.parent.exists() else Path.cwd(), 2 * weights, "the GGUF export")

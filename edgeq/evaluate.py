@@ -1,0 +1,131 @@
+"""`edgeq eval`: how far a GGUF or ONNX artifact drifts from its float reference.
+
+On held-out text (and, with --data, on the task's conversations): perplexity of artifact and
+reference, mean KL divergence KL(reference || artifact) per position, and top-1 agreement. With
+--data also the task's exact-match score of the artifact's own greedy answers. Gate quality on
+KLD / agreement against the model you fine-tuned, not on perplexity against the base: fine-tunes
+often raise perplexity while getting better at their task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeq.errors import UsageError
+from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX
+
+TEXT_TOKENS = 640
+TASK_TOKENS = 1024
+
+
+def artifact_format(path: str | Path) -> str:
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return FORMAT_GGUF
+    if path.is_dir() and (path / "genai_config.json").is_file():
+        return FORMAT_ONNX
+    if not path.exists():
+        raise UsageError("artifact not found", str(path), "pass a .gguf file or an ONNX GenAI folder")
+    raise UsageError(
+        "unknown artifact format",
+        str(path),
+        "expected a .gguf file or a folder with genai_config.json (ONNX Runtime GenAI)",
+    )
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def compare(ref_logits: np.ndarray, art_logits: np.ndarray, ids: list[int]) -> dict:
+    """Fidelity of (T, vocab) artifact logits against reference logits on the same ids."""
+    p, q = _log_softmax(ref_logits), _log_softmax(art_logits)
+    nxt = np.asarray(ids[1:])
+    nll_ref = -p[np.arange(len(nxt)), nxt]
+    nll_art = -q[np.arange(len(nxt)), nxt]
+    kld = (np.exp(p) * (p - q)).sum(-1)
+    return {
+        "positions": len(ids),
+        "ppl_reference": float(np.exp(nll_ref.mean())),
+        "ppl_artifact": float(np.exp(nll_art.mean())),
+        "mean_kld": float(kld.mean()),
+        "top1_agreement": float((ref_logits.argmax(-1) == art_logits.argmax(-1)).mean()),
+    }
+
+
+def artifact_logits(path: Path, fmt: str, ids: list[int]) -> np.ndarray:
+    from edgeq.runtime import gguf_logits, onnx_logits
+
+    return gguf_logits(path, ids) if fmt == FORMAT_GGUF else onnx_logits(path, ids)
+
+
+def reference_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double().numpy()
+
+
+def artifact_answers(path: Path, fmt: str, tok, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[str]:
+    """Greedy answers from the artifact's own runtime, prompts rendered with the model's chat template."""
+    from edgeq.runtime import load_gguf, onnx_generate
+
+    llm = load_gguf(path) if fmt == FORMAT_GGUF else None
+    answers = []
+    for msgs in prompts:
+        ids = tok.encode(
+            tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), add_special_tokens=False
+        )
+        if llm is not None:
+            llm.reset()
+            out = []
+            for t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+                if t == tok.eos_token_id or len(out) >= max_new_tokens:
+                    break
+                out.append(t)
+        else:
+            out = onnx_generate(path, ids, max_new_tokens)
+        answers.append(tok.decode(out, skip_special_tokens=True))
+    return answers
+
+
+def evaluate(
+    artifact: str | Path, reference: str | Path | None, data: str | Path | None = None, limit: int | None = None
+) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeq.basemodel import resolve_model
+    from edgeq.export.gguf import ASSETS
+    from edgeq.task import score, split_prompts
+
+    artifact = Path(artifact)
+    fmt = artifact_format(artifact)
+    ref_dir = resolve_model(reference)
+    tok = AutoTokenizer.from_pretrained(ref_dir)
+    model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
+
+    text_ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)[
+        :TEXT_TOKENS
+    ]
+    result = {
+        "artifact": str(artifact),
+        "format": fmt,
+        "reference": str(ref_dir),
+        "text": compare(reference_logits(model, text_ids), artifact_logits(artifact, fmt, text_ids), text_ids),
+    }
+    if data:
+        prompts, refs = split_prompts(data, limit)
+        rendered = "".join(
+            tok.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
+            for p, r in zip(prompts, refs, strict=True)
+        )
+        task_ids = tok.encode(rendered, add_special_tokens=False)[:TASK_TOKENS]
+        result["task_text"] = compare(
+            reference_logits(model, task_ids), artifact_logits(artifact, fmt, task_ids), task_ids
+        )
+        result["task"] = score(artifact_answers(artifact, fmt, tok, prompts), refs)
+    return result

@@ -1,0 +1,146 @@
+"""HF model directory → ONNX with KV cache for ONNX Runtime GenAI, through its own model builder.
+
+Not optimum: optimum-onnx pins transformers < 4.58, and the GenAI builder's graph is smaller and
+faster. The builder runs in a subprocess (its memory is returned when it exits; its prints stay
+out of ours). Gates before anything reaches --out: genai_config.json present, onnxruntime-genai
+loads the model and greedy-generates, and for fp32 the ONNX logits agree with HF float32
+(top-1 >= GATE_MIN_TOP1). A miss fails the export; optimum only warns.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeq.errors import EdgeqError, UsageError
+from edgeq.io import atomic_dir, check_free_disk
+from edgeq.spec import FORMAT_ONNX, GATE_MIN_TOP1, ONNX_PRECISIONS, QUANT_TYPES, TOKENIZER_FILES
+
+
+@dataclass
+class OnnxExport:
+    model: str | None
+    out: str
+    quant: str = "int4-block32"
+    execution_provider: str = "cpu"
+    force: bool = False
+    allow_pickle: bool = False
+
+
+def builder_args(model_dir: Path, out: Path, cache: Path, quant: str, ep: str) -> list[str]:
+    precision, block = ONNX_PRECISIONS[quant]
+    args = [
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(model_dir),
+        "-o",
+        str(out),
+        "-p",
+        precision,
+        "-e",
+        ep,
+        "-c",
+        str(cache),
+    ]
+    if block:
+        args += ["--extra_options", f"block_size={block}"]
+    return args
+
+
+def gate_generates(model_dir: Path, tok) -> dict:
+    """onnxruntime-genai loads the folder and greedy-decodes a chat prompt."""
+    from edgeq.runtime import onnx_generate
+
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Say hello."}], tokenize=False, add_generation_prompt=True
+    )
+    ids = onnx_generate(model_dir, tok.encode(prompt, add_special_tokens=False), max_new_tokens=16)
+    if not ids:
+        raise EdgeqError("onnxruntime-genai generated no tokens", str(model_dir))
+    return {"generated_tokens": len(ids)}
+
+
+def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeq.export.gguf import ASSETS
+    from edgeq.runtime import onnx_logits
+
+    ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)[:256]
+    ref = onnx_logits(onnx_dir, ids)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf = model(torch.tensor([ids])).logits[0].double().numpy()
+    top1 = float((ref.argmax(-1) == hf.argmax(-1)).mean())
+    max_abs = float(np.abs(ref - hf).max())
+    if top1 < GATE_MIN_TOP1:
+        raise EdgeqError(
+            f"fp32 ONNX disagrees with the HF model: top-1 {top1:.3f} (need ≥ {GATE_MIN_TOP1})",
+            str(onnx_dir),
+            "the ONNX graph is wrong for this model; report it",
+        )
+    return {"positions": len(ids), "top1": top1, "max_abs_logit": max_abs, "min_top1": GATE_MIN_TOP1}
+
+
+def export_onnx(cfg: OnnxExport) -> dict:
+    from transformers import AutoTokenizer
+
+    from edgeq import report
+    from edgeq.basemodel import resolve_model
+
+    if cfg.quant not in ONNX_PRECISIONS:
+        raise UsageError(f"unknown ONNX precision {cfg.quant!r}", None, f"valid: {', '.join(ONNX_PRECISIONS)}")
+    if cfg.quant == "fp16" and cfg.execution_provider == "cpu":
+        raise UsageError("fp16 ONNX targets GPUs", None, "use --execution-provider cuda, or int8/int4/fp32 on CPU")
+    model_dir = resolve_model(cfg.model, cfg.allow_pickle)
+    out = Path(cfg.out)
+    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    check_free_disk(out.parent if out.parent.exists() else Path.cwd(), 2 * weights, "the ONNX export")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    with (
+        atomic_dir(out, force=cfg.force) as tmp,
+        tempfile.TemporaryDirectory(prefix=".edgeq-tmp-", dir=out.parent) as cache,
+    ):
+        report.err.print(f"building {cfg.quant} ONNX with onnxruntime-genai's model builder …")
+        p = subprocess.run(
+            builder_args(model_dir, tmp, Path(cache), cfg.quant, cfg.execution_provider), capture_output=True, text=True
+        )
+        if p.returncode != 0:
+            last = (p.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EdgeqError(f"onnxruntime-genai's model builder failed: {last}", str(model_dir))
+        if not (tmp / "genai_config.json").is_file():
+            raise EdgeqError("the builder wrote no genai_config.json", str(tmp))
+        for name in TOKENIZER_FILES:  # the chat template and tokenizer travel with the artifact
+            if (model_dir / name).is_file() and not (tmp / name).exists():
+                shutil.copyfile(model_dir / name, tmp / name)
+        gates = {"generates": gate_generates(tmp, tok) if cfg.execution_provider == "cpu" else "skipped (no GPU)"}
+        if cfg.quant == "fp32":
+            gates["fidelity"] = gate_fidelity(tmp, model_dir, tok)
+        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+    result = {
+        "format": FORMAT_ONNX,
+        "quant": cfg.quant,
+        "out": str(out),
+        "bytes": size,
+        "execution_provider": cfg.execution_provider,
+        "gates": gates,
+        "nominal_bits_per_weight": QUANT_TYPES[cfg.quant].bits_per_weight,
+    }
+    rows = [
+        ["artifact", str(out)],
+        ["precision", cfg.quant],
+        ["size", f"{size / 2**20:.1f} MiB"],
+        ["generates", str(gates["generates"])],
+    ]
+    if "fidelity" in gates:
+        rows.append(["fp32 vs HF float32", f"top-1 {gates['fidelity']['top1']:.3f}"])
+    report.out.print(report.table("export", ["", ""], rows))
+    return result
