@@ -1,0 +1,35 @@
+"""ONNX export through onnxruntime-genai's model builder."""
+
+import pytest
+
+from edgeq.errors import UsageError
+from edgeq.export.onnx import OnnxExport, export_onnx
+from edgeq.spec import EXIT_USAGE
+from tests.conftest import run_edgeq
+
+
+def test_fp32_export_generates_and_matches_hf(tmp_path, tiny_model):
+    r = export_onnx(OnnxExport(model=str(tiny_model), out=str(tmp_path / "onnx"), quant="fp32"))
+    assert (tmp_path / "onnx" / "genai_config.json").is_file()
+    assert (tmp_path / "onnx" / "chat_template.jinja").is_file()
+    assert r["gates"]["generates"]["generated_tokens"] > 0
+    assert r["gates"]["fidelity"]["top1"] >= 0.99
+
+
+def test_fp16_needs_a_gpu_target(tmp_path):
+    with pytest.raises(UsageError, match="fp16 ONNX targets GPUs"):
+        export_onnx(OnnxExport(model=None, out=str(tmp_path / "o"), quant="fp16"))
+
+
+def test_unknown_precision_lists_valid_ones(tmp_path):
+    r = run_edgeq("export", "--format", "onnx", "--quant", "int3", "--out", tmp_path / "o")
+    assert r.returncode == EXIT_USAGE and "int4-block32" in r.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_default_int4_is_no_larger_than_1_1x_q4_k_m(tmp_path, default_model):
+    assert run_edgeq("export", "--quant", "Q4_K_M", "--out", tmp_path / "m.gguf").returncode == 0
+    r = run_edgeq("export", "--format", "onnx", "--quant", "int4-block32", "--out", tmp_path / "onnx")
+    assert r.returncode == 0, r.stderr[-2000:]
+    onnx_bytes = sum(f.stat().st_size for f in (tmp_path / "onnx").rglob("*") if f.is_file())
+    assert onnx_bytes <= 1.1 * (tmp_path / "m.gguf").stat().st_size

@@ -1,0 +1,44 @@
+"""`edgeq eval`: fidelity numbers of an artifact against its float reference."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeq.errors import UsageError
+from edgeq.evaluate import artifact_format, compare
+from edgeq.export.gguf import GgufExport, export_gguf
+from edgeq.spec import EXIT_USAGE
+from tests.conftest import run_edgeq
+
+
+def test_compare_on_known_logits():
+    ref = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]))
+    same = compare(ref, ref.copy(), [0, 1, 2])
+    assert same["mean_kld"] == pytest.approx(0, abs=1e-12) and same["top1_agreement"] == 1.0
+    assert same["ppl_reference"] == pytest.approx(np.exp(-(np.log(0.2) + np.log(0.1)) / 2))
+    flipped = compare(ref, ref[:, ::-1].copy(), [0, 1, 2])
+    assert flipped["mean_kld"] > 0.1 and flipped["top1_agreement"] < 1.0
+
+
+def test_artifact_format_errors(tmp_path):
+    with pytest.raises(UsageError, match="artifact not found"):
+        artifact_format(tmp_path / "nope.gguf")
+    (tmp_path / "onnx").mkdir()
+    with pytest.raises(UsageError, match="unknown artifact format"):
+        artifact_format(tmp_path / "onnx")
+
+
+def test_f32_gguf_of_tiny_model_is_faithful(tmp_path, tiny_model, small_data):
+    export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    r = run_edgeq("eval", tmp_path / "m.gguf", "--reference", tiny_model, "--data", small_data, "--limit", 3, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["text"]["mean_kld"] < 1e-4 and res["text"]["top1_agreement"] >= 0.99
+    assert res["task_text"]["positions"] > 100 and res["task"]["n"] == 3
+
+
+def test_eval_of_lying_gguf_is_one_line(tmp_path, tiny_model):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + (99).to_bytes(4, "little") + b"\0" * 32)
+    r = run_edgeq("eval", tmp_path / "m.gguf", "--reference", tiny_model)
+    assert r.returncode == EXIT_USAGE and "unsupported version 99" in r.stderr and "Traceback" not in r.stderr
