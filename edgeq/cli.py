@@ -8,7 +8,7 @@ import traceback
 import click
 
 from edgeq import __version__
-from edgeq.errors import BackendError, EdgeqError
+from edgeq.errors import BackendError, EdgeqError, UsageError
 from edgeq.spec import EXIT_CODES, EXIT_RUNTIME
 
 _state = {"debug": False}
@@ -231,16 +231,32 @@ def merge(**kw) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing --out (kept intact if the export fails).")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle weights (loaded with torch weights_only=True).")
-def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle) -> None:
+@click.option(
+    "--imatrix-data",
+    type=click.Path(),
+    default=None,
+    help="GGUF: calibration JSONL (e.g. the fine-tuning data) for an importance matrix.",
+)
+def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, imatrix_data) -> None:
     """Export to GGUF or ONNX; gates (tokenizer, eos, chat template, fidelity) must pass first."""
     if fmt == "gguf":
         from edgeq.export.gguf import GgufExport, export_gguf
 
         export_gguf(
-            GgufExport(model=model_dir, out=out, quant=quant or "Q4_K_M", force=force, allow_pickle=allow_pickle)
+            GgufExport(
+                model=model_dir,
+                out=out,
+                quant=quant or "Q4_K_M",
+                force=force,
+                allow_pickle=allow_pickle,
+                imatrix_data=imatrix_data,
+            )
         )
     else:
         from edgeq.export.onnx import OnnxExport, export_onnx
+
+        if imatrix_data:
+            raise UsageError("--imatrix-data applies to GGUF only", None, "drop it for --format onnx")
 
         export_onnx(
             OnnxExport(

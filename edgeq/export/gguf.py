@@ -42,6 +42,7 @@ class GgufExport:
     quant: str = "Q4_K_M"
     force: bool = False
     allow_pickle: bool = False
+    imatrix_data: str | None = None  # calibration JSONL for an importance matrix
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -211,13 +212,20 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
     }
 
 
-def quantize_gguf(src: Path, dst: Path, quant: str) -> None:
-    """llama.cpp's own quantizer (llama_model_quantize) from a float GGUF."""
+def quantize_gguf(src: Path, dst: Path, quant: str, imatrix: dict | None = None) -> None:
+    """llama.cpp's own quantizer (llama_model_quantize) from a float GGUF, with an importance matrix if given."""
+    import ctypes
+
     import llama_cpp
+
+    from edgeq.export.imatrix import as_ctypes
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = GGUF_FTYPES[quant]
     params.nthread = os.cpu_count() or 1
+    if imatrix:
+        arr, _keep = as_ctypes(imatrix)  # _keep holds the buffers until the call returns
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:
         raise EdgeqError(f"llama.cpp failed to quantize to {quant} (code {rc})", str(src))
@@ -347,8 +355,14 @@ def export_gguf(cfg: GgufExport) -> dict:
         if cfg.quant in GGUF_FLOAT_TYPES:
             os.replace(flt, tmp)
         else:
+            imatrix = None
+            if cfg.imatrix_data:
+                from edgeq.export.imatrix import compute_imatrix
+
+                report.err.print(f"computing the importance matrix on {cfg.imatrix_data} …")
+                imatrix, gates["imatrix"] = compute_imatrix(model_dir, cfg.imatrix_data)
             report.err.print(f"quantizing to {cfg.quant} with llama.cpp …")
-            quantize_gguf(flt, tmp, cfg.quant)
+            quantize_gguf(flt, tmp, cfg.quant, imatrix)
             check_gguf(tmp)
             gates["tokenizer_quantized"] = gate_tokenizer(tmp, tok)
         size = tmp.stat().st_size

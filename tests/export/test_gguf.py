@@ -100,3 +100,14 @@ def test_default_model_generation_stops_at_eos(tmp_path, default_model):
     out = llm.create_chat_completion([{"role": "user", "content": "Say hello."}], max_tokens=200, temperature=0)
     assert out["choices"][0]["finish_reason"] == "stop"
     assert out["usage"]["completion_tokens"] < 200
+
+
+def test_imatrix_changes_the_quantization_and_is_recorded(tmp_path, tiny_model, small_data):
+    plain = export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "p.gguf"), quant="Q4_K_S"))
+    imx = export_gguf(
+        GgufExport(model=str(tiny_model), out=str(tmp_path / "i.gguf"), quant="Q4_K_S", imatrix_data=str(small_data))
+    )
+    assert "imatrix" not in plain["gates"]
+    assert imx["gates"]["imatrix"]["tensors"] == 2 * 7  # every decoder linear of the 2-layer model
+    assert imx["gates"]["imatrix"]["tokens"] > 1000
+    assert (tmp_path / "p.gguf").read_bytes() != (tmp_path / "i.gguf").read_bytes()

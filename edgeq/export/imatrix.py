@@ -1,0 +1,81 @@
+"""Importance matrix: activation statistics of the model on calibration data, for llama.cpp's quantizer.
+
+For every linear layer, the mean of x² over calibration tokens for each input column (the form
+llama.cpp's own imatrix tool stores and its quantizer reads): columns that carry large
+activations keep more precision. Computed with the HF float model, named by GGUF tensor names.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+CHUNK_TOKENS = 512
+
+
+def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) -> tuple[dict, dict]:
+    """{gguf tensor name: float32 (in_features,)} and a summary {tokens, chunks, tensors}."""
+    import torch
+    from gguf import get_tensor_name_map
+    from gguf.constants import MODEL_ARCH_NAMES
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeq.data import read_jsonl
+    from edgeq.spec import GGUF_ARCHS
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    arch = GGUF_ARCHS[model.config.model_type].gguf_arch
+    names = get_tensor_name_map(
+        next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch), model.config.num_hidden_layers
+    )
+    ids: list[int] = []
+    for msgs in read_jsonl(data):
+        if len(ids) >= max_tokens:
+            break
+        ids += tok.encode(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)
+    ids = ids[:max_tokens]
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+    for hf_name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            gguf_name = names.get_name(hf_name + ".weight", try_suffixes=(".weight",))
+            if gguf_name is None or (gguf_name == "output.weight" and model.config.tie_word_embeddings):
+                continue  # a tied head has no output.weight in the GGUF to quantize
+
+            def hook(module, args, output, key=gguf_name):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # (tokens, in_features)
+                sums[key] = sums.get(key, 0) + (x * x).sum(0)
+                counts[key] = counts.get(key, 0) + x.shape[0]
+
+            hooks.append(mod.register_forward_hook(hook))
+    with torch.no_grad():
+        for i in range(0, len(ids), CHUNK_TOKENS):
+            model(torch.tensor([ids[i : i + CHUNK_TOKENS]]))
+    for h in hooks:
+        h.remove()
+    matrix = {k: (sums[k] / counts[k]).float().numpy() for k in sums}
+    return matrix, {
+        "tokens": len(ids),
+        "chunks": -(-len(ids) // CHUNK_TOKENS),
+        "tensors": len(matrix),
+        "source": str(data),
+    }
+
+
+def as_ctypes(matrix: dict) -> tuple:
+    """A null-terminated llama_model_imatrix_data array (and the buffers it points into, to keep alive)."""
+    import llama_cpp
+
+    keep = [(name.encode(), np.ascontiguousarray(v, dtype=np.float32)) for name, v in matrix.items()]
+    arr = (llama_cpp.llama_model_imatrix_data * (len(keep) + 1))()
+    for i, (name, v) in enumerate(keep):
+        arr[i].name = name
+        arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = v.size
+    arr[len(keep)].name = None  # llama.cpp reads until a null name
+    return arr, keep
