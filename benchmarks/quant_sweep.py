@@ -1,7 +1,7 @@
 """Every export type of one model, side by side: size, bits/weight, KLD, top-1 and task score.
 
     python benchmarks/quant_sweep.py --model runs/demo/merged [--data examples/drone/test.jsonl]
-                                     [--types Q8_0,Q4_K_M,...] [--out sweep.json]
+                                     [--types Q8_0,Q4_K_M,...] [--limit N] [--out sweep.json]
 
 Each artifact is exported with `edgeq export` (its gates included) and scored with `edgeq eval`
 against the same float model, so the rows compare like with like. Prints a Markdown table.
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", default="examples/drone/test.jsonl")
     ap.add_argument("--types", default=",".join(GGUF + ONNX))
+    ap.add_argument("--limit", type=int, default=None, help="score only the first N task examples")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rows = []
@@ -42,7 +43,8 @@ def main() -> None:
                 print(f"{q}: export failed: {rows[-1]['error']}", file=sys.stderr)
                 continue
             size = art.stat().st_size if art.is_file() else sum(f.stat().st_size for f in art.rglob("*") if f.is_file())
-            p = edgeq("eval", art, "--reference", args.model, "--data", args.data, "--json")
+            limit = ["--limit", args.limit] if args.limit else []
+            p = edgeq("eval", art, "--reference", args.model, "--data", args.data, "--json", *limit)
             if p.returncode != 0:
                 rows.append({"quant": q, "format": fmt, "bytes": size, "error": p.stderr.strip().splitlines()[-1]})
                 continue
@@ -59,7 +61,7 @@ def main() -> None:
                     "unparseable_pct": r["task"]["unparseable_pct"],
                 }
             )
-            print(f"{q}: done", file=sys.stderr)
+            print(f"{q}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
     print("| format | type | size MiB | KLD text | top-1 text | KLD task | top-1 task | task exact % | unparseable % |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -12,6 +12,13 @@ from edgeq.errors import BackendError, EdgeqError, UsageError
 from edgeq.spec import EXIT_CODES, EXIT_RUNTIME
 
 _state = {"debug": False}
+MODEL_OPTION = click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(),
+    default=None,
+    help="HF model directory (default: embedded SmolLM2-135M-Instruct).",
+)
 
 
 @click.group(
@@ -127,13 +134,7 @@ def model() -> None:
 
 
 @model.command("info")
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(),
-    default=None,
-    help="HF model directory (default: embedded SmolLM2-135M-Instruct).",
-)
+@MODEL_OPTION
 def model_info(model_dir: str | None) -> None:
     """Resolve a model (converting the embedded default on first use) and summarize it."""
     from edgeq import report
@@ -211,13 +212,7 @@ def merge(**kw) -> None:
 
 
 @cli.command()
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(),
-    default=None,
-    help="HF model dir (default: embedded SmolLM2-135M-Instruct).",
-)
+@MODEL_OPTION
 @click.option("--format", "fmt", type=click.Choice(["gguf", "onnx"]), default="gguf", show_default=True)
 @click.option(
     "--quant",
@@ -315,13 +310,7 @@ def eval_artifact(artifact, reference, data, limit, as_json) -> None:
 
 
 @cli.command("eval-task")
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(),
-    default=None,
-    help="HF model dir (default: embedded SmolLM2-135M-Instruct).",
-)
+@MODEL_OPTION
 @click.option("--data", required=True, type=click.Path(), help="Held-out JSONL; the last assistant turn is the answer.")
 @click.option("--limit", type=int, default=None, help="Score only the first N examples.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
