@@ -35,11 +35,16 @@ class Check:
     detail: str
 
 
-def _version(module: str) -> str:
+def package_version(module: str) -> str:
     try:
         return importlib.metadata.version(_DISTRIBUTION.get(module, module))
     except importlib.metadata.PackageNotFoundError:
         return "?"
+
+
+def versions(modules=("torch", "transformers", "peft", "bitsandbytes", "accelerate", "llama_cpp", "gguf")) -> dict:
+    """Versions of the libraries a stage used, for its manifest."""
+    return {m: package_version(m) for m in modules}
 
 
 def _probe_llama_cpp(mod) -> str:
@@ -96,12 +101,12 @@ def _check(module: str, required: bool) -> Check:
     except ImportError as e:
         return Check(module, required, MISSING, "-", str(e).splitlines()[0])
     except Exception as e:  # a native library that fails to load is broken, not missing
-        return Check(module, required, BROKEN, _version(module), f"import failed: {e}".splitlines()[0])
+        return Check(module, required, BROKEN, package_version(module), f"import failed: {e}".splitlines()[0])
     try:
         detail = _PROBES[module](mod) if module in _PROBES else ""
     except Exception as e:
-        return Check(module, required, BROKEN, _version(module), f"{type(e).__name__}: {e}".splitlines()[0])
-    return Check(module, required, OK, _version(module), detail)
+        return Check(module, required, BROKEN, package_version(module), f"{type(e).__name__}: {e}".splitlines()[0])
+    return Check(module, required, OK, package_version(module), detail)
 
 
 def platform_info() -> dict:

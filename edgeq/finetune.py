@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from edgeq import __version__
+from edgeq.doctor import versions
 from edgeq.errors import ConfigError, UsageError
 from edgeq.io import atomic_dir, check_free_disk, sha256_file, write_json
 from edgeq.spec import FINETUNE_MANIFEST, FINETUNE_STRUCTURAL, LORA_TARGETS_ALL_LINEAR, NF4_BLOCKSIZE, QUANT_MODES
@@ -558,21 +559,9 @@ def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summa
                 "structure": structure,
                 "losses": losses,
                 "summary": summary,
-                "versions": _versions(),
+                "versions": versions(),
             },
         )
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _print_summary(s: dict, out: Path) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeq import __version__
+from edgeq.doctor import versions
 from edgeq.errors import ConfigError, EdgeqError, UsageError
 from edgeq.io import atomic_dir, check_free_disk, sha256_file, write_json
 from edgeq.spec import (
@@ -202,7 +203,7 @@ def merge(cfg: MergeConfig) -> dict:
             "dtype_checked": "float64",
             "inputs": len(VERIFY_TEXTS),
         },
-        "versions": _versions(),
+        "versions": versions(),
     }
     with atomic_dir(out, force=cfg.force) as tmp:
         merged_model.config.dtype = cfg.dtype
@@ -224,9 +225,3 @@ def merge(cfg: MergeConfig) -> dict:
         )
     )
     return record
-
-
-def _versions() -> dict:
-    from edgeq.finetune import _versions as v
-
-    return v()

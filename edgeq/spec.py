@@ -214,4 +214,3 @@ TOKENIZER_FILES = (
 # ---------------------------------------------------------------------------------------------
 # Manifest keys (shared by every stage that writes a manifest.json).
 MANIFEST_SCHEMA = "edgeq.manifest/1"
-MANIFEST_KEYS = ("schema", "edgeq_version", "stage", "inputs", "config", "versions", "outputs")
