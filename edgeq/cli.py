@@ -309,6 +309,32 @@ def eval_artifact(artifact, reference, data, limit, as_json) -> None:
         )
 
 
+@cli.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--profile", default=None, help="Device profile NAME or PATH: gate every budget (exit 3 on breach).")
+@click.option("--prompt-tokens", type=int, default=None, help="Prompt length (default: the profile's, else 512).")
+@click.option("--gen-tokens", type=int, default=128, show_default=True)
+@click.option("--reps", type=int, default=5, show_default=True, help="Repetitions, each in a fresh process.")
+@click.option("--threads", type=int, default=None, help="Default: the profile's, else all cores.")
+@click.option("--ctx", type=int, default=None, help="Context size (default: prompt + generated tokens).")
+@click.option("--output", type=click.Choice(["md", "json", "csv", "junit"]), default="md", show_default=True)
+@click.option("--out", type=click.Path(), default=None, help="Write the output here instead of stdout.")
+@click.option("--baseline", type=click.Path(), default=None, help="Earlier bench JSON: exit 3 on regression.")
+@click.option(
+    "--regression-pct",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Allowed regression vs --baseline on tok/s and peak memory.",
+)
+def bench(**kw) -> None:
+    """Benchmark a GGUF/ONNX artifact; with --profile or --baseline, a CI gate (exit 3)."""
+    from edgeq.bench import BenchConfig
+    from edgeq.bench import bench as run
+
+    run(BenchConfig(**kw))
+
+
 @cli.command("eval-task")
 @MODEL_OPTION
 @click.option("--data", required=True, type=click.Path(), help="Held-out JSONL; the last assistant turn is the answer.")

@@ -178,6 +178,8 @@ GATE_MAX_ABS_LOGIT = {"F32": 0.02, "F16": 0.5, "BF16": 1.0}
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)
 
+BENCH_SCHEMA = "edgeq.bench/1"  # versioned JSON of edgeq bench
+
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning.
 QUANT_MODES = ("nf4", "fp4", "none")  # frozen-base storage during fine-tuning

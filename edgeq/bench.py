@@ -1,0 +1,326 @@
+"""`edgeq bench`: footprint and speed of a GGUF or ONNX artifact, where it will run, gated by a profile.
+
+Runtime-only (no torch, no transformers). Each repetition runs in a fresh subprocess, so nothing
+is shared with edgeq or an earlier run: load time, peak RSS of that process, time to first token
+for a prompt of real text, prefill and decode tok/s, end-to-end time. A warm-up generation inside
+each process comes before the timed one. Statistics over --reps: mean ± sd, min, median.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeq import __version__
+from edgeq.errors import BudgetError, EdgeqError, UsageError
+from edgeq.spec import BENCH_SCHEMA, FORMAT_GGUF, FORMAT_ONNX
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib")
+WARMUP_TOKENS = 8
+
+
+@dataclass
+class BenchConfig:
+    artifact: str
+    profile: str | None = None
+    prompt_tokens: int | None = None  # default: the profile's latency.prompt_tokens, else 512
+    gen_tokens: int = 128
+    reps: int = 5
+    threads: int | None = None  # default: the profile's threads, else all cores
+    ctx: int | None = None  # default: prompt + generated tokens
+    output: str = "md"
+    out: str | None = None
+    baseline: str | None = None
+    regression_pct: float = 5.0
+
+
+def artifact_format(path: Path) -> str:
+    if path.is_file() and path.suffix == ".gguf":
+        return FORMAT_GGUF
+    if path.is_dir():
+        return FORMAT_ONNX
+    if not path.exists():
+        raise UsageError("artifact not found", str(path), "pass a .gguf file or an ONNX GenAI folder")
+    raise UsageError("unknown artifact format", str(path), "expected a .gguf file or an ONNX Runtime GenAI folder")
+
+
+def prompt_ids(encode, n: int) -> list[int]:
+    """`n` tokens of real prose (the text cycles if one pass is not enough), never one repeated token."""
+    ids = encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"))
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+# ---------------------------------------------------------------------------------------------
+# one repetition (runs in the child process)
+
+
+def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(path, n_ctx=ctx, n_threads=threads, n_threads_batch=threads, n_batch=min(512, ctx), verbose=False)
+    load_s = time.perf_counter() - t0
+    ids = prompt_ids(lambda s: llm.tokenize(s.encode("utf-8"), add_bos=False, special=False), n_prompt)
+    for i, _tok in enumerate(llm.generate(ids[:WARMUP_TOKENS], temp=0.0, top_k=1, reset=True)):
+        if i + 1 >= WARMUP_TOKENS:
+            break
+    t1 = time.perf_counter()
+    first = None
+    for i, _tok in enumerate(llm.generate(ids, temp=0.0, top_k=1, reset=True)):
+        if i == 0:
+            first = time.perf_counter()
+        if i + 1 >= n_gen:
+            break
+    end = time.perf_counter()
+    return {"load_s": load_s, "ttft_s": first - t1, "decode_s": end - first, "e2e_s": end - t1}
+
+
+def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
+    import onnxruntime_genai as og
+
+    t0 = time.perf_counter()
+    model = og.Model(path)
+    tok = og.Tokenizer(model)
+    load_s = time.perf_counter() - t0
+    ids = prompt_ids(lambda s: [int(t) for t in tok.encode(s)], n_prompt)
+
+    def run(prompt, n):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + n, min_length=len(prompt) + n, do_sample=False)
+        gen = og.Generator(model, params)
+        t = time.perf_counter()
+        gen.append_tokens(prompt)
+        gen.generate_next_token()
+        first = time.perf_counter()
+        for _ in range(n - 1):
+            gen.generate_next_token()
+        return t, first, time.perf_counter()
+
+    run(ids[:WARMUP_TOKENS], 2)
+    t1, first, end = run(ids, n_gen)
+    return {"load_s": load_s, "ttft_s": first - t1, "decode_s": end - first, "e2e_s": end - t1}
+
+
+def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
+    import resource
+
+    raw = (_measure_gguf if fmt == FORMAT_GGUF else _measure_onnx)(path, n_prompt, n_gen, threads, ctx)
+    return {
+        "load_s": raw["load_s"],
+        "ttft_ms": 1000 * raw["ttft_s"],
+        "prefill_tok_s": n_prompt / raw["ttft_s"],
+        "decode_tok_s": (n_gen - 1) / raw["decode_s"] if n_gen > 1 else float("nan"),
+        "e2e_s": raw["e2e_s"],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage (parent process)
+
+
+def _stats(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "median": statistics.median(values),
+        "n": len(values),
+        "samples": values,
+    }
+
+
+def environment(artifact: Path) -> dict:
+    import psutil
+
+    from edgeq.doctor import package_version, platform_info
+    from edgeq.io import sha256_file
+
+    plat = platform_info()
+    size = (
+        artifact.stat().st_size
+        if artifact.is_file()
+        else sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
+    )
+    return {
+        "cpu": plat["cpu"],
+        "cores": plat["cores_logical"],
+        "ram_gib": plat["ram_gib"],
+        "os": plat["os"],
+        "machine": platform.machine(),
+        "python": plat["python"],
+        "edgeq": __version__,
+        "libraries": {m: package_version(m) for m in ("llama_cpp", "onnxruntime", "onnxruntime_genai")},
+        "artifact_sha256": sha256_file(artifact) if artifact.is_file() else None,
+        "artifact_bytes": size,
+        "total_ram_mib": psutil.virtual_memory().total / 2**20,
+    }
+
+
+def check_budgets(results: dict, env: dict, profile, n_prompt: int) -> list[dict]:
+    """One check per budget of the profile: measured vs allowed, passed or not."""
+    checks = [
+        {
+            "name": "memory",
+            "unit": "MiB",
+            "measured": max(results["peak_rss_mib"]["samples"]),
+            "limit": profile.memory_budget_mib,
+            "kind": "max",
+        },
+        {
+            "name": "storage",
+            "unit": "MiB",
+            "measured": env["artifact_bytes"] / 2**20,
+            "limit": profile.storage_budget_mib,
+            "kind": "max",
+        },
+        {
+            "name": "decode",
+            "unit": "tok/s",
+            "measured": results["decode_tok_s"]["median"],
+            "limit": profile.min_decode_tok_s,
+            "kind": "min",
+        },
+    ]
+    if n_prompt == profile.prompt_tokens:
+        checks.append(
+            {
+                "name": "ttft",
+                "unit": "ms",
+                "measured": results["ttft_ms"]["median"],
+                "limit": profile.ttft_ms,
+                "kind": "max",
+            }
+        )
+    for c in checks:
+        c["passed"] = c["measured"] <= c["limit"] if c["kind"] == "max" else c["measured"] >= c["limit"]
+    return checks
+
+
+def load_baseline(path: str) -> dict:
+    """The results of an earlier `edgeq bench --output json`, checked before any measuring starts."""
+    try:
+        base = json.loads(Path(path).read_text())
+        return {m: float(base["results"][m]["median"]) for m in ("decode_tok_s", "prefill_tok_s", "peak_rss_mib")}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UsageError("not an edgeq bench JSON", path, "pass a file written by edgeq bench --output json") from None
+
+
+def check_baseline(results: dict, base: dict, pct: float) -> list[dict]:
+    checks = []
+    for metric, better in (("decode_tok_s", "higher"), ("prefill_tok_s", "higher"), ("peak_rss_mib", "lower")):
+        old, new = base[metric], results[metric]["median"]
+        change = 100 * (new - old) / old
+        regressed = change < -pct if better == "higher" else change > pct
+        checks.append(
+            {
+                "name": f"baseline_{metric}",
+                "unit": "%",
+                "measured": change,
+                "limit": pct,
+                "baseline": old,
+                "current": new,
+                "passed": not regressed,
+            }
+        )
+    return checks
+
+
+def bench(cfg: BenchConfig) -> dict:
+    from edgeq import report
+    from edgeq.ggufcheck import check_gguf
+    from edgeq.profiles import load_profile
+    from edgeq.runtime import check_onnx_dir
+
+    if cfg.output not in ("md", "json", "csv", "junit"):
+        raise UsageError(f"unknown --output {cfg.output!r}", None, "use md, json, csv or junit")
+    artifact = Path(cfg.artifact)
+    fmt = artifact_format(artifact)
+    check_gguf(artifact) if fmt == FORMAT_GGUF else check_onnx_dir(artifact)
+    profile = load_profile(cfg.profile) if cfg.profile else None
+    baseline = load_baseline(cfg.baseline) if cfg.baseline else None
+    n_prompt = cfg.prompt_tokens or (profile.prompt_tokens if profile else 512)
+    threads = cfg.threads or (profile.threads if profile else os.cpu_count() or 1)
+    ctx = cfg.ctx or n_prompt + cfg.gen_tokens + WARMUP_TOKENS
+    if cfg.reps < 1 or cfg.gen_tokens < 2 or n_prompt < 1 or ctx < n_prompt + cfg.gen_tokens:
+        raise UsageError("need --reps >= 1, --gen-tokens >= 2, --prompt-tokens >= 1 and --ctx >= prompt + gen")
+    job = json.dumps(
+        {
+            "fmt": fmt,
+            "path": str(artifact),
+            "n_prompt": n_prompt,
+            "n_gen": cfg.gen_tokens,
+            "threads": threads,
+            "ctx": ctx,
+        }
+    )
+    runs = []
+    for rep in range(cfg.reps):
+        report.err.print(f"bench {artifact.name}: repetition {rep + 1}/{cfg.reps} (fresh process) …")
+        p = subprocess.run([sys.executable, "-m", "edgeq.bench", job], capture_output=True, text=True)
+        if p.returncode != 0:
+            last = (p.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EdgeqError(f"benchmark process failed (exit {p.returncode}): {last}", str(artifact))
+        runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    results = {m: _stats([r[m] for r in runs]) for m in METRICS}
+    env = environment(artifact)
+    checks = check_budgets(results, env, profile, n_prompt) if profile else []
+    if baseline:
+        checks += check_baseline(results, baseline, cfg.regression_pct)
+    record = {
+        "schema": BENCH_SCHEMA,
+        "artifact": str(artifact),
+        "format": fmt,
+        "backend": "llama.cpp" if fmt == FORMAT_GGUF else "onnxruntime-genai",
+        "settings": {
+            "prompt_tokens": n_prompt,
+            "gen_tokens": cfg.gen_tokens,
+            "reps": cfg.reps,
+            "threads": threads,
+            "ctx": ctx,
+            "profile": profile.name if profile else None,
+        },
+        "environment": env,
+        "results": results,
+        "checks": checks,
+    }
+    from edgeq.benchreport import render
+
+    text = render(record, cfg.output)
+    if cfg.out:
+        from edgeq.io import write_text
+
+        write_text(cfg.out, text)
+    else:
+        sys.stdout.write(text)
+    for c in checks:
+        mark = "[green]ok[/]" if c["passed"] else "[red]BREACH[/]"
+        report.err.print(
+            f"{mark} {c['name']}: measured {c['measured']:.4g} {c['unit']}, "
+            f"{'allowed' if c['name'][:8] != 'baseline' else 'threshold'} {c['limit']:g}"
+        )
+    failed = [c for c in checks if not c["passed"]]
+    if failed:
+        raise BudgetError(
+            "; ".join(
+                f"{c['name']} {c['measured']:.4g} {c['unit']} vs "
+                f"{'limit' if 'baseline' not in c['name'] else '±'} {c['limit']:g}"
+                for c in failed
+            ),
+            str(artifact),
+            "choose a smaller quant type or context, or relax the profile",
+        )
+    return record
+
+
+if __name__ == "__main__":  # the child of one repetition: measure, print one JSON line
+    job = json.loads(sys.argv[1])
+    print(json.dumps(measure(job["fmt"], job["path"], job["n_prompt"], job["n_gen"], job["threads"], job["ctx"])))

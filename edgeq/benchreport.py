@@ -1,0 +1,79 @@
+"""Render a bench record: llama-bench-style Markdown, versioned JSON, CSV, or JUnit XML (one test case per check)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from xml.sax.saxutils import quoteattr
+
+
+def render(record: dict, output: str) -> str:
+    return {"md": markdown, "json": as_json, "csv": as_csv, "junit": junit}[output](record)
+
+
+def markdown(r: dict) -> str:
+    res, s, env = r["results"], r["settings"], r["environment"]
+    size = f"{env['artifact_bytes'] / 2**20:.2f} MiB"
+    name = r["artifact"].rsplit("/", 1)[-1]
+
+    def ts(metric):
+        return f"{res[metric]['mean']:.2f} ± {res[metric]['sd']:.2f}"
+
+    rows = [
+        "| model | size | backend | threads | test | t/s | TTFT ms | peak RSS MiB |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| {name} | {size} | {r['backend']} | {s['threads']} | pp{s['prompt_tokens']} | {ts('prefill_tok_s')} | "
+        f"{res['ttft_ms']['median']:.1f} | {max(res['peak_rss_mib']['samples']):.1f} |",
+        f"| {name} | {size} | {r['backend']} | {s['threads']} | tg{s['gen_tokens']} | {ts('decode_tok_s')} | | |",
+    ]
+    foot = f"\n{s['reps']} fresh-process repetitions; load {res['load_s']['median']:.2f} s (median)"
+    if r["checks"]:
+        foot += "\n\n| check | measured | limit | result |\n| --- | ---: | ---: | --- |\n" + "\n".join(
+            f"| {c['name']} | {c['measured']:.4g} {c['unit']} | {c['limit']:g} | {'pass' if c['passed'] else 'FAIL'} |"
+            for c in r["checks"]
+        )
+    return "\n".join(rows) + foot + "\n"
+
+
+def as_json(r: dict) -> str:
+    return json.dumps(r, indent=2) + "\n"
+
+
+def as_csv(r: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        ["artifact", "backend", "threads", "prompt_tokens", "gen_tokens", "metric", "mean", "sd", "min", "median", "n"]
+    )
+    s = r["settings"]
+    for metric, st in r["results"].items():
+        w.writerow(
+            [
+                r["artifact"],
+                r["backend"],
+                s["threads"],
+                s["prompt_tokens"],
+                s["gen_tokens"],
+                metric,
+                f"{st['mean']:.6g}",
+                f"{st['sd']:.6g}",
+                f"{st['min']:.6g}",
+                f"{st['median']:.6g}",
+                st["n"],
+            ]
+        )
+    return buf.getvalue()
+
+
+def junit(r: dict) -> str:
+    cases = []
+    for c in r["checks"]:
+        message = "{:.4g} {} vs limit {:g}".format(c["measured"], c["unit"], c["limit"])
+        body = "" if c["passed"] else f"<failure message={quoteattr(message)}/>"
+        cases.append(f'  <testcase classname="edgeq.bench" name={quoteattr(c["name"])}>{body}</testcase>')
+    failures = sum(not c["passed"] for c in r["checks"])
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuite name={quoteattr("edgeq bench " + r["artifact"])} '
+        f'tests="{len(cases)}" failures="{failures}">\n' + "\n".join(cases) + "\n</testsuite>\n"
+    )

@@ -1,0 +1,95 @@
+"""`edgeq bench`: fresh-process measurements, outputs, profile and baseline gates, bad input."""
+
+import csv
+import io
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgeq.export.gguf import GgufExport, export_gguf
+from edgeq.profiles import load_profile
+from edgeq.spec import BENCH_SCHEMA, EXIT_BUDGET, EXIT_USAGE
+from tests.conftest import run_edgeq
+
+FAST = ("--reps", 2, "--prompt-tokens", 32, "--gen-tokens", 8)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "tiny.gguf"
+    export_gguf(GgufExport(model=str(tiny_model), out=str(out), quant="Q8_0"))
+    return out
+
+
+def test_json_record_has_schema_environment_and_stats(tiny_gguf, tmp_path):
+    r = run_edgeq("bench", tiny_gguf, *FAST, "--output", "json", "--out", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "b.json").read_text())
+    assert rec["schema"] == BENCH_SCHEMA and rec["backend"] == "llama.cpp"
+    env = rec["environment"]
+    assert len(env["artifact_sha256"]) == 64 and env["cores"] >= 1 and env["libraries"]["llama_cpp"]
+    for metric in ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib"):
+        st = rec["results"][metric]
+        assert st["n"] == 2 and st["min"] <= st["median"] and st["min"] > 0
+    assert "repetition" in r.stderr and r.stdout == ""  # human text on stderr, the record in --out
+
+
+def test_markdown_csv_and_junit(tiny_gguf, tmp_path):
+    md = run_edgeq("bench", tiny_gguf, *FAST)
+    assert md.returncode == 0 and "| pp32 |" in md.stdout and "| tg8 |" in md.stdout and "±" in md.stdout
+    rows = list(csv.DictReader(io.StringIO(run_edgeq("bench", tiny_gguf, *FAST, "--output", "csv").stdout)))
+    assert {r["metric"] for r in rows} >= {"decode_tok_s", "peak_rss_mib"}
+    jx = run_edgeq("bench", tiny_gguf, *FAST, "--output", "junit", "--profile", "drone")
+    suite = ET.fromstring(jx.stdout)
+    assert {c.get("name") for c in suite.iter("testcase")} == {"memory", "storage", "decode"}  # ttft: other length
+
+
+def _tight_profile(tmp_path, **changes):
+    d = yaml.safe_load(Path(load_profile("drone").source).read_text())
+    d.update(changes)
+    p = tmp_path / "tight.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_memory_breach_exits_3_and_names_the_limit(tiny_gguf, tmp_path):
+    profile = _tight_profile(tmp_path, memory_budget_mib=16)
+    r = run_edgeq("bench", tiny_gguf, *FAST, "--profile", profile, "--output", "junit", "--out", tmp_path / "j.xml")
+    assert r.returncode == EXIT_BUDGET
+    assert "memory" in r.stderr and "vs limit 16" in r.stderr and "Traceback" not in r.stderr
+    failures = [c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase") if c.find("failure") is not None]
+    assert [c.get("name") for c in failures] == ["memory"]
+
+
+def test_baseline_regression_exits_3(tiny_gguf, tmp_path):
+    assert run_edgeq("bench", tiny_gguf, *FAST, "--output", "json", "--out", tmp_path / "base.json").returncode == 0
+    base = json.loads((tmp_path / "base.json").read_text())
+    base["results"]["decode_tok_s"]["median"] *= 3  # the old build was 3x faster
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    r = run_edgeq("bench", tiny_gguf, *FAST, "--baseline", tmp_path / "base.json")
+    assert r.returncode == EXIT_BUDGET and "baseline_decode_tok_s" in r.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "unknown", "lying", "onnx-no-config", "bad-profile", "bad-baseline"])
+def test_bad_input_is_one_line_exit_2(case, tiny_gguf, tmp_path):
+    args = {
+        "missing": [tmp_path / "nope.gguf"],
+        "unknown": [tmp_path / "model.bin"],
+        "lying": [tmp_path / "lie.gguf"],
+        "onnx-no-config": [tmp_path / "onnx"],
+        "bad-profile": [tiny_gguf, "--profile", tmp_path / "bad.yaml"],
+        "bad-baseline": [tiny_gguf, *FAST, "--baseline", tmp_path / "bad.json"],
+    }[case]
+    (tmp_path / "model.bin").write_bytes(b"\0" * 64)
+    (tmp_path / "lie.gguf").write_bytes(
+        b"GGUF" + (3).to_bytes(4, "little") + (5).to_bytes(8, "little") + (0).to_bytes(8, "little") + b"\0" * 16
+    )
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "bad.yaml").write_text("name: x\nmemory_budget_mib: 4GB\n")
+    (tmp_path / "bad.json").write_text("{}")
+    r = run_edgeq("bench", *args)
+    assert r.returncode == EXIT_USAGE, r.stderr
+    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
