@@ -62,23 +62,33 @@ def prompt_ids(encode, n: int) -> list[int]:
 # one repetition (runs in the child process)
 
 
+def _greedy_next(llm) -> int:
+    """argmax of the last position's logits, read in place from llama.cpp (no copy of the vocab row)."""
+    import llama_cpp
+    import numpy as np
+
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return int(np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).argmax())
+
+
 def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
+    """Prefill, then a greedy eval loop: what llama-bench times (tokenization and sampler chain excluded)."""
     from llama_cpp import Llama
 
     t0 = time.perf_counter()
     llm = Llama(path, n_ctx=ctx, n_threads=threads, n_threads_batch=threads, n_batch=min(512, ctx), verbose=False)
     load_s = time.perf_counter() - t0
     ids = prompt_ids(lambda s: llm.tokenize(s.encode("utf-8"), add_bos=False, special=False), n_prompt)
-    for i, _tok in enumerate(llm.generate(ids[:WARMUP_TOKENS], temp=0.0, top_k=1, reset=True)):
-        if i + 1 >= WARMUP_TOKENS:
-            break
+    llm.eval(ids[:WARMUP_TOKENS])  # warm-up: first-touch of weights and thread pool start
+    _greedy_next(llm)
+    llm.reset()
     t1 = time.perf_counter()
-    first = None
-    for i, _tok in enumerate(llm.generate(ids, temp=0.0, top_k=1, reset=True)):
-        if i == 0:
-            first = time.perf_counter()
-        if i + 1 >= n_gen:
-            break
+    llm.eval(ids)
+    tok = _greedy_next(llm)
+    first = time.perf_counter()
+    for _ in range(n_gen - 1):
+        llm.eval([tok])
+        tok = _greedy_next(llm)
     end = time.perf_counter()
     return {"load_s": load_s, "ttft_s": first - t1, "decode_s": end - first, "e2e_s": end - t1}
 
