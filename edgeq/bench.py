@@ -20,9 +20,9 @@ from pathlib import Path
 
 from edgeq import __version__
 from edgeq.errors import BudgetError, EdgeqError, UsageError
-from edgeq.spec import BENCH_SCHEMA, FORMAT_GGUF, FORMAT_ONNX
+from edgeq.runtime import ASSETS, artifact_format
+from edgeq.spec import BENCH_SCHEMA, FORMAT_GGUF
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib")
 WARMUP_TOKENS = 8
 
@@ -40,16 +40,6 @@ class BenchConfig:
     out: str | None = None
     baseline: str | None = None
     regression_pct: float = 5.0
-
-
-def artifact_format(path: Path) -> str:
-    if path.is_file() and path.suffix == ".gguf":
-        return FORMAT_GGUF
-    if path.is_dir():
-        return FORMAT_ONNX
-    if not path.exists():
-        raise UsageError("artifact not found", str(path), "pass a .gguf file or an ONNX GenAI folder")
-    raise UsageError("unknown artifact format", str(path), "expected a .gguf file or an ONNX Runtime GenAI folder")
 
 
 def prompt_ids(encode, n: int) -> list[int]:
@@ -248,13 +238,13 @@ def bench(cfg: BenchConfig) -> dict:
     from edgeq import report
     from edgeq.ggufcheck import check_gguf
     from edgeq.profiles import load_profile
-    from edgeq.runtime import check_onnx_dir
 
     if cfg.output not in ("md", "json", "csv", "junit"):
         raise UsageError(f"unknown --output {cfg.output!r}", None, "use md, json, csv or junit")
     artifact = Path(cfg.artifact)
     fmt = artifact_format(artifact)
-    check_gguf(artifact) if fmt == FORMAT_GGUF else check_onnx_dir(artifact)
+    if fmt == FORMAT_GGUF:
+        check_gguf(artifact)
     profile = load_profile(cfg.profile) if cfg.profile else None
     baseline = load_baseline(cfg.baseline) if cfg.baseline else None
     n_prompt = cfg.prompt_tokens or (profile.prompt_tokens if profile else 512)

@@ -13,26 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.errors import UsageError
-from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX
+from edgeq.runtime import ASSETS, artifact_format
+from edgeq.spec import FORMAT_GGUF
 
 TEXT_TOKENS = 640
 TASK_TOKENS = 1024
-
-
-def artifact_format(path: str | Path) -> str:
-    path = Path(path)
-    if path.is_file() and path.suffix == ".gguf":
-        return FORMAT_GGUF
-    if path.is_dir() and (path / "genai_config.json").is_file():
-        return FORMAT_ONNX
-    if not path.exists():
-        raise UsageError("artifact not found", str(path), "pass a .gguf file or an ONNX GenAI folder")
-    raise UsageError(
-        "unknown artifact format",
-        str(path),
-        "expected a .gguf file or a folder with genai_config.json (ONNX Runtime GenAI)",
-    )
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -99,7 +84,6 @@ def evaluate(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from edgeq.basemodel import resolve_model
-    from edgeq.export.gguf import ASSETS
     from edgeq.task import score, split_prompts
 
     artifact = Path(artifact)

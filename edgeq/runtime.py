@@ -14,6 +14,27 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import UsageError
+from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX
+
+ASSETS = Path(__file__).resolve().parent / "assets"  # the tokenizer corpus and the fixed fidelity text
+
+
+def artifact_format(path: str | Path) -> str:
+    """gguf for a .gguf file, onnx for an ONNX Runtime GenAI folder; anything else is a usage error."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return FORMAT_GGUF
+    if path.is_dir() and (path / "genai_config.json").is_file():
+        return FORMAT_ONNX
+    if not path.exists():
+        raise UsageError("artifact not found", str(path), "pass a .gguf file or an ONNX GenAI folder")
+    if path.is_dir():
+        check_onnx_dir(path)
+    raise UsageError(
+        "unknown artifact format",
+        str(path),
+        "expected a .gguf file or a folder with genai_config.json (ONNX Runtime GenAI)",
+    )
 
 
 def load_gguf(path: str | Path, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from edgeq.errors import UsageError
-from edgeq.evaluate import artifact_format, compare
+from edgeq.evaluate import compare
 from edgeq.export.gguf import GgufExport, export_gguf
+from edgeq.runtime import artifact_format
 from edgeq.spec import EXIT_USAGE
 from tests.conftest import run_edgeq
 
@@ -25,8 +26,11 @@ def test_artifact_format_errors(tmp_path):
     with pytest.raises(UsageError, match="artifact not found"):
         artifact_format(tmp_path / "nope.gguf")
     (tmp_path / "onnx").mkdir()
-    with pytest.raises(UsageError, match="unknown artifact format"):
+    with pytest.raises(UsageError, match="no genai_config.json"):
         artifact_format(tmp_path / "onnx")
+    (tmp_path / "model.bin").write_bytes(b"\0")
+    with pytest.raises(UsageError, match="unknown artifact format"):
+        artifact_format(tmp_path / "model.bin")
 
 
 def test_f32_gguf_of_tiny_model_is_faithful(tmp_path, tiny_model, small_data):

@@ -18,13 +18,31 @@ def test_runtime_only_install_runs_doctor_and_bench(tmp_path, tiny_model):
     pip = subprocess.run([venv / "bin" / "pip", "install", "-q", ROOT], capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr[-2000:]
     py = venv / "bin" / "python"
-    probe = subprocess.run([py, "-c", "import importlib.util as u; print(u.find_spec('torch'), "
-                                      "u.find_spec('transformers'))"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [py, "-c", "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('transformers'))"],
+        capture_output=True,
+        text=True,
+    )
     assert probe.stdout.split() == ["None", "None"]
     export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "m.gguf"), quant="Q8_0"))
     edgeq = venv / "bin" / "edgeq"
     assert subprocess.run([edgeq, "doctor"], capture_output=True).returncode == 0
-    r = subprocess.run([edgeq, "bench", tmp_path / "m.gguf", "--reps", "1", "--prompt-tokens", "16",
-                        "--gen-tokens", "4", "--profile", "drone"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            edgeq,
+            "bench",
+            tmp_path / "m.gguf",
+            "--reps",
+            "1",
+            "--prompt-tokens",
+            "16",
+            "--gen-tokens",
+            "4",
+            "--profile",
+            "drone",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| tg4 |" in r.stdout

@@ -23,6 +23,7 @@ import numpy as np
 from edgeq import __version__
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.io import atomic_path, check_free_disk
+from edgeq.runtime import ASSETS
 from edgeq.spec import (
     GATE_MAX_ABS_LOGIT,
     GATE_MIN_TOP1,
@@ -31,7 +32,6 @@ from edgeq.spec import (
     GGUF_FTYPES,
 )
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 _TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
 
 

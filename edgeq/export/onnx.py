@@ -71,8 +71,7 @@ def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgeq.export.gguf import ASSETS
-    from edgeq.runtime import onnx_logits
+    from edgeq.runtime import ASSETS, onnx_logits
 
     ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)[:256]
     ref = onnx_logits(onnx_dir, ids)
