@@ -134,11 +134,13 @@ def platform_info() -> dict:
         "avx512_vnni",
         "avx512_bf16",
         "amx_tile",
+        "amx_bf16",
         "neon",
         "asimd",
         "asimddp",
         "sve",
         "i8mm",
+        "bf16",
     )
     return {
         "os": f"{platform.system()} {platform.release()}",

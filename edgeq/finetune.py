@@ -145,12 +145,9 @@ def release_freed_memory(model, every: int = 3) -> bool:
 
 def cpu_has_bf16() -> bool:
     """Native bf16 matmul on this CPU (AVX512-BF16 / AMX on x86, BF16 on Arm)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16", "bf16"))
+    from edgeq.doctor import platform_info
+
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(platform_info()["cpu_features"]))
 
 
 def own_weights(model) -> None:
