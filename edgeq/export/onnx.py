@@ -53,6 +53,12 @@ def builder_args(model_dir: Path, out: Path, cache: Path, quant: str, ep: str) -
     return args
 
 
+def ort_providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_available_providers()
+
+
 def gate_generates(model_dir: Path, tok) -> dict:
     """onnxruntime-genai loads the folder and greedy-decodes a chat prompt."""
     from edgeq.runtime import onnx_generate
@@ -120,7 +126,8 @@ def export_onnx(cfg: OnnxExport) -> dict:
         for name in TOKENIZER_FILES:  # the chat template and tokenizer travel with the artifact
             if (model_dir / name).is_file() and not (tmp / name).exists():
                 shutil.copyfile(model_dir / name, tmp / name)
-        gates = {"generates": gate_generates(tmp, tok) if cfg.execution_provider == "cpu" else "skipped (no GPU)"}
+        runnable = cfg.execution_provider == "cpu" or "CUDAExecutionProvider" in ort_providers()
+        gates = {"generates": gate_generates(tmp, tok) if runnable else "skipped: no CUDA execution provider here"}
         if cfg.quant == "fp32":
             gates["fidelity"] = gate_fidelity(tmp, model_dir, tok)
         size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
