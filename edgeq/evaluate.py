@@ -103,11 +103,13 @@ def evaluate(
     }
     if data:
         prompts, refs = split_prompts(data, limit)
-        rendered = "".join(
-            tok.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
-            for p, r in zip(prompts, refs, strict=True)
-        )
-        task_ids = tok.encode(rendered, add_special_tokens=False)[:TASK_TOKENS]
+        task_ids: list[int] = []
+        for p, r in zip(prompts, refs, strict=True):  # whole conversations, until TASK_TOKENS are reached
+            if len(task_ids) >= TASK_TOKENS:
+                break
+            text = tok.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
+            task_ids += tok.encode(text, add_special_tokens=False)
+        task_ids = task_ids[:TASK_TOKENS]
         result["task_text"] = compare(
             reference_logits(model, task_ids), artifact_logits(artifact, fmt, task_ids), task_ids
         )
