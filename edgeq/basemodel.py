@@ -115,6 +115,11 @@ def resolve_model(path: str | os.PathLike | None, allow_pickle: bool = False) ->
     return path
 
 
+def weights_bytes(model_dir: Path) -> int:
+    """Bytes of a model directory's safetensors weights (for free-disk checks before a stage)."""
+    return sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+
+
 def _from_pickle(path: Path, pickles: list[Path]) -> Path:
     """Opted-in pickle weights → a safetensors copy in the cache (torch.load with weights_only=True only)."""
     import shutil

@@ -117,7 +117,7 @@ def merge(cfg: MergeConfig) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from edgeq import report
-    from edgeq.basemodel import resolve_model
+    from edgeq.basemodel import resolve_model, weights_bytes
     from edgeq.finetune import base_fingerprint
 
     cfg.check()
@@ -141,11 +141,7 @@ def merge(cfg: MergeConfig) -> dict:
     if policy == "dequantized" and quant["quant"] == "none":
         policy = "pristine"  # trained on an un-quantized base: the two policies are the same weights
         report.err.print("note: the adapter was trained on an un-quantized base; merging into the pristine weights")
-    check_free_disk(
-        out.parent if out.parent.exists() else Path.cwd(),
-        3 * (base_dir / "model.safetensors").stat().st_size if (base_dir / "model.safetensors").exists() else 1 << 30,
-        "the merged model",
-    )
+    check_free_disk(out.parent, 3 * weights_bytes(base_dir), "the merged model")
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float64)
     check_adapter_fits(model, adapter_dir, base_dir)

@@ -328,15 +328,14 @@ def export_gguf(cfg: GgufExport) -> dict:
     from transformers import AutoTokenizer
 
     from edgeq import report
-    from edgeq.basemodel import resolve_model
+    from edgeq.basemodel import resolve_model, weights_bytes
     from edgeq.ggufcheck import check_gguf
 
     if cfg.quant not in GGUF_FTYPES:
         raise UsageError(f"unknown GGUF quant type {cfg.quant!r}", None, f"valid: {', '.join(GGUF_FTYPES)}")
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
     out = Path(cfg.out)
-    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
-    check_free_disk(out.parent if out.parent.exists() else Path.cwd(), 2 * weights, "the GGUF export")
+    check_free_disk(out.parent, 2 * weights_bytes(model_dir), "the GGUF export")
     tok = AutoTokenizer.from_pretrained(model_dir)
     float_type = cfg.quant if cfg.quant in GGUF_FLOAT_TYPES else "F16"
     with (

@@ -99,7 +99,7 @@ def export_onnx(cfg: OnnxExport) -> dict:
     from transformers import AutoTokenizer
 
     from edgeq import report
-    from edgeq.basemodel import resolve_model
+    from edgeq.basemodel import resolve_model, weights_bytes
 
     if cfg.quant not in ONNX_PRECISIONS:
         raise UsageError(f"unknown ONNX precision {cfg.quant!r}", None, f"valid: {', '.join(ONNX_PRECISIONS)}")
@@ -107,8 +107,7 @@ def export_onnx(cfg: OnnxExport) -> dict:
         raise UsageError("fp16 ONNX targets GPUs", None, "use --execution-provider cuda, or int8/int4/fp32 on CPU")
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
     out = Path(cfg.out)
-    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
-    check_free_disk(out.parent if out.parent.exists() else Path.cwd(), 2 * weights, "the ONNX export")
+    check_free_disk(out.parent, 2 * weights_bytes(model_dir), "the ONNX export")
     tok = AutoTokenizer.from_pretrained(model_dir)
     with (
         atomic_dir(out, force=cfg.force) as tmp,
