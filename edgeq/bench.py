@@ -35,7 +35,7 @@ class BenchConfig:
     gen_tokens: int = 128
     reps: int = 5
     threads: int | None = None  # default: the profile's threads, else all cores
-    ctx: int | None = None  # default: prompt + generated tokens
+    ctx: int | None = None  # default: the profile's max_context_tokens, else prompt + generated tokens
     output: str = "md"
     out: str | None = None
     baseline: str | None = None
@@ -93,8 +93,9 @@ def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) 
     ids = prompt_ids(lambda s: [int(t) for t in tok.encode(s)], n_prompt)
 
     def run(prompt, n):
+        # max_length = ctx: the KV buffer GenAI allocates (shared past/present) is sized by it, as in serving
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(prompt) + n, min_length=len(prompt) + n, do_sample=False)
+        params.set_search_options(max_length=ctx, min_length=len(prompt) + n, do_sample=False)
         gen = og.Generator(model, params)
         t = time.perf_counter()
         gen.append_tokens(prompt)
@@ -121,6 +122,18 @@ def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: i
         "e2e_s": raw["e2e_s"],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
     }
+
+
+def measure_in_child(fmt: str, path: str | Path, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
+    """One repetition in a fresh Python process: nothing loaded before it counts in its peak RSS."""
+    job = json.dumps(
+        {"fmt": fmt, "path": str(path), "n_prompt": n_prompt, "n_gen": n_gen, "threads": threads, "ctx": ctx}
+    )
+    p = subprocess.run([sys.executable, "-m", "edgeq.bench", job], capture_output=True, text=True)
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgeqError(f"benchmark process failed (exit {p.returncode}): {last}", str(path))
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,27 +262,13 @@ def bench(cfg: BenchConfig) -> dict:
     baseline = load_baseline(cfg.baseline) if cfg.baseline else None
     n_prompt = cfg.prompt_tokens or (profile.prompt_tokens if profile else 512)
     threads = cfg.threads or (profile.threads if profile else os.cpu_count() or 1)
-    ctx = cfg.ctx or n_prompt + cfg.gen_tokens + WARMUP_TOKENS
+    ctx = cfg.ctx or (profile.max_context_tokens if profile else n_prompt + cfg.gen_tokens + WARMUP_TOKENS)
     if cfg.reps < 1 or cfg.gen_tokens < 2 or n_prompt < 1 or ctx < n_prompt + cfg.gen_tokens:
         raise UsageError("need --reps >= 1, --gen-tokens >= 2, --prompt-tokens >= 1 and --ctx >= prompt + gen")
-    job = json.dumps(
-        {
-            "fmt": fmt,
-            "path": str(artifact),
-            "n_prompt": n_prompt,
-            "n_gen": cfg.gen_tokens,
-            "threads": threads,
-            "ctx": ctx,
-        }
-    )
     runs = []
     for rep in range(cfg.reps):
         report.err.print(f"bench {artifact.name}: repetition {rep + 1}/{cfg.reps} (fresh process) …")
-        p = subprocess.run([sys.executable, "-m", "edgeq.bench", job], capture_output=True, text=True)
-        if p.returncode != 0:
-            last = (p.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgeqError(f"benchmark process failed (exit {p.returncode}): {last}", str(artifact))
-        runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        runs.append(measure_in_child(fmt, artifact, n_prompt, cfg.gen_tokens, threads, ctx))
     results = {m: _stats([r[m] for r in runs]) for m in METRICS}
     env = environment(artifact)
     checks = check_budgets(results, env, profile, n_prompt) if profile else []

@@ -316,7 +316,7 @@ def eval_artifact(artifact, reference, data, limit, as_json) -> None:
 @click.option("--gen-tokens", type=int, default=128, show_default=True)
 @click.option("--reps", type=int, default=5, show_default=True, help="Repetitions, each in a fresh process.")
 @click.option("--threads", type=int, default=None, help="Default: the profile's, else all cores.")
-@click.option("--ctx", type=int, default=None, help="Context size (default: prompt + generated tokens).")
+@click.option("--ctx", type=int, default=None, help="Default: the profile's context, else prompt + generated.")
 @click.option("--output", type=click.Choice(["md", "json", "csv", "junit"]), default="md", show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="Write the output here instead of stdout.")
 @click.option("--baseline", type=click.Path(), default=None, help="Earlier bench JSON: exit 3 on regression.")

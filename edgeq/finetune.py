@@ -13,6 +13,7 @@ Runs unchanged under torchrun / accelerate launch: gradients of the LoRA paramet
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -461,21 +462,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     t0 = time.time()
     model.train()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("finetune"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=report.err,
-        disable=rank != 0,
-    )
-    with progress:
-        task = progress.add_task("train", total=total_steps, completed=start_step, loss="-", rate="")
+    bar = report.progress("finetune", total_steps, start_step) if rank == 0 else contextlib.nullcontext(None)
+    with bar as update:
         for step in range(start_step, total_steps):
             for g in optim.param_groups:
                 g["lr"] = lr_at(step)
@@ -483,7 +471,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
             losses.append(round(train_step(model, optim, micro, cfg, world), 6))
             done = step + 1
             rate = (done - start_step) / (time.time() - t0)
-            progress.update(task, completed=done, loss=f"{losses[-1]:.4f}", rate=f"{rate:.2f} step/s")
+            if update:
+                update(done, f"loss {losses[-1]:.4f} · {rate:.2f} step/s")
             if rank == 0 and (done % cfg.save_every == 0 or done == total_steps):
                 save_checkpoint(out, done, model, optim, {"losses": losses, "structure": structure})
             if world > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -23,3 +24,31 @@ def table(title: str, columns: list[str], rows: list[list], caption: str | None 
 
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# A stage view (edgeq build) draws progress itself: while it runs, bars report to this hook.
+progress_hook = None  # callable(description: str, completed: float, total: float, info: str) | None
+
+
+@contextlib.contextmanager
+def progress(description: str, total: float, completed: float = 0, info: str = ""):
+    """A progress bar on stderr, or a line in the stage view; yields update(completed, info="")."""
+    hook = progress_hook
+    if hook is not None:
+        hook(description, completed, total, info)
+        yield lambda done, info="": hook(description, done, total, info)
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+    with bar:
+        task = bar.add_task(description, total=total, completed=completed, info=info)
+        yield lambda done, info="": bar.update(task, completed=done, info=info)

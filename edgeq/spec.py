@@ -216,3 +216,44 @@ TOKENIZER_FILES = (
 # ---------------------------------------------------------------------------------------------
 # Manifest keys (shared by every stage that writes a manifest.json).
 MANIFEST_SCHEMA = "edgeq.manifest/1"
+
+# ---------------------------------------------------------------------------------------------
+# Planning: which artifact fits a profile.
+# Quality prior when no eval of this model exists: mean KLD on held-out text of each type, measured
+# on the default model fine-tuned on the drone task (benchmarks/RESULTS.md, "Every export type").
+# Larger models lose less at every type; the order is what the prior is for.
+QUALITY_PRIOR_KLD = {
+    "F32": 0.0,
+    "F16": 0.0,
+    "BF16": 0.0005,
+    "Q8_0": 0.0051,
+    "Q6_K": 0.0114,
+    "Q5_K_M": 0.0542,
+    "Q5_0": 0.0846,
+    "Q4_K_M": 0.0713,
+    "Q4_K_S": 0.1193,
+    "Q4_0": 0.4666,
+    "IQ4_XS": 0.1949,
+    "Q3_K_M": 0.2536,
+    "Q2_K": 0.7421,
+    "fp32": 0.0,
+    "fp16": 0.0005,
+    "int8": 0.0047,
+    "int4-block32": 0.5645,
+    "int4-block128": 1.0482,
+}
+PLAN_CALIBRATION = "plan_calibration.json"  # in edgeq/assets; written by benchmarks/calibrate_plan.py
+PLAN_SCHEMA = "edgeq.plan/1"
+PLAN_MARGIN = 0.10  # memory headroom plan keeps below the budget: its predictions are checked to ±10 %
+LLAMA_CPP_MAX_BATCH = 512  # n_batch edgeq bench and the Modelfile use: min(512, ctx)
+
+# ---------------------------------------------------------------------------------------------
+# Build: the stages in order, and what the output directory holds.
+BUILD_STAGES = ("finetune", "merge", "plan", "sweep", "export", "eval", "bench", "report")
+BUILD_STATE_DIR = ".edgeq"  # inside --out: stage caches, the lock
+BUILD_MANIFEST = "manifest.json"
+BUILD_REPORT = "report.md"
+BUILD_PLOT = "candidates.png"
+BUILD_MODELFILE = "Modelfile"
+BUILD_EXAMPLE_DATA = "examples/drone/train.jsonl"  # inside the package: the default --data
+BUILD_EXAMPLE_TEST = "examples/drone/test.jsonl"

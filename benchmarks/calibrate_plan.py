@@ -1,0 +1,186 @@
+"""Measure the runtime terms of `edgeq plan`'s memory model and write them as data.
+
+    python benchmarks/calibrate_plan.py --model runs/demo/merged [--write] [--out calib.json]
+
+Exports the model (and a narrow random model, so the runtime's base separates from per-weight
+terms) to every GGUF and ONNX type, measures the peak RSS of `edgeq bench`'s fresh child process
+over a grid of context and prompt sizes, and fits:
+  GGUF  RSS = base + Σ_type bytes × resident_factor[type] + KV(f16) + hidden × (a × prompt + b × batch)
+        resident_factor is 1 for types llama.cpp serves from the mmap; above 1 where its CPU backend
+        repacks a copy (the mapped pages stay resident too).
+  ONNX  RSS = max(base + f[prec] × matmul bytes + other + KV(fp32) + prompt × vocab × 4,
+                  base + load[prec] × matmul bytes)     (the second: the transient while loading)
+Prints measured vs predicted for every point; --write replaces edgeq/assets/plan_calibration.json.
+Run it on the target CPU to calibrate for it (repacking differs between x86 and ARM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgeq.basemodel import resolve_model
+from edgeq.bench import measure_in_child
+from edgeq.doctor import package_version, platform_info
+from edgeq.export.gguf import quantize_gguf, write_float_gguf
+from edgeq.export.onnx import OnnxExport, export_onnx
+from edgeq.plan import MIB, Dims, gguf_tensor_types, kv_cache_bytes, onnx_bytes
+from edgeq.runtime import ASSETS
+from edgeq.spec import LLAMA_CPP_MAX_BATCH, PLAN_CALIBRATION
+
+GGUF = ["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_XS", "Q3_K_M", "Q2_K"]
+ONNX = ["fp32", "int8", "int4-block32", "int4-block128"]
+GRID = [(256, 128), (1024, 128), (4096, 128), (1024, 16), (1024, 512)]  # (ctx, prompt)
+TINY_GRID = [(256, 128), (512, 128)]
+
+
+def narrow_model(out: Path, tokenizer_dir: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from conftest import make_tiny_model
+
+    return make_tiny_model(out, tokenizer_dir)
+
+
+def artifacts(model: Path, work: Path, tag: str, gguf: list[str], onnx: list[str]) -> list[dict]:
+    d = Dims.from_config(model)
+    flt = work / f"{tag}.F16.gguf"
+    write_float_gguf(model, flt, "F16")
+    arts = []
+    for q in gguf:
+        path = flt if q == "F16" else work / f"{tag}.{q}.gguf"
+        if q != "F16":
+            quantize_gguf(flt, path, q)
+        arts.append({"fmt": "gguf", "quant": q, "path": path, "dims": d, "types": gguf_tensor_types(flt, q)})
+    for q in onnx:
+        path = work / f"{tag}.{q}"
+        export_onnx(OnnxExport(model=str(model), out=str(path), quant=q))
+        arts.append({"fmt": "onnx", "quant": q, "path": path, "dims": d, "sizes": onnx_bytes(d, q)})
+    return arts
+
+
+def measure_all(arts: list[dict], grid: list[tuple[int, int]]) -> list[dict]:
+    points = []
+    for a in arts:
+        for ctx, prompt in grid:
+            if ctx > a["dims"].max_positions:
+                continue
+            r = measure_in_child(a["fmt"], a["path"], prompt, 32, 2, ctx)
+            points.append({**a, "ctx": ctx, "prompt": prompt, "rss": r["peak_rss_mib"] * MIB})
+            print(f"{a['fmt']} {a['quant']:14} ctx {ctx:5} prompt {prompt:4}: {r['peak_rss_mib']:.1f} MiB", flush=True)
+    return points
+
+
+def fit_gguf(points: list[dict]) -> dict:
+    types = sorted({t for p in points for t in p["types"]})
+    X, y = [], []
+    for p in points:
+        d = p["dims"]
+        X.append(
+            [1.0, d.hidden * p["prompt"], d.hidden * min(LLAMA_CPP_MAX_BATCH, p["ctx"])]
+            + [p["types"].get(t, 0) for t in types]
+        )
+        y.append(p["rss"] - sum(p["types"].values()) - kv_cache_bytes(d, p["ctx"], 2))
+    coef = np.linalg.lstsq(np.array(X), np.array(y), rcond=None)[0]
+    extra = dict(zip(types, coef[3:], strict=True))
+    return {
+        "base_mib": round(float(coef[0]) / MIB, 2),
+        "compute_bytes_per_prompt_token_per_hidden": round(float(coef[1]), 2),
+        "compute_bytes_per_batch_token_per_hidden": round(float(coef[2]), 2),
+        "kv_bytes_per_element": 2,
+        # only types measurably resident twice get a factor; the rest are served from the mmap (1.0)
+        "resident_factor": {t: round(1 + float(e), 3) for t, e in extra.items() if e > 0.1},
+    }
+
+
+def fit_onnx(points: list[dict]) -> dict:
+    quants = sorted({p["quant"] for p in points})
+
+    def rest(p):
+        d, s = p["dims"], p["sizes"]
+        return p["rss"] - s["other"] - kv_cache_bytes(d, p["ctx"], 4) - p["prompt"] * d.vocab * 4
+
+    # steady state from the largest context measured per artifact (past the loading transient)
+    last = {}
+    for p in points:
+        key = (p["path"], p["prompt"])
+        if p["prompt"] == 128 and (key not in last or p["ctx"] > last[key]["ctx"]):
+            last[key] = p
+    X = [[1.0] + [p["sizes"]["matmul"] * (q == p["quant"]) for q in quants] for p in last.values()]
+    coef = np.linalg.lstsq(np.array(X), np.array([rest(p) for p in last.values()]), rcond=None)[0]
+    base, factor = float(coef[0]), dict(zip(quants, map(float, coef[1:]), strict=True))
+    load = {}
+    for p in points:  # points well above the steady prediction peak while loading
+        steady = base + factor[p["quant"]] * p["sizes"]["matmul"]
+        if rest(p) > steady * 1.03 + 4 * MIB:
+            load[p["quant"]] = max(load.get(p["quant"], 0.0), (p["rss"] - base) / p["sizes"]["matmul"])
+    return {
+        "base_mib": round(base / MIB, 2),
+        "kv_bytes_per_element": 4,
+        "resident_factor": {q: round(f, 3) for q, f in factor.items()},
+        "load_factor": {q: round(f, 3) for q, f in load.items()},
+    }
+
+
+def main() -> None:
+    from edgeq.plan import predict_gguf_rss, predict_onnx_rss
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="HF model dir (default: the embedded default model)")
+    ap.add_argument("--write", action="store_true", help=f"replace edgeq/assets/{PLAN_CALIBRATION}")
+    ap.add_argument("--out", default=None, help="also write the calibration JSON here")
+    args = ap.parse_args()
+    model = resolve_model(args.model)
+    with tempfile.TemporaryDirectory(prefix="edgeq-calib-") as tmp:
+        work = Path(tmp)
+        narrow = narrow_model(work / "narrow", resolve_model(None))
+        points = measure_all(artifacts(model, work, "model", GGUF, ONNX), GRID)
+        points += measure_all(artifacts(narrow, work, "narrow", ["F16", "Q8_0", "Q4_0"], ONNX), TINY_GRID)
+    plat = platform_info()
+    cal = {
+        "measured_on": {
+            "date": datetime.date.today().isoformat(),
+            "cpu": plat["cpu"],
+            "cores": plat["cores_logical"],
+            "machine": plat["machine"],
+            "cpu_features": plat["cpu_features"],
+            "llama_cpp_python": package_version("llama_cpp"),
+            "onnxruntime_genai": package_version("onnxruntime_genai"),
+            "model": str(model),
+        },
+        "gguf": fit_gguf([p for p in points if p["fmt"] == "gguf"]),
+        "onnx": fit_onnx([p for p in points if p["fmt"] == "onnx"]),
+    }
+    print("\n| format | type | model | ctx | prompt | measured MiB | predicted MiB | error |")
+    print("|---|---|---|---|---|---|---|---|")
+    worst = 0.0
+    for p in points:
+        if p["fmt"] == "gguf":
+            pred = predict_gguf_rss(p["dims"], p["types"], p["ctx"], p["prompt"], cal)["total"]
+        else:
+            pred = predict_onnx_rss(p["dims"], p["quant"], p["ctx"], p["prompt"], cal)["total"]
+        err = pred / p["rss"] - 1
+        worst = max(worst, abs(err))
+        name = "narrow" if p["dims"].hidden < 128 else "model"
+        print(
+            f"| {p['fmt']} | {p['quant']} | {name} | {p['ctx']} | {p['prompt']} | {p['rss'] / MIB:.1f} | "
+            f"{pred / MIB:.1f} | {100 * err:+.1f} % |"
+        )
+    print(f"\nworst error {100 * worst:.1f} % over {len(points)} points")
+    text = json.dumps(cal, indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.write:
+        from edgeq.io import write_text
+
+        write_text(ASSETS / PLAN_CALIBRATION, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

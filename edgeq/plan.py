@@ -1,0 +1,404 @@
+"""`edgeq plan`: which artifact (format × quant type) fits a device profile, predicted before building it.
+
+For every candidate the profile allows:
+  storage  GGUF: llama.cpp's own quantizer in dry-run mode picks each tensor's type (on 576-wide
+           models it falls back from K-quants for most tensors, so nominal bits/weight mislead);
+           ONNX: the onnxruntime-genai builder's layout, tensor by tensor, from config.json.
+  memory   peak RSS of the serving process at the profile's context =
+           runtime base + resident weights + KV cache + compute buffers, where
+           KV = 2 × layers × KV heads × head_dim × ctx × bytes per element (KV heads, not heads)
+           and the runtime terms (base, compute per token, weights resident twice where llama.cpp
+           repacks them for the CPU, ORT's prepacked copies) come from measurement: the data in
+           edgeq/assets/plan_calibration.json, written by benchmarks/calibrate_plan.py.
+  quality  measured mean KLD when a sweep measured this model, else the prior in spec.py.
+
+The choice: the first format in the profile's order that has a fitting candidate, and in it the
+best quality; ties go to the smaller footprint. No candidate fits → BudgetError (exit 3) that
+says by how much the smallest misses and what would make it fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeq.errors import BudgetError, UsageError
+from edgeq.runtime import ASSETS
+from edgeq.spec import (
+    FORMAT_GGUF,
+    GGUF_FLOAT_TYPES,
+    GGUF_FTYPES,
+    LLAMA_CPP_MAX_BATCH,
+    ONNX_PRECISIONS,
+    PLAN_CALIBRATION,
+    PLAN_MARGIN,
+    PLAN_SCHEMA,
+    QUALITY_PRIOR_KLD,
+    QUANT_TYPES,
+)
+
+MIB = 2**20
+
+
+@dataclass
+class PlanConfig:
+    profile: str = field(metadata={"help": "profile name or YAML path"})
+    model: str | None = field(default=None, metadata={"help": "HF model dir; default: embedded SmolLM2-135M"})
+    ctx: int | None = field(default=None, metadata={"help": "context to plan for; default: the profile's"})
+    allow_pickle: bool = field(default=False, metadata={"help": "accept pickle weights (weights_only=True)"})
+
+
+@dataclass(frozen=True)
+class Dims:
+    """What the footprint depends on, read from config.json (no torch needed)."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    max_positions: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, model_dir: Path) -> Dims:
+        c = json.loads((model_dir / "config.json").read_text())
+        heads = c["num_attention_heads"]
+        return cls(
+            layers=c["num_hidden_layers"],
+            hidden=c["hidden_size"],
+            heads=heads,
+            kv_heads=c.get("num_key_value_heads") or heads,
+            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+            intermediate=c["intermediate_size"],
+            vocab=c["vocab_size"],
+            max_positions=c.get("max_position_embeddings", 2048),
+            tied=bool(c.get("tie_word_embeddings", False)),
+        )
+
+
+def kv_cache_bytes(d: Dims, ctx: int, bytes_per_element: float) -> float:
+    """K and V for every layer: 2 × layers × KV heads × head_dim × ctx × bytes per element."""
+    return 2 * d.layers * d.kv_heads * d.head_dim * ctx * bytes_per_element
+
+
+def calibration(path: str | Path | None = None) -> dict:
+    return json.loads(Path(path or ASSETS / PLAN_CALIBRATION).read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# storage: GGUF through llama.cpp's quantizer (dry run), ONNX from the builder's layout
+
+_TENSOR_LINE = re.compile(r"\]\s+(\S+)\s+-\s+\[([\d,\s]+)\],\s+type =\s*(\w+),(.*)$")
+
+
+def _ggml_bytes(type_name: str, dims: list[int]) -> int:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name.upper()]]
+    return math.prod(dims) // block * size
+
+
+@contextlib.contextmanager
+def _llama_log(lines: list[str]):
+    """Route llama.cpp's log into `lines` (the quantizer reports its per-tensor choices there)."""
+    import llama_cpp
+    from llama_cpp._logger import llama_log_callback as default
+
+    @llama_cpp.llama_log_callback
+    def capture(level, text, user_data):
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        llama_cpp.llama_log_set(default, ctypes.c_void_p(0))
+
+
+def gguf_tensor_types(float_gguf: Path, quant: str) -> dict[str, int]:
+    """Bytes per ggml type that llama.cpp's quantizer would write for `quant` (dry run: nothing written)."""
+    import llama_cpp
+
+    if quant in GGUF_FLOAT_TYPES:  # written directly: norms (1-D) stay F32
+        from gguf import GGUFReader
+
+        out: dict[str, int] = {}
+        for t in GGUFReader(float_gguf).tensors:
+            kind = "F32" if quant == "F32" or len(t.shape) == 1 else quant
+            out[kind] = out.get(kind, 0) + _ggml_bytes(kind, [int(x) for x in t.shape])
+        return out
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = GGUF_FTYPES[quant]
+    params.dry_run = True
+    lines: list[str] = []
+    with _llama_log(lines):
+        rc = llama_cpp.llama_model_quantize(str(float_gguf).encode(), b"/dev/null", params)
+    if rc != 0:
+        raise UsageError(f"llama.cpp could not plan {quant} (code {rc})", str(float_gguf))
+    out = {}
+    for line in "".join(lines).splitlines():
+        m = _TENSOR_LINE.search(line)
+        if not m:
+            continue
+        dims = [int(x) for x in m.group(2).split(",")]
+        chosen = re.search(r"\((\w+)\)\s*$", m.group(4))
+        kind = (chosen.group(1) if chosen else m.group(3)).upper()
+        out[kind] = out.get(kind, 0) + _ggml_bytes(kind, dims)
+    if not out:
+        raise UsageError(f"llama.cpp reported no tensors when planning {quant}", str(float_gguf))
+    return out
+
+
+def gguf_file_bytes(float_gguf: Path, tensor_bytes: dict[str, int], n_tensors: int) -> int:
+    """Header and metadata as in the float file, then tensor data (each aligned to 32 bytes)."""
+    from gguf import GGUFReader
+
+    return GGUFReader(float_gguf).data_offset + sum(tensor_bytes.values()) + 16 * n_tensors
+
+
+def _matrix_bytes(rows: int, cols: int, quant: str) -> int:
+    precision, block = ONNX_PRECISIONS[quant]
+    if precision in ("int4", "int8"):
+        block = block or 32  # the builder quantizes int8 in blocks of 32 too, fp32 scales
+        n_blocks = -(-cols // block)
+        return rows * n_blocks * (block * (4 if precision == "int4" else 8) // 8 + 4)
+    return rows * cols * (4 if precision == "fp32" else 2)
+
+
+def onnx_bytes(d: Dims, quant: str) -> dict[str, int]:
+    """The builder's initializers: matmul weights, a gather-only embedding, norms and RoPE caches."""
+    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    per_layer = (
+        _matrix_bytes(q + 2 * kv, d.hidden, quant)  # fused q/k/v
+        + _matrix_bytes(d.hidden, q, quant)  # o
+        + 2 * _matrix_bytes(d.intermediate, d.hidden, quant)  # gate, up
+        + _matrix_bytes(d.hidden, d.intermediate, quant)  # down
+    )
+    matmul = d.layers * per_layer + _matrix_bytes(d.vocab, d.hidden, quant)  # + lm_head
+    precision = ONNX_PRECISIONS[quant][0]
+    float_bytes = 2 if precision == "fp16" else 4
+    # Tied models gather from lm_head's own weights (int4: GatherBlockQuantized; float: shared);
+    # int8 keeps a float embedding, as does any untied model.
+    shared = d.tied and precision in ("int4", "fp32", "fp16")
+    gather = 0 if shared else d.vocab * d.hidden * float_bytes
+    other = (2 * d.layers + 1) * d.hidden * 4 + 2 * d.max_positions * (d.head_dim // 2) * float_bytes
+    return {"matmul": matmul, "gather": gather, "other": other}
+
+
+# ---------------------------------------------------------------------------------------------
+# memory: peak RSS of the serving process
+
+
+def predict_gguf_rss(d: Dims, tensor_bytes: dict[str, int], ctx: int, prompt: int, cal: dict) -> dict:
+    g = cal["gguf"]
+    weights = sum(b * g["resident_factor"].get(t, 1.0) for t, b in tensor_bytes.items())
+    kv = kv_cache_bytes(d, ctx, g["kv_bytes_per_element"])
+    compute = d.hidden * (
+        g["compute_bytes_per_prompt_token_per_hidden"] * prompt
+        + g["compute_bytes_per_batch_token_per_hidden"] * min(LLAMA_CPP_MAX_BATCH, ctx)
+    )
+    base = g["base_mib"] * MIB
+    total = base + weights + kv + compute
+    return {"base": base, "weights": weights, "kv_cache": kv, "compute": compute, "total": total}
+
+
+def predict_onnx_rss(d: Dims, quant: str, ctx: int, prompt: int, cal: dict) -> dict:
+    o = cal["onnx"]
+    sizes = onnx_bytes(d, quant)
+    base = o["base_mib"] * MIB
+    weights = o["resident_factor"][quant] * sizes["matmul"] + sizes["other"]
+    kv = kv_cache_bytes(d, ctx, o["kv_bytes_per_element"])
+    compute = prompt * d.vocab * 4  # GenAI's prefill returns float32 logits for every prompt token
+    steady = base + weights + kv + compute
+    load = base + o["load_factor"].get(quant, 0.0) * sizes["matmul"]  # transient while initializers load
+    return {"base": base, "weights": weights, "kv_cache": kv, "compute": compute, "total": max(steady, load)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan
+
+
+def _candidates(profile) -> list[tuple[str, str]]:
+    return [(fmt, q) for fmt in profile.formats for q in profile.allowed_quant_types if QUANT_TYPES[q].fmt == fmt]
+
+
+def predict(
+    model_dir: Path,
+    profile,
+    ctx: int,
+    float_gguf: Path | None,
+    measured: dict | None = None,
+    cal: dict | None = None,
+) -> list[dict]:
+    """One row per candidate: predicted storage and memory, quality, whether it fits and why not."""
+    cal = cal or calibration()
+    d = Dims.from_config(model_dir)
+    measured = measured or {}
+    n_tensors = None
+    rows = []
+    for fmt, quant in _candidates(profile):
+        if fmt == FORMAT_GGUF:
+            if float_gguf is None:
+                raise UsageError("planning GGUF candidates needs the float GGUF of the model")
+            types = gguf_tensor_types(float_gguf, quant)
+            if n_tensors is None:
+                from gguf import GGUFReader
+
+                n_tensors = len(GGUFReader(float_gguf).tensors)
+            size = gguf_file_bytes(float_gguf, types, n_tensors)
+            mem = predict_gguf_rss(d, types, ctx, profile.prompt_tokens, cal)
+        else:
+            size = sum(onnx_bytes(d, quant).values())
+            mem = predict_onnx_rss(d, quant, ctx, profile.prompt_tokens, cal)
+        m = measured.get(f"{fmt}:{quant}", {})
+        row = {
+            "format": fmt,
+            "quant": quant,
+            "storage_mib": size / MIB,
+            "memory_mib": mem["total"] / MIB,
+            "memory_terms_mib": {k: v / MIB for k, v in mem.items() if k != "total"},
+            "kld": m.get("kld", QUALITY_PRIOR_KLD[quant]),
+            "kld_source": "measured" if "kld" in m else "prior",
+            "decode_tok_s": m.get("decode_tok_s"),
+        }
+        row["reasons"] = rejections(row, profile)
+        row["fits"] = not row["reasons"]
+        rows.append(row)
+    return rows
+
+
+def rejections(row: dict, profile) -> list[str]:
+    """Why a candidate does not fit: memory (with the plan's margin), storage, latency, quality."""
+    reasons = []
+    limit = profile.memory_budget_mib * (1 - PLAN_MARGIN)
+    if row["memory_mib"] > limit:
+        reasons.append(f"memory {row['memory_mib']:.0f} > {limit:.0f} MiB (budget − {PLAN_MARGIN:.0%} margin)")
+    if row["storage_mib"] > profile.storage_budget_mib:
+        reasons.append(f"storage {row['storage_mib']:.0f} > {profile.storage_budget_mib} MiB")
+    if row["decode_tok_s"] is not None and row["decode_tok_s"] < profile.min_decode_tok_s:
+        reasons.append(f"decode {row['decode_tok_s']:.1f} < {profile.min_decode_tok_s:g} tok/s (measured here)")
+    if row["kld"] > profile.max_mean_kld:
+        reasons.append(f"KLD {row['kld']:.3f} > {profile.max_mean_kld:g} ({row['kld_source']})")
+    return reasons
+
+
+def choose(rows: list[dict], profile) -> dict | None:
+    """The first format in the profile's order with a fitting candidate; in it the best quality."""
+    for fmt in profile.formats:
+        fitting = [r for r in rows if r["format"] == fmt and r["fits"]]
+        if fitting:
+            return min(fitting, key=lambda r: (r["kld"], r["memory_mib"]))
+    return None
+
+
+def no_fit_error(rows: list[dict], profile, ctx: int) -> BudgetError:
+    """By how much the smallest candidate misses, and what would make it fit."""
+    smallest = min(rows, key=lambda r: r["memory_mib"])
+    terms = smallest["memory_terms_mib"]
+    over_mem = smallest["memory_mib"] - profile.memory_budget_mib * (1 - PLAN_MARGIN)
+    misses = []
+    hints = []
+    if over_mem > 0:
+        misses.append(f"memory by {over_mem:.0f} MiB")
+        kv_per_token = terms["kv_cache"] / ctx
+        fit_ctx = int(ctx - over_mem / kv_per_token) if kv_per_token else 0
+        if fit_ctx >= 16:
+            hints.append(f"a context of {fit_ctx} tokens (now {ctx})")
+        hints.append(f"a model about {over_mem / max(terms['weights'], 1e-9):.0%} smaller in weights")
+    over_storage = smallest["storage_mib"] - profile.storage_budget_mib
+    if over_storage > 0:
+        misses.append(f"storage by {over_storage:.0f} MiB")
+    if not misses:
+        misses.append("; ".join(smallest["reasons"]))
+        hints.append("a quality or latency budget the candidates can meet, or other quant types")
+    return BudgetError(
+        f"no candidate fits profile {profile.name}: the smallest ({smallest['format']} {smallest['quant']}, "
+        f"{smallest['memory_mib']:.0f} MiB) misses {', '.join(misses)}",
+        profile.source,
+        "try " + " or ".join(hints),
+    )
+
+
+def float_gguf_for(model_dir: Path, work: Path) -> Path:
+    """The F16 GGUF the quantizer plans from (written once per model into `work`)."""
+    from edgeq.export.gguf import write_float_gguf
+    from edgeq.io import atomic_path
+
+    path = work / "model.F16.gguf"
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            write_float_gguf(model_dir, tmp, "F16")
+    return path
+
+
+def plan(cfg: PlanConfig, float_gguf: Path | None = None, measured: dict | None = None) -> dict:
+    import tempfile
+
+    from edgeq.basemodel import resolve_model
+    from edgeq.profiles import load_profile
+
+    profile = load_profile(cfg.profile)
+    if cfg.ctx is not None and cfg.ctx < 16:
+        raise UsageError(f"--ctx {cfg.ctx} is too small", None, "use at least 16 tokens")
+    ctx = cfg.ctx or profile.max_context_tokens
+    model_dir = resolve_model(cfg.model, cfg.allow_pickle)
+    with tempfile.TemporaryDirectory(prefix="edgeq-plan-") as scratch:
+        needs_gguf = any(QUANT_TYPES[q].fmt == FORMAT_GGUF for q in profile.allowed_quant_types)
+        if needs_gguf and FORMAT_GGUF in profile.formats and float_gguf is None:
+            float_gguf = float_gguf_for(model_dir, Path(scratch))
+        rows = predict(model_dir, profile, ctx, float_gguf, measured)
+    chosen = choose(rows, profile)
+    result = {
+        "schema": PLAN_SCHEMA,
+        "profile": profile.name,
+        "model": str(model_dir),
+        "ctx": ctx,
+        "prompt_tokens": profile.prompt_tokens,
+        "memory_budget_mib": profile.memory_budget_mib,
+        "storage_budget_mib": profile.storage_budget_mib,
+        "calibration": calibration()["measured_on"],
+        "candidates": rows,
+        "chosen": chosen and {"format": chosen["format"], "quant": chosen["quant"]},
+    }
+    if chosen is None:
+        result["error"] = no_fit_error(rows, profile, ctx)
+    return result
+
+
+def render(result: dict):
+    from edgeq import report
+
+    chosen = result["chosen"] or {}
+    rows = []
+    for r in result["candidates"]:
+        pick = r["format"] == chosen.get("format") and r["quant"] == chosen.get("quant")
+        rows.append(
+            [
+                ("→ " if pick else "") + f"{r['format']} {r['quant']}",
+                f"{r['memory_mib']:.0f}",
+                f"{r['storage_mib']:.1f}",
+                f"{r['kld']:.4f} ({r['kld_source']})",
+                "-" if r["decode_tok_s"] is None else f"{r['decode_tok_s']:.0f}",
+                "[green]yes[/]" if r["fits"] else "[red]no[/]",
+                "; ".join(r["reasons"]),
+            ]
+        )
+    caption = (
+        f"memory = predicted peak RSS at ctx {result['ctx']}, prompt {result['prompt_tokens']} "
+        f"(budget {result['memory_budget_mib']} MiB, plan keeps {PLAN_MARGIN:.0%} headroom); "
+        f"calibrated on {result['calibration']['cpu']}"
+    )
+    return report.table(
+        f"plan for {result['profile']}",
+        ["candidate", "memory MiB", "size MiB", "mean KLD", "tok/s", "fits", "why not"],
+        rows,
+        caption,
+    )
