@@ -110,9 +110,19 @@ def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) 
     return {"load_s": load_s, "ttft_s": first - t1, "decode_s": end - first, "e2e_s": end - t1}
 
 
-def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
-    import resource
+def peak_rss_mib() -> float:
+    """This process's peak RSS. Linux: VmHWM, which exec resets; ru_maxrss would report the parent's
+    peak when a large process (a build holding torch) spawned this one."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
 
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+
+
+def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
     raw = (_measure_gguf if fmt == FORMAT_GGUF else _measure_onnx)(path, n_prompt, n_gen, threads, ctx)
     return {
         "load_s": raw["load_s"],
@@ -120,7 +130,7 @@ def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: i
         "prefill_tok_s": n_prompt / raw["ttft_s"],
         "decode_tok_s": (n_gen - 1) / raw["decode_s"] if n_gen > 1 else float("nan"),
         "e2e_s": raw["e2e_s"],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 

@@ -1,0 +1,434 @@
+"""`edgeq build --profile NAME`: fine-tune → merge → plan → sweep → export → eval → bench → report.
+
+Each stage is cached in OUT/.edgeq/<stage>/ under a key: the sha256 of its settings, its input files
+and the keys of the stages before it. A stage whose key matches a finished copy is skipped, so a
+rebuild with nothing changed does no work, and a changed profile re-runs from plan on. A stage
+works in <stage>.partial/ and becomes <stage>/ by one rename; a build killed at any point starts
+the unfinished stage again (the fine-tune resumes from its last checkpoint). One lock per output
+directory; free disk is checked before each stage starts.
+
+  finetune  QLoRA adapter on --data                       (finetune.py)
+  merge     adapter into the dequantized base, float32    (merge.py)
+  plan      storage and peak RSS of every candidate       (plan.py)
+  sweep     each candidate that fits: built, its KLD and decode speed measured; the choice
+  export    the chosen artifact, with every export gate   (export/)
+  eval      fidelity and task accuracy vs the merged model; the base model's task accuracy
+  bench     footprint and latency against the profile     (bench.py)
+  report    artifact, Modelfile, manifest.json, report.md, candidates.png into OUT
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeq import __version__, report
+from edgeq.errors import BudgetError, EdgeqError, UsageError
+from edgeq.io import check_free_disk, sha256_file, write_json
+from edgeq.spec import (
+    BUILD_EXAMPLE_DATA,
+    BUILD_EXAMPLE_TEST,
+    BUILD_STAGES,
+    BUILD_STATE_DIR,
+    FORMAT_GGUF,
+    MANIFEST_SCHEMA,
+    PLAN_CALIBRATION,
+)
+
+PACKAGE = Path(__file__).resolve().parent
+DONE = "stage.json"  # written last inside a finished stage directory
+
+
+@dataclass
+class BuildConfig:
+    profile: str = field(metadata={"help": "profile name or YAML path"})
+    base: str | None = field(default=None, metadata={"help": "HF base model dir; default: embedded SmolLM2-135M"})
+    data: str | None = field(default=None, metadata={"help": "training JSONL; default: the example drone data"})
+    test_data: str | None = field(default=None, metadata={"help": "held-out task JSONL; default with the example"})
+    out: str | None = field(default=None, metadata={"help": "output directory; default: builds/<profile>"})
+    dry_run: bool = field(default=False, metadata={"help": "print the plan and the stages that would run"})
+    max_steps: int | None = field(default=None, metadata={"help": "cap the fine-tune's optimizer steps"})
+    eval_limit: int | None = field(default=None, metadata={"help": "score only the first N task examples"})
+    reps: int = field(default=3, metadata={"help": "bench repetitions (fresh processes)"})
+
+
+@dataclass
+class Context:
+    """What the stages share: resolved inputs, the state directory and each finished stage's result."""
+
+    cfg: BuildConfig
+    profile: object
+    base: Path
+    data: Path
+    test_data: Path | None
+    out: Path
+    state: Path
+    keys: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+
+    def dir(self, stage: str) -> Path:
+        return self.state / stage
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha(path: Path, memo: dict) -> str:
+    """sha256 of a file, remembered by (path, size, mtime) so a no-op rebuild does not re-read weights."""
+    st = path.stat()
+    k = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    if k not in memo:
+        memo[k] = sha256_file(path)
+    return memo[k]
+
+
+def input_hashes(ctx: Context, memo: dict) -> dict:
+    weights = sorted(ctx.base.glob("*.safetensors"))
+    return {
+        "base": [file_sha(w, memo) for w in weights],
+        "data": file_sha(ctx.data, memo),
+        "test_data": file_sha(ctx.test_data, memo) if ctx.test_data else None,
+        "profile": _hash({k: v for k, v in dataclasses.asdict(ctx.profile).items() if k != "source"}),
+        "calibration": file_sha(PACKAGE / "assets" / PLAN_CALIBRATION, memo),
+    }
+
+
+def stage_settings(ctx: Context) -> dict:
+    """Everything each stage's output depends on besides the stages before it."""
+    from edgeq.finetune import FinetuneConfig
+    from edgeq.merge import MergeConfig
+
+    ft = dataclasses.asdict(FinetuneConfig(data="", out="", max_steps=ctx.cfg.max_steps))
+    for k in ("data", "out", "base", "resume", "force"):
+        ft.pop(k)
+    mg = dataclasses.asdict(MergeConfig(adapter="", out=""))
+    for k in ("adapter", "out", "base", "force"):
+        mg.pop(k)
+    return {
+        "finetune": {"config": ft, "inputs": ["base", "data"]},
+        "merge": {"config": mg, "inputs": []},
+        "plan": {"config": {}, "inputs": ["profile", "calibration"]},
+        "sweep": {"config": {"imatrix": "training data"}, "inputs": ["data"]},
+        "export": {"config": {"imatrix": "training data"}, "inputs": []},
+        "eval": {"config": {"limit": ctx.cfg.eval_limit}, "inputs": ["test_data", "base"]},
+        "bench": {"config": {"reps": ctx.cfg.reps}, "inputs": []},
+        "report": {"config": {"edgeq": __version__}, "inputs": []},
+    }
+
+
+def compute_keys(ctx: Context, hashes: dict) -> dict:
+    """Chained keys: a stage's key covers its settings, its inputs and the key of the stage before it."""
+    keys, prev = {}, None
+    for stage, s in stage_settings(ctx).items():
+        keys[stage] = _hash({"stage": stage, "prev": prev, **s, "hashes": {i: hashes[i] for i in s["inputs"]}})
+        prev = keys[stage]
+    return keys
+
+
+def cached(ctx: Context, stage: str) -> dict | None:
+    done = ctx.dir(stage) / DONE
+    if not done.is_file():
+        return None
+    record = json.loads(done.read_text())
+    return record if record.get("key") == ctx.keys[stage] else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the stages: each works in `work` and returns its result (JSON)
+
+
+def run_finetune(ctx: Context, work: Path) -> dict:
+    from edgeq.finetune import FinetuneConfig, finetune, latest_checkpoint
+
+    resume = latest_checkpoint(work) is not None
+    return finetune(
+        FinetuneConfig(
+            data=str(ctx.data),
+            out=str(work),
+            base=str(ctx.base),
+            max_steps=ctx.cfg.max_steps,
+            resume=resume,
+            force=True,
+        )
+    )
+
+
+def run_merge(ctx: Context, work: Path) -> dict:
+    from edgeq.merge import MergeConfig, merge
+
+    return merge(MergeConfig(adapter=str(ctx.dir("finetune")), out=str(work / "model"), base=str(ctx.base)))
+
+
+def merged(ctx: Context) -> Path:
+    return ctx.dir("merge") / "model"
+
+
+def run_plan(ctx: Context, work: Path) -> dict:
+    from edgeq.plan import PlanConfig, float_gguf_for, plan
+
+    flt = float_gguf_for(merged(ctx), work) if FORMAT_GGUF in ctx.profile.formats else None
+    result = plan(PlanConfig(profile=ctx.profile.source, model=str(merged(ctx))), float_gguf=flt)
+    result.pop("error", None)  # the sweep decides with measured quality; its choice is the one that counts
+    return result
+
+
+def _measure_candidate(ctx: Context, row: dict, ref, ids, imatrix, work: Path) -> dict:
+    from edgeq.bench import measure_in_child
+    from edgeq.evaluate import artifact_logits, compare
+    from edgeq.export.gguf import quantize_gguf
+    from edgeq.export.onnx import OnnxExport, export_onnx
+    from edgeq.plan import _llama_log
+
+    fmt, quant = row["format"], row["quant"]
+    path = work / (f"{quant}.gguf" if fmt == FORMAT_GGUF else quant)
+    if fmt == FORMAT_GGUF:
+        with _llama_log([]):  # the quantizer's per-tensor log would flood the stage view
+            quantize_gguf(ctx.dir("plan") / "model.F16.gguf", path, quant, imatrix)
+    else:
+        export_onnx(OnnxExport(model=str(merged(ctx)), out=str(path), quant=quant))
+    fidelity = compare(ref, artifact_logits(path, fmt, ids), ids)
+    run = measure_in_child(fmt, path, ctx.profile.prompt_tokens, 32, ctx.profile.threads, ctx.profile.max_context_tokens)
+    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return {
+        "kld": fidelity["mean_kld"],
+        "top1": fidelity["top1_agreement"],
+        "decode_tok_s": run["decode_tok_s"],
+        "ttft_ms": run["ttft_ms"],
+        "peak_rss_mib": run["peak_rss_mib"],
+        "storage_mib": size / 2**20,
+    }
+
+
+def run_sweep(ctx: Context, work: Path) -> dict:
+    """Build and measure every candidate predicted to fit memory and storage; choose with the measurements."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeq.evaluate import TEXT_TOKENS, reference_logits
+    from edgeq.export.imatrix import compute_imatrix
+    from edgeq.plan import choose, predict
+    from edgeq.runtime import ASSETS
+
+    plan = ctx.results["plan"]
+    todo = [
+        r
+        for r in plan["candidates"]
+        if not [x for x in r["reasons"] if x.startswith(("memory", "storage"))]
+    ]
+    check_free_disk(work, 2 * max([r["storage_mib"] for r in todo] or [0]) * 2**20, "the candidate sweep")
+    tok = AutoTokenizer.from_pretrained(merged(ctx))
+    ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)
+    ids = ids[:TEXT_TOKENS]
+    model = AutoModelForCausalLM.from_pretrained(merged(ctx), dtype=torch.float32).eval()
+    ref = reference_logits(model, ids)
+    del model
+    imatrix = None
+    if any(r["format"] == FORMAT_GGUF for r in todo):
+        imatrix, _ = compute_imatrix(merged(ctx), ctx.data)
+    measured = {}
+    with report.progress("sweep", len(todo)) as update:
+        for i, row in enumerate(todo):
+            update(i, f"{row['format']} {row['quant']}")
+            measured[f"{row['format']}:{row['quant']}"] = _measure_candidate(ctx, row, ref, ids, imatrix, work)
+        update(len(todo), "")
+    rows = predict(merged(ctx), ctx.profile, plan["ctx"], ctx.dir("plan") / "model.F16.gguf", measured)
+    chosen = choose(rows, ctx.profile)
+    for r in rows:
+        r["measured"] = measured.get(f"{r['format']}:{r['quant']}")
+    return {"candidates": rows, "chosen": chosen and {"format": chosen["format"], "quant": chosen["quant"]}}
+
+
+def run_export(ctx: Context, work: Path) -> dict:
+    from edgeq.export.gguf import GgufExport, export_gguf
+    from edgeq.export.onnx import OnnxExport, export_onnx
+
+    chosen = ctx.results["sweep"]["chosen"]
+    name = f"model.{chosen['quant']}" + (".gguf" if chosen["format"] == FORMAT_GGUF else "")
+    if chosen["format"] == FORMAT_GGUF:
+        result = export_gguf(
+            GgufExport(model=str(merged(ctx)), out=str(work / name), quant=chosen["quant"], imatrix_data=str(ctx.data))
+        )
+        result["imatrix_source"] = str(ctx.data)
+    else:
+        result = export_onnx(OnnxExport(model=str(merged(ctx)), out=str(work / name), quant=chosen["quant"]))
+    result["name"] = name
+    return result
+
+
+def artifact(ctx: Context) -> Path:
+    return ctx.dir("export") / ctx.results["export"]["name"]
+
+
+def run_eval(ctx: Context, work: Path) -> dict:
+    from edgeq.evaluate import evaluate
+    from edgeq.task import eval_task
+
+    result = {"artifact": evaluate(artifact(ctx), merged(ctx), ctx.test_data, ctx.cfg.eval_limit)}
+    if ctx.test_data:
+        result["merged"] = eval_task(merged(ctx), ctx.test_data, ctx.cfg.eval_limit)
+        result["base"] = eval_task(ctx.base, ctx.test_data, ctx.cfg.eval_limit)
+    return result
+
+
+def run_bench(ctx: Context, work: Path) -> dict:
+    from edgeq.bench import BenchConfig, bench
+
+    out = work / "bench.json"
+    with contextlib.suppress(BudgetError):  # a breach is a result: the report shows it, the build exits 3
+        bench(BenchConfig(str(artifact(ctx)), profile=ctx.profile.source, reps=ctx.cfg.reps, output="json", out=str(out)))
+    return json.loads(out.read_text())
+
+
+def run_report(ctx: Context, work: Path) -> dict:
+    from edgeq.buildreport import write_outputs
+
+    return write_outputs(ctx, artifact(ctx), work)
+
+
+STAGES = {
+    "finetune": run_finetune,
+    "merge": run_merge,
+    "plan": run_plan,
+    "sweep": run_sweep,
+    "export": run_export,
+    "eval": run_eval,
+    "bench": run_bench,
+    "report": run_report,
+}
+assert tuple(STAGES) == BUILD_STAGES
+
+
+def disk_need(ctx: Context, stage: str) -> int:
+    """Bytes a stage may write, checked before it starts (the exports check their own too)."""
+    from edgeq.basemodel import weights_bytes
+
+    w = weights_bytes(ctx.base)
+    return {"finetune": 64 << 20, "merge": 2 * w, "plan": w, "export": 2 * w, "report": w}.get(stage, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline
+
+
+@contextlib.contextmanager
+def build_lock(state: Path):
+    """One build per output directory; the kernel drops the lock if the holder dies (kill -9)."""
+    state.mkdir(parents=True, exist_ok=True)
+    f = open(state / "lock", "a+")  # noqa: SIM115 - held for the whole build
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UsageError(
+            f"another edgeq build ({holder}) is writing to this output directory",
+            str(state.parent),
+            "wait for it to finish, or pass a different --out",
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def run_stage(ctx: Context, stage: str) -> dict:
+    final, work = ctx.dir(stage), ctx.dir(f"{stage}.partial")
+    key_file = work / ".key"
+    # a partial from a killed run: only the fine-tune continues (from its checkpoints), and only its own
+    if work.exists() and not (stage == "finetune" and key_file.is_file() and key_file.read_text() == ctx.keys[stage]):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(ctx.keys[stage])
+    check_free_disk(ctx.state, disk_need(ctx, stage), f"the {stage} stage")
+    t0 = time.time()
+    result = STAGES[stage](ctx, work)
+    write_json(work / DONE, {"key": ctx.keys[stage], "seconds": time.time() - t0, "result": result})
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(work, final)
+    if stage in ("merge",):  # paths inside results point into the partial dir; fix them up once
+        pass
+    return json.loads((final / DONE).read_text())
+
+
+def resolve(cfg: BuildConfig) -> Context:
+    from edgeq.basemodel import resolve_model
+    from edgeq.profiles import load_profile
+
+    problems = []
+    profile = load_profile(cfg.profile)
+    data = Path(cfg.data) if cfg.data else PACKAGE / BUILD_EXAMPLE_DATA
+    test = Path(cfg.test_data) if cfg.test_data else (PACKAGE / BUILD_EXAMPLE_TEST if not cfg.data else None)
+    for what, p in (("--data", data), ("--test-data", test)):
+        if p is not None and not p.is_file():
+            problems.append(f"{what} {p}: no such file")
+    if cfg.reps < 1:
+        problems.append(f"--reps {cfg.reps}: need at least 1")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        problems.append(f"--max-steps {cfg.max_steps}: need at least 1")
+    if problems:
+        raise UsageError("; ".join(problems), None, "fix the options above and run again")
+    out = Path(cfg.out or Path("builds") / profile.name)
+    base = resolve_model(cfg.base)
+    return Context(cfg, profile, base, data, test, out, out / BUILD_STATE_DIR)
+
+
+def build(cfg: BuildConfig) -> dict:
+    from edgeq.buildreport import StageView, dry_run_view, summary
+
+    ctx = resolve(cfg)
+    memo_path = ctx.state / "sha-memo.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    ctx.keys = compute_keys(ctx, input_hashes(ctx, memo))
+    if cfg.dry_run:
+        return dry_run_view(ctx)
+    with build_lock(ctx.state):
+        write_json(memo_path, memo)
+        view = StageView(BUILD_STAGES)
+        quiet, report.out.quiet = report.out.quiet, True  # stages' own tables give way to the view
+        try:
+            with view.live():
+                for stage in BUILD_STAGES:
+                    record = cached(ctx, stage)
+                    if record is not None:
+                        view.set(stage, "cached", record["seconds"])
+                    else:
+                        view.set(stage, "running")
+                        try:
+                            record = run_stage(ctx, stage)
+                        except BaseException:
+                            view.set(stage, "failed")
+                            raise
+                        view.set(stage, "done", record["seconds"])
+                    ctx.results[stage] = record["result"]
+                    if stage == "sweep" and ctx.results["sweep"]["chosen"] is None:
+                        from edgeq.plan import no_fit_error
+
+                        raise no_fit_error(ctx.results["sweep"]["candidates"], ctx.profile, ctx.results["plan"]["ctx"])
+        finally:
+            report.out.quiet = quiet
+    final = ctx.results["report"]
+    report.out.print(summary(ctx, view))
+    breaches = final["breaches"]
+    if breaches:
+        raise BudgetError("; ".join(breaches), str(ctx.out / "report.md"), "see the report; relax the profile or the model")
+    return final
+
+
+__all__ = ["BuildConfig", "build", "EdgeqError"]
