@@ -62,12 +62,35 @@ def main() -> None:
     args = ap.parse_args()
     bare, ours = [], []
     for _ in range(args.reps):
-        p = subprocess.run([sys.executable, "-c", BARE, args.gguf, str(args.threads), str(args.gen_tokens)],
-                           capture_output=True, text=True, check=True)
+        p = subprocess.run(
+            [sys.executable, "-c", BARE, args.gguf, str(args.threads), str(args.gen_tokens)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         bare.append(float(p.stdout.strip().splitlines()[-1]))
-        p = subprocess.run([sys.executable, "-m", "edgeq", "bench", args.gguf, "--reps", "1", "--threads",
-                            str(args.threads), "--prompt-tokens", "16", "--gen-tokens", str(args.gen_tokens),
-                            "--output", "json"], capture_output=True, text=True, check=True)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgeq",
+                "bench",
+                args.gguf,
+                "--reps",
+                "1",
+                "--threads",
+                str(args.threads),
+                "--prompt-tokens",
+                "16",
+                "--gen-tokens",
+                str(args.gen_tokens),
+                "--output",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         ours.append(json.loads(p.stdout)["results"]["decode_tok_s"]["median"])
     header = check_gguf(args.gguf)
     gbs = bandwidth_gbs(args.threads)
@@ -77,8 +100,10 @@ def main() -> None:
     print(f"bare llama-cpp-python eval loop: {b:.1f} tok/s (median of {args.reps}: {[round(x, 1) for x in bare]})")
     print(f"edgeq bench:                     {o:.1f} tok/s (median of {args.reps}: {[round(x, 1) for x in ours]})")
     print(f"ratio edgeq / bare: {o / b:.3f} (target >= 0.97)")
-    print(f"memory read bandwidth ({args.threads} processes): {gbs:.1f} GB/s -> ceiling {ceiling:.1f} tok/s; "
-          f"edgeq reaches {o / ceiling:.2f} of it")
+    print(
+        f"memory read bandwidth ({args.threads} processes): {gbs:.1f} GB/s -> ceiling {ceiling:.1f} tok/s; "
+        f"edgeq reaches {o / ceiling:.2f} of it"
+    )
 
 
 if __name__ == "__main__":

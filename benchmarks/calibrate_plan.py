@@ -17,6 +17,7 @@ Run it on the target CPU to calibrate for it (repacking differs between x86 and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -77,6 +78,7 @@ def measure_all(arts: list[dict], grid: list[tuple[int, int]]) -> list[dict]:
 
 
 def fit_gguf(points: list[dict]) -> dict:
+    """Least squares with a ridge on the per-type extras: a type is resident twice only if the data say so."""
     types = sorted({t for p in points for t in p["types"]})
     X, y = [], []
     for p in points:
@@ -86,6 +88,9 @@ def fit_gguf(points: list[dict]) -> dict:
             + [p["types"].get(t, 0) for t in types]
         )
         y.append(p["rss"] - sum(p["types"].values()) - kv_cache_bytes(d, p["ctx"], 2))
+    for i in range(len(types)):  # pull each extra towards 0 with the weight of 4 MiB of evidence
+        X.append([0.0, 0.0, 0.0] + [4 * MIB * (j == i) for j in range(len(types))])
+        y.append(0.0)
     coef = np.linalg.lstsq(np.array(X), np.array(y), rcond=None)[0]
     extra = dict(zip(types, coef[3:], strict=True))
     return {
@@ -99,32 +104,41 @@ def fit_gguf(points: list[dict]) -> dict:
 
 
 def fit_onnx(points: list[dict]) -> dict:
+    """Steady state by least squares; points far above it (fp32 loading) set that precision's load factor."""
     quants = sorted({p["quant"] for p in points})
 
     def rest(p):
-        d, s = p["dims"], p["sizes"]
-        return p["rss"] - s["other"] - kv_cache_bytes(d, p["ctx"], 4) - p["prompt"] * d.vocab * 4
+        return p["rss"] - p["sizes"]["other"] - kv_cache_bytes(p["dims"], p["ctx"], 4)
 
-    # steady state from the largest context measured per artifact (past the loading transient)
-    last = {}
-    for p in points:
-        key = (p["path"], p["prompt"])
-        if p["prompt"] == 128 and (key not in last or p["ctx"] > last[key]["ctx"]):
-            last[key] = p
-    X = [[1.0] + [p["sizes"]["matmul"] * (q == p["quant"]) for q in quants] for p in last.values()]
-    coef = np.linalg.lstsq(np.array(X), np.array([rest(p) for p in last.values()]), rcond=None)[0]
-    base, factor = float(coef[0]), dict(zip(quants, map(float, coef[1:]), strict=True))
+    def row(p):
+        return [1.0, p["prompt"] * p["dims"].vocab] + [p["sizes"]["matmul"] * (q == p["quant"]) for q in quants]
+
+    steady = points
+    for _ in range(3):
+        coef = np.linalg.lstsq(np.array([row(p) for p in steady]), np.array([rest(p) for p in steady]), rcond=None)[0]
+        pred = {id(p): float(np.dot(row(p), coef)) for p in points}
+        loading = [p for p in points if rest(p) > pred[id(p)] * 1.03 + 4 * MIB]
+        steady = [p for p in points if p not in loading]
+    base, factor = float(coef[0]), dict(zip(quants, map(float, coef[2:]), strict=True))
     load = {}
-    for p in points:  # points well above the steady prediction peak while loading
-        steady = base + factor[p["quant"]] * p["sizes"]["matmul"]
-        if rest(p) > steady * 1.03 + 4 * MIB:
-            load[p["quant"]] = max(load.get(p["quant"], 0.0), (p["rss"] - base) / p["sizes"]["matmul"])
+    for p in loading:
+        load[p["quant"]] = max(load.get(p["quant"], 0.0), (p["rss"] - base) / p["sizes"]["matmul"])
     return {
         "base_mib": round(base / MIB, 2),
+        "prompt_bytes_per_token_per_vocab": round(float(coef[1]), 3),
         "kv_bytes_per_element": 4,
         "resident_factor": {q: round(f, 3) for q, f in factor.items()},
         "load_factor": {q: round(f, 3) for q, f in load.items()},
     }
+
+
+def save_points(points: list[dict], path: Path) -> None:
+    keep = [{**p, "path": str(p["path"]), "dims": dataclasses.asdict(p["dims"])} for p in points]
+    path.write_text(json.dumps(keep))
+
+
+def load_points(path: Path) -> list[dict]:
+    return [{**p, "dims": Dims(**p["dims"])} for p in json.loads(path.read_text())]
 
 
 def main() -> None:
@@ -134,13 +148,19 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="HF model dir (default: the embedded default model)")
     ap.add_argument("--write", action="store_true", help=f"replace edgeq/assets/{PLAN_CALIBRATION}")
     ap.add_argument("--out", default=None, help="also write the calibration JSON here")
+    ap.add_argument("--points", default=None, help="measurements: reuse this file if it exists, else save to it")
     args = ap.parse_args()
     model = resolve_model(args.model)
+    ap_points = Path(args.points) if args.points else None
+    points = load_points(ap_points) if ap_points and ap_points.is_file() else None
     with tempfile.TemporaryDirectory(prefix="edgeq-calib-") as tmp:
         work = Path(tmp)
-        narrow = narrow_model(work / "narrow", resolve_model(None))
-        points = measure_all(artifacts(model, work, "model", GGUF, ONNX), GRID)
-        points += measure_all(artifacts(narrow, work, "narrow", ["F16", "Q8_0", "Q4_0"], ONNX), TINY_GRID)
+        if points is None:
+            narrow = narrow_model(work / "narrow", resolve_model(None))
+            points = measure_all(artifacts(model, work, "model", GGUF, ONNX), GRID)
+            points += measure_all(artifacts(narrow, work, "narrow", ["F16", "Q8_0", "Q4_0"], ONNX), TINY_GRID)
+            if ap_points:
+                save_points(points, ap_points)
     plat = platform_info()
     cal = {
         "measured_on": {

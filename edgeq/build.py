@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeq import __version__, report
-from edgeq.errors import BudgetError, EdgeqError, UsageError
+from edgeq.errors import BudgetError, UsageError
 from edgeq.io import check_free_disk, sha256_file, write_json
 from edgeq.spec import (
     BUILD_EXAMPLE_DATA,
@@ -39,7 +39,6 @@ from edgeq.spec import (
     BUILD_STAGES,
     BUILD_STATE_DIR,
     FORMAT_GGUF,
-    MANIFEST_SCHEMA,
     PLAN_CALIBRATION,
 )
 
@@ -196,7 +195,9 @@ def _measure_candidate(ctx: Context, row: dict, ref, ids, imatrix, work: Path) -
     else:
         export_onnx(OnnxExport(model=str(merged(ctx)), out=str(path), quant=quant))
     fidelity = compare(ref, artifact_logits(path, fmt, ids), ids)
-    run = measure_in_child(fmt, path, ctx.profile.prompt_tokens, 32, ctx.profile.threads, ctx.profile.max_context_tokens)
+    run = measure_in_child(
+        fmt, path, ctx.profile.prompt_tokens, 32, ctx.profile.threads, ctx.profile.max_context_tokens
+    )
     size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     shutil.rmtree(path) if path.is_dir() else path.unlink()
     return {
@@ -220,11 +221,7 @@ def run_sweep(ctx: Context, work: Path) -> dict:
     from edgeq.runtime import ASSETS
 
     plan = ctx.results["plan"]
-    todo = [
-        r
-        for r in plan["candidates"]
-        if not [x for x in r["reasons"] if x.startswith(("memory", "storage"))]
-    ]
+    todo = [r for r in plan["candidates"] if not [x for x in r["reasons"] if x.startswith(("memory", "storage"))]]
     check_free_disk(work, 2 * max([r["storage_mib"] for r in todo] or [0]) * 2**20, "the candidate sweep")
     tok = AutoTokenizer.from_pretrained(merged(ctx))
     ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)
@@ -285,7 +282,9 @@ def run_bench(ctx: Context, work: Path) -> dict:
 
     out = work / "bench.json"
     with contextlib.suppress(BudgetError):  # a breach is a result: the report shows it, the build exits 3
-        bench(BenchConfig(str(artifact(ctx)), profile=ctx.profile.source, reps=ctx.cfg.reps, output="json", out=str(out)))
+        bench(
+            BenchConfig(str(artifact(ctx)), profile=ctx.profile.source, reps=ctx.cfg.reps, output="json", out=str(out))
+        )
     return json.loads(out.read_text())
 
 
@@ -362,8 +361,6 @@ def run_stage(ctx: Context, stage: str) -> dict:
     if final.exists():
         shutil.rmtree(final)
     os.replace(work, final)
-    if stage in ("merge",):  # paths inside results point into the partial dir; fix them up once
-        pass
     return json.loads((final / DONE).read_text())
 
 
@@ -427,8 +424,7 @@ def build(cfg: BuildConfig) -> dict:
     report.out.print(summary(ctx, view))
     breaches = final["breaches"]
     if breaches:
-        raise BudgetError("; ".join(breaches), str(ctx.out / "report.md"), "see the report; relax the profile or the model")
+        raise BudgetError(
+            "; ".join(breaches), str(ctx.out / "report.md"), "see the report; relax the profile or the model"
+        )
     return final
-
-
-__all__ = ["BuildConfig", "build", "EdgeqError"]

@@ -335,6 +335,45 @@ def bench(**kw) -> None:
     run(BenchConfig(**kw))
 
 
+@cli.command()
+@click.option("--profile", required=True, help="Device profile NAME or PATH.")
+@MODEL_OPTION
+@click.option("--ctx", type=int, default=None, help="Context to plan for (default: the profile's).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plan(profile, model_dir, ctx, as_json) -> None:
+    """Predict memory and size of every candidate the profile allows; pick the best that fits (exit 3: none)."""
+    from edgeq import report
+    from edgeq.plan import PlanConfig, render
+    from edgeq.plan import plan as run
+
+    result = run(PlanConfig(profile=profile, model=model_dir, ctx=ctx))
+    error = result.pop("error", None)
+    if as_json:
+        report.print_json(result)
+    else:
+        report.out.print(render(result))
+    if error is not None:
+        raise error
+
+
+@cli.command()
+@click.option("--profile", required=True, help="Device profile NAME or PATH.")
+@click.option("--base", type=click.Path(), default=None, help="HF base model dir (default: embedded SmolLM2-135M).")
+@click.option("--data", type=click.Path(), default=None, help="Training JSONL (default: the example drone data).")
+@click.option("--test-data", type=click.Path(), default=None, help="Held-out task JSONL (default with the example).")
+@click.option("--out", type=click.Path(), default=None, help="Output directory (default: builds/PROFILE).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and the stages that would run; write nothing.")
+@click.option("--max-steps", type=int, default=None, help="Cap the fine-tune's optimizer steps.")
+@click.option("--eval-limit", type=int, default=None, help="Score only the first N held-out task examples.")
+@click.option("--reps", type=int, default=3, show_default=True, help="Bench repetitions (fresh processes).")
+def build(**kw) -> None:
+    """Fine-tune → merge → plan → export → eval → bench → report, cached per stage (exit 3: a budget breached)."""
+    from edgeq.build import BuildConfig
+    from edgeq.build import build as run
+
+    run(BuildConfig(**kw))
+
+
 @cli.command("eval-task")
 @MODEL_OPTION
 @click.option("--data", required=True, type=click.Path(), help="Held-out JSONL; the last assistant turn is the answer.")

@@ -40,6 +40,7 @@ from edgeq.spec import (
     PLAN_SCHEMA,
     QUALITY_PRIOR_KLD,
     QUANT_TYPES,
+    TOKENIZER_FILES,
 )
 
 MIB = 2**20
@@ -216,7 +217,7 @@ def predict_onnx_rss(d: Dims, quant: str, ctx: int, prompt: int, cal: dict) -> d
     base = o["base_mib"] * MIB
     weights = o["resident_factor"][quant] * sizes["matmul"] + sizes["other"]
     kv = kv_cache_bytes(d, ctx, o["kv_bytes_per_element"])
-    compute = prompt * d.vocab * 4  # GenAI's prefill returns float32 logits for every prompt token
+    compute = prompt * d.vocab * o["prompt_bytes_per_token_per_vocab"]  # prefill returns logits for every token
     steady = base + weights + kv + compute
     load = base + o["load_factor"].get(quant, 0.0) * sizes["matmul"]  # transient while initializers load
     return {"base": base, "weights": weights, "kv_cache": kv, "compute": compute, "total": max(steady, load)}
@@ -241,8 +242,15 @@ def predict(
     """One row per candidate: predicted storage and memory, quality, whether it fits and why not."""
     cal = cal or calibration()
     d = Dims.from_config(model_dir)
+    if ctx > d.max_positions:
+        raise UsageError(
+            f"context {ctx} is longer than the model's {d.max_positions} positions",
+            str(model_dir),
+            f"plan with --ctx {d.max_positions} or less, or a profile with a shorter max_context_tokens",
+        )
     measured = measured or {}
     n_tensors = None
+    tokenizer_bytes = sum((model_dir / f).stat().st_size for f in TOKENIZER_FILES if (model_dir / f).is_file())
     rows = []
     for fmt, quant in _candidates(profile):
         if fmt == FORMAT_GGUF:
@@ -255,8 +263,8 @@ def predict(
                 n_tensors = len(GGUFReader(float_gguf).tensors)
             size = gguf_file_bytes(float_gguf, types, n_tensors)
             mem = predict_gguf_rss(d, types, ctx, profile.prompt_tokens, cal)
-        else:
-            size = sum(onnx_bytes(d, quant).values())
+        else:  # the builder copies the tokenizer files next to the graph
+            size = sum(onnx_bytes(d, quant).values()) + tokenizer_bytes
             mem = predict_onnx_rss(d, quant, ctx, profile.prompt_tokens, cal)
         m = measured.get(f"{fmt}:{quant}", {})
         row = {

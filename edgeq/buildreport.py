@@ -1,0 +1,385 @@
+"""What `edgeq build` shows and leaves behind: the live stage view, the summary, and the output
+directory's artifact, Ollama Modelfile, manifest.json, report.md and candidates.png."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+from edgeq import __version__, report
+from edgeq.spec import (
+    BUILD_MANIFEST,
+    BUILD_MODELFILE,
+    BUILD_PLOT,
+    BUILD_REPORT,
+    FORMAT_GGUF,
+    MANIFEST_SCHEMA,
+    PLAN_MARGIN,
+)
+
+# ---------------------------------------------------------------------------------------------
+# the live view: one line per stage (done, cached, running with its own bar, pending)
+
+
+class StageView:
+    def __init__(self, stages):
+        self.rows = {s: {"state": "pending", "seconds": None, "bar": None, "t0": None} for s in stages}
+        self._live = None
+
+    def set(self, stage: str, state: str, seconds: float | None = None) -> None:
+        row = self.rows[stage]
+        row.update(state=state, seconds=seconds)
+        row["t0"] = time.time() if state == "running" else row["t0"]
+        if state != "running":
+            row["bar"] = None
+        self._refresh()
+
+    def _progress(self, description, completed, total, info) -> None:
+        running = [r for r in self.rows.values() if r["state"] == "running"]
+        if running:
+            running[0]["bar"] = (completed, total, info)
+            self._refresh()
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self.render())
+
+    def render(self):
+        from rich.table import Table
+
+        marks = {"done": "[green]✓ done[/]", "cached": "[cyan]✓ cached[/]", "running": "[yellow]▶ running[/]"}
+        marks |= {"failed": "[red]✗ failed[/]", "pending": "[dim]· pending[/]"}
+        t = Table(title="edgeq build", title_justify="left")
+        for c in ("stage", "state", "time", "progress"):
+            t.add_column(c)
+        for stage, r in self.rows.items():
+            secs = r["seconds"] if r["state"] != "running" else time.time() - r["t0"]
+            bar = ""
+            if r["bar"]:
+                done, total, info = r["bar"]
+                n = int(20 * done / total) if total else 0
+                bar = f"{'█' * n}{'░' * (20 - n)} {done}/{total} {info}"
+            t.add_row(stage, marks[r["state"]], "" if secs is None else f"{secs:.1f} s", bar)
+        return t
+
+    @contextlib.contextmanager
+    def live(self):
+        from rich.live import Live
+
+        with Live(self.render(), console=report.err, refresh_per_second=4, transient=True) as live:
+            self._live = live
+            report.progress_hook = self._progress
+            try:
+                yield self
+            finally:
+                report.progress_hook = None
+                self._live = None
+
+
+def dry_run_view(ctx) -> dict:
+    """The plan (predicted from the base model: same shapes, prior quality) and the stages that would run."""
+    from edgeq.build import cached
+    from edgeq.plan import PlanConfig, plan, render
+
+    result = plan(PlanConfig(profile=ctx.profile.source, model=str(ctx.base)))
+    result.pop("error", None)
+    report.out.print(render(result))
+    stages = [[s, "cached" if cached(ctx, s) else "would run"] for s in ctx.keys]
+    report.out.print(report.table(f"stages into {ctx.out} (dry run: nothing written)", ["stage", "state"], stages))
+    return {"plan": result, "stages": dict(stages)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the output directory
+
+
+_CHATML_TEMPLATE = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+)
+
+
+def _chatml(messages: list[dict]) -> str:
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+
+
+def modelfile(gguf_name: str, tok, profile) -> tuple[str, bool]:
+    """An Ollama Modelfile: chat template, default system prompt, stop tokens, the profile's context
+    and threads. The template is written only where the model's own Jinja template is ChatML, checked
+    by rendering a conversation both ways; otherwise Ollama reads tokenizer.chat_template from the
+    GGUF. Returns (text, template_written)."""
+    convo = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "U2"},
+    ]
+    try:
+        chatml = tok.apply_chat_template(convo, tokenize=False, add_generation_prompt=True) == _chatml(convo)
+        alone = tok.apply_chat_template(convo[1:2], tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - templates are arbitrary Jinja; any failure means "not ChatML"
+        chatml, alone = False, ""
+    lines = [f"FROM ./{gguf_name}"]
+    if chatml:
+        lines.append(f'TEMPLATE """{_CHATML_TEMPLATE}"""')
+        head = "<|im_start|>system\n"
+        if alone.startswith(head):  # the template injects a default system prompt: Ollama's SYSTEM does that
+            lines.append(f'SYSTEM """{alone[len(head) : alone.index("<|im_end|>")]}"""')
+    stops = sorted({t for t in (tok.eos_token, "<|im_end|>" if chatml else None) if t})
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    lines += [
+        f"PARAMETER num_ctx {profile.max_context_tokens}",
+        f"PARAMETER num_thread {profile.threads}",
+        "PARAMETER temperature 0",  # edgeq's task accuracy is measured with greedy decoding
+    ]
+    return "\n".join(lines) + "\n", chatml
+
+
+def plot(candidates: list[dict], chosen: dict, path: Path) -> None:
+    """Size vs KLD, colour = decode tok/s, over the measured candidates; the chosen one marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in candidates if r.get("measured")]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if rows:
+        xs = [r["measured"]["storage_mib"] for r in rows]
+        ys = [max(r["measured"]["kld"], 1e-5) for r in rows]
+        cs = [r["measured"]["decode_tok_s"] for r in rows]
+        sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=60, edgecolors="k", linewidths=0.5)
+        fig.colorbar(sc, ax=ax, label="decode tok/s (measured here)")
+        for r, x, y in zip(rows, xs, ys, strict=True):
+            ax.annotate(f"{r['format']} {r['quant']}", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            if r["format"] == chosen["format"] and r["quant"] == chosen["quant"]:
+                ax.scatter([x], [y], s=260, facecolors="none", edgecolors="red", linewidths=2, label="chosen")
+        ax.set_yscale("log")
+        ax.legend(loc="upper right")
+    ax.set_xlabel("artifact size (MiB)")
+    ax.set_ylabel("mean KLD vs merged float model (log)")
+    ax.set_title("candidates: size vs fidelity vs speed")
+    fig.tight_layout()
+    from edgeq.io import atomic_file
+
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+
+
+def publish_artifact(src: Path, dst: Path) -> None:
+    """Hard links where possible (same filesystem: no copy), atomically replacing an older artifact."""
+    from edgeq.io import atomic_dir, atomic_path
+
+    def place(a: Path, b: Path) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copyfile(a, b)
+
+    if src.is_file():
+        with atomic_path(dst, force=True) as tmp:
+            place(src, tmp)
+    else:
+        with atomic_dir(dst, force=True) as tmp:
+            for f in src.rglob("*"):
+                if f.is_file():
+                    (tmp / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                    place(f, tmp / f.relative_to(src))
+
+
+def quality_checks(ctx) -> list[dict]:
+    ev, p = ctx.results["eval"], ctx.profile
+    checks = [
+        {
+            "name": "kld",
+            "unit": "nats",
+            "measured": ev["artifact"]["text"]["mean_kld"],
+            "limit": p.max_mean_kld,
+            "kind": "max",
+        }
+    ]
+    if "merged" in ev and "task" in ev["artifact"]:
+        drop = ev["merged"]["exact_match_pct"] - ev["artifact"]["task"]["exact_match_pct"]
+        checks.append(
+            {"name": "task_drop", "unit": "points", "measured": drop, "limit": p.max_task_accuracy_drop_points}
+        )
+        checks[-1]["kind"] = "max"
+    for c in checks:
+        c["passed"] = c["measured"] <= c["limit"]
+    return checks
+
+
+def write_outputs(ctx, artifact: Path, work: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    from edgeq.doctor import versions
+    from edgeq.io import sha256_file, write_json, write_text
+
+    out = ctx.out
+    res = ctx.results
+    chosen = res["sweep"]["chosen"]
+    publish_artifact(artifact, out / artifact.name)
+    template_ok = None
+    if chosen["format"] == FORMAT_GGUF:
+        tok = AutoTokenizer.from_pretrained(ctx.dir("merge") / "model")
+        text, template_ok = modelfile(artifact.name, tok, ctx.profile)
+        write_text(out / BUILD_MODELFILE, text)
+    plot(res["sweep"]["candidates"], chosen, out / BUILD_PLOT)
+    bench_checks = res["bench"]["checks"]
+    q_checks = quality_checks(ctx)
+    breaches = [
+        f"{c['name']} {c['measured']:.4g} {c['unit']} vs {c['limit']:g}"
+        for c in bench_checks + q_checks
+        if not c["passed"]
+    ]
+    chosen_row = next(
+        r for r in res["sweep"]["candidates"] if r["format"] == chosen["format"] and r["quant"] == chosen["quant"]
+    )
+    measured_rss = res["bench"]["results"]["peak_rss_mib"]["median"]
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "edgeq_version": __version__,
+        "profile": ctx.profile.as_dict(),
+        "inputs": {
+            "base": {"path": str(ctx.base), "sha256": [sha256_file(f) for f in sorted(ctx.base.glob("*.safetensors"))]},
+            "data": {"path": str(ctx.data), "sha256": sha256_file(ctx.data)},
+            "test_data": ctx.test_data and {"path": str(ctx.test_data), "sha256": sha256_file(ctx.test_data)},
+        },
+        "stages": {s: {"key": ctx.keys[s]} for s in ctx.keys},
+        "finetune": res["finetune"],
+        "merge": {"config": res["merge"]["config"], "verification": res["merge"]["verification"]},
+        "quant_recipe": {
+            "format": chosen["format"],
+            "quant": chosen["quant"],
+            "imatrix_source": res["export"].get("imatrix_source"),
+            "gates": res["export"].get("gates"),
+        },
+        "artifact": {
+            "path": artifact.name,
+            "sha256": sha256_file(out / artifact.name) if artifact.is_file() else None,
+            "bytes": res["export"].get("bytes"),
+        },
+        "footprint": {
+            "predicted_peak_rss_mib": chosen_row["memory_mib"],
+            "measured_peak_rss_mib": measured_rss,
+            "prediction_error": chosen_row["memory_mib"] / measured_rss - 1,
+            "predicted_storage_mib": chosen_row["storage_mib"],
+            "measured_storage_mib": res["bench"]["environment"]["artifact_bytes"] / 2**20,
+        },
+        "fidelity": res["eval"]["artifact"],
+        "task": {k: res["eval"][k]["exact_match_pct"] for k in ("base", "merged") if k in res["eval"]},
+        "bench": {"settings": res["bench"]["settings"], "results": res["bench"]["results"], "checks": bench_checks},
+        "quality_checks": q_checks,
+        "ollama_template": template_ok,
+        "versions": versions(
+            ("torch", "transformers", "peft", "bitsandbytes", "llama_cpp", "gguf", "onnxruntime", "onnxruntime_genai")
+        ),
+    }
+    write_json(out / "manifest.json", manifest)
+    write_text(out / BUILD_REPORT, markdown(ctx, manifest, breaches))
+    return {"artifact": str(out / artifact.name), "breaches": breaches, "manifest": str(out / BUILD_MANIFEST)}
+
+
+def markdown(ctx, m: dict, breaches: list[str]) -> str:
+    res, p = ctx.results, ctx.profile
+    fp, task = m["footprint"], m["task"]
+    lines = [
+        f"# edgeq build — profile `{p.name}`",
+        "",
+        f"Artifact: `{m['artifact']['path']}` ({m['quant_recipe']['format']} {m['quant_recipe']['quant']}), "
+        f"built {time.strftime('%Y-%m-%d %H:%M')} by edgeq {__version__}.",
+        "",
+        "**Result: " + ("all budgets met**" if not breaches else "budget breached** — " + "; ".join(breaches)),
+        "",
+        "## Task accuracy (exact match on the held-out task data)",
+        "",
+    ]
+    if task:
+        art = m["fidelity"]["task"]["exact_match_pct"]
+        lines += [
+            "| model | exact match % |",
+            "|---|---|",
+            f"| base model | {task['base']:.1f} |",
+            f"| fine-tuned, merged (float32) | {task['merged']:.1f} |",
+            f"| artifact | {art:.1f} |",
+            "",
+            f"The fine-tune gained **{task['merged'] - task['base']:+.1f} points**; the artifact keeps "
+            f"{art - task['base']:+.1f} over the base.",
+            "",
+        ]
+    else:
+        lines += ["No --test-data given: task accuracy not measured.", ""]
+    bench = res["bench"]["results"]
+    lines += [
+        "## Footprint and speed (edgeq bench, this machine)",
+        "",
+        "| | predicted | measured | budget |",
+        "|---|---|---|---|",
+        f"| peak RSS MiB (ctx {p.max_context_tokens}) | {fp['predicted_peak_rss_mib']:.1f} | "
+        f"{fp['measured_peak_rss_mib']:.1f} ({100 * fp['prediction_error']:+.1f} %) | {p.memory_budget_mib} |",
+        f"| size MiB | {fp['predicted_storage_mib']:.1f} | {fp['measured_storage_mib']:.1f} | {p.storage_budget_mib} |",
+        f"| TTFT ms ({p.prompt_tokens} tokens) | | {bench['ttft_ms']['median']:.0f} | {p.ttft_ms:g} |",
+        f"| decode tok/s | | {bench['decode_tok_s']['median']:.1f} | ≥ {p.min_decode_tok_s:g} |",
+        f"| mean KLD vs merged | | {m['fidelity']['text']['mean_kld']:.4f} | ≤ {p.max_mean_kld:g} |",
+        "",
+        "## Candidates",
+        "",
+        f"Plan at ctx {p.max_context_tokens}, prompt {p.prompt_tokens}, with {PLAN_MARGIN:.0%} memory headroom. "
+        f"Measured: built, KLD on held-out text, one bench run. ![candidates]({BUILD_PLOT})",
+        "",
+        "| candidate | predicted RSS MiB | measured RSS MiB | size MiB | KLD | decode tok/s | fits | why not |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["sweep"]["candidates"]:
+        ms = r.get("measured") or {}
+        pick = r["format"] == m["quant_recipe"]["format"] and r["quant"] == m["quant_recipe"]["quant"]
+        lines.append(
+            f"| {'**→** ' if pick else ''}{r['format']} {r['quant']} | {r['memory_mib']:.1f} | "
+            f"{ms.get('peak_rss_mib', float('nan')):.1f} | {r['storage_mib']:.1f} | "
+            f"{r['kld']:.4f} ({r['kld_source']}) | "
+            f"{'-' if r['decode_tok_s'] is None else round(r['decode_tok_s'])} | "
+            f"{'yes' if r['fits'] else 'no'} | {'; '.join(r['reasons'])} |"
+        )
+    lines += [
+        "",
+        "## Recipe",
+        "",
+        f"- merge: into the {m['merge']['config']['merge_into']} base, saved as {m['merge']['config']['dtype']}",
+        f"- quantization: {m['quant_recipe']['quant']}, importance matrix from "
+        f"{m['quant_recipe']['imatrix_source'] or 'none'}",
+        "- Ollama Modelfile: "
+        + ("ChatML template checked against the model" if m["ollama_template"] else "template read from the GGUF"),
+        "- full inputs, stage keys and versions: `manifest.json`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary(ctx, view: StageView):
+    res = ctx.results
+    fp = res["bench"]["results"]
+    task = res["eval"]
+    rows = [[s, r["state"], "" if r["seconds"] is None else f"{r['seconds']:.1f} s"] for s, r in view.rows.items()]
+    t = report.table("build summary", ["stage", "state", "time"], rows)
+    chosen = res["sweep"]["chosen"]
+    lines = [
+        ["artifact", res["report"]["artifact"]],
+        ["choice", f"{chosen['format']} {chosen['quant']}"],
+        ["peak RSS", f"{fp['peak_rss_mib']['median']:.1f} MiB (budget {ctx.profile.memory_budget_mib})"],
+        ["decode", f"{fp['decode_tok_s']['median']:.1f} tok/s"],
+        ["mean KLD", f"{task['artifact']['text']['mean_kld']:.4f}"],
+    ]
+    if "base" in task:
+        lines.append(
+            [
+                "task exact match",
+                f"base {task['base']['exact_match_pct']:.1f} % → merged {task['merged']['exact_match_pct']:.1f} % → "
+                f"artifact {task['artifact']['task']['exact_match_pct']:.1f} %",
+            ]
+        )
+    from rich.console import Group
+
+    return Group(t, report.table("result", ["", ""], lines))
