@@ -16,18 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[full,dev]"
 	touch $@
 
-DEMO ?= runs/demo
+DEMO ?= builds/drone
 
 demo: setup
 	$(BIN)/edgeq doctor
-	$(BIN)/edgeq profiles show drone
-	$(BIN)/edgeq eval-task --data examples/drone/test.jsonl
-	$(BIN)/edgeq finetune --data examples/drone/train.jsonl --out $(DEMO)/finetune --force
-	$(BIN)/edgeq merge --adapter $(DEMO)/finetune --out $(DEMO)/merged --force
-	$(BIN)/edgeq eval-task --model $(DEMO)/merged --data examples/drone/test.jsonl
-	$(BIN)/edgeq export --model $(DEMO)/merged --quant Q4_K_M --imatrix-data examples/drone/train.jsonl \
-		--out $(DEMO)/drone.Q4_K_M.gguf --force
-	$(BIN)/edgeq eval $(DEMO)/drone.Q4_K_M.gguf --reference $(DEMO)/merged --data examples/drone/test.jsonl
+	$(BIN)/edgeq build --profile drone --out $(DEMO)
 
 test: setup lint test-fast test-slow
 

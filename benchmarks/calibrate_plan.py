@@ -113,12 +113,20 @@ def fit_onnx(points: list[dict]) -> dict:
     def row(p):
         return [1.0, p["prompt"] * p["dims"].vocab] + [p["sizes"]["matmul"] * (q == p["quant"]) for q in quants]
 
-    steady = points
-    for _ in range(3):
-        coef = np.linalg.lstsq(np.array([row(p) for p in steady]), np.array([rest(p) for p in steady]), rcond=None)[0]
-        pred = {id(p): float(np.dot(row(p), coef)) for p in points}
-        loading = [p for p in points if rest(p) > pred[id(p)] * 1.03 + 4 * MIB]
-        steady = [p for p in points if p not in loading]
+    # loading-bound: a larger context (same artifact and prompt) did not raise the peak — the KV cache
+    # grew after the peak was set, while initializers were still being loaded
+    loading = [
+        p
+        for p in points
+        for q in points
+        if q["path"] == p["path"]
+        and q["prompt"] == p["prompt"]
+        and q["ctx"] > p["ctx"]
+        and abs(q["rss"] - p["rss"]) < 0.005 * p["rss"]
+        and kv_cache_bytes(p["dims"], q["ctx"] - p["ctx"], 4) > 0.02 * p["rss"]
+    ]
+    steady = [p for p in points if p not in loading]
+    coef = np.linalg.lstsq(np.array([row(p) for p in steady]), np.array([rest(p) for p in steady]), rcond=None)[0]
     base, factor = float(coef[0]), dict(zip(quants, map(float, coef[2:]), strict=True))
     load = {}
     for p in loading:

@@ -1,0 +1,155 @@
+"""build: outputs, stage caching, a changed profile, the lock, --dry-run and kill -9 resume (tiny model)."""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgeq.profiles import load_profile
+from tests.conftest import make_tiny_model, run_edgeq
+
+pytestmark = pytest.mark.slow
+DRONE = Path(__file__).parent.parent / "examples" / "drone"
+
+
+def _profile(path: Path, memory: int = 512) -> Path:
+    """The drone profile with three candidate types, so a tiny build stays quick."""
+    src = load_profile("drone")
+    p = {
+        "name": "mini",
+        "description": "drone budgets, three candidates",
+        "memory_budget_mib": memory,
+        "storage_budget_mib": src.storage_budget_mib,
+        "max_context_tokens": src.max_context_tokens,
+        "threads": src.threads,
+        "formats": ["gguf", "onnx"],
+        "allowed_quant_types": ["Q8_0", "Q4_K_M", "int4-block32"],
+        "latency": {"prompt_tokens": 128, "ttft_ms": src.ttft_ms, "min_decode_tok_s": src.min_decode_tok_s},
+        "quality": {"max_mean_kld": 0.1, "max_task_accuracy_drop_points": 100},
+        "rationale": dict(src.rationale),
+    }
+    path.write_text(yaml.safe_dump(p))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, default_model, small_data):
+    root = tmp_path_factory.mktemp("build")
+    base = make_tiny_model(root / "base", default_model, max_position_embeddings=2048)
+    test = root / "test.jsonl"
+    test.write_text("".join((DRONE / "test.jsonl").read_text().splitlines(keepends=True)[:4]))
+    return {"root": root, "base": base, "data": small_data, "test": test, "profile": _profile(root / "mini.yaml")}
+
+
+def _args(s, out, profile=None):
+    return [
+        "build",
+        "--profile",
+        profile or s["profile"],
+        "--base",
+        s["base"],
+        "--data",
+        s["data"],
+        "--test-data",
+        s["test"],
+        "--max-steps",
+        2,
+        "--reps",
+        1,
+        "--out",
+        out,
+    ]
+
+
+def _states(stdout: str) -> dict:
+    rows = [line.split("│") for line in stdout.splitlines() if line.count("│") == 4]
+    return {
+        r[1].strip(): r[2].strip()
+        for r in rows
+        if r[1].strip() in ("finetune", "merge", "plan", "sweep", "export", "eval", "bench", "report")
+    }
+
+
+@pytest.fixture(scope="module")
+def built(setup):
+    out = setup["root"] / "out"
+    r = run_edgeq(*_args(setup, out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_outputs(built):
+    names = {p.name for p in built.iterdir()}
+    assert {"model.Q8_0.gguf", "Modelfile", "manifest.json", "report.md", "candidates.png"} <= names
+    modelfile = (built / "Modelfile").read_text()
+    assert "FROM ./model.Q8_0.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "TEMPLATE" in modelfile and "SYSTEM" in modelfile  # SmolLM2's ChatML with its default system prompt
+    m = json.loads((built / "manifest.json").read_text())
+    assert m["quant_recipe"]["quant"] == "Q8_0" and m["quant_recipe"]["imatrix_source"]
+    assert len(m["inputs"]["data"]["sha256"]) == 64 and m["artifact"]["sha256"]
+    assert m["footprint"]["measured_peak_rss_mib"] > 0 and m["footprint"]["predicted_peak_rss_mib"] > 0
+    assert set(m["stages"]) == {"finetune", "merge", "plan", "sweep", "export", "eval", "bench", "report"}
+    assert (built / "candidates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Candidates" in (built / "report.md").read_text()
+
+
+def test_rebuild_with_nothing_changed_does_no_work(setup, built):
+    before = (built / "model.Q8_0.gguf").stat().st_mtime_ns
+    t = time.time()
+    r = run_edgeq(*_args(setup, built))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert time.time() - t <= 10
+    assert set(_states(r.stdout).values()) == {"cached"}
+    assert (built / "model.Q8_0.gguf").stat().st_mtime_ns == before
+
+
+def test_changed_profile_reruns_from_plan(setup, built, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    r = run_edgeq(*_args(setup, out, _profile(tmp_path / "mini.yaml", memory=600)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    states = _states(r.stdout)
+    assert states["finetune"] == states["merge"] == "cached"
+    assert all(states[s] == "done" for s in ("plan", "sweep", "export", "eval", "bench", "report"))
+
+
+def test_second_build_into_the_same_directory_is_refused(setup, built):
+    with open(built / ".edgeq" / "lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = run_edgeq(*_args(setup, built))
+    assert r.returncode == 2
+    assert "another edgeq build" in r.stderr and "--out" in r.stderr
+
+
+def test_dry_run_touches_nothing(setup, tmp_path):
+    out = tmp_path / "never"
+    r = run_edgeq(*_args(setup, out), "--dry-run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "would run" in r.stdout and "plan for mini" in r.stdout
+    assert not out.exists()
+
+
+def test_killed_build_resumes_to_the_same_artifact(setup, built, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "edgeq", *map(str, _args(setup, out))]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / ".edgeq" / "sweep.partial").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (out / "manifest.json").exists()
+    r = run_edgeq(*_args(setup, out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    states = _states(r.stdout)
+    assert states["finetune"] == "cached" and states["sweep"] == "done"
+    assert (out / "model.Q8_0.gguf").read_bytes() == (built / "model.Q8_0.gguf").read_bytes()

@@ -1,0 +1,115 @@
+"""plan: storage predicted tensor by tensor, the KV formula, choice and the no-fit message."""
+
+import json
+
+import pytest
+
+from edgeq.plan import Dims, kv_cache_bytes, onnx_bytes
+from tests.conftest import run_edgeq
+
+SMOLLM2 = Dims(
+    layers=30,
+    hidden=576,
+    heads=9,
+    kv_heads=3,
+    head_dim=64,
+    intermediate=1536,
+    vocab=49152,
+    max_positions=8192,
+    tied=True,
+)
+
+
+def test_kv_cache_counts_kv_heads_not_attention_heads():
+    # 2 × 30 layers × 3 KV heads × 64 × 2 bytes = 23,040 bytes per token (9 heads would be 3× that)
+    assert kv_cache_bytes(SMOLLM2, 1, 2) == 23040
+    assert kv_cache_bytes(SMOLLM2, 1024, 2) == 23040 * 1024
+
+
+def test_onnx_layout_matches_the_builder_on_the_default_model():
+    # measured on the builder's int4-block32 export of SmolLM2 (benchmarks/RESULTS.md): matmul 80.2 MiB
+    b = onnx_bytes(SMOLLM2, "int4-block32")
+    assert abs(b["matmul"] / 2**20 - (50.625 + 12.65625 + 13.5 + 3.375)) < 0.01
+    assert b["gather"] == 0  # tied: embedding gathers from lm_head's int4 blocks
+    assert onnx_bytes(SMOLLM2, "int8")["gather"] == 49152 * 576 * 4
+
+
+def _plan(*args):
+    r = run_edgeq("plan", *args)
+    return r, (json.loads(r.stdout) if r.stdout.strip().startswith("{") else None)
+
+
+@pytest.fixture(scope="module")
+def tiny_plan(tiny_model):
+    r, result = _plan("--profile", "drone", "--model", tiny_model, "--ctx", 256, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return result
+
+
+def test_plan_predicts_every_allowed_candidate_and_picks_the_best_gguf(tiny_plan):
+    from edgeq.profiles import load_profile
+
+    drone = load_profile("drone")
+    assert [(c["format"], c["quant"]) for c in tiny_plan["candidates"]] == [
+        (f, q) for f in drone.formats for q in drone.allowed_quant_types if (q[0] in "QI") == (f == "gguf")
+    ]
+    assert tiny_plan["chosen"] == {"format": "gguf", "quant": "Q8_0"}  # first format, lowest prior KLD
+    for c in tiny_plan["candidates"]:
+        terms = c["memory_terms_mib"]
+        assert c["memory_mib"] >= sum(terms.values()) - 1e-6 and terms["kv_cache"] > 0
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_K_M", "IQ4_XS"])
+def test_gguf_size_prediction_matches_the_quantized_file(tiny_plan, tiny_model, tmp_path, quant):
+    out = tmp_path / f"{quant}.gguf"
+    r = run_edgeq("export", "--model", tiny_model, "--quant", quant, "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = next(c for c in tiny_plan["candidates"] if c["quant"] == quant)
+    assert abs(row["storage_mib"] * 2**20 - out.stat().st_size) < 8192  # header + per-tensor alignment
+
+
+def test_onnx_size_prediction_matches_the_export(tiny_plan, tiny_model, tmp_path):
+    out = tmp_path / "int4"
+    r = run_edgeq("export", "--model", tiny_model, "--format", "onnx", "--quant", "int4-block32", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    row = next(c for c in tiny_plan["candidates"] if c["quant"] == "int4-block32")
+    assert abs(row["storage_mib"] * 2**20 / size - 1) < 0.03
+
+
+def test_no_candidate_fits_says_by_how_much_and_what_would_fit_exit_3(tiny_model, tmp_path):
+    import yaml
+
+    from edgeq.profiles import load_profile
+
+    p = load_profile("drone").as_dict()
+    p.pop("source")
+    p["name"], p["memory_budget_mib"] = "tiny-box", 16
+    p = {
+        k: v
+        for k, v in p.items()
+        if k not in ("prompt_tokens", "ttft_ms", "min_decode_tok_s", "max_mean_kld", "max_task_accuracy_drop_points")
+    }
+    src = load_profile("drone")
+    p["latency"] = {
+        "prompt_tokens": src.prompt_tokens,
+        "ttft_ms": src.ttft_ms,
+        "min_decode_tok_s": src.min_decode_tok_s,
+    }
+    p["quality"] = {
+        "max_mean_kld": src.max_mean_kld,
+        "max_task_accuracy_drop_points": src.max_task_accuracy_drop_points,
+    }
+    path = tmp_path / "tiny-box.yaml"
+    path.write_text(yaml.safe_dump(p))
+    r, _ = _plan("--profile", path, "--model", tiny_model, "--ctx", 256)
+    assert r.returncode == 3, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert "no candidate fits profile tiny-box" in err and "misses memory by" in err and "smaller" in err
+    assert "Traceback" not in r.stderr
+
+
+def test_context_longer_than_the_model_is_a_usage_error(tiny_model):
+    r, _ = _plan("--profile", "drone", "--model", tiny_model)  # drone: 1024 > the tiny model's 512 positions
+    assert r.returncode == 2
+    assert "longer than the model's 512 positions" in r.stderr
