@@ -27,10 +27,10 @@ def source_gguf():
     return default_gguf_path()
 
 
-def run_edgeq(*args, cwd=None):
+def run_edgeq(*args, cwd=None, timeout=600):
     """Run the real console entry point in a subprocess: exit codes and stderr as a user sees them."""
     return subprocess.run(
-        [sys.executable, "-m", "edgeq", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "edgeq", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout
     )
 
 

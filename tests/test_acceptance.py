@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_default_build_for_the_drone(tmp_path, default_model):
     out = tmp_path / "drone"
     t = time.time()
-    r = run_edgeq("build", "--profile", "drone", "--out", out)
+    r = run_edgeq("build", "--profile", "drone", "--out", out, timeout=30 * 60)  # the assert below is 15 min
     minutes = (time.time() - t) / 60
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
