@@ -348,13 +348,13 @@ def build_lock(state: Path):
 
 def run_stage(ctx: Context, stage: str) -> dict:
     final, work = ctx.dir(stage), ctx.dir(f"{stage}.partial")
+    check_free_disk(ctx.state, disk_need(ctx, stage), f"the {stage} stage")
     key_file = work / ".key"
     # a partial from a killed run: only the fine-tune continues (from its checkpoints), and only its own
     if work.exists() and not (stage == "finetune" and key_file.is_file() and key_file.read_text() == ctx.keys[stage]):
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     key_file.write_text(ctx.keys[stage])
-    check_free_disk(ctx.state, disk_need(ctx, stage), f"the {stage} stage")
     t0 = time.time()
     result = STAGES[stage](ctx, work)
     write_json(work / DONE, {"key": ctx.keys[stage], "seconds": time.time() - t0, "result": result})

@@ -339,14 +339,15 @@ def bench(**kw) -> None:
 @click.option("--profile", required=True, help="Device profile NAME or PATH.")
 @MODEL_OPTION
 @click.option("--ctx", type=int, default=None, help="Context to plan for (default: the profile's).")
+@click.option("--measured-from", type=click.Path(), default=None, help="A build's --out: rank by its measured KLD.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plan(profile, model_dir, ctx, as_json) -> None:
+def plan(profile, model_dir, ctx, measured_from, as_json) -> None:
     """Predict memory and size of every candidate the profile allows; pick the best that fits (exit 3: none)."""
     from edgeq import report
     from edgeq.plan import PlanConfig, render
     from edgeq.plan import plan as run
 
-    result = run(PlanConfig(profile=profile, model=model_dir, ctx=ctx))
+    result = run(PlanConfig(profile=profile, model=model_dir, ctx=ctx, measured_from=measured_from))
     error = result.pop("error", None)
     if as_json:
         report.print_json(result)

@@ -52,6 +52,7 @@ class PlanConfig:
     model: str | None = field(default=None, metadata={"help": "HF model dir; default: embedded SmolLM2-135M"})
     ctx: int | None = field(default=None, metadata={"help": "context to plan for; default: the profile's"})
     allow_pickle: bool = field(default=False, metadata={"help": "accept pickle weights (weights_only=True)"})
+    measured_from: str | None = field(default=None, metadata={"help": "an edgeq build --out: its measured KLD"})
 
 
 @dataclass(frozen=True)
@@ -158,11 +159,18 @@ def gguf_tensor_types(float_gguf: Path, quant: str) -> dict[str, int]:
     return out
 
 
-def gguf_file_bytes(float_gguf: Path, tensor_bytes: dict[str, int], n_tensors: int) -> int:
-    """Header and metadata as in the float file, then tensor data (each aligned to 32 bytes)."""
+def gguf_layout(float_gguf: Path) -> tuple[int, int]:
+    """(bytes before the tensor data, tensor count) of a GGUF: the quantized file keeps both."""
     from gguf import GGUFReader
 
-    return GGUFReader(float_gguf).data_offset + sum(tensor_bytes.values()) + 16 * n_tensors
+    reader = GGUFReader(float_gguf)  # parses the whole vocabulary: read once per plan
+    return reader.data_offset, len(reader.tensors)
+
+
+def gguf_file_bytes(layout: tuple[int, int], tensor_bytes: dict[str, int]) -> int:
+    """Header and metadata as in the float file, then tensor data (each aligned to 32 bytes: 16 on average)."""
+    header, n_tensors = layout
+    return header + sum(tensor_bytes.values()) + 16 * n_tensors
 
 
 def _matrix_bytes(rows: int, cols: int, quant: str) -> int:
@@ -249,7 +257,7 @@ def predict(
             f"plan with --ctx {d.max_positions} or less, or a profile with a shorter max_context_tokens",
         )
     measured = measured or {}
-    n_tensors = None
+    layout = None
     tokenizer_bytes = sum((model_dir / f).stat().st_size for f in TOKENIZER_FILES if (model_dir / f).is_file())
     rows = []
     for fmt, quant in _candidates(profile):
@@ -257,11 +265,8 @@ def predict(
             if float_gguf is None:
                 raise UsageError("planning GGUF candidates needs the float GGUF of the model")
             types = gguf_tensor_types(float_gguf, quant)
-            if n_tensors is None:
-                from gguf import GGUFReader
-
-                n_tensors = len(GGUFReader(float_gguf).tensors)
-            size = gguf_file_bytes(float_gguf, types, n_tensors)
+            layout = layout or gguf_layout(float_gguf)
+            size = gguf_file_bytes(layout, types)
             mem = predict_gguf_rss(d, types, ctx, profile.prompt_tokens, cal)
         else:  # the builder copies the tokenizer files next to the graph
             size = sum(onnx_bytes(d, quant).values()) + tokenizer_bytes
@@ -347,6 +352,20 @@ def float_gguf_for(model_dir: Path, work: Path) -> Path:
     return path
 
 
+def measurements(build_out: str | Path) -> dict:
+    """What a build's sweep measured per candidate ({"gguf:Q8_0": {"kld": …, "decode_tok_s": …}})."""
+    from edgeq.spec import BUILD_STATE_DIR
+
+    path = Path(build_out) / BUILD_STATE_DIR / "sweep" / "stage.json"
+    try:
+        rows = json.loads(path.read_text())["result"]["candidates"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise UsageError(
+            "no finished candidate sweep here", str(path), "pass the --out of a finished edgeq build"
+        ) from None
+    return {f"{r['format']}:{r['quant']}": r["measured"] for r in rows if r.get("measured")}
+
+
 def plan(cfg: PlanConfig, float_gguf: Path | None = None, measured: dict | None = None) -> dict:
     import tempfile
 
@@ -358,6 +377,8 @@ def plan(cfg: PlanConfig, float_gguf: Path | None = None, measured: dict | None 
         raise UsageError(f"--ctx {cfg.ctx} is too small", None, "use at least 16 tokens")
     ctx = cfg.ctx or profile.max_context_tokens
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
+    if cfg.measured_from:
+        measured = measurements(cfg.measured_from)
     with tempfile.TemporaryDirectory(prefix="edgeq-plan-") as scratch:
         needs_gguf = any(QUANT_TYPES[q].fmt == FORMAT_GGUF for q in profile.allowed_quant_types)
         if needs_gguf and FORMAT_GGUF in profile.formats and float_gguf is None:

@@ -153,3 +153,22 @@ def test_killed_build_resumes_to_the_same_artifact(setup, built, tmp_path):
     states = _states(r.stdout)
     assert states["finetune"] == "cached" and states["sweep"] == "done"
     assert (out / "model.Q8_0.gguf").read_bytes() == (built / "model.Q8_0.gguf").read_bytes()
+
+
+def test_plan_ranks_by_what_the_build_measured(setup, built):
+    r = run_edgeq(
+        "plan",
+        "--profile",
+        setup["profile"],
+        "--model",
+        built / ".edgeq" / "merge" / "model",
+        "--measured-from",
+        built,
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout)["candidates"]
+    assert {c["kld_source"] for c in rows} == {"measured"}
+    assert all(c["decode_tok_s"] > 0 for c in rows)
+    r = run_edgeq("plan", "--profile", setup["profile"], "--measured-from", setup["root"])
+    assert r.returncode == 2 and "no finished candidate sweep" in r.stderr
