@@ -36,6 +36,7 @@ from edgeq.io import check_free_disk, sha256_file, write_json
 from edgeq.spec import (
     BUILD_EXAMPLE_DATA,
     BUILD_EXAMPLE_TEST,
+    BUILD_STAGE_RECORD,
     BUILD_STAGES,
     BUILD_STATE_DIR,
     FORMAT_GGUF,
@@ -43,7 +44,6 @@ from edgeq.spec import (
 )
 
 PACKAGE = Path(__file__).resolve().parent
-DONE = "stage.json"  # written last inside a finished stage directory
 
 
 @dataclass
@@ -134,7 +134,7 @@ def compute_keys(ctx: Context, hashes: dict) -> dict:
 
 
 def cached(ctx: Context, stage: str) -> dict | None:
-    done = ctx.dir(stage) / DONE
+    done = ctx.dir(stage) / BUILD_STAGE_RECORD
     if not done.is_file():
         return None
     record = json.loads(done.read_text())
@@ -185,12 +185,12 @@ def _measure_candidate(ctx: Context, row: dict, ref, ids, imatrix, work: Path) -
     from edgeq.evaluate import artifact_logits, compare
     from edgeq.export.gguf import quantize_gguf
     from edgeq.export.onnx import OnnxExport, export_onnx
-    from edgeq.plan import _llama_log
+    from edgeq.plan import capture_llama_log
 
     fmt, quant = row["format"], row["quant"]
     path = work / (f"{quant}.gguf" if fmt == FORMAT_GGUF else quant)
     if fmt == FORMAT_GGUF:
-        with _llama_log([]):  # the quantizer's per-tensor log would flood the stage view
+        with capture_llama_log([]):  # the quantizer's per-tensor log would flood the stage view
             quantize_gguf(ctx.dir("plan") / "model.F16.gguf", path, quant, imatrix)
     else:
         export_onnx(OnnxExport(model=str(merged(ctx)), out=str(path), quant=quant))
@@ -357,11 +357,11 @@ def run_stage(ctx: Context, stage: str) -> dict:
     key_file.write_text(ctx.keys[stage])
     t0 = time.time()
     result = STAGES[stage](ctx, work)
-    write_json(work / DONE, {"key": ctx.keys[stage], "seconds": time.time() - t0, "result": result})
+    write_json(work / BUILD_STAGE_RECORD, {"key": ctx.keys[stage], "seconds": time.time() - t0, "result": result})
     if final.exists():
         shutil.rmtree(final)
     os.replace(work, final)
-    return json.loads((final / DONE).read_text())
+    return json.loads((final / BUILD_STAGE_RECORD).read_text())
 
 
 def resolve(cfg: BuildConfig) -> Context:

@@ -109,7 +109,7 @@ def _ggml_bytes(type_name: str, dims: list[int]) -> int:
 
 
 @contextlib.contextmanager
-def _llama_log(lines: list[str]):
+def capture_llama_log(lines: list[str]):
     """Route llama.cpp's log into `lines` (the quantizer reports its per-tensor choices there)."""
     import llama_cpp
     from llama_cpp._logger import llama_log_callback as default
@@ -141,7 +141,7 @@ def gguf_tensor_types(float_gguf: Path, quant: str) -> dict[str, int]:
     params.ftype = GGUF_FTYPES[quant]
     params.dry_run = True
     lines: list[str] = []
-    with _llama_log(lines):
+    with capture_llama_log(lines):
         rc = llama_cpp.llama_model_quantize(str(float_gguf).encode(), b"/dev/null", params)
     if rc != 0:
         raise UsageError(f"llama.cpp could not plan {quant} (code {rc})", str(float_gguf))
@@ -354,9 +354,9 @@ def float_gguf_for(model_dir: Path, work: Path) -> Path:
 
 def measurements(build_out: str | Path) -> dict:
     """What a build's sweep measured per candidate ({"gguf:Q8_0": {"kld": …, "decode_tok_s": …}})."""
-    from edgeq.spec import BUILD_STATE_DIR
+    from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR
 
-    path = Path(build_out) / BUILD_STATE_DIR / "sweep" / "stage.json"
+    path = Path(build_out) / BUILD_STATE_DIR / "sweep" / BUILD_STAGE_RECORD
     try:
         rows = json.loads(path.read_text())["result"]["candidates"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
