@@ -221,7 +221,8 @@ MANIFEST_SCHEMA = "edgeq.manifest/1"
 # Planning: which artifact fits a profile.
 # Quality prior when no eval of this model exists: mean KLD on held-out text of each type, measured
 # on the default model fine-tuned on the drone task (benchmarks/RESULTS.md, "Every export type").
-# Larger models lose less at every type; the order is what the prior is for.
+# Larger models lose less at every type; the order is what the prior is for. BF16 (GGUF) and fp16
+# (ONNX, CUDA only) were not measured: they sit between the float types and the 8-bit ones.
 QUALITY_PRIOR_KLD = {
     "F32": 0.0,
     "F16": 0.0,
