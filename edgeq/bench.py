@@ -20,7 +20,7 @@ from pathlib import Path
 
 from edgeq import __version__
 from edgeq.errors import BudgetError, EdgeqError, UsageError
-from edgeq.runtime import ASSETS, artifact_format
+from edgeq.runtime import ASSETS, artifact_bytes, artifact_format
 from edgeq.spec import BENCH_SCHEMA, FORMAT_GGUF
 
 METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib")
@@ -168,11 +168,7 @@ def environment(artifact: Path) -> dict:
     from edgeq.io import sha256_file
 
     plat = platform_info()
-    size = (
-        artifact.stat().st_size
-        if artifact.is_file()
-        else sum(f.stat().st_size for f in artifact.rglob("*") if f.is_file())
-    )
+    size = artifact_bytes(artifact)
     return {
         "cpu": plat["cpu"],
         "cores": plat["cores_logical"],

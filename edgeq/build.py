@@ -70,6 +70,7 @@ class Context:
     test_data: Path | None
     out: Path
     state: Path
+    hashes: dict = field(default_factory=dict)  # sha256 of the input files (input_hashes)
     keys: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
 
@@ -96,7 +97,7 @@ def input_hashes(ctx: Context, memo: dict) -> dict:
         "base": [file_sha(w, memo) for w in weights],
         "data": file_sha(ctx.data, memo),
         "test_data": file_sha(ctx.test_data, memo) if ctx.test_data else None,
-        "profile": _hash({k: v for k, v in dataclasses.asdict(ctx.profile).items() if k != "source"}),
+        "profile": _hash({k: v for k, v in ctx.profile.as_dict().items() if k != "source"}),
         "calibration": file_sha(PACKAGE / "assets" / PLAN_CALIBRATION, memo),
     }
 
@@ -171,6 +172,12 @@ def merged(ctx: Context) -> Path:
     return ctx.dir("merge") / "model"
 
 
+def planned_gguf(ctx: Context) -> Path:
+    from edgeq.plan import FLOAT_GGUF
+
+    return ctx.dir("plan") / FLOAT_GGUF
+
+
 def run_plan(ctx: Context, work: Path) -> dict:
     from edgeq.plan import PlanConfig, float_gguf_for, plan
 
@@ -186,19 +193,20 @@ def _measure_candidate(ctx: Context, row: dict, ref, ids, imatrix, work: Path) -
     from edgeq.export.gguf import quantize_gguf
     from edgeq.export.onnx import OnnxExport, export_onnx
     from edgeq.plan import capture_llama_log
+    from edgeq.runtime import artifact_bytes
 
     fmt, quant = row["format"], row["quant"]
     path = work / (f"{quant}.gguf" if fmt == FORMAT_GGUF else quant)
     if fmt == FORMAT_GGUF:
         with capture_llama_log([]):  # the quantizer's per-tensor log would flood the stage view
-            quantize_gguf(ctx.dir("plan") / "model.F16.gguf", path, quant, imatrix)
+            quantize_gguf(planned_gguf(ctx), path, quant, imatrix)
     else:
         export_onnx(OnnxExport(model=str(merged(ctx)), out=str(path), quant=quant))
     fidelity = compare(ref, artifact_logits(path, fmt, ids), ids)
     run = measure_in_child(
         fmt, path, ctx.profile.prompt_tokens, 32, ctx.profile.threads, ctx.profile.max_context_tokens
     )
-    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    size = artifact_bytes(path)
     shutil.rmtree(path) if path.is_dir() else path.unlink()
     return {
         "kld": fidelity["mean_kld"],
@@ -238,7 +246,7 @@ def run_sweep(ctx: Context, work: Path) -> dict:
             update(i, f"{row['format']} {row['quant']}")
             measured[f"{row['format']}:{row['quant']}"] = _measure_candidate(ctx, row, ref, ids, imatrix, work)
         update(len(todo), "")
-    rows = predict(merged(ctx), ctx.profile, plan["ctx"], ctx.dir("plan") / "model.F16.gguf", measured)
+    rows = predict(merged(ctx), ctx.profile, plan["ctx"], planned_gguf(ctx), measured)
     chosen = choose(rows, ctx.profile)
     for r in rows:
         r["measured"] = measured.get(f"{r['format']}:{r['quant']}")
@@ -392,7 +400,8 @@ def build(cfg: BuildConfig) -> dict:
     ctx = resolve(cfg)
     memo_path = ctx.state / "sha-memo.json"
     memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
-    ctx.keys = compute_keys(ctx, input_hashes(ctx, memo))
+    ctx.hashes = input_hashes(ctx, memo)
+    ctx.keys = compute_keys(ctx, ctx.hashes)
     if cfg.dry_run:
         return dry_run_view(ctx)
     with build_lock(ctx.state):

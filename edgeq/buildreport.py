@@ -216,7 +216,7 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
     from transformers import AutoTokenizer
 
     from edgeq.doctor import versions
-    from edgeq.io import sha256_file, write_json, write_text
+    from edgeq.io import write_json, write_text
 
     out = ctx.out
     res = ctx.results
@@ -244,9 +244,9 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
         "edgeq_version": __version__,
         "profile": ctx.profile.as_dict(),
         "inputs": {
-            "base": {"path": str(ctx.base), "sha256": [sha256_file(f) for f in sorted(ctx.base.glob("*.safetensors"))]},
-            "data": {"path": str(ctx.data), "sha256": sha256_file(ctx.data)},
-            "test_data": ctx.test_data and {"path": str(ctx.test_data), "sha256": sha256_file(ctx.test_data)},
+            "base": {"path": str(ctx.base), "sha256": ctx.hashes["base"]},
+            "data": {"path": str(ctx.data), "sha256": ctx.hashes["data"]},
+            "test_data": ctx.test_data and {"path": str(ctx.test_data), "sha256": ctx.hashes["test_data"]},
         },
         "stages": {s: {"key": ctx.keys[s]} for s in ctx.keys},
         "finetune": res["finetune"],
@@ -259,7 +259,7 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
         },
         "artifact": {
             "path": artifact.name,
-            "sha256": sha256_file(out / artifact.name) if artifact.is_file() else None,
+            "sha256": res["bench"]["environment"]["artifact_sha256"],  # bench hashed these same bytes
             "bytes": res["export"].get("bytes"),
         },
         "footprint": {

@@ -44,6 +44,7 @@ from edgeq.spec import (
 )
 
 MIB = 2**20
+FLOAT_GGUF = "model.F16.gguf"  # what the quantizer plans (and build's sweep quantizes) from
 
 
 @dataclass
@@ -345,7 +346,7 @@ def float_gguf_for(model_dir: Path, work: Path) -> Path:
     from edgeq.export.gguf import write_float_gguf
     from edgeq.io import atomic_path
 
-    path = work / "model.F16.gguf"
+    path = work / FLOAT_GGUF
     if not path.is_file():
         with atomic_path(path) as tmp:
             write_float_gguf(model_dir, tmp, "F16")

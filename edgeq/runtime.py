@@ -37,6 +37,12 @@ def artifact_format(path: str | Path) -> str:
     )
 
 
+def artifact_bytes(path: str | Path) -> int:
+    """Bytes on disk of a GGUF file or of every file in an ONNX folder."""
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def load_gguf(path: str | Path, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None):
     from llama_cpp import Llama
 

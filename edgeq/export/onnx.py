@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.io import atomic_dir, check_free_disk
+from edgeq.runtime import artifact_bytes
 from edgeq.spec import FORMAT_ONNX, GATE_MIN_TOP1, ONNX_PRECISIONS, QUANT_TYPES, TOKENIZER_FILES
 
 
@@ -129,7 +130,7 @@ def export_onnx(cfg: OnnxExport) -> dict:
         gates = {"generates": gate_generates(tmp, tok) if runnable else "skipped: no CUDA execution provider here"}
         if cfg.quant == "fp32":
             gates["fidelity"] = gate_fidelity(tmp, model_dir, tok)
-        size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+        size = artifact_bytes(tmp)
     result = {
         "format": FORMAT_ONNX,
         "quant": cfg.quant,
