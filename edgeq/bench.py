@@ -12,14 +12,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq import __version__
-from edgeq.errors import BudgetError, EdgeqError, UsageError
+from edgeq.errors import BudgetError, UsageError
 from edgeq.runtime import ASSETS, artifact_bytes, artifact_format
 from edgeq.spec import BENCH_SCHEMA, FORMAT_GGUF
 
@@ -135,15 +134,23 @@ def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: i
 
 
 def measure_in_child(fmt: str, path: str | Path, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
-    """One repetition in a fresh Python process: nothing loaded before it counts in its peak RSS."""
-    job = json.dumps(
-        {"fmt": fmt, "path": str(path), "n_prompt": n_prompt, "n_gen": n_gen, "threads": threads, "ctx": ctx}
+    """One repetition in a fresh, isolated Python process (child.py): nothing loaded before it counts in its
+    peak RSS, and a crash of the runtime is a message."""
+    from edgeq import child
+    from edgeq.runtime import llama_config
+
+    return child.call(
+        "edgeq.bench:measure",
+        "the benchmark",
+        str(path),
+        llama=llama_config() if fmt == FORMAT_GGUF else None,
+        fmt=fmt,
+        path=Path(path),
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        threads=threads,
+        ctx=ctx,
     )
-    p = subprocess.run([sys.executable, "-m", "edgeq.bench", job], capture_output=True, text=True)
-    if p.returncode != 0:
-        last = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EdgeqError(f"benchmark process failed (exit {p.returncode}): {last}", str(path))
-    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +173,7 @@ def environment(artifact: Path) -> dict:
 
     from edgeq.doctor import package_version, platform_info
     from edgeq.io import sha256_file
+    from edgeq.runtime import llama_config
 
     plat = platform_info()
     size = artifact_bytes(artifact)
@@ -178,6 +186,7 @@ def environment(artifact: Path) -> dict:
         "python": plat["python"],
         "edgeq": __version__,
         "libraries": {m: package_version(m) for m in ("llama_cpp", "onnxruntime", "onnxruntime_genai")},
+        "runtime_config": {"llama_cpp": llama_config()} if artifact.is_file() else {},
         "artifact_sha256": sha256_file(artifact) if artifact.is_file() else None,
         "artifact_bytes": size,
         "total_ram_mib": psutil.virtual_memory().total / 2**20,
@@ -324,8 +333,3 @@ def bench(cfg: BenchConfig) -> dict:
             "choose a smaller quant type or context, or relax the profile",
         )
     return record
-
-
-if __name__ == "__main__":  # the child of one repetition: measure, print one JSON line
-    job = json.loads(sys.argv[1])
-    print(json.dumps(measure(job["fmt"], job["path"], job["n_prompt"], job["n_gen"], job["threads"], job["ctx"])))

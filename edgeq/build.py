@@ -192,14 +192,12 @@ def _measure_candidate(ctx: Context, row: dict, ref, ids, imatrix, work: Path) -
     from edgeq.evaluate import artifact_logits, compare
     from edgeq.export.gguf import quantize_gguf
     from edgeq.export.onnx import OnnxExport, export_onnx
-    from edgeq.plan import capture_llama_log
     from edgeq.runtime import artifact_bytes
 
     fmt, quant = row["format"], row["quant"]
     path = work / (f"{quant}.gguf" if fmt == FORMAT_GGUF else quant)
     if fmt == FORMAT_GGUF:
-        with capture_llama_log([]):  # the quantizer's per-tensor log would flood the stage view
-            quantize_gguf(planned_gguf(ctx), path, quant, imatrix)
+        quantize_gguf(planned_gguf(ctx), path, quant, imatrix)
     else:
         export_onnx(OnnxExport(model=str(merged(ctx)), out=str(path), quant=quant))
     fidelity = compare(ref, artifact_logits(path, fmt, ids), ids)

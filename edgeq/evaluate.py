@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.runtime import ASSETS, artifact_format
-from edgeq.spec import FORMAT_GGUF
 
 TEXT_TOKENS = 640
 TASK_TOKENS = 1024
@@ -42,9 +41,9 @@ def compare(ref_logits: np.ndarray, art_logits: np.ndarray, ids: list[int]) -> d
 
 
 def artifact_logits(path: Path, fmt: str, ids: list[int]) -> np.ndarray:
-    from edgeq.runtime import gguf_logits, onnx_logits
+    from edgeq.runtime import logits
 
-    return gguf_logits(path, ids) if fmt == FORMAT_GGUF else onnx_logits(path, ids)
+    return logits(path, ids)
 
 
 def reference_logits(model, ids: list[int]) -> np.ndarray:
@@ -55,26 +54,15 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
 
 
 def artifact_answers(path: Path, fmt: str, tok, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[str]:
-    """Greedy answers from the artifact's own runtime, prompts rendered with the model's chat template."""
-    from edgeq.runtime import load_gguf, onnx_generate
+    """Greedy answers from the artifact's own runtime (in a child), prompts rendered with the model's chat template."""
+    from edgeq.runtime import generate
 
-    llm = load_gguf(path) if fmt == FORMAT_GGUF else None
-    answers = []
-    for msgs in prompts:
-        ids = tok.encode(
-            tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), add_special_tokens=False
-        )
-        if llm is not None:
-            llm.reset()
-            out = []
-            for t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-                if t == tok.eos_token_id or len(out) >= max_new_tokens:
-                    break
-                out.append(t)
-        else:
-            out = onnx_generate(path, ids, max_new_tokens)
-        answers.append(tok.decode(out, skip_special_tokens=True))
-    return answers
+    ids = [
+        tok.encode(tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True), add_special_tokens=False)
+        for m in prompts
+    ]
+    outs = generate(path, ids, max_new_tokens, [tok.eos_token_id])
+    return [tok.decode(o, skip_special_tokens=True) for o in outs]
 
 
 def evaluate(

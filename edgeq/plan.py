@@ -19,8 +19,6 @@ says by how much the smallest misses and what would make it fit.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import math
 import re
@@ -32,7 +30,6 @@ from edgeq.runtime import ASSETS
 from edgeq.spec import (
     FORMAT_GGUF,
     GGUF_FLOAT_TYPES,
-    GGUF_FTYPES,
     LLAMA_CPP_MAX_BATCH,
     ONNX_PRECISIONS,
     PLAN_CALIBRATION,
@@ -109,26 +106,9 @@ def _ggml_bytes(type_name: str, dims: list[int]) -> int:
     return math.prod(dims) // block * size
 
 
-@contextlib.contextmanager
-def capture_llama_log(lines: list[str]):
-    """Route llama.cpp's log into `lines` (the quantizer reports its per-tensor choices there)."""
-    import llama_cpp
-    from llama_cpp._logger import llama_log_callback as default
-
-    @llama_cpp.llama_log_callback
-    def capture(level, text, user_data):
-        lines.append(text.decode("utf-8", errors="replace"))
-
-    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
-    try:
-        yield
-    finally:
-        llama_cpp.llama_log_set(default, ctypes.c_void_p(0))
-
-
 def gguf_tensor_types(float_gguf: Path, quant: str) -> dict[str, int]:
     """Bytes per ggml type that llama.cpp's quantizer would write for `quant` (dry run: nothing written)."""
-    import llama_cpp
+    from edgeq.runtime import quantize_plan
 
     if quant in GGUF_FLOAT_TYPES:  # written directly: norms (1-D) stay F32
         from gguf import GGUFReader
@@ -138,14 +118,7 @@ def gguf_tensor_types(float_gguf: Path, quant: str) -> dict[str, int]:
             kind = "F32" if quant == "F32" or len(t.shape) == 1 else quant
             out[kind] = out.get(kind, 0) + _ggml_bytes(kind, [int(x) for x in t.shape])
         return out
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = GGUF_FTYPES[quant]
-    params.dry_run = True
-    lines: list[str] = []
-    with capture_llama_log(lines):
-        rc = llama_cpp.llama_model_quantize(str(float_gguf).encode(), b"/dev/null", params)
-    if rc != 0:
-        raise UsageError(f"llama.cpp could not plan {quant} (code {rc})", str(float_gguf))
+    lines = quantize_plan(float_gguf, quant)
     out = {}
     for line in "".join(lines).splitlines():
         m = _TENSOR_LINE.search(line)

@@ -1,20 +1,24 @@
 """Run artifacts: a GGUF through llama-cpp-python, an ONNX folder through ONNX Runtime (GenAI).
 
 Runtime-only: never imports torch or transformers, so `edgeq bench` and `edgeq eval` of an
-artifact work on a target with the runtime install. GGUF files are header-checked in Python
-(ggufcheck) before llama.cpp opens them.
+artifact work on a target with the runtime install. Every call into native code goes through a
+child process (child.py): the public functions here are the parent's side, the `*_here`
+functions run inside the child. GGUF files are header-checked in Python (ggufcheck) and ONNX
+folders validated (onnxcheck) before the child lets native code open them, and llama.cpp is
+configured as this machine's probe decided (probe.py).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import ctypes
 import os
 from pathlib import Path
 
 import numpy as np
 
-from edgeq.errors import UsageError
-from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX
+from edgeq.errors import EdgeqError, UsageError
+from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX, GGUF_FTYPES
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # the tokenizer corpus and the fixed fidelity text
 
@@ -43,58 +47,213 @@ def artifact_bytes(path: str | Path) -> int:
     return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def load_gguf(path: str | Path, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None):
+def check_onnx_dir(path: str | Path) -> Path:
+    from edgeq.onnxcheck import check_onnx_folder
+
+    return check_onnx_folder(Path(path))
+
+
+def llama_config() -> dict:
+    from edgeq.probe import llama_config
+
+    return llama_config().as_dict()
+
+
+def _checked(path: Path) -> tuple[Path, str]:
+    fmt = artifact_format(path)
+    if fmt == FORMAT_GGUF:
+        from edgeq.ggufcheck import check_gguf
+
+        check_gguf(path)
+    return path, fmt
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent's side: one child per call
+
+
+def logits(path: str | Path, ids: list[int]) -> np.ndarray:
+    """(T, vocab) float64 logits of a GGUF or an ONNX artifact for every position of `ids`."""
+    path, fmt = _checked(Path(path))
+    if fmt == FORMAT_GGUF:
+        return child_call("gguf_logits_here", "computing logits", path, path=path, ids=ids)
+    return child_call("onnx_logits_here", "computing logits", path, path=path, ids=ids)
+
+
+def generate(path: str | Path, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
+    """Greedy continuation of each prompt (token ids), stopping at any of `stop_ids` (not included)."""
+    path, fmt = _checked(Path(path))
+    op = "gguf_generate_here" if fmt == FORMAT_GGUF else "onnx_generate_here"
+    return child_call(
+        op, "generating", path, path=path, prompts=prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids
+    )
+
+
+def gguf_tokenize(path: str | Path, texts: list[str]) -> list[list[int]]:
+    """llama.cpp's own tokenization of each text (special tokens parsed, no BOS added)."""
+    path, _ = _checked(Path(path))
+    return child_call("gguf_tokenize_here", "tokenizing", path, path=path, texts=texts)
+
+
+def gguf_is_eog(path: str | Path, token_id: int) -> bool:
+    """Whether llama.cpp ends generation at this token."""
+    path, _ = _checked(Path(path))
+    return child_call("gguf_is_eog_here", "reading the vocabulary", path, path=path, token_id=token_id)
+
+
+def quantize(src: Path, dst: Path, quant: str, imatrix: dict | None = None) -> None:
+    """llama.cpp's own quantizer from a float GGUF, with an importance matrix if given."""
+    from edgeq.ggufcheck import check_gguf
+
+    check_gguf(src)
+    child_call("quantize_here", f"quantizing to {quant}", src, src=src, dst=dst, quant=quant, imatrix=imatrix)
+
+
+def quantize_plan(src: Path, quant: str) -> list[str]:
+    """llama.cpp's quantizer in dry-run mode: its log, which names each tensor's chosen type."""
+    from edgeq.ggufcheck import check_gguf
+
+    check_gguf(src)
+    return child_call("quantize_here", f"planning {quant}", src, src=src, dst=None, quant=quant, dry_run=True)
+
+
+def child_call(func: str, what: str, path: Path, **kwargs):
+    from edgeq import child
+
+    return child.call(f"edgeq.runtime:{func}", what, str(path), llama=llama_config(), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the child's side
+
+
+def configure_llama(cfg: dict) -> None:
+    """Make every model this process loads use `cfg` (probe.LlamaConfig): llama-cpp-python's Llama takes
+    its model parameters from llama_model_default_params(), which has no keyword for extra buffer types."""
+    import llama_cpp.llama_cpp as lc
+
+    default = lc.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = cfg["extra_buffer_types"]
+        return p
+
+    lc.llama_model_default_params = params
+
+
+def load_gguf_here(path: Path, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None, **kw):
     from llama_cpp import Llama
 
     from edgeq.ggufcheck import check_gguf
 
     check_gguf(path)
     return Llama(
-        str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=n_threads or os.cpu_count() or 1, verbose=False
+        str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=n_threads or os.cpu_count() or 1, verbose=False, **kw
     )
 
 
-def gguf_logits(path: str | Path, ids: list[int], n_threads: int | None = None) -> np.ndarray:
-    """(T, vocab) logits of a GGUF for every position of `ids`."""
-    llm = load_gguf(path, n_ctx=max(512, len(ids)), logits_all=True, n_threads=n_threads)
+def gguf_logits_here(path: str, ids: list[int]) -> np.ndarray:
+    llm = load_gguf_here(Path(path), n_ctx=max(512, len(ids)), logits_all=True)
     llm.eval(ids)
     return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
 
 
-def check_onnx_dir(path: str | Path) -> Path:
-    path = Path(path)
-    if not (path / "genai_config.json").is_file():
-        raise UsageError(
-            "not an ONNX Runtime GenAI model folder (no genai_config.json)",
-            str(path),
-            "point at the folder that edgeq export --format onnx wrote",
-        )
-    return path
+def gguf_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list:
+    longest = max((len(p) for p in prompts), default=0)
+    llm = load_gguf_here(Path(path), n_ctx=max(512, longest + max_new_tokens))
+    answers = []
+    for ids in prompts:
+        out: list[int] = []
+        for t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+            if t in stop_ids or len(out) >= max_new_tokens:
+                break
+            out.append(int(t))
+        answers.append(out)
+    return answers
 
 
-def onnx_generate(path: str | Path, ids: list[int], max_new_tokens: int = 64) -> list[int]:
-    """Greedy continuation of `ids` with onnxruntime-genai; stops at the model's eos."""
+def gguf_tokenize_here(path: str, texts: list[str]) -> list[list[int]]:
+    llm = load_gguf_here(Path(path), vocab_only=True)
+    return [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in texts]
+
+
+def gguf_is_eog_here(path: str, token_id: int) -> bool:
+    import llama_cpp
+
+    llm = load_gguf_here(Path(path), vocab_only=True)
+    return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), token_id))
+
+
+@contextlib.contextmanager
+def capture_llama_log(lines: list[str]):
+    """Route llama.cpp's log into `lines` (the quantizer reports its per-tensor choices there)."""
+    import llama_cpp
+    from llama_cpp._logger import llama_log_callback as default
+
+    @llama_cpp.llama_log_callback
+    def capture(level, text, user_data):
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        llama_cpp.llama_log_set(default, ctypes.c_void_p(0))
+
+
+def quantize_here(src: str, dst: str | None, quant: str, imatrix: dict | None = None, dry_run: bool = False):
+    import llama_cpp
+
+    from edgeq.export.imatrix import as_ctypes
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = GGUF_FTYPES[quant]
+    params.nthread = os.cpu_count() or 1
+    params.dry_run = dry_run
+    keep = None
+    if imatrix:
+        arr, keep = as_ctypes(imatrix)  # `keep` holds the buffers until the call returns
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    lines: list[str] = []
+    with capture_llama_log(lines):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst or os.devnull).encode(), params)
+    del keep
+    if rc != 0:
+        raise EdgeqError(f"llama.cpp failed to quantize to {quant} (code {rc})", str(src))
+    return lines if dry_run else None
+
+
+def onnx_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list:
+    """Greedy continuation with onnxruntime-genai; the model's own eos also stops it."""
     import onnxruntime_genai as og
 
-    model = og.Model(str(check_onnx_dir(path)))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids)
-    out: list[int] = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        out.append(int(gen.get_next_tokens()[0]))
-    return out
+    model = og.Model(str(path))
+    answers = []
+    for ids in prompts:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        out: list[int] = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            t = int(gen.get_next_tokens()[0])
+            if t in stop_ids:
+                break
+            out.append(t)
+        answers.append(out)
+    return answers
 
 
-def onnx_logits(path: str | Path, ids: list[int]) -> np.ndarray:
+def onnx_logits_here(path: str, ids: list[int]) -> np.ndarray:
     """(T, vocab) logits of the builder's decoder graph for a whole sequence (empty KV cache)."""
+    import json
+
     import onnxruntime as ort
 
-    path = check_onnx_dir(path)
-    cfg = json.loads((path / "genai_config.json").read_text())
-    dec = cfg["model"]["decoder"]
+    path = Path(path)
+    dec = json.loads((path / "genai_config.json").read_text())["model"]["decoder"]
     sess = ort.InferenceSession(str(path / dec["filename"]), providers=["CPUExecutionProvider"])
     n = len(ids)
     feeds = {}
@@ -110,5 +269,5 @@ def onnx_logits(path: str | Path, ids: list[int]) -> np.ndarray:
             feeds[inp.name] = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), dtype=dtype)
         else:
             raise UsageError(f"unexpected ONNX input {inp.name!r}", str(path))
-    logits = sess.run(["logits"], feeds)[0]
-    return np.asarray(logits[0], dtype=np.float64)
+    out = sess.run(["logits"], feeds)[0]
+    return np.asarray(out[0], dtype=np.float64)

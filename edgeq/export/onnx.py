@@ -10,12 +10,11 @@ loads the model and greedy-generates, and for fp32 the ONNX logits agree with HF
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeq.child import run_process
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.io import atomic_dir, check_free_disk
 from edgeq.runtime import artifact_bytes
@@ -33,22 +32,24 @@ class OnnxExport:
 
 
 def builder_args(model_dir: Path, out: Path, cache: Path, quant: str, ep: str) -> list[str]:
+    """The builder in an isolated interpreter (child.py): nothing in the working directory is importable."""
+    from edgeq.child import python_command
+
     precision, block = ONNX_PRECISIONS[quant]
-    args = [
-        sys.executable,
+    args = python_command(
         "-m",
         "onnxruntime_genai.models.builder",
         "-i",
-        str(model_dir),
+        str(model_dir.resolve()),
         "-o",
-        str(out),
+        str(out.resolve()),
         "-p",
         precision,
         "-e",
         ep,
         "-c",
-        str(cache),
-    ]
+        str(cache.resolve()),
+    )
     if block:
         args += ["--extra_options", f"block_size={block}"]
     return args
@@ -62,12 +63,12 @@ def ort_providers() -> list[str]:
 
 def gate_generates(model_dir: Path, tok) -> dict:
     """onnxruntime-genai loads the folder and greedy-decodes a chat prompt."""
-    from edgeq.runtime import onnx_generate
+    from edgeq.runtime import generate
 
     prompt = tok.apply_chat_template(
         [{"role": "user", "content": "Say hello."}], tokenize=False, add_generation_prompt=True
     )
-    ids = onnx_generate(model_dir, tok.encode(prompt, add_special_tokens=False), max_new_tokens=16)
+    ids = generate(model_dir, [tok.encode(prompt, add_special_tokens=False)], 16, [])[0]
     if not ids:
         raise EdgeqError("onnxruntime-genai generated no tokens", str(model_dir))
     return {"generated_tokens": len(ids)}
@@ -78,10 +79,10 @@ def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgeq.runtime import ASSETS, onnx_logits
+    from edgeq.runtime import ASSETS, logits
 
     ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)[:256]
-    ref = onnx_logits(onnx_dir, ids)
+    ref = logits(onnx_dir, ids)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         hf = model(torch.tensor([ids])).logits[0].double().numpy()
@@ -115,12 +116,11 @@ def export_onnx(cfg: OnnxExport) -> dict:
         tempfile.TemporaryDirectory(prefix=".edgeq-tmp-", dir=out.parent) as cache,
     ):
         report.err.print(f"building {cfg.quant} ONNX with onnxruntime-genai's model builder …")
-        p = subprocess.run(
-            builder_args(model_dir, tmp, Path(cache), cfg.quant, cfg.execution_provider), capture_output=True, text=True
+        run_process(
+            builder_args(model_dir, tmp, Path(cache), cfg.quant, cfg.execution_provider),
+            "onnxruntime-genai's model builder",
+            str(model_dir),
         )
-        if p.returncode != 0:
-            last = (p.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgeqError(f"onnxruntime-genai's model builder failed: {last}", str(model_dir))
         if not (tmp / "genai_config.json").is_file():
             raise EdgeqError("the builder wrote no genai_config.json", str(tmp))
         for name in TOKENIZER_FILES:  # the chat template and tokenizer travel with the artifact
