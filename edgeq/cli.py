@@ -37,17 +37,23 @@ def cli(debug: bool) -> None:
 def doctor(as_json: bool) -> None:
     """Check every backend with a real operation; exit 1 if a required one is broken."""
     from edgeq import report
-    from edgeq.doctor import OK, platform_info, run_checks
+    from edgeq.doctor import OK, platform_info, run_checks, runtime_configuration
 
     checks, plat = run_checks(), platform_info()
+    runtime_cfg = runtime_configuration()
     if as_json:
-        report.print_json({"platform": plat, "backends": [c.__dict__ for c in checks]})
+        report.print_json({"platform": plat, "runtime_config": runtime_cfg, "backends": [c.__dict__ for c in checks]})
     else:
-        report.out.print(
-            report.table(
-                "platform", ["key", "value"], [[k, ", ".join(v) if isinstance(v, list) else v] for k, v in plat.items()]
-            )
+        llama = runtime_cfg["llama_cpp"]
+        rows = [[k, ", ".join(v) if isinstance(v, list) else v] for k, v in plat.items()]
+        rows.append(
+            [
+                "llama.cpp config",
+                llama.get("error")
+                or f"extra buffer types {'on' if llama['extra_buffer_types'] else 'off'}: {llama['reason']}",
+            ]
         )
+        report.out.print(report.table("platform", ["key", "value"], rows))
         style = {"ok": "green", "missing": "yellow", "broken": "red"}
         report.out.print(
             report.table(

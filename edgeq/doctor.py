@@ -13,6 +13,9 @@ import os
 import platform
 from dataclasses import dataclass
 
+from edgeq.errors import EdgeqError
+from edgeq.spec import PROBE_ONNX
+
 OK, MISSING, BROKEN = "ok", "missing", "broken"
 
 # Runtime backends are needed by every install; toolchain backends by the full one.
@@ -154,7 +157,71 @@ def platform_info() -> dict:
     }
 
 
+def _decode_llama(quant: str) -> str:
+    """A real quantized decode of the probe model in a child, with the configuration this machine uses."""
+    import tempfile
+    from pathlib import Path
+
+    from edgeq import child
+    from edgeq.runtime import llama_config
+
+    cfg = llama_config()
+    with tempfile.TemporaryDirectory(prefix="edgeq-doctor-") as work:
+        out = child.call(
+            "edgeq.probe:decode_types", f"a {quant} decode", "llama.cpp", llama=cfg, work=Path(work), types=[quant]
+        )
+    bufts = "on" if cfg["extra_buffer_types"] else "off"
+    return f"{quant} decode of a tiny model in a child: {len(out[quant])} tokens (extra buffer types {bufts})"
+
+
+def _decode_onnx() -> str:
+    from edgeq import child
+    from edgeq.runtime import ASSETS
+
+    model = ASSETS / PROBE_ONNX
+    out = child.call(
+        "edgeq.runtime:onnx_generate_here",
+        "an ONNX Runtime GenAI decode",
+        "onnxruntime-genai",
+        path=model,
+        prompts=[[1, 40, 41, 42]],
+        max_new_tokens=8,
+        stop_ids=[],
+    )
+    return f"int4 decode of a tiny model in a child: {len(out[0])} tokens"
+
+
+def runtime_configuration() -> dict:
+    """How edgeq runs llama.cpp here (probe.py), for doctor's output."""
+    from edgeq.runtime import llama_config
+
+    try:
+        return {"llama_cpp": llama_config()}
+    except EdgeqError as e:
+        return {"llama_cpp": {"error": e.what}}
+
+
+def decode_checks() -> list[Check]:
+    """Import checks say a library loads; these say its kernels run on this CPU (a crash is named, not fatal)."""
+    from edgeq.probe import PROBE_TYPES
+
+    jobs = [(f"llama.cpp decode {q}", "llama_cpp", lambda q=q: _decode_llama(q)) for q in PROBE_TYPES]
+    jobs.append(("onnxruntime-genai decode", "onnxruntime_genai", _decode_onnx))
+    checks = []
+    for name, module, job in jobs:
+        try:
+            checks.append(Check(name, True, OK, package_version(module), job()))
+        except Exception as e:  # noqa: BLE001 - a failed decode is this check's finding, not doctor's failure
+            detail = e.what if isinstance(e, EdgeqError) else f"{type(e).__name__}: {e}".splitlines()[0]
+            checks.append(Check(name, True, BROKEN, package_version(module), detail))
+    return checks
+
+
 def run_checks() -> list[Check]:
-    """Runtime backends are always required; toolchain ones once torch is installed (full install)."""
+    """Runtime backends are always required; toolchain ones once torch is installed (full install). Where the
+    runtime imports, a real decode follows."""
     full = importlib.util.find_spec("torch") is not None
-    return [_check(m, True) for m in RUNTIME] + [_check(m, full) for m in TOOLCHAIN]
+    checks = [_check(m, True) for m in RUNTIME] + [_check(m, full) for m in TOOLCHAIN]
+    if all(c.status == OK for c in checks if c.name in ("llama_cpp", "onnxruntime_genai", "gguf")):
+        checks += decode_checks()
+    return checks

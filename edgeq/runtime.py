@@ -117,10 +117,10 @@ def quantize_plan(src: Path, quant: str) -> list[str]:
     return child_call("quantize_here", f"planning {quant}", src, src=src, dst=None, quant=quant, dry_run=True)
 
 
-def child_call(func: str, what: str, path: Path, **kwargs):
+def child_call(func: str, what: str, where: Path, **kwargs):
     from edgeq import child
 
-    return child.call(f"edgeq.runtime:{func}", what, str(path), llama=llama_config(), **kwargs)
+    return child.call(f"edgeq.runtime:{func}", what, str(where), llama=llama_config(), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

