@@ -28,6 +28,7 @@ from edgeq.spec import (
     ENV_CACHE,
     SOURCE_RECORD,
     SUPPORTED_GGUF_PRE_TOKENIZERS,
+    TOKENIZER_FILES,
 )
 
 # GGUF token types (llama.cpp's llama_token_type): 3 = control, 4 = user defined.
@@ -359,6 +360,42 @@ def _write_tokenizer(tok: dict, out: Path) -> None:
         },
     )
     write_text(out / "chat_template.jinja", tok["chat_template"])
+
+
+RANDOM_MODEL_DIMS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 512,
+}
+
+
+def random_model(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
+    """A random-weight Llama (tied embedding) with another model's tokenizer files: small enough to train
+    in a test, and the narrow shape that separates a runtime's base memory from its per-weight terms."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tok = json.loads((tokenizer_dir / "config.json").read_text())
+    cfg = LlamaConfig(
+        vocab_size=tok["vocab_size"],
+        bos_token_id=tok.get("bos_token_id"),
+        eos_token_id=tok.get("eos_token_id"),
+        pad_token_id=tok.get("pad_token_id"),
+        tie_word_embeddings=True,
+        **{**RANDOM_MODEL_DIMS, **overrides},
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, out / name)
+    return out
 
 
 def model_summary(model_dir: Path) -> dict:

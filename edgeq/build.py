@@ -40,7 +40,6 @@ from edgeq.spec import (
     BUILD_STAGES,
     BUILD_STATE_DIR,
     FORMAT_GGUF,
-    PLAN_CALIBRATION,
 )
 
 PACKAGE = Path(__file__).resolve().parent
@@ -57,6 +56,7 @@ class BuildConfig:
     max_steps: int | None = field(default=None, metadata={"help": "cap the fine-tune's optimizer steps"})
     eval_limit: int | None = field(default=None, metadata={"help": "score only the first N task examples"})
     reps: int = field(default=3, metadata={"help": "bench repetitions (fresh processes)"})
+    calibration: str | None = field(default=None, metadata={"help": "edgeq calibrate file; default: the profile's"})
 
 
 @dataclass
@@ -70,6 +70,7 @@ class Context:
     test_data: Path | None
     out: Path
     state: Path
+    calibration: Path  # the plan's memory calibration (plan.select_calibration)
     hashes: dict = field(default_factory=dict)  # sha256 of the input files (input_hashes)
     keys: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
@@ -98,7 +99,7 @@ def input_hashes(ctx: Context, memo: dict) -> dict:
         "data": file_sha(ctx.data, memo),
         "test_data": file_sha(ctx.test_data, memo) if ctx.test_data else None,
         "profile": _hash({k: v for k, v in ctx.profile.as_dict().items() if k != "source"}),
-        "calibration": file_sha(PACKAGE / "assets" / PLAN_CALIBRATION, memo),
+        "calibration": file_sha(ctx.calibration, memo),
     }
 
 
@@ -182,7 +183,8 @@ def run_plan(ctx: Context, work: Path) -> dict:
     from edgeq.plan import PlanConfig, float_gguf_for, plan
 
     flt = float_gguf_for(merged(ctx), work) if FORMAT_GGUF in ctx.profile.formats else None
-    result = plan(PlanConfig(profile=ctx.profile.source, model=str(merged(ctx))), float_gguf=flt)
+    cfg = PlanConfig(profile=ctx.profile.source, model=str(merged(ctx)), calibration=str(ctx.calibration))
+    result = plan(cfg, float_gguf=flt)
     result.pop("error", None)  # the sweep decides with measured quality; its choice is the one that counts
     return result
 
@@ -244,7 +246,9 @@ def run_sweep(ctx: Context, work: Path) -> dict:
             update(i, f"{row['format']} {row['quant']}")
             measured[f"{row['format']}:{row['quant']}"] = _measure_candidate(ctx, row, ref, ids, imatrix, work)
         update(len(todo), "")
-    rows = predict(merged(ctx), ctx.profile, plan["ctx"], planned_gguf(ctx), measured)
+    from edgeq.calibrate import load
+
+    rows = predict(merged(ctx), ctx.profile, plan["ctx"], planned_gguf(ctx), measured, load(ctx.calibration))
     chosen = choose(rows, ctx.profile)
     for r in rows:
         r["measured"] = measured.get(f"{r['format']}:{r['quant']}")
@@ -372,6 +376,7 @@ def run_stage(ctx: Context, stage: str) -> dict:
 
 def resolve(cfg: BuildConfig) -> Context:
     from edgeq.basemodel import resolve_model
+    from edgeq.plan import select_calibration
     from edgeq.profiles import load_profile
 
     problems = []
@@ -389,7 +394,10 @@ def resolve(cfg: BuildConfig) -> Context:
         raise UsageError("; ".join(problems), None, "fix the options above and run again")
     out = Path(cfg.out or Path("builds") / profile.name)
     base = resolve_model(cfg.base)
-    return Context(cfg, profile, base, data, test, out, out / BUILD_STATE_DIR)
+    calibration, _, warnings = select_calibration(cfg.calibration, profile)
+    for w in warnings:
+        report.err.print(f"[yellow]note:[/] {w}")
+    return Context(cfg, profile, base, data, test, out, out / BUILD_STATE_DIR, calibration)
 
 
 def build(cfg: BuildConfig) -> dict:

@@ -84,7 +84,7 @@ def dry_run_view(ctx) -> dict:
     from edgeq.build import cached
     from edgeq.plan import PlanConfig, plan, render
 
-    result = plan(PlanConfig(profile=ctx.profile.source, model=str(ctx.base)))
+    result = plan(PlanConfig(profile=ctx.profile.source, model=str(ctx.base), calibration=str(ctx.calibration)))
     result.pop("error", None)
     report.out.print(render(result))
     stages = [[s, "cached" if cached(ctx, s) else "would run"] for s in ctx.keys]

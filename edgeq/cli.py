@@ -12,6 +12,12 @@ from edgeq.errors import BackendError, EdgeqError, UsageError
 from edgeq.spec import EXIT_CODES, EXIT_RUNTIME
 
 _state = {"debug": False}
+CALIBRATION_OPTION = click.option(
+    "--calibration",
+    default=None,
+    help="Memory calibration: a file from `edgeq calibrate` or a shipped name (default: the profile's, else the "
+    "shipped one for this machine's runtime configuration).",
+)
 MODEL_OPTION = click.option(
     "--model",
     "model_dir",
@@ -346,14 +352,18 @@ def bench(**kw) -> None:
 @MODEL_OPTION
 @click.option("--ctx", type=int, default=None, help="Context to plan for (default: the profile's).")
 @click.option("--measured-from", type=click.Path(), default=None, help="A build's --out: rank by its measured KLD.")
+@CALIBRATION_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plan(profile, model_dir, ctx, measured_from, as_json) -> None:
+def plan(profile, model_dir, ctx, measured_from, calibration, as_json) -> None:
     """Predict memory and size of every candidate the profile allows; pick the best that fits (exit 3: none)."""
     from edgeq import report
     from edgeq.plan import PlanConfig, render
     from edgeq.plan import plan as run
 
-    result = run(PlanConfig(profile=profile, model=model_dir, ctx=ctx, measured_from=measured_from))
+    cfg = PlanConfig(profile=profile, model=model_dir, ctx=ctx, measured_from=measured_from, calibration=calibration)
+    result = run(cfg)
+    for w in result["calibration"]["warnings"]:
+        report.err.print(f"[yellow]note:[/] {w}")
     error = result.pop("error", None)
     if as_json:
         report.print_json(result)
@@ -373,12 +383,50 @@ def plan(profile, model_dir, ctx, measured_from, as_json) -> None:
 @click.option("--max-steps", type=int, default=None, help="Cap the fine-tune's optimizer steps.")
 @click.option("--eval-limit", type=int, default=None, help="Score only the first N held-out task examples.")
 @click.option("--reps", type=int, default=3, show_default=True, help="Bench repetitions (fresh processes).")
+@CALIBRATION_OPTION
 def build(**kw) -> None:
     """Fine-tune → merge → plan → export → eval → bench → report, cached per stage (exit 3: a budget breached)."""
     from edgeq.build import BuildConfig
     from edgeq.build import build as run
 
     run(BuildConfig(**kw))
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(), help="Calibration JSON to write.")
+@click.option("--threads", type=int, default=None, help="Runtime threads (default: all cores).")
+@click.option("--onnx/--no-onnx", default=None, help="Measure ONNX too (default: when the ONNX builder is installed).")
+@MODEL_OPTION
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def calibrate(out, threads, onnx, model_dir, force) -> None:
+    """Measure plan's memory terms on this machine (the target): runtime-only for GGUF, a few minutes."""
+    from edgeq import report
+    from edgeq.calibrate import CalibrateConfig
+    from edgeq.calibrate import calibrate as run
+
+    result = run(CalibrateConfig(out=out, threads=threads, onnx=onnx, model=model_dir, force=force))
+    rows = [
+        [
+            f"{p['format']} {p['quant']}",
+            p["shape"],
+            p["ctx"],
+            p["prompt"],
+            f"{p['measured_mib']:.1f}",
+            f"{p['predicted_mib']:.1f}",
+            f"{100 * p['error']:+.1f} %",
+        ]
+        for p in result["points"]
+    ]
+    worst = max(abs(p["error"]) for p in result["points"])
+    report.out.print(
+        report.table(
+            f"calibration written to {result['out']}",
+            ["candidate", "shape", "ctx", "prompt", "measured MiB", "predicted MiB", "error"],
+            rows,
+            caption=f"worst error {100 * worst:.1f} % over {len(rows)} points; "
+            f"measured on {result['calibration']['measured_on']['cpu']}",
+        )
+    )
 
 
 @cli.command("eval-task")

@@ -9,7 +9,9 @@ For every candidate the profile allows:
            KV = 2 × layers × KV heads × head_dim × ctx × bytes per element (KV heads, not heads)
            and the runtime terms (base, compute per token, weights resident twice where llama.cpp
            repacks them for the CPU, ORT's prepacked copies) come from measurement: the data in
-           edgeq/assets/plan_calibration.json, written by benchmarks/calibrate_plan.py.
+           calibration of the machine (edgeq calibrate; one per CPU × runtime configuration measured
+           ships in edgeq/assets/calibration/). A type the calibration never measured is predicted
+           from the measured type with the nearest bits and labelled uncalibrated.
   quality  measured mean KLD when a sweep measured this model, else the prior in spec.py.
 
 The choice: the first format in the profile's order that has a fitting candidate, and in it the
@@ -28,11 +30,12 @@ from pathlib import Path
 from edgeq.errors import BudgetError, UsageError
 from edgeq.runtime import ASSETS
 from edgeq.spec import (
+    CALIBRATIONS_DIR,
     FORMAT_GGUF,
+    FORMAT_ONNX,
     GGUF_FLOAT_TYPES,
     LLAMA_CPP_MAX_BATCH,
     ONNX_PRECISIONS,
-    PLAN_CALIBRATION,
     PLAN_MARGIN,
     PLAN_SCHEMA,
     QUALITY_PRIOR_KLD,
@@ -49,6 +52,7 @@ class PlanConfig:
     profile: str = field(metadata={"help": "profile name or YAML path"})
     model: str | None = field(default=None, metadata={"help": "HF model dir; default: embedded SmolLM2-135M"})
     ctx: int | None = field(default=None, metadata={"help": "context to plan for; default: the profile's"})
+    calibration: str | None = field(default=None, metadata={"help": "edgeq calibrate file; default: the profile's"})
     allow_pickle: bool = field(default=False, metadata={"help": "accept pickle weights (weights_only=True)"})
     measured_from: str | None = field(default=None, metadata={"help": "an edgeq build --out: its measured KLD"})
 
@@ -89,8 +93,90 @@ def kv_cache_bytes(d: Dims, ctx: int, bytes_per_element: float) -> float:
     return 2 * d.layers * d.kv_heads * d.head_dim * ctx * bytes_per_element
 
 
-def calibration(path: str | Path | None = None) -> dict:
-    return json.loads(Path(path or ASSETS / PLAN_CALIBRATION).read_text())
+# ---------------------------------------------------------------------------------------------
+# calibration: the runtime terms, measured on a machine (edgeq calibrate); one shipped per machine measured
+
+
+def shipped_calibrations() -> list[Path]:
+    return sorted((ASSETS / CALIBRATIONS_DIR).glob("*.json"))
+
+
+def select_calibration(named: str | None, profile, llama: dict | None = None) -> tuple[Path, dict, list[str]]:
+    """The calibration plan predicts with, and what the user should know about it.
+
+    Named (--calibration, or the profile's `calibration:`, relative to the profile file, or a shipped
+    name) → that file. Otherwise the shipped one measured with this machine's llama.cpp configuration,
+    on this CPU if there is one. `llama` is this machine's configuration (probe.py) when known."""
+    from edgeq.calibrate import load
+    from edgeq.doctor import platform_info
+
+    source = named or profile.calibration
+    if source:
+        path = Path(source)
+        if named is None and not path.is_absolute():
+            path = Path(profile.source).parent / path
+        if not path.is_file() and (ASSETS / CALIBRATIONS_DIR / f"{source}.json").is_file():
+            path = ASSETS / CALIBRATIONS_DIR / f"{source}.json"
+        if not path.is_file():
+            raise UsageError(
+                f"calibration {source!r} not found",
+                "--calibration" if named else profile.source,
+                "pass an edgeq calibrate file, or one of: " + ", ".join(p.stem for p in shipped_calibrations()),
+            )
+        cal = load(path)
+    cpu = platform_info()["cpu"]
+    if llama is None:
+        from edgeq.runtime import llama_config
+
+        llama = llama_config()
+    if not source:
+        path = max(
+            shipped_calibrations(),
+            key=lambda p: (
+                json.loads(p.read_text())["runtime_config"]["llama_cpp"]["extra_buffer_types"]
+                == llama["extra_buffer_types"],
+                json.loads(p.read_text())["measured_on"]["cpu"] == cpu,
+            ),
+        )
+        cal = load(path)
+    warnings = []
+    on = cal["measured_on"]
+    if not source:
+        warnings.append(
+            f"profile {profile.name} names no calibration of its device: memory is predicted with {path.stem} "
+            f"(measured on {on['cpu']}); run `edgeq calibrate` on the device and name the file in the profile"
+        )
+    cal_bufts = cal.get("runtime_config", {}).get("llama_cpp", {}).get("extra_buffer_types")
+    if cal_bufts is not None and cal_bufts != llama["extra_buffer_types"]:
+        warnings.append(
+            f"{path.stem} was measured with llama.cpp extra buffer types {'on' if cal_bufts else 'off'}; this machine "
+            f"runs with them {'on' if llama['extra_buffer_types'] else 'off'}, so bench here will differ from it"
+        )
+    elif on["cpu"] != cpu and source:
+        warnings.append(f"{path.stem} was measured on {on['cpu']}, not on this machine's {cpu}")
+    return path, cal, warnings
+
+
+def calibrated(cal: dict, fmt: str, quant: str) -> tuple[dict, str | None]:
+    """The terms for (fmt, quant) and, where this calibration never measured the type, the note that says
+    which measured type stands in for it (the one with the nearest nominal bits)."""
+    terms, measured = cal.get(fmt), cal.get("measured_types", {}).get(fmt, [])
+    if not terms or not measured:  # e.g. calibrated with --no-onnx: borrow a shipped calibration's terms
+        from edgeq.calibrate import load
+
+        other = next(load(p) for p in shipped_calibrations() if load(p).get(fmt))
+        terms, _ = calibrated(other, fmt, quant)
+        cpu = other["measured_on"]["cpu"]
+        return terms, f"uncalibrated: this calibration has no {fmt} terms; predicted with {cpu}'s"
+    if quant in measured:
+        return terms, None
+    bits = QUANT_TYPES[quant].bits_per_weight
+    proxy = min(measured, key=lambda q: abs(QUANT_TYPES[q].bits_per_weight - bits))
+    terms = dict(terms)
+    for key in ("resident_factor", "load_factor"):
+        if key in terms and fmt == FORMAT_ONNX and proxy in terms[key]:
+            terms[key] = {**terms[key], quant: terms[key][proxy]}
+    return terms, f"uncalibrated: {quant} was not measured here; predicted with {proxy}'s terms"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +267,7 @@ def onnx_bytes(d: Dims, quant: str) -> dict[str, int]:
 
 
 def predict_gguf_rss(d: Dims, tensor_bytes: dict[str, int], ctx: int, prompt: int, cal: dict) -> dict:
-    g = cal["gguf"]
+    g = cal["gguf"]  # resident_factor lists ggml tensor types measured resident twice; others are mmap-ed once
     weights = sum(b * g["resident_factor"].get(t, 1.0) for t, b in tensor_bytes.items())
     kv = kv_cache_bytes(d, ctx, g["kv_bytes_per_element"])
     compute = d.hidden * (
@@ -197,7 +283,7 @@ def predict_onnx_rss(d: Dims, quant: str, ctx: int, prompt: int, cal: dict) -> d
     o = cal["onnx"]
     sizes = onnx_bytes(d, quant)
     base = o["base_mib"] * MIB
-    weights = o["resident_factor"][quant] * sizes["matmul"] + sizes["other"]
+    weights = o["resident_factor"][quant] * sizes["matmul"] + sizes["other"]  # see calibrated() for others
     kv = kv_cache_bytes(d, ctx, o["kv_bytes_per_element"])
     compute = prompt * d.vocab * o["prompt_bytes_per_token_per_vocab"]  # prefill returns logits for every token
     steady = base + weights + kv + compute
@@ -218,11 +304,10 @@ def predict(
     profile,
     ctx: int,
     float_gguf: Path | None,
-    measured: dict | None = None,
-    cal: dict | None = None,
+    measured: dict | None,
+    cal: dict,
 ) -> list[dict]:
     """One row per candidate: predicted storage and memory, quality, whether it fits and why not."""
-    cal = cal or calibration()
     d = Dims.from_config(model_dir)
     if ctx > d.max_positions:
         raise UsageError(
@@ -235,16 +320,17 @@ def predict(
     tokenizer_bytes = sum((model_dir / f).stat().st_size for f in TOKENIZER_FILES if (model_dir / f).is_file())
     rows = []
     for fmt, quant in _candidates(profile):
+        terms, note = calibrated(cal, fmt, quant)
         if fmt == FORMAT_GGUF:
             if float_gguf is None:
                 raise UsageError("planning GGUF candidates needs the float GGUF of the model")
             types = gguf_tensor_types(float_gguf, quant)
             layout = layout or gguf_layout(float_gguf)
             size = gguf_file_bytes(layout, types)
-            mem = predict_gguf_rss(d, types, ctx, profile.prompt_tokens, cal)
+            mem = predict_gguf_rss(d, types, ctx, profile.prompt_tokens, {FORMAT_GGUF: terms})
         else:  # the builder copies the tokenizer files next to the graph
             size = sum(onnx_bytes(d, quant).values()) + tokenizer_bytes
-            mem = predict_onnx_rss(d, quant, ctx, profile.prompt_tokens, cal)
+            mem = predict_onnx_rss(d, quant, ctx, profile.prompt_tokens, {FORMAT_ONNX: terms})
         m = measured.get(f"{fmt}:{quant}", {})
         row = {
             "format": fmt,
@@ -252,6 +338,7 @@ def predict(
             "storage_mib": size / MIB,
             "memory_mib": mem["total"] / MIB,
             "memory_terms_mib": {k: v / MIB for k, v in mem.items() if k != "total"},
+            "memory_note": note,
             "kld": m.get("kld", QUALITY_PRIOR_KLD[quant]),
             "kld_source": "measured" if "kld" in m else "prior",
             "decode_tok_s": m.get("decode_tok_s"),
@@ -353,11 +440,12 @@ def plan(cfg: PlanConfig, float_gguf: Path | None = None, measured: dict | None 
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
     if cfg.measured_from:
         measured = measurements(cfg.measured_from)
+    cal_path, cal, warnings = select_calibration(cfg.calibration, profile)
     with tempfile.TemporaryDirectory(prefix="edgeq-plan-") as scratch:
         needs_gguf = any(QUANT_TYPES[q].fmt == FORMAT_GGUF for q in profile.allowed_quant_types)
         if needs_gguf and FORMAT_GGUF in profile.formats and float_gguf is None:
             float_gguf = float_gguf_for(model_dir, Path(scratch))
-        rows = predict(model_dir, profile, ctx, float_gguf, measured)
+        rows = predict(model_dir, profile, ctx, float_gguf, measured, cal)
     chosen = choose(rows, profile)
     result = {
         "schema": PLAN_SCHEMA,
@@ -367,7 +455,13 @@ def plan(cfg: PlanConfig, float_gguf: Path | None = None, measured: dict | None 
         "prompt_tokens": profile.prompt_tokens,
         "memory_budget_mib": profile.memory_budget_mib,
         "storage_budget_mib": profile.storage_budget_mib,
-        "calibration": calibration()["measured_on"],
+        "calibration": {
+            "name": cal_path.stem,
+            "path": str(cal_path),
+            "measured_on": cal["measured_on"],
+            "runtime_config": cal.get("runtime_config"),
+            "warnings": warnings,
+        },
         "candidates": rows,
         "chosen": chosen and {"format": chosen["format"], "quant": chosen["quant"]},
     }
@@ -386,7 +480,7 @@ def render(result: dict):
         rows.append(
             [
                 ("→ " if pick else "") + f"{r['format']} {r['quant']}",
-                f"{r['memory_mib']:.0f}",
+                f"{r['memory_mib']:.0f}" + (" (uncalibrated)" if r["memory_note"] else ""),
                 f"{r['storage_mib']:.1f}",
                 f"{r['kld']:.4f} ({r['kld_source']})",
                 "-" if r["decode_tok_s"] is None else f"{r['decode_tok_s']:.0f}",
@@ -397,7 +491,7 @@ def render(result: dict):
     caption = (
         f"memory = predicted peak RSS at ctx {result['ctx']}, prompt {result['prompt_tokens']} "
         f"(budget {result['memory_budget_mib']} MiB, plan keeps {PLAN_MARGIN:.0%} headroom); "
-        f"calibrated on {result['calibration']['cpu']}"
+        f"calibration {result['calibration']['name']} (measured on {result['calibration']['measured_on']['cpu']})"
     )
     return report.table(
         f"plan for {result['profile']}",

@@ -43,22 +43,24 @@ class LlamaConfig:
         return asdict(self)
 
 
-def tiny_gguf(path: Path, vocab: str = "bpe", seed: int = 0, dims: dict | None = None) -> Path:
-    """A random-weight llama GGUF (F32, tied embedding) with a byte-level BPE vocabulary; vocab="spm-no-bytes"
-    writes a sentencepiece vocabulary without byte tokens, which llama.cpp accepts at load and aborts on
-    when it meets a newline (a malformed export seen in the wild)."""
+def tiny_gguf(path: Path, vocab: str = "bpe", seed: int = 0, dims: dict | None = None, ftype: str = "F32") -> Path:
+    """A random-weight llama GGUF (tied embedding; matrices F32 or F16, norms F32) with a byte-level BPE
+    vocabulary. vocab="spm-no-bytes" writes a sentencepiece vocabulary without byte tokens, which llama.cpp
+    accepts at load and aborts on when it meets a newline (a malformed export seen in the wild). `dims`
+    overrides PROBE_DIMS (calibrate.py writes the default model's shape)."""
     from gguf import GGUFWriter
 
     d = {**PROBE_DIMS, **(dims or {})}
     h, head_dim = d["hidden"], d["hidden"] // d["heads"]
     rng = np.random.default_rng(seed)
+    dtype = {"F32": np.float32, "F16": np.float16}[ftype]
 
     def w(*shape):
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype)
 
     g = GGUFWriter(str(path), "llama")
     g.add_name("edgeq-probe")
-    g.add_context_length(2048)
+    g.add_context_length(d.get("positions", 2048))
     g.add_embedding_length(h)
     g.add_block_count(d["layers"])
     g.add_feed_forward_length(d["ffn"])
@@ -66,7 +68,7 @@ def tiny_gguf(path: Path, vocab: str = "bpe", seed: int = 0, dims: dict | None =
     g.add_head_count_kv(d["kv_heads"])
     g.add_rope_dimension_count(head_dim)
     g.add_layer_norm_rms_eps(1e-5)
-    g.add_file_type(GGUF_FTYPES["F32"])
+    g.add_file_type(GGUF_FTYPES[ftype])
     tokens = [f"<t{i}>" for i in range(d["vocab"])]
     if vocab == "bpe":
         tokens[: 256 - 33] = [chr(c) for c in range(33, 256)]  # printable bytes; enough for ids-only decoding

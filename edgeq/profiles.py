@@ -39,6 +39,7 @@ class Profile:
     max_task_accuracy_drop_points: float
     rationale: dict
     source: str
+    calibration: str | None = None
 
     def as_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in PROFILE_FIELDS}
@@ -99,7 +100,8 @@ def validate(data, source: str) -> Profile:
         holder = data if f.section is None else data.get(f.section)
         key = f.name if f.section is None else f"{f.section}.{f.name}"
         if not isinstance(holder, dict) or f.name not in holder:
-            problems.append(f"{key}: missing ({f.help})")
+            if f.required:
+                problems.append(f"{key}: missing ({f.help})")
             continue
         value, problem = _check(f, key, holder[f.name])
         if problem:

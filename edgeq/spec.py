@@ -96,6 +96,7 @@ class Field:
     maximum: float | None = None
     section: str | None = None  # nested mapping the key lives in, if any
     unit: str | None = None  # named in the key; used to explain unit typos such as "4GB"
+    required: bool = True
 
 
 PROFILE_FIELDS = (
@@ -131,6 +132,12 @@ PROFILE_FIELDS = (
         unit="points",
     ),
     Field("rationale", "rationale", "one line per number above: why this value"),
+    Field(
+        "calibration",
+        "str",
+        "edgeq calibrate file measured on this device (relative to the profile) or a shipped calibration's name",
+        required=False,
+    ),
 )
 PROFILE_SECTIONS = ("latency", "quality")
 # Numbers that need a line of rationale in every profile.
@@ -249,7 +256,8 @@ QUALITY_PRIOR_KLD = {
     "int4-block32": 0.5645,
     "int4-block128": 1.0482,
 }
-PLAN_CALIBRATION = "plan_calibration.json"  # in edgeq/assets; written by benchmarks/calibrate_plan.py
+CALIBRATIONS_DIR = "calibration"  # in edgeq/assets: shipped calibrations, written by `edgeq calibrate`
+CALIBRATION_SCHEMA = "edgeq.calibration/1"
 PLAN_SCHEMA = "edgeq.plan/1"
 PLAN_MARGIN = 0.10  # memory headroom plan keeps below the budget: its predictions are checked to ±10 %
 LLAMA_CPP_MAX_BATCH = 512  # n_batch edgeq bench and the Modelfile use: min(512, ctx)

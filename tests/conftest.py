@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from edgeq.basemodel import RANDOM_MODEL_DIMS, random_model
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
@@ -34,40 +36,12 @@ def run_edgeq(*args, cwd=None, timeout=600):
     )
 
 
-TINY = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "max_position_embeddings": 512,
-}
+TINY = RANDOM_MODEL_DIMS
 
 
 def make_tiny_model(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
     """A random-weight Llama with the default model's tokenizer: fast enough to train in a test."""
-    import shutil
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from edgeq.spec import TOKENIZER_FILES
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=49152,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=True,
-        **{**TINY, **overrides},
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, out / name)
-    return out
+    return random_model(out, tokenizer_dir, seed, **overrides)
 
 
 @pytest.fixture(scope="session")

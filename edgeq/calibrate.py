@@ -1,0 +1,274 @@
+"""`edgeq calibrate`: measure plan's memory model on the machine that will run the artifact.
+
+    edgeq calibrate --out board.json [--threads N] [--onnx/--no-onnx] [--model DIR]
+
+plan predicts peak RSS as runtime base + resident weights + KV cache + compute buffers; the
+runtime terms depend on the CPU and the runtime's configuration (llama.cpp repacks some types for
+x86 and ARM CPUs and keeps them resident twice; with extra buffer types off it does not), so they
+are measured where the artifact will run. GGUF needs only the runtime install: random-weight
+GGUFs at the default model's shape and a narrow shape are written here with gguf-py, quantized
+by llama.cpp to every type, and benched in fresh children over a grid of context and prompt
+sizes. ONNX needs the ONNX builder (full install): the model (default: the embedded one) and a
+narrow random model are exported to every CPU precision. Then least squares fits:
+  GGUF  RSS = base + Σ_type bytes × resident_factor[type] + KV(f16) + hidden × (a × prompt + b × batch)
+  ONNX  RSS = max(base + f[prec] × matmul bytes + other + KV(fp32) + prompt × vocab × c,
+                  base + load[prec] × matmul bytes)     (the second: the transient while loading)
+The file names the CPU, the runtime versions and llama.cpp's configuration; plan and build use
+it by --calibration FILE or the profile's `calibration:` key.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeq.errors import UsageError
+from edgeq.spec import CALIBRATION_SCHEMA, FORMAT_GGUF, FORMAT_ONNX, LLAMA_CPP_MAX_BATCH
+
+MIB = 2**20
+GGUF_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_XS", "Q3_K_M", "Q2_K")
+ONNX_TYPES = ("fp32", "int8", "int4-block32", "int4-block128")
+GRID = ((256, 128), (1024, 128), (4096, 128), (1024, 16), (1024, 512))  # (ctx, prompt)
+NARROW_GRID = ((256, 128), (512, 128))
+# SmolLM2-135M's shape, and a narrow one so the runtime's base separates from the per-weight terms
+DEFAULT_SHAPE = {"hidden": 576, "layers": 30, "heads": 9, "kv_heads": 3, "ffn": 1536, "vocab": 49152, "positions": 8192}
+NARROW_SHAPE = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ffn": 128, "vocab": 49152, "positions": 2048}
+
+
+@dataclass
+class CalibrateConfig:
+    out: str = field(metadata={"help": "calibration JSON to write"})
+    threads: int | None = field(default=None, metadata={"help": "runtime threads; default: all cores"})
+    onnx: bool | None = field(default=None, metadata={"help": "measure ONNX too; default: when the builder exists"})
+    model: str | None = field(default=None, metadata={"help": "HF model for the ONNX terms; default: embedded"})
+    force: bool = field(default=False, metadata={"help": "replace an existing --out"})
+
+
+def _dims(shape: dict):
+    from edgeq.plan import Dims
+
+    return Dims(
+        layers=shape["layers"],
+        hidden=shape["hidden"],
+        heads=shape["heads"],
+        kv_heads=shape["kv_heads"],
+        head_dim=shape["hidden"] // shape["heads"],
+        intermediate=shape["ffn"],
+        vocab=shape["vocab"],
+        max_positions=shape["positions"],
+        tied=True,
+    )
+
+
+def gguf_artifacts(work: Path, tag: str, shape: dict, types) -> list[dict]:
+    from edgeq.plan import gguf_tensor_types
+    from edgeq.probe import tiny_gguf
+    from edgeq.runtime import quantize
+
+    flt = tiny_gguf(work / f"{tag}.F16.gguf", dims=shape, ftype="F16")
+    arts = []
+    for q in types:
+        path = flt if q == "F16" else work / f"{tag}.{q}.gguf"
+        if q != "F16":
+            quantize(flt, path, q)
+        types_bytes = gguf_tensor_types(flt, q)
+        arts.append({"fmt": FORMAT_GGUF, "quant": q, "path": path, "dims": _dims(shape), "types": types_bytes})
+    return arts
+
+
+def onnx_artifacts(model: Path, work: Path, tag: str) -> list[dict]:
+    from edgeq.export.onnx import OnnxExport, export_onnx
+    from edgeq.plan import Dims, onnx_bytes
+
+    d = Dims.from_config(model)
+    arts = []
+    for q in ONNX_TYPES:
+        path = work / f"{tag}.{q}"
+        export_onnx(OnnxExport(model=str(model), out=str(path), quant=q))
+        arts.append({"fmt": FORMAT_ONNX, "quant": q, "path": path, "dims": d, "sizes": onnx_bytes(d, q)})
+    return arts
+
+
+def measure_all(arts: list[dict], grid, threads: int, update) -> list[dict]:
+    from edgeq.bench import measure_in_child
+
+    points = []
+    for a in arts:
+        for ctx, prompt in grid:
+            if ctx > a["dims"].max_positions:
+                continue
+            r = measure_in_child(a["fmt"], a["path"], prompt, 32, threads, ctx)
+            points.append({**a, "ctx": ctx, "prompt": prompt, "rss": r["peak_rss_mib"] * MIB})
+            update(f"{a['fmt']} {a['quant']} ctx {ctx} prompt {prompt}: {r['peak_rss_mib']:.1f} MiB")
+    return points
+
+
+def fit_gguf(points: list[dict]) -> dict:
+    """Least squares with a ridge on the per-type extras: a type is resident twice only if the data say so."""
+    from edgeq.plan import kv_cache_bytes
+
+    types = sorted({t for p in points for t in p["types"]})
+    X, y = [], []
+    for p in points:
+        d = p["dims"]
+        X.append(
+            [1.0, d.hidden * p["prompt"], d.hidden * min(LLAMA_CPP_MAX_BATCH, p["ctx"])]
+            + [p["types"].get(t, 0) for t in types]
+        )
+        y.append(p["rss"] - sum(p["types"].values()) - kv_cache_bytes(d, p["ctx"], 2))
+    for i in range(len(types)):  # pull each extra towards 0 with the weight of 4 MiB of evidence
+        X.append([0.0, 0.0, 0.0] + [4 * MIB * (j == i) for j in range(len(types))])
+        y.append(0.0)
+    coef = np.linalg.lstsq(np.array(X), np.array(y), rcond=None)[0]
+    extra = dict(zip(types, coef[3:], strict=True))
+    return {
+        "base_mib": round(float(coef[0]) / MIB, 2),
+        "compute_bytes_per_prompt_token_per_hidden": round(float(coef[1]), 2),
+        "compute_bytes_per_batch_token_per_hidden": round(float(coef[2]), 2),
+        "kv_bytes_per_element": 2,
+        # only types measurably resident twice get a factor; the rest are served from the mmap (1.0)
+        "resident_factor": {t: round(1 + float(e), 3) for t, e in extra.items() if e > 0.1},
+    }
+
+
+def fit_onnx(points: list[dict]) -> dict:
+    """Steady state by least squares; points far above it (fp32 loading) set that precision's load factor."""
+    from edgeq.plan import kv_cache_bytes
+
+    quants = sorted({p["quant"] for p in points})
+
+    def rest(p):
+        return p["rss"] - p["sizes"]["other"] - kv_cache_bytes(p["dims"], p["ctx"], 4)
+
+    def row(p):
+        return [1.0, p["prompt"] * p["dims"].vocab] + [p["sizes"]["matmul"] * (q == p["quant"]) for q in quants]
+
+    # loading-bound: a larger context (same artifact and prompt) did not raise the peak — the KV cache
+    # grew after the peak was set, while initializers were still being loaded
+    loading = [
+        p
+        for p in points
+        for q in points
+        if q["path"] == p["path"]
+        and q["prompt"] == p["prompt"]
+        and q["ctx"] > p["ctx"]
+        and abs(q["rss"] - p["rss"]) < 0.005 * p["rss"]
+        and kv_cache_bytes(p["dims"], q["ctx"] - p["ctx"], 4) > 0.02 * p["rss"]
+    ]
+    steady = [p for p in points if p not in loading]
+    coef = np.linalg.lstsq(np.array([row(p) for p in steady]), np.array([rest(p) for p in steady]), rcond=None)[0]
+    base, factor = float(coef[0]), dict(zip(quants, map(float, coef[2:]), strict=True))
+    load: dict[str, float] = {}
+    for p in loading:
+        load[p["quant"]] = max(load.get(p["quant"], 0.0), (p["rss"] - base) / p["sizes"]["matmul"])
+    return {
+        "base_mib": round(base / MIB, 2),
+        "prompt_bytes_per_token_per_vocab": round(float(coef[1]), 3),
+        "kv_bytes_per_element": 4,
+        "resident_factor": {q: round(f, 3) for q, f in factor.items()},
+        "load_factor": {q: round(f, 3) for q, f in load.items()},
+    }
+
+
+def predicted(p: dict, cal: dict) -> float:
+    from edgeq.plan import predict_gguf_rss, predict_onnx_rss
+
+    if p["fmt"] == FORMAT_GGUF:
+        return predict_gguf_rss(p["dims"], p["types"], p["ctx"], p["prompt"], cal)["total"]
+    return predict_onnx_rss(p["dims"], p["quant"], p["ctx"], p["prompt"], cal)["total"]
+
+
+def _onnx_builder_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "onnx_ir"))
+
+
+def calibrate(cfg: CalibrateConfig) -> dict:
+    """Measure, fit, write cfg.out atomically; returns the calibration and every point with its error."""
+    import os
+
+    from edgeq import report
+    from edgeq.doctor import package_version, platform_info
+    from edgeq.io import write_json
+    from edgeq.runtime import llama_config
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        raise UsageError("output exists", str(out), "pass --force to replace it, or choose another --out")
+    onnx = _onnx_builder_available() if cfg.onnx is None else cfg.onnx
+    if onnx and not _onnx_builder_available():
+        raise UsageError(
+            "--onnx needs the ONNX builder (the full toolchain)", None, 'pip install "edgeq[full]", or pass --no-onnx'
+        )
+    threads = cfg.threads or os.cpu_count() or 1
+    n_gguf = len(GGUF_TYPES) * len(GRID) + 3 * len(NARROW_GRID)
+    total = n_gguf + (len(ONNX_TYPES) * (len(GRID) + len(NARROW_GRID)) if onnx else 0)
+    with tempfile.TemporaryDirectory(prefix="edgeq-calib-") as tmp, report.progress("calibrate", total) as update:
+        work, done = Path(tmp), [0]
+
+        def step(info: str) -> None:
+            done[0] += 1
+            update(done[0], info)
+
+        points = measure_all(gguf_artifacts(work, "model", DEFAULT_SHAPE, GGUF_TYPES), GRID, threads, step)
+        points += measure_all(gguf_artifacts(work, "narrow", NARROW_SHAPE, ("F16", "Q8_0", "Q4_0")), NARROW_GRID,
+                              threads, step)  # fmt: skip
+        if onnx:
+            from edgeq.basemodel import random_model, resolve_model
+
+            model = resolve_model(cfg.model)
+            points += measure_all(onnx_artifacts(model, work, "model"), GRID, threads, step)
+            narrow = random_model(work / "narrow-hf", resolve_model(None), **{"max_position_embeddings": 2048})
+            points += measure_all(onnx_artifacts(narrow, work, "narrow"), NARROW_GRID, threads, step)
+    plat = platform_info()
+    measured = {FORMAT_GGUF: list(GGUF_TYPES), FORMAT_ONNX: list(ONNX_TYPES) if onnx else []}
+    cal = {
+        "schema": CALIBRATION_SCHEMA,
+        "measured_on": {
+            "date": datetime.date.today().isoformat(),
+            "cpu": plat["cpu"],
+            "cores": plat["cores_logical"],
+            "machine": plat["machine"],
+            "cpu_features": plat["cpu_features"],
+            "threads": threads,
+            "llama_cpp_python": package_version("llama_cpp"),
+            "onnxruntime_genai": package_version("onnxruntime_genai"),
+        },
+        "runtime_config": {"llama_cpp": llama_config()},
+        "measured_types": measured,
+        "gguf": fit_gguf([p for p in points if p["fmt"] == FORMAT_GGUF]),
+        "onnx": fit_onnx([p for p in points if p["fmt"] == FORMAT_ONNX]) if onnx else None,
+    }
+    rows = []
+    for p in points:
+        pred = predicted(p, cal)
+        rows.append(
+            {
+                "format": p["fmt"],
+                "quant": p["quant"],
+                "shape": "narrow" if p["dims"].hidden < 128 else "model",
+                "ctx": p["ctx"],
+                "prompt": p["prompt"],
+                "measured_mib": p["rss"] / MIB,
+                "predicted_mib": pred / MIB,
+                "error": pred / p["rss"] - 1,
+            }
+        )
+    write_json(out, cal)
+    return {"calibration": cal, "points": rows, "out": str(out)}
+
+
+def load(path: Path) -> dict:
+    """A calibration file, checked for the keys plan reads."""
+    try:
+        cal = json.loads(Path(path).read_text(encoding="utf-8"))
+        cal["gguf"]["base_mib"], cal["measured_on"]["cpu"]  # noqa: B018 - the keys plan needs
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise UsageError("not an edgeq calibration file", str(path), "pass a file written by edgeq calibrate") from None
+    return cal
