@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeq.errors import EdgeqError
 from edgeq.runtime import ASSETS, artifact_format
+from edgeq.spec import FORMAT_GGUF
 
 TEXT_TOKENS = 640
 TASK_TOKENS = 1024
@@ -26,6 +28,13 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def compare(ref_logits: np.ndarray, art_logits: np.ndarray, ids: list[int]) -> dict:
     """Fidelity of (T, vocab) artifact logits against reference logits on the same ids."""
+    if ref_logits.shape != art_logits.shape:
+        raise EdgeqError(
+            f"the artifact's logits have shape {art_logits.shape}, the reference's {ref_logits.shape}: "
+            "they are not the same model",
+            None,
+            "pass the --reference the artifact was exported from",
+        )
     p, q = _log_softmax(ref_logits), _log_softmax(art_logits)
     nxt = np.asarray(ids[1:])
     nll_ref = -p[np.arange(len(nxt)), nxt]
@@ -72,6 +81,7 @@ def evaluate(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from edgeq.basemodel import resolve_model
+    from edgeq.runtime import gguf_tokenize
     from edgeq.task import score, split_prompts
 
     artifact = Path(artifact)
@@ -80,9 +90,14 @@ def evaluate(
     tok = AutoTokenizer.from_pretrained(ref_dir)
     model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
 
-    text_ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)[
-        :TEXT_TOKENS
-    ]
+    text = (ASSETS / "fidelity_text.txt").read_text(encoding="utf-8")
+    text_ids = tok.encode(text, add_special_tokens=False)[:TEXT_TOKENS]
+    if fmt == FORMAT_GGUF and gguf_tokenize(artifact, [text])[0][:TEXT_TOKENS] != text_ids:
+        raise EdgeqError(
+            "the artifact tokenizes text differently from the reference: logits would be compared on other tokens",
+            str(artifact),
+            "pass the --reference the artifact was exported from",
+        )
     result = {
         "artifact": str(artifact),
         "format": fmt,

@@ -49,3 +49,27 @@ def test_missing_optional_backend_is_not_fatal(monkeypatch):
     checks = {c.name: c for c in doctor.run_checks()}
     assert checks["edgeq_no_such_module"].status == doctor.MISSING
     assert not checks["edgeq_no_such_module"].required
+
+
+def test_doctor_decodes_for_real():
+    checks = {c.name: c for c in doctor.decode_checks()}
+    assert set(checks) == {"llama.cpp decode Q8_0", "llama.cpp decode Q4_K_M", "onnxruntime-genai decode"}
+    assert all(c.status == doctor.OK and c.required for c in checks.values()), checks
+    assert "8 tokens" in checks["llama.cpp decode Q4_K_M"].detail
+
+
+def test_a_crashing_decode_is_named_and_fails_doctor(monkeypatch, capsys, tmp_path):
+    from edgeq import cli, runtime
+    from edgeq.probe import tiny_gguf
+
+    crashing = tiny_gguf(tmp_path / "spm.gguf", vocab="spm-no-bytes")
+    monkeypatch.setattr(doctor, "_decode_llama", lambda quant: runtime.gguf_tokenize(crashing, ["a\nb"]))
+    checks = {c.name: c for c in doctor.decode_checks()}
+    assert checks["llama.cpp decode Q8_0"].status == doctor.BROKEN
+    assert "the runtime crashed (SIGABRT)" in checks["llama.cpp decode Q8_0"].detail
+    assert checks["onnxruntime-genai decode"].status == doctor.OK
+    monkeypatch.setattr("sys.argv", ["edgeq", "doctor"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == EXIT_RUNTIME
+    assert "llama.cpp decode Q8_0 is broken (the runtime crashed (SIGABRT)" in capsys.readouterr().err
