@@ -1,6 +1,7 @@
 """plan: storage predicted tensor by tensor, the KV formula, choice and the no-fit message."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,33 @@ def test_context_longer_than_the_model_is_a_usage_error(tiny_model):
     r, _ = _plan("--profile", "drone", "--model", tiny_model)  # drone: 1024 > the tiny model's 512 positions
     assert r.returncode == 2
     assert "longer than the model's 512 positions" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def long_tiny(tmp_path_factory, default_model):
+    from tests.conftest import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("long") / "model", default_model, max_position_embeddings=8192)
+
+
+SHIPPED = sorted(p.stem for p in (Path(__file__).parent.parent / "profiles").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_profile_plans_and_dry_run_builds(name, long_tiny, tmp_path):
+    r, result = _plan("--profile", name, "--model", long_tiny, "--json")
+    assert r.returncode in (0, 3), r.stderr[-2000:]
+    assert "internal error" not in r.stderr and result["candidates"]
+    notes = {c["quant"]: c["memory_note"] for c in result["candidates"]}
+    if "fp16" in notes:  # never measured on a CPU: predicted, and said so
+        assert "uncalibrated" in notes["fp16"]
+    r = run_edgeq("build", "--profile", name, "--base", long_tiny, "--out", tmp_path / "b", "--dry-run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "would run" in r.stdout and not (tmp_path / "b").exists()
+
+
+def test_plan_names_its_calibration_and_a_missing_one_is_a_usage_error(tiny_plan, tiny_model):
+    assert tiny_plan["calibration"]["name"] and tiny_plan["calibration"]["runtime_config"]["llama_cpp"]
+    assert any("names no calibration" in w for w in tiny_plan["calibration"]["warnings"])
+    r, _ = _plan("--profile", "drone", "--model", tiny_model, "--ctx", 256, "--calibration", "nowhere.json")
+    assert r.returncode == 2 and "calibration 'nowhere.json' not found" in r.stderr
