@@ -22,7 +22,7 @@ from edgeq.errors import BudgetError, UsageError
 from edgeq.runtime import ASSETS, artifact_bytes, artifact_format
 from edgeq.spec import BENCH_SCHEMA, FORMAT_GGUF
 
-METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib")
+METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib", "device_mib", "memory_mib")
 WARMUP_TOKENS = 8
 
 
@@ -39,6 +39,7 @@ class BenchConfig:
     out: str | None = None
     baseline: str | None = None
     regression_pct: float = 5.0
+    gpu_layers: int = 0  # GGUF: layers offloaded to a GPU build of llama.cpp (then device memory is counted)
 
 
 def prompt_ids(encode, n: int) -> list[int]:
@@ -60,13 +61,22 @@ def _greedy_next(llm) -> int:
     return int(np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).argmax())
 
 
-def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
+def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int, gpu_layers: int, sample) -> dict:
     """Prefill, then a greedy eval loop: what llama-bench times (tokenization and sampler chain excluded)."""
     from llama_cpp import Llama
 
     t0 = time.perf_counter()
-    llm = Llama(path, n_ctx=ctx, n_threads=threads, n_threads_batch=threads, n_batch=min(512, ctx), verbose=False)
+    llm = Llama(
+        path,
+        n_ctx=ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=min(512, ctx),
+        n_gpu_layers=gpu_layers,
+        verbose=False,
+    )
     load_s = time.perf_counter() - t0
+    sample()
     ids = prompt_ids(lambda s: llm.tokenize(s.encode("utf-8"), add_bos=False, special=False), n_prompt)
     llm.eval(ids[:WARMUP_TOKENS])  # warm-up: first-touch of weights and thread pool start
     _greedy_next(llm)
@@ -75,20 +85,23 @@ def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) 
     llm.eval(ids)
     tok = _greedy_next(llm)
     first = time.perf_counter()
+    sample()
     for _ in range(n_gen - 1):
         llm.eval([tok])
         tok = _greedy_next(llm)
     end = time.perf_counter()
+    sample()
     return {"load_s": load_s, "ttft_s": first - t1, "decode_s": end - first, "e2e_s": end - t1}
 
 
-def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
+def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int, gpu_layers: int, sample) -> dict:
     import onnxruntime_genai as og
 
     t0 = time.perf_counter()
     model = og.Model(path)
     tok = og.Tokenizer(model)
     load_s = time.perf_counter() - t0
+    sample()
     ids = prompt_ids(lambda s: [int(t) for t in tok.encode(s)], n_prompt)
 
     def run(prompt, n):
@@ -100,8 +113,10 @@ def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) 
         gen.append_tokens(prompt)
         gen.generate_next_token()
         first = time.perf_counter()
+        sample()
         for _ in range(n - 1):
             gen.generate_next_token()
+        sample()
         return t, first, time.perf_counter()
 
     run(ids[:WARMUP_TOKENS], 2)
@@ -121,19 +136,39 @@ def peak_rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
 
 
-def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
-    raw = (_measure_gguf if fmt == FORMAT_GGUF else _measure_onnx)(path, n_prompt, n_gen, threads, ctx)
+def onnx_uses_gpu(path: str | Path) -> bool:
+    """Whether the GenAI folder asks for a GPU execution provider (the builder writes it into the config)."""
+    cfg = json.loads((Path(path) / "genai_config.json").read_text())
+    options = cfg["model"]["decoder"].get("session_options", {}).get("provider_options", [])
+    return any(k.lower() in ("cuda", "dml", "webgpu", "nvtensorrtrtx") for o in options for k in o)
+
+
+def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: int, gpu_layers: int = 0) -> dict:
+    """One repetition, in the child. Memory = peak RSS + device memory (devicemem.py) where a GPU is used."""
+    from edgeq import devicemem
+
+    uses_gpu = gpu_layers > 0 if fmt == FORMAT_GGUF else onnx_uses_gpu(path)
+    method, read = devicemem.reader(uses_gpu)
+    readings = [read()]
+    run = _measure_gguf if fmt == FORMAT_GGUF else _measure_onnx
+    raw = run(path, n_prompt, n_gen, threads, ctx, gpu_layers, lambda: readings.append(read()))
+    memory = devicemem.account(peak_rss_mib(), method, readings)
     return {
         "load_s": raw["load_s"],
         "ttft_ms": 1000 * raw["ttft_s"],
         "prefill_tok_s": n_prompt / raw["ttft_s"],
         "decode_tok_s": (n_gen - 1) / raw["decode_s"] if n_gen > 1 else float("nan"),
         "e2e_s": raw["e2e_s"],
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": memory["peak_rss_mib"],
+        "device_mib": memory["device_mib"],
+        "memory_mib": memory["total_mib"],
+        "memory_method": memory["method"],
     }
 
 
-def measure_in_child(fmt: str, path: str | Path, n_prompt: int, n_gen: int, threads: int, ctx: int) -> dict:
+def measure_in_child(
+    fmt: str, path: str | Path, n_prompt: int, n_gen: int, threads: int, ctx: int, gpu_layers: int = 0
+) -> dict:
     """One repetition in a fresh, isolated Python process (child.py): nothing loaded before it counts in its
     peak RSS, and a crash of the runtime is a message."""
     from edgeq import child
@@ -150,6 +185,7 @@ def measure_in_child(fmt: str, path: str | Path, n_prompt: int, n_gen: int, thre
         n_gen=n_gen,
         threads=threads,
         ctx=ctx,
+        gpu_layers=gpu_layers,
     )
 
 
@@ -197,9 +233,9 @@ def check_budgets(results: dict, env: dict, profile, n_prompt: int) -> list[dict
     """One check per budget of the profile: measured vs allowed, passed or not."""
     checks = [
         {
-            "name": "memory",
+            "name": "memory",  # peak RSS + device memory where a GPU runtime was used (memory_method)
             "unit": "MiB",
-            "measured": max(results["peak_rss_mib"]["samples"]),
+            "measured": max(results["memory_mib"]["samples"]),
             "limit": profile.memory_budget_mib,
             "kind": "max",
         },
@@ -278,13 +314,16 @@ def bench(cfg: BenchConfig) -> dict:
     n_prompt = cfg.prompt_tokens or (profile.prompt_tokens if profile else 512)
     threads = cfg.threads or (profile.threads if profile else os.cpu_count() or 1)
     ctx = cfg.ctx or (profile.max_context_tokens if profile else n_prompt + cfg.gen_tokens + WARMUP_TOKENS)
-    if cfg.reps < 1 or cfg.gen_tokens < 2 or n_prompt < 1 or ctx < n_prompt + cfg.gen_tokens:
-        raise UsageError("need --reps >= 1, --gen-tokens >= 2, --prompt-tokens >= 1 and --ctx >= prompt + gen")
+    if cfg.reps < 1 or cfg.gen_tokens < 2 or n_prompt < 1 or ctx < n_prompt + cfg.gen_tokens or cfg.gpu_layers < 0:
+        raise UsageError(
+            "need --reps >= 1, --gen-tokens >= 2, --prompt-tokens >= 1, --ctx >= prompt + gen and --gpu-layers >= 0"
+        )
     runs = []
     for rep in range(cfg.reps):
         report.err.print(f"bench {artifact.name}: repetition {rep + 1}/{cfg.reps} (fresh process) …")
-        runs.append(measure_in_child(fmt, artifact, n_prompt, cfg.gen_tokens, threads, ctx))
+        runs.append(measure_in_child(fmt, artifact, n_prompt, cfg.gen_tokens, threads, ctx, cfg.gpu_layers))
     results = {m: _stats([r[m] for r in runs]) for m in METRICS}
+    methods = sorted({r["memory_method"] for r in runs})
     env = environment(artifact)
     checks = check_budgets(results, env, profile, n_prompt) if profile else []
     if baseline:
@@ -300,7 +339,12 @@ def bench(cfg: BenchConfig) -> dict:
             "reps": cfg.reps,
             "threads": threads,
             "ctx": ctx,
+            "gpu_layers": cfg.gpu_layers,
             "profile": profile.name if profile else None,
+        },
+        "memory_accounting": {
+            "method": methods[0] if len(methods) == 1 else methods,
+            "gated": "memory_mib = peak_rss_mib (the process's VmHWM) + device_mib (devicemem.py: nvml, unified, none)",
         },
         "environment": env,
         "results": results,

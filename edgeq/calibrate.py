@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class CalibrateConfig:
     threads: int | None = field(default=None, metadata={"help": "runtime threads; default: all cores"})
     onnx: bool | None = field(default=None, metadata={"help": "measure ONNX too; default: when the builder exists"})
     model: str | None = field(default=None, metadata={"help": "HF model for the ONNX terms; default: embedded"})
+    points: str | None = field(default=None, metadata={"help": "raw measurements: reuse this JSON, else save it"})
     force: bool = field(default=False, metadata={"help": "replace an existing --out"})
 
 
@@ -145,8 +146,9 @@ def fit_onnx(points: list[dict]) -> dict:
     def rest(p):
         return p["rss"] - p["sizes"]["other"] - kv_cache_bytes(p["dims"], p["ctx"], 4)
 
-    def row(p):
-        return [1.0, p["prompt"] * p["dims"].vocab] + [p["sizes"]["matmul"] * (q == p["quant"]) for q in quants]
+    def row(p):  # per precision: resident weight factor, and prefill bytes per token × vocab
+        mine = [q == p["quant"] for q in quants]
+        return [1.0] + [x for m in mine for x in (p["sizes"]["matmul"] * m, p["prompt"] * p["dims"].vocab * m)]
 
     # loading-bound: a larger context (same artifact and prompt) did not raise the peak — the KV cache
     # grew after the peak was set, while initializers were still being loaded
@@ -162,13 +164,15 @@ def fit_onnx(points: list[dict]) -> dict:
     ]
     steady = [p for p in points if p not in loading]
     coef = np.linalg.lstsq(np.array([row(p) for p in steady]), np.array([rest(p) for p in steady]), rcond=None)[0]
-    base, factor = float(coef[0]), dict(zip(quants, map(float, coef[2:]), strict=True))
+    base = float(coef[0])
+    factor = {q: float(coef[1 + 2 * i]) for i, q in enumerate(quants)}
+    prompt = {q: float(coef[2 + 2 * i]) for i, q in enumerate(quants)}
     load: dict[str, float] = {}
     for p in loading:
         load[p["quant"]] = max(load.get(p["quant"], 0.0), (p["rss"] - base) / p["sizes"]["matmul"])
     return {
         "base_mib": round(base / MIB, 2),
-        "prompt_bytes_per_token_per_vocab": round(float(coef[1]), 3),
+        "prompt_bytes_per_token_per_vocab": {q: round(c, 3) for q, c in prompt.items()},
         "kv_bytes_per_element": 4,
         "resident_factor": {q: round(f, 3) for q, f in factor.items()},
         "load_factor": {q: round(f, 3) for q, f in load.items()},
@@ -189,11 +193,47 @@ def _onnx_builder_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "onnx_ir"))
 
 
+def measure(threads: int, onnx: bool, model: str | None) -> list[dict]:
+    """Build every calibration artifact in a scratch folder and bench each over its grid."""
+    from edgeq import report
+
+    total = len(GGUF_TYPES) * len(GRID) + 3 * len(NARROW_GRID)
+    total += len(ONNX_TYPES) * (len(GRID) + len(NARROW_GRID)) if onnx else 0
+    with tempfile.TemporaryDirectory(prefix="edgeq-calib-") as tmp, report.progress("calibrate", total) as update:
+        work, done = Path(tmp), [0]
+
+        def step(info: str) -> None:
+            done[0] += 1
+            update(done[0], info)
+
+        points = measure_all(gguf_artifacts(work, "model", DEFAULT_SHAPE, GGUF_TYPES), GRID, threads, step)
+        narrow = gguf_artifacts(work, "narrow", NARROW_SHAPE, ("F16", "Q8_0", "Q4_0"))
+        points += measure_all(narrow, NARROW_GRID, threads, step)
+        if onnx:
+            from edgeq.basemodel import random_model, resolve_model
+
+            points += measure_all(onnx_artifacts(resolve_model(model), work, "model"), GRID, threads, step)
+            narrow_hf = random_model(work / "narrow-hf", resolve_model(None), max_position_embeddings=2048)
+            points += measure_all(onnx_artifacts(narrow_hf, work, "narrow"), NARROW_GRID, threads, step)
+    return points
+
+
+def save_points(points: list[dict], path: Path) -> None:
+    from edgeq.io import write_json
+
+    write_json(path, [{**p, "path": str(p["path"]), "dims": asdict(p["dims"])} for p in points])
+
+
+def load_points(path: Path) -> list[dict]:
+    from edgeq.plan import Dims
+
+    return [{**p, "dims": Dims(**p["dims"])} for p in json.loads(path.read_text())]
+
+
 def calibrate(cfg: CalibrateConfig) -> dict:
     """Measure, fit, write cfg.out atomically; returns the calibration and every point with its error."""
     import os
 
-    from edgeq import report
     from edgeq.doctor import package_version, platform_info
     from edgeq.io import write_json
     from edgeq.runtime import llama_config
@@ -207,25 +247,14 @@ def calibrate(cfg: CalibrateConfig) -> dict:
             "--onnx needs the ONNX builder (the full toolchain)", None, 'pip install "edgeq[full]", or pass --no-onnx'
         )
     threads = cfg.threads or os.cpu_count() or 1
-    n_gguf = len(GGUF_TYPES) * len(GRID) + 3 * len(NARROW_GRID)
-    total = n_gguf + (len(ONNX_TYPES) * (len(GRID) + len(NARROW_GRID)) if onnx else 0)
-    with tempfile.TemporaryDirectory(prefix="edgeq-calib-") as tmp, report.progress("calibrate", total) as update:
-        work, done = Path(tmp), [0]
-
-        def step(info: str) -> None:
-            done[0] += 1
-            update(done[0], info)
-
-        points = measure_all(gguf_artifacts(work, "model", DEFAULT_SHAPE, GGUF_TYPES), GRID, threads, step)
-        points += measure_all(gguf_artifacts(work, "narrow", NARROW_SHAPE, ("F16", "Q8_0", "Q4_0")), NARROW_GRID,
-                              threads, step)  # fmt: skip
-        if onnx:
-            from edgeq.basemodel import random_model, resolve_model
-
-            model = resolve_model(cfg.model)
-            points += measure_all(onnx_artifacts(model, work, "model"), GRID, threads, step)
-            narrow = random_model(work / "narrow-hf", resolve_model(None), **{"max_position_embeddings": 2048})
-            points += measure_all(onnx_artifacts(narrow, work, "narrow"), NARROW_GRID, threads, step)
+    saved = Path(cfg.points) if cfg.points else None
+    if saved and saved.is_file():
+        points = load_points(saved)
+        onnx = any(p["fmt"] == FORMAT_ONNX for p in points)
+    else:
+        points = measure(threads, onnx, cfg.model)
+        if saved:
+            save_points(points, saved)
     plat = platform_info()
     measured = {FORMAT_GGUF: list(GGUF_TYPES), FORMAT_ONNX: list(ONNX_TYPES) if onnx else []}
     cal = {

@@ -339,6 +339,13 @@ def eval_artifact(artifact, reference, data, limit, as_json) -> None:
     show_default=True,
     help="Allowed regression vs --baseline on tok/s and peak memory.",
 )
+@click.option(
+    "--gpu-layers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="GGUF: layers to offload with a GPU build of llama.cpp; device memory then counts in the memory gate.",
+)
 def bench(**kw) -> None:
     """Benchmark a GGUF/ONNX artifact; with --profile or --baseline, a CI gate (exit 3)."""
     from edgeq.bench import BenchConfig

@@ -173,8 +173,8 @@ def calibrated(cal: dict, fmt: str, quant: str) -> tuple[dict, str | None]:
     bits = QUANT_TYPES[quant].bits_per_weight
     proxy = min(measured, key=lambda q: abs(QUANT_TYPES[q].bits_per_weight - bits))
     terms = dict(terms)
-    for key in ("resident_factor", "load_factor"):
-        if key in terms and fmt == FORMAT_ONNX and proxy in terms[key]:
+    for key in ("resident_factor", "load_factor", "prompt_bytes_per_token_per_vocab"):
+        if fmt == FORMAT_ONNX and isinstance(terms.get(key), dict) and proxy in terms[key]:
             terms[key] = {**terms[key], quant: terms[key][proxy]}
     return terms, f"uncalibrated: {quant} was not measured here; predicted with {proxy}'s terms"
 
@@ -285,7 +285,9 @@ def predict_onnx_rss(d: Dims, quant: str, ctx: int, prompt: int, cal: dict) -> d
     base = o["base_mib"] * MIB
     weights = o["resident_factor"][quant] * sizes["matmul"] + sizes["other"]  # see calibrated() for others
     kv = kv_cache_bytes(d, ctx, o["kv_bytes_per_element"])
-    compute = prompt * d.vocab * o["prompt_bytes_per_token_per_vocab"]  # prefill returns logits for every token
+    per_token = o["prompt_bytes_per_token_per_vocab"]  # one number in calibrations before per-precision terms
+    per_token = per_token[quant] if isinstance(per_token, dict) else per_token
+    compute = prompt * d.vocab * per_token  # prefill returns logits for every token
     steady = base + weights + kv + compute
     load = base + o["load_factor"].get(quant, 0.0) * sizes["matmul"]  # transient while initializers load
     return {"base": base, "weights": weights, "kv_cache": kv, "compute": compute, "total": max(steady, load)}
