@@ -404,14 +404,15 @@ def build(**kw) -> None:
 @click.option("--threads", type=int, default=None, help="Runtime threads (default: all cores).")
 @click.option("--onnx/--no-onnx", default=None, help="Measure ONNX too (default: when the ONNX builder is installed).")
 @MODEL_OPTION
+@click.option("--points", type=click.Path(), default=None, help="Raw measurements: reuse this JSON, else save it.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
-def calibrate(out, threads, onnx, model_dir, force) -> None:
+def calibrate(out, threads, onnx, model_dir, points, force) -> None:
     """Measure plan's memory terms on this machine (the target): runtime-only for GGUF, a few minutes."""
     from edgeq import report
     from edgeq.calibrate import CalibrateConfig
     from edgeq.calibrate import calibrate as run
 
-    result = run(CalibrateConfig(out=out, threads=threads, onnx=onnx, model=model_dir, force=force))
+    result = run(CalibrateConfig(out=out, threads=threads, onnx=onnx, model=model_dir, points=points, force=force))
     rows = [
         [
             f"{p['format']} {p['quant']}",
