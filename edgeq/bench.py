@@ -9,6 +9,7 @@ each process comes before the timed one. Statistics over --reps: mean ± sd, min
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -273,9 +274,15 @@ def load_baseline(path: str) -> dict:
     """The results of an earlier `edgeq bench --output json`, checked before any measuring starts."""
     try:
         base = json.loads(Path(path).read_text())
-        return {m: float(base["results"][m]["median"]) for m in ("decode_tok_s", "prefill_tok_s", "peak_rss_mib")}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        values = {m: float(base["results"][m]["median"]) for m in ("decode_tok_s", "prefill_tok_s", "peak_rss_mib")}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError, ValueError):
         raise UsageError("not an edgeq bench JSON", path, "pass a file written by edgeq bench --output json") from None
+    bad = [m for m, v in values.items() if not (math.isfinite(v) and v > 0)]
+    if bad:  # a NaN baseline would make every comparison false, and the gate pass
+        raise UsageError(
+            f"baseline {', '.join(bad)} is not a positive finite number", path, "re-run edgeq bench for the baseline"
+        )
+    return values
 
 
 def check_baseline(results: dict, base: dict, pct: float) -> list[dict]:

@@ -103,9 +103,7 @@ def call(op: str, what: str, where: str, llama: dict | None = None, **kwargs):
     `llama` (probe.LlamaConfig.as_dict()) configures llama.cpp in the child before the op runs."""
     with tempfile.TemporaryDirectory(prefix="edgeq-job-") as work:
         job = {"op": op, "dir": work, "llama": llama, "kwargs": _encode(kwargs, Path(work), "in")}
-        run_process(
-            python_command("-c", "from edgeq.child import serve; serve()"), what, where, stdin=json.dumps(job)
-        )
+        run_process(python_command("-c", "from edgeq.child import serve; serve()"), what, where, stdin=json.dumps(job))
         result = json.loads((Path(work) / "result.json").read_text())
         if "error" in result:
             raise _rebuild_error(result["error"])

@@ -80,18 +80,13 @@ def device_bytes(method: str, readings: list[Reading]) -> float:
         return float(max((r["gpu_process"] or 0) for r in readings))
     if method == "unified":
         first = readings[0]
-        return float(
-            max(
-                max(0, (r["system_used"] - first["system_used"]) - (r["rss"] - first["rss"])) for r in readings[1:]
-            )
-            if len(readings) > 1
-            else 0.0
-        )
+        grown = [(r["system_used"] - first["system_used"]) - (r["rss"] - first["rss"]) for r in readings[1:]]
+        return float(max([0, *grown]))
     return 0.0
 
 
 def account(peak_rss_mib: float, method: str, readings: list[Reading]) -> dict:
     """What bench records and gates on: RSS, device memory, their sum and how the device part was measured."""
     device_mib = device_bytes(method, readings) / MIB
-    return {"peak_rss_mib": peak_rss_mib, "device_mib": device_mib, "total_mib": peak_rss_mib + device_mib,
-            "method": method}  # fmt: skip
+    total = peak_rss_mib + device_mib
+    return {"peak_rss_mib": peak_rss_mib, "device_mib": device_mib, "total_mib": total, "method": method}

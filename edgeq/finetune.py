@@ -26,7 +26,7 @@ from pathlib import Path
 from edgeq import __version__
 from edgeq.doctor import versions
 from edgeq.errors import ConfigError, UsageError
-from edgeq.io import atomic_dir, check_free_disk, sha256_file, write_json
+from edgeq.io import OUTPUT_MARK, atomic_dir, check_free_disk, remove_output, sha256_file, write_json
 from edgeq.spec import FINETUNE_MANIFEST, FINETUNE_STRUCTURAL, LORA_TARGETS_ALL_LINEAR, NF4_BLOCKSIZE, QUANT_MODES
 
 CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
@@ -311,6 +311,9 @@ def save_checkpoint(out: Path, step: int, model, optim, state: dict) -> Path:
     from safetensors.torch import save_file
 
     final = out / CKPT_DIR / f"step-{step:06d}"
+    if not (out / CKPT_DIR / OUTPUT_MARK).is_file():  # the folder is edgeq's: --force may remove it later
+        (out / CKPT_DIR).mkdir(parents=True, exist_ok=True)
+        (out / CKPT_DIR / OUTPUT_MARK).write_text("written by edgeq finetune\n")
     with atomic_dir(final, force=True) as tmp:
         names = {id(p): n for n, p in _trainable(model)}
         tensors = {f"param/{n}": p.detach().contiguous() for n, p in _trainable(model)}
@@ -383,6 +386,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
     out = Path(cfg.out)
     if (out / ADAPTER_DIR).exists() and not (cfg.force or cfg.resume):
         raise UsageError("an adapter already exists", str(out / ADAPTER_DIR), "pass --resume, --force or another --out")
+    if (out / CKPT_DIR).exists() and not (cfg.force or cfg.resume):
+        raise UsageError(
+            "checkpoints of an earlier run are here",
+            str(out / CKPT_DIR),
+            "pass --resume to continue it, --force to start over, or another --out",
+        )
 
     base_dir = resolve_model(cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -442,10 +451,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         start_step, losses = state["step"], state["losses"]
         if rank == 0:
             report.err.print(f"resuming from {ckpt.name} (step {start_step} of {total_steps})")
-    elif rank == 0 and (out / CKPT_DIR).exists():
-        import shutil
-
-        shutil.rmtree(out / CKPT_DIR)  # a fresh run must not later resume from another run's checkpoints
+    elif rank == 0 and (out / CKPT_DIR).exists():  # --force: a fresh run must not resume another run's checkpoints
+        remove_output(out / CKPT_DIR, protect=[base_dir, cfg.data])
 
     def batches_for(step: int):
         """The micro-batches of optimizer step `step` for this rank: a pure function of (seed, step)."""
@@ -526,7 +533,7 @@ def evaluate_loss(model, eval_set, pad_id, device, cfg) -> float:
 def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summary) -> None:
     from edgeq.spec import MANIFEST_SCHEMA
 
-    with atomic_dir(out / ADAPTER_DIR, force=True) as tmp:
+    with atomic_dir(out / ADAPTER_DIR, force=True, protect=[base_dir, cfg.data]) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         write_json(
             tmp / FINETUNE_MANIFEST,

@@ -19,6 +19,31 @@ from pathlib import Path
 from edgeq.errors import EdgeqError, UsageError
 
 _TMP_PREFIX = ".edgeq-tmp-"
+OUTPUT_MARK = ".edgeq-output"  # written into every directory edgeq creates: what may be replaced with --force
+
+
+def check_replaceable(path: str | os.PathLike, protect) -> None:
+    """Refuse to replace `path` unless edgeq wrote it (a directory: its OUTPUT_MARK) and it is not an input,
+    does not hold one, and does not lie inside one. `protect`: the inputs of the command."""
+    path = Path(path).resolve()
+    for item in protect:
+        item = Path(item).resolve()
+        if item == path or path in item.parents or (item in path.parents and path.exists()):
+            raise UsageError(
+                f"--out would replace an input of this command ({item})", str(path), "choose another --out"
+            )
+    if path.is_dir() and not (path / OUTPUT_MARK).is_file():
+        raise UsageError(
+            f"not written by edgeq (no {OUTPUT_MARK} marker): edgeq replaces only what it wrote",
+            str(path),
+            "remove it yourself, or choose another --out",
+        )
+
+
+def remove_output(path: str | os.PathLike, protect=()) -> None:
+    """Delete a directory edgeq wrote (see check_replaceable); anything else is refused."""
+    check_replaceable(path, protect)
+    shutil.rmtree(path)
 
 
 def _umask() -> int:
@@ -65,18 +90,23 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, force: bool = False, protect=None) -> Iterator[Path]:
     """Yield a temp directory beside `path`; on success it replaces `path` in one rename.
 
-    With force, an existing `path` is kept until the new one is complete, then swapped out.
+    With force, an existing `path` is kept until the new one is complete, then swapped out. A user's
+    --out passes the command's inputs as `protect`: then only a directory edgeq wrote is replaced
+    (check_replaceable); edgeq's own caches pass None. The new directory carries OUTPUT_MARK.
     """
     path = Path(path)
     if path.exists() and not force:
         raise UsageError("output exists", str(path), "pass --force to replace it, or choose another --out")
+    if path.exists() and protect is not None:
+        check_replaceable(path, protect)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
+        (tmp / OUTPUT_MARK).write_text("written by edgeq; `--force` may replace this directory\n")
         yield tmp
         for f in tmp.rglob("*"):
             if f.is_file():
@@ -96,12 +126,15 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, force: bool = False, protect=()) -> Iterator[Path]:
     """Yield a temp path beside `path` for a writer that opens files itself (native code);
-    on success fsync it and rename it over `path`. An existing `path` needs force and survives failure."""
+    on success fsync it and rename it over `path`. An existing `path` needs force and survives failure;
+    it may not be, or lie inside, one of the inputs in `protect`."""
     path = Path(path)
     if path.exists() and not force:
         raise UsageError("output exists", str(path), "pass --force to replace it, or choose another --out")
+    if path.exists():
+        check_replaceable(path, protect)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=path.suffix, dir=path.parent)
     os.close(fd)

@@ -19,7 +19,7 @@ from pathlib import Path
 from edgeq import __version__
 from edgeq.doctor import versions
 from edgeq.errors import ConfigError, EdgeqError, UsageError
-from edgeq.io import atomic_dir, check_free_disk, sha256_file, write_json
+from edgeq.io import atomic_dir, check_free_disk, check_replaceable, sha256_file, write_json
 from edgeq.spec import (
     FINETUNE_MANIFEST,
     MANIFEST_SCHEMA,
@@ -126,6 +126,8 @@ def merge(cfg: MergeConfig) -> dict:
         raise UsageError("output exists", str(out), "pass --force to replace it, or choose another --out")
     adapter_dir = find_adapter(cfg.adapter)
     base_dir = resolve_model(cfg.base)
+    if out.exists():  # refused before the work, not after it
+        check_replaceable(out, [adapter_dir, base_dir])
     manifest_path = adapter_dir / FINETUNE_MANIFEST
     trained = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     base_sha = base_fingerprint(base_dir)
@@ -201,7 +203,7 @@ def merge(cfg: MergeConfig) -> dict:
         },
         "versions": versions(),
     }
-    with atomic_dir(out, force=cfg.force) as tmp:
+    with atomic_dir(out, force=cfg.force, protect=[adapter_dir, base_dir]) as tmp:
         merged_model.config.dtype = cfg.dtype
         merged_model.save_pretrained(tmp, safe_serialization=True)
         for name in TOKENIZER_FILES:

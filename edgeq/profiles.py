@@ -6,6 +6,7 @@ is strict and collects every problem before raising, so one run shows them all.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +65,33 @@ def load_profile(name_or_path: str) -> Profile:
             )
     if not path.is_file():
         raise UsageError("profile file not found", str(path), "check the path")
+    if path.stat().st_size > MAX_PROFILE_BYTES:
+        raise UsageError(f"larger than {MAX_PROFILE_BYTES // 1024} KiB: not a device profile", str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # safe_load without aliases
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UsageError(f"not valid YAML ({str(e).splitlines()[0]})", str(path), "fix the syntax") from None
     return validate(data, str(path))
 
 
+MAX_PROFILE_BYTES = 64 << 10  # a profile is a page of numbers and reasons
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.safe_load, but anchors and aliases are refused: an alias bomb (a few hundred bytes that expand to
+    gigabytes) has no place in a profile, and refusing is cheaper than bounding every message built from it."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed in a profile", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 _UNIT_TYPO = re.compile(r"^\s*[0-9.]+\s*[a-zA-Z/%]+\s*$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 def validate(data, source: str) -> Profile:
@@ -84,18 +104,19 @@ def validate(data, source: str) -> Profile:
     known_top = {f.name for f in PROFILE_FIELDS if f.section is None} | set(PROFILE_SECTIONS)
     for key in data:
         if key not in known_top:
-            problems.append(f"{key}: unknown key (expected one of: {', '.join(sorted(known_top))})")
+            problems.append(f"{str(key)[:80]}: unknown key (expected one of: {', '.join(sorted(known_top))})")
     for section in PROFILE_SECTIONS:
         sub = data.get(section)
         if sub is None:
             continue
         if not isinstance(sub, dict):
-            problems.append(f"{section}: must be a mapping, got {sub!r}")
+            problems.append(f"{section}: must be a mapping, got {_short(sub)}")
             continue
         known_sub = {f.name for f in PROFILE_FIELDS if f.section == section}
         for key in sub:
             if key not in known_sub:
-                problems.append(f"{section}.{key}: unknown key (expected one of: {', '.join(sorted(known_sub))})")
+                expected = ", ".join(sorted(known_sub))
+                problems.append(f"{section}.{str(key)[:80]}: unknown key (expected one of: {expected})")
     for f in PROFILE_FIELDS:
         holder = data if f.section is None else data.get(f.section)
         key = f.name if f.section is None else f"{f.section}.{f.name}"
@@ -129,6 +150,11 @@ def validate(data, source: str) -> Profile:
     return Profile(**flat, source=source)
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
 def _check(f, key: str, value):
     """Return (normalized value, None) or (None, problem line)."""
     if f.kind in ("int", "float"):
@@ -136,28 +162,34 @@ def _check(f, key: str, value):
             unit = f" in {f.unit}" if f.unit else ""
             return (
                 None,
-                f"{key}: {value!r} looks like a number with a unit; "
+                f"{key}: {_short(value)} looks like a number with a unit; "
                 f"write a plain number{unit} (the unit is in the key name)",
             )
         ok = isinstance(value, int) if f.kind == "int" else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok:
-            return None, f"{key}: {value!r} is not {'an integer' if f.kind == 'int' else 'a number'}"
+            return None, f"{key}: {_short(value)} is not {'an integer' if f.kind == 'int' else 'a number'}"
+        if not math.isfinite(value):
+            return None, f"{key}: {_short(value)} is not a finite number"
         if value < f.minimum or value > f.maximum:
             return None, f"{key}: {value} is outside the sane range [{f.minimum:g}, {f.maximum:g}]"
         return (float(value) if f.kind == "float" else value), None
     if f.kind == "str":
         if not isinstance(value, str) or not value.strip():
-            return None, f"{key}: {value!r} must be a non-empty string"
+            return None, f"{key}: {_short(value)} must be a non-empty string"
         return value.strip(), None
+    if f.kind == "slug":
+        if not isinstance(value, str) or not _SLUG.match(value) or ".." in value:
+            return None, f"{key}: {_short(value)} must be a plain name ({f.help.split(': ', 1)[1]})"
+        return value, None
     if f.kind in ("formats", "quants"):
         valid = FORMATS if f.kind == "formats" else tuple(QUANT_TYPES)
         if not isinstance(value, list) or not value:
-            return None, f"{key}: {value!r} must be a non-empty list drawn from: {', '.join(valid)}"
+            return None, f"{key}: {_short(value)} must be a non-empty list drawn from: {', '.join(valid)}"
         bad = [v for v in value if v not in valid]
         if bad:
             return None, f"{key}: {', '.join(map(repr, bad))} not known (valid: {', '.join(valid)})"
         if len(set(value)) != len(value):
-            return None, f"{key}: {value!r} lists an entry twice"
+            return None, f"{key}: {_short(value)} lists an entry twice"
         return tuple(value), None
     # rationale: mapping field -> one line of text
     if not isinstance(value, dict) or not all(isinstance(v, str) and v.strip() for v in value.values()):

@@ -90,7 +90,7 @@ QUANT_TYPES = {
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str  # "int" | "float" | "str" | "formats" | "quants" | "rationale"
+    kind: str  # "int" | "float" | "str" | "slug" | "formats" | "quants" | "rationale"
     help: str
     minimum: float | None = None
     maximum: float | None = None
@@ -100,7 +100,7 @@ class Field:
 
 
 PROFILE_FIELDS = (
-    Field("name", "str", "short identifier, e.g. drone"),
+    Field("name", "slug", "short identifier, e.g. drone: lower-case letters, digits, '-', '_', '.' (a folder name)"),
     Field("description", "str", "the hardware modelled, in a sentence or two"),
     Field("memory_budget_mib", "int", "peak RSS the model process may reach", 16, 1 << 20, unit="MiB"),
     Field("storage_budget_mib", "int", "on-device space for the artifact", 1, 1 << 22, unit="MiB"),

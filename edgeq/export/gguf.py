@@ -321,7 +321,7 @@ def export_gguf(cfg: GgufExport) -> dict:
     tok = AutoTokenizer.from_pretrained(model_dir)
     float_type = cfg.quant if cfg.quant in GGUF_FLOAT_TYPES else "F16"
     with (
-        atomic_path(out, force=cfg.force) as tmp,
+        atomic_path(out, force=cfg.force, protect=[model_dir]) as tmp,
         tempfile.TemporaryDirectory(prefix=".edgeq-tmp-", dir=out.parent) as scratch,
     ):
         flt = Path(scratch) / f"model.{float_type}.gguf"

@@ -112,7 +112,7 @@ def export_onnx(cfg: OnnxExport) -> dict:
     check_free_disk(out.parent, 2 * weights_bytes(model_dir), "the ONNX export")
     tok = AutoTokenizer.from_pretrained(model_dir)
     with (
-        atomic_dir(out, force=cfg.force) as tmp,
+        atomic_dir(out, force=cfg.force, protect=[model_dir]) as tmp,
         tempfile.TemporaryDirectory(prefix=".edgeq-tmp-", dir=out.parent) as cache,
     ):
         report.err.print(f"building {cfg.quant} ONNX with onnxruntime-genai's model builder …")
