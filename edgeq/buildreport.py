@@ -4,12 +4,12 @@ directory's artifact, Ollama Modelfile, manifest.json, report.md and candidates.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 from pathlib import Path
 
 from edgeq import __version__, report
+from edgeq.errors import UsageError
 from edgeq.spec import (
     BUILD_MANIFEST,
     BUILD_MODELFILE,
@@ -124,17 +124,46 @@ def modelfile(gguf_name: str, tok, profile) -> tuple[str, bool]:
     lines = [f"FROM ./{gguf_name}"]
     if chatml:
         lines.append(f'TEMPLATE """{_CHATML_TEMPLATE}"""')
-        head = "<|im_start|>system\n"
-        if alone.startswith(head):  # the template injects a default system prompt: Ollama's SYSTEM does that
-            lines.append(f'SYSTEM """{alone[len(head) : alone.index("<|im_end|>")]}"""')
+        head, end = "<|im_start|>system\n", alone.find("<|im_end|>")
+        if alone.startswith(head) and end > 0:  # the template injects a default system prompt: Ollama's SYSTEM does
+            lines.append(f'SYSTEM """{_block(alone[len(head) : end], "the default system prompt")}"""')
     stops = sorted({t for t in (tok.eos_token, "<|im_end|>" if chatml else None) if t})
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    lines += [f'PARAMETER stop "{_quoted(s, "a stop token")}"' for s in stops]
     lines += [
         f"PARAMETER num_ctx {profile.max_context_tokens}",
         f"PARAMETER num_thread {profile.threads}",
         "PARAMETER temperature 0",  # edgeq's task accuracy is measured with greedy decoding
     ]
     return "\n".join(lines) + "\n", chatml
+
+
+def _block(text: str, what: str) -> str:
+    """A value for a triple-quoted Modelfile string: Ollama's parser ends it at the first \"\"\" (no escapes)."""
+    if '"""' in text or text.endswith('"'):
+        raise UsageError(
+            f'{what} contains """ and would end the Modelfile string early (the rest would become instructions)',
+            "the model's chat template",
+            "edit the template, or write the Modelfile yourself",
+        )
+    return text
+
+
+def _quoted(text: str, what: str) -> str:
+    """A value for a one-line quoted Modelfile string: no quote, backslash or line break."""
+    if any(c in text for c in '"\\\n\r'):
+        raise UsageError(
+            f"{what} {text!r} holds a quote, backslash or line break that a Modelfile line cannot carry",
+            "the model's tokenizer",
+            "use a model whose special tokens are plain text",
+        )
+    return text
+
+
+def check_modelfile(model_dir: Path, profile) -> None:
+    """Fail before any work where the model's template or tokens cannot be written into a Modelfile."""
+    from transformers import AutoTokenizer
+
+    modelfile("model.gguf", AutoTokenizer.from_pretrained(model_dir), profile)
 
 
 def plot(candidates: list[dict], chosen: dict, path: Path) -> None:
@@ -170,24 +199,19 @@ def plot(candidates: list[dict], chosen: dict, path: Path) -> None:
 
 
 def publish_artifact(src: Path, dst: Path) -> None:
-    """Hard links where possible (same filesystem: no copy), atomically replacing an older artifact."""
+    """A copy, atomically replacing an older artifact. Not a hard link: editing the published file must not
+    change the cached one (the manifest's sha256 describes the cache)."""
     from edgeq.io import atomic_dir, atomic_path
-
-    def place(a: Path, b: Path) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copyfile(a, b)
 
     if src.is_file():
         with atomic_path(dst, force=True) as tmp:
-            place(src, tmp)
+            shutil.copyfile(src, tmp)
     else:
-        with atomic_dir(dst, force=True) as tmp:
+        with atomic_dir(dst, force=True, protect=[]) as tmp:
             for f in src.rglob("*"):
                 if f.is_file():
                     (tmp / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-                    place(f, tmp / f.relative_to(src))
+                    shutil.copyfile(f, tmp / f.relative_to(src))
 
 
 def quality_checks(ctx) -> list[dict]:
@@ -280,7 +304,14 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
     }
     write_json(out / "manifest.json", manifest)
     write_text(out / BUILD_REPORT, markdown(ctx, manifest, breaches))
-    return {"artifact": str(out / artifact.name), "breaches": breaches, "manifest": str(out / BUILD_MANIFEST)}
+    published = [artifact.name, BUILD_MANIFEST, BUILD_REPORT, BUILD_PLOT]
+    published += [BUILD_MODELFILE] if template_ok is not None else []
+    return {
+        "artifact": str(out / artifact.name),
+        "breaches": breaches,
+        "manifest": str(out / BUILD_MANIFEST),
+        "published": published,
+    }
 
 
 def markdown(ctx, m: dict, breaches: list[str]) -> str:

@@ -461,6 +461,20 @@ def eval_task(model_dir, data, limit, as_json) -> None:
     )
 
 
+def _missing_toolchain(e: Exception) -> BackendError | None:
+    """The runtime-only install (`pip install edgeq`) meeting a workstation command: say which extra to install."""
+    from edgeq.doctor import TOOLCHAIN
+
+    full = (*TOOLCHAIN, "tokenizers", "matplotlib", "onnx_ir", "jinja2")  # the rest of the [full] extra
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in full:
+        return BackendError(
+            f"this command needs the full toolchain (Python module {e.name!r} is not installed)",
+            None,
+            'install it: pip install torch==2.13.0 && pip install "edgeq[full]"',
+        )
+    return None
+
+
 def main() -> None:
     """Console entry point: one line per error, documented exit codes, tracebacks only with --debug."""
     try:
@@ -484,6 +498,11 @@ def main() -> None:
     except Exception as e:  # a bug in edgeq or a backend: still one line unless --debug
         if _state["debug"]:
             traceback.print_exc()
-        click.echo(f"error: internal error: {type(e).__name__}: {e} — rerun with --debug and report it", err=True)
-        code = EXIT_RUNTIME
+        missing = _missing_toolchain(e)
+        if missing:
+            click.echo(missing.line(), err=True)
+            code = missing.exit_code
+        else:
+            click.echo(f"error: internal error: {type(e).__name__}: {e} — rerun with --debug and report it", err=True)
+            code = EXIT_RUNTIME
     sys.exit(code or 0)

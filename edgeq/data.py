@@ -32,34 +32,54 @@ class Dataset:
     stats: dict = field(default_factory=dict)
 
 
-def read_jsonl(path: str | Path) -> list[list[dict]]:
-    """Parse and check every line; raise one ConfigError listing every bad line (file:line: problem)."""
+def read_jsonl(path: str | Path, limit: int | None = None) -> list[list[dict]]:
+    """Parse and check every line (up to `limit` examples); one ConfigError lists every bad line."""
+    return [msgs for _, msgs in read_jsonl_lines(path, limit)]
+
+
+def read_jsonl_lines(path: str | Path, limit: int | None = None) -> list[tuple[int, list[dict]]]:
+    """(line number, conversation) per example; raise one ConfigError listing every bad line (file:line: problem).
+    Reading stops after `limit` examples: a limit never parses the rest of a large file."""
     path = Path(path)
     if not path.is_file():
         raise UsageError("data file not found", str(path), "pass --data FILE.jsonl")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit}: need at least 1 example")
     conversations, problems = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                problems.append(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            msgs, problem = _messages(obj)
+            msgs, problem = _parse_line(raw)
             if problem:
                 problems.append(f"{path}:{n}: {problem}")
-            else:
-                conversations.append(msgs)
+            elif msgs is not None:
+                conversations.append((n, msgs))
             if len(problems) >= 20:
                 problems.append("… stopping after 20 bad lines")
+                break
+            if limit is not None and len(conversations) >= limit:
                 break
     if problems:
         raise ConfigError(problems, str(path))
     if not conversations:
         raise UsageError("data file has no examples", str(path), "add one JSON object per line")
     return conversations
+
+
+def _parse_line(raw: bytes) -> tuple[list[dict] | None, str | None]:
+    """One JSONL line → (conversation, None), (None, problem), or (None, None) for a blank line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 (byte {e.start} of the line); save the file as UTF-8"
+    if not text.strip():
+        return None, None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON ({e.msg} at column {e.colno})"
+    except RecursionError:
+        return None, "JSON nested too deeply"
+    return _messages(obj)
 
 
 def _messages(obj) -> tuple[list[dict] | None, str | None]:

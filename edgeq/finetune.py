@@ -356,7 +356,10 @@ def load_checkpoint(path: Path, model, optim) -> dict:
 
 
 def structural_settings(cfg: FinetuneConfig, base_sha: str) -> dict:
+    """What a checkpoint means. The data by content, not by path: the same file spelled another way resumes,
+    a changed file at the same path does not."""
     picked = {"base_sha256": base_sha, **{k: v for k, v in asdict(cfg).items() if k in FINETUNE_STRUCTURAL}}
+    picked["data"] = sha256_file(cfg.data)
     return json.loads(json.dumps(picked))  # tuples → lists, as they read back from state.json
 
 

@@ -3,7 +3,10 @@
 llama.cpp's loader has had several CVEs on crafted headers (tensor offset + size past the end of
 the file, absurd counts, huge strings). This reader walks the header the way the spec lays it
 out and checks every length and offset against the file size; it never allocates by a count it
-has not bounded. Runtime-only: no torch, no transformers, no numpy.
+has not bounded. Then every metadata key llama.cpp reads must have the exact type llama.cpp
+expects (KEY_TYPES), the vocabulary arrays their element type and the vocabulary's length, and
+every special token id must lie inside the vocabulary. Runtime-only: no torch, no transformers,
+no numpy; the format's names and types come from gguf-py's constants.
 """
 
 from __future__ import annotations
@@ -14,12 +17,66 @@ from pathlib import Path
 from edgeq.errors import UsageError
 from edgeq.spec import GGUF_MAGIC, GGUF_VERSIONS
 
-# GGUF metadata value types → struct format (scalars); 8 = string, 9 = array.
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
 _MAX_DIMS = 4
 _MAX_COUNT = 1 << 24  # tensors, keys or array items: far beyond any real model
 _DEFAULT_ALIGNMENT = 32
+
+
+def _types():
+    from gguf.constants import GGUFValueType as T
+
+    scalars = {
+        T.UINT8: "<B",
+        T.INT8: "<b",
+        T.UINT16: "<H",
+        T.INT16: "<h",
+        T.UINT32: "<I",
+        T.INT32: "<i",
+        T.FLOAT32: "<f",
+        T.BOOL: "<?",
+        T.UINT64: "<Q",
+        T.INT64: "<q",
+        T.FLOAT64: "<d",
+    }
+    return T, scalars
+
+
+def key_types() -> dict[str, tuple]:
+    """Key → the value type llama.cpp requires ((ARRAY, element type) for arrays). `{arch}` is the model's."""
+    from gguf.constants import Keys
+
+    T, _ = _types()
+    u32, f32, string = (T.UINT32,), (T.FLOAT32,), (T.STRING,)
+    tok = Keys.Tokenizer
+    table = {
+        Keys.General.ARCHITECTURE: string,
+        Keys.General.ALIGNMENT: u32,
+        Keys.General.FILE_TYPE: u32,
+        tok.MODEL: string,
+        tok.PRE: string,
+        tok.LIST: (T.ARRAY, T.STRING),
+        tok.TOKEN_TYPE: (T.ARRAY, T.INT32),
+        tok.SCORES: (T.ARRAY, T.FLOAT32),
+        tok.MERGES: (T.ARRAY, T.STRING),
+        tok.ADD_BOS: (T.BOOL,),
+        tok.CHAT_TEMPLATE: string,
+        Keys.LLM.CONTEXT_LENGTH: u32,
+        Keys.LLM.EMBEDDING_LENGTH: u32,
+        Keys.LLM.BLOCK_COUNT: u32,
+        Keys.LLM.VOCAB_SIZE: u32,
+        Keys.Rope.DIMENSION_COUNT: u32,
+        Keys.Attention.LAYERNORM_RMS_EPS: f32,
+        Keys.Rope.FREQ_BASE: f32,
+    }
+    for name in TOKEN_ID_KEYS:
+        table[getattr(tok, name)] = u32
+    return table
+
+
+# Special token ids llama.cpp looks up in the vocabulary (gguf-py's Keys.Tokenizer names).
+TOKEN_ID_KEYS = ("BOS_ID", "EOS_ID", "UNK_ID", "PAD_ID", "SEP_ID", "EOT_ID", "EOM_ID", "MASK_ID")
+# Per-layer keys llama.cpp reads as one UINT32 or an array of them.
+_PER_LAYER = ("FEED_FORWARD_LENGTH", "HEAD_COUNT", "HEAD_COUNT_KV")
 
 
 def _bad(path: Path, what: str) -> UsageError:
@@ -29,6 +86,7 @@ def _bad(path: Path, what: str) -> UsageError:
 class _Reader:
     def __init__(self, path: Path, data: bytes, size: int):
         self.path, self.data, self.size, self.pos = path, data, size, 0
+        self.T, self.scalars = _types()
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -46,17 +104,50 @@ class _Reader:
             raise _bad(self.path, f"string length {n} exceeds the file size")
         return self.take(n).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, depth: int = 0):
-        if vtype in _SCALARS:
-            return self.unpack(_SCALARS[vtype])
-        if vtype == _STRING:
-            return self.string()
-        if vtype == _ARRAY and depth == 0:
+    def value(self, vtype: int, depth: int = 0) -> tuple[tuple, object]:
+        """(type signature, value): (T,) for a scalar or string, (ARRAY, element type) for an array."""
+        T = self.T
+        if vtype in self.scalars:
+            return (T(vtype),), self.unpack(self.scalars[T(vtype)])
+        if vtype == T.STRING:
+            return (T.STRING,), self.string()
+        if vtype == T.ARRAY and depth == 0:
             itype, count = self.unpack("<I"), self.unpack("<Q")
             if count > self.size:
                 raise _bad(self.path, f"array of {count} items exceeds the file size")
-            return [self.value(itype, depth + 1) for _ in range(count)]
+            items = [self.value(itype, depth + 1)[1] for _ in range(count)]
+            return (T.ARRAY, T(itype)), items
         raise _bad(self.path, f"unknown metadata value type {vtype}")
+
+
+def _type_name(sig: tuple) -> str:
+    return sig[0].name if len(sig) == 1 else f"ARRAY of {sig[1].name}"
+
+
+def check_metadata(path: Path, meta: dict, sigs: dict) -> None:
+    """Every key llama.cpp reads has its exact type; the vocabulary is consistent; token ids lie inside it."""
+    from gguf.constants import Keys
+
+    T, _ = _types()
+    arch = meta.get(Keys.General.ARCHITECTURE)
+    wanted = {k.replace("{arch}", str(arch)): t for k, t in key_types().items()}
+    for key, sig in sigs.items():
+        if key in wanted and sig != wanted[key]:
+            raise _bad(path, f"metadata {key} is {_type_name(sig)}, llama.cpp reads {_type_name(wanted[key])}")
+    for name in _PER_LAYER:
+        key = getattr(Keys.LLM if name == "FEED_FORWARD_LENGTH" else Keys.Attention, name).replace("{arch}", str(arch))
+        if key in sigs and sigs[key] not in ((T.UINT32,), (T.ARRAY, T.UINT32), (T.ARRAY, T.INT32)):
+            raise _bad(path, f"metadata {key} is {_type_name(sigs[key])}, llama.cpp reads UINT32 or an array of them")
+    tokens = meta.get(Keys.Tokenizer.LIST)
+    if tokens is None:
+        return
+    for key in (Keys.Tokenizer.TOKEN_TYPE, Keys.Tokenizer.SCORES):
+        if key in meta and len(meta[key]) != len(tokens):
+            raise _bad(path, f"{key} has {len(meta[key])} entries for {len(tokens)} tokens")
+    for name in TOKEN_ID_KEYS:
+        key = getattr(Keys.Tokenizer, name)
+        if key in meta and not 0 <= meta[key] < len(tokens):
+            raise _bad(path, f"{key} {meta[key]} is outside the vocabulary of {len(tokens)} tokens")
 
 
 def check_gguf(path: str | Path) -> dict:
@@ -80,10 +171,11 @@ def check_gguf(path: str | Path) -> dict:
         # The header of a real model is a few MB (vocabularies); read at most 256 MiB of it.
         r = _Reader(path, f.read(min(size, 256 << 20)), size)
     r.pos = 24
-    meta = {}
+    meta, sigs = {}, {}
     for _ in range(n_kv):
         key = r.string()
-        meta[key] = r.value(r.unpack("<I"))
+        sigs[key], meta[key] = r.value(r.unpack("<I"))
+    check_metadata(path, meta, sigs)
     tensors = []
     for _ in range(n_tensors):
         name = r.string()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeq.data import read_jsonl
+from edgeq.data import read_jsonl_lines
+from edgeq.errors import ConfigError
 
 
 def parse_action(text: str) -> dict | None:
@@ -41,13 +42,25 @@ def score(answers: list[str], references: list[str]) -> dict:
 
 
 def split_prompts(path: str | Path, limit: int | None = None) -> tuple[list[list[dict]], list[str]]:
-    """Conversations up to their last assistant turn, and that turn's content as the reference."""
-    prompts, refs = [], []
-    for msgs in read_jsonl(path)[:limit]:
+    """Conversations up to their last assistant turn, and that turn's content as the reference. Every
+    reference must be a JSON object the scorer can compare with, checked before any answer is generated."""
+    prompts, refs, problems = [], [], []
+    for n, msgs in read_jsonl_lines(path, limit):
         last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
         prompts.append(msgs[:last])
         refs.append(msgs[last]["content"])
+        if not isinstance(_json_or_none(refs[-1]), dict):
+            problems.append(f"{path}:{n}: the reference answer is not a JSON object (the task score compares actions)")
+    if problems:
+        raise ConfigError(problems[:20], str(path))
     return prompts, refs
+
+
+def _json_or_none(text: str):
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
 
 
 def generate_hf(

@@ -36,3 +36,20 @@ def test_model_dir_without_config_is_refused(tmp_path):
     r = run_edgeq("model", "info", "--model", tmp_path)
     assert r.returncode == EXIT_USAGE
     assert "no config.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_toolchain_module_names_the_extra(monkeypatch, capsys):
+    import pytest
+
+    from edgeq import cli
+
+    def needs_torch(*a, **k):
+        raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
+
+    monkeypatch.setattr("edgeq.basemodel.resolve_model", needs_torch)
+    monkeypatch.setattr("sys.argv", ["edgeq", "model", "info"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and 'pip install "edgeq[full]"' in err and "'transformers'" in err
+    assert "internal error" not in err

@@ -46,3 +46,14 @@ def test_runtime_only_install_runs_doctor_and_bench(tmp_path, tiny_model):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| tg4 |" in r.stdout
+    data = ROOT / "examples" / "drone" / "test.jsonl"
+    for args in (
+        ["export", "--out", tmp_path / "x.gguf"],
+        ["finetune", "--data", data, "--out", tmp_path / "ft"],
+        ["build", "--profile", "drone", "--dry-run"],
+        ["eval-task", "--model", tmp_path, "--data", data],
+    ):
+        r = subprocess.run([edgeq, *map(str, args)], capture_output=True, text=True)
+        assert r.returncode == 1, (args, r.stderr[-2000:])
+        assert "edgeq[full]" in r.stderr and "internal error" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -87,3 +87,17 @@ def test_opted_in_pickle_still_never_runs_code(model_copy, tmp_path):
 def test_not_a_model_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     _refused(tmp_path / "empty", tmp_path, "no config.json")
+
+
+def test_a_link_out_of_the_model_folder_is_refused(model_copy, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("ssh key")
+    (model_copy / "chat_template.jinja").unlink(missing_ok=True)
+    (model_copy / "chat_template.jinja").symlink_to(secret)
+    _refused(model_copy, tmp_path, "chat_template.jinja is a link out of the model folder")
+
+
+def test_a_link_inside_the_model_folder_is_fine(model_copy, tmp_path):
+    (model_copy / "tokenizer.copy.json").symlink_to(model_copy / "tokenizer.json")
+    r = run_edgeq("export", "--model", model_copy, "--quant", "F32", "--out", tmp_path / "ok.gguf")
+    assert r.returncode == 0, r.stderr[-2000:]
