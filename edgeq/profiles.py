@@ -43,7 +43,7 @@ class Profile:
     calibration: str | None = None
 
     def as_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in PROFILE_FIELDS}
+        out = {f.name: getattr(self, f.name) for f in PROFILE_FIELDS if f.required or getattr(self, f.name) is not None}
         out["formats"], out["allowed_quant_types"] = list(self.formats), list(self.allowed_quant_types)
         out["source"] = self.source
         return out

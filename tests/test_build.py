@@ -172,3 +172,56 @@ def test_plan_ranks_by_what_the_build_measured(setup, built):
     assert all(c["decode_tok_s"] > 0 for c in rows)
     r = run_edgeq("plan", "--profile", setup["profile"], "--measured-from", setup["root"])
     assert r.returncode == 2 and "no finished candidate sweep" in r.stderr
+
+
+def _dry_states(stdout: str) -> dict:
+    rows = [line.split("│") for line in stdout.splitlines() if line.count("│") == 3]
+    return {r[1].strip(): r[2].strip() for r in rows if r[1].strip() in set(_STAGES)}
+
+
+_STAGES = ("finetune", "merge", "plan", "sweep", "export", "eval", "bench", "report")
+
+
+def test_a_deleted_or_edited_artifact_is_restored_from_the_cache(setup, built, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    cached_artifact = out / ".edgeq" / "export" / "model.Q8_0.gguf"
+    sha = json.loads((out / "manifest.json").read_text())["artifact"]["sha256"]
+    (out / "model.Q8_0.gguf").unlink()
+    r = run_edgeq(*_args(setup, out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _states(r.stdout)["report"] == "done" and _states(r.stdout)["export"] == "cached"
+    with open(out / "model.Q8_0.gguf", "ab") as f:  # an edit in place: the cache must not change with it
+        f.write(b"tampered")
+    from edgeq.io import sha256_file
+
+    assert sha256_file(cached_artifact) == sha
+    r = run_edgeq(*_args(setup, out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sha256_file(out / "model.Q8_0.gguf") == sha
+
+
+def test_every_input_keys_its_stages(setup, built, tmp_path):
+    import shutil
+
+    def states(**change):
+        s = {**setup, **change}
+        r = run_edgeq(*_args(s, built), "--dry-run")
+        assert r.returncode == 0, r.stderr[-2000:]
+        return _dry_states(r.stdout)
+
+    assert set(states().values()) == {"cached"}
+    base = shutil.copytree(setup["base"], tmp_path / "base")
+    (base / "chat_template.jinja").write_text((base / "chat_template.jinja").read_text().replace("SmolLM", "Smol"))
+    assert states(base=base)["finetune"] == "would run"  # not only the weights key the base
+    data = tmp_path / "train.jsonl"
+    data.write_text(setup["data"].read_text().replace("meters", "metres"))
+    assert states(data=data)["finetune"] == "would run"
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join((DRONE / "test.jsonl").read_text().splitlines(keepends=True)[4:8]))
+    got = states(test=test)
+    assert got["eval"] == "would run" and all(got[s] == "cached" for s in ("finetune", "merge", "plan", "sweep"))
+    r = run_edgeq(*[a if a != 2 else 3 for a in _args(setup, built)], "--dry-run")
+    assert _dry_states(r.stdout)["finetune"] == "would run"  # --max-steps 3

@@ -45,7 +45,7 @@ def test_qlora_run_writes_adapter_manifest_and_checkpoints(tiny_model, small_dat
     assert len(manifest["losses"]) == 6 and manifest["losses"][-1] < manifest["losses"][0]
     assert 4.1 < summary["frozen_base"]["bits_per_param"] < 4.14  # NF4 + double quant
     assert summary["trainable_params"] > 0 and summary["eval_loss"] is not None
-    ckpts = sorted(p.name for p in (tmp_path / "ft" / CKPT_DIR).iterdir())
+    ckpts = sorted(p.name for p in (tmp_path / "ft" / CKPT_DIR).glob("step-*"))
     assert ckpts == ["step-000002", "step-000004", "step-000006"]
     assert all((tmp_path / "ft" / CKPT_DIR / c / CKPT_MARKER).is_file() for c in ckpts)
 
@@ -170,3 +170,15 @@ def test_two_process_ddp_with_gloo(tiny_model, small_data, tmp_path):
     # mean is taken (per-rank token means averaged vs one token mean).
     assert manifest["losses"][0] == pytest.approx(_losses(tmp_path / "one")[0], rel=0.05)
     assert single["world_size"] == 1
+
+
+def test_resume_identity_is_the_data_content_not_its_path(tmp_path, small_data, monkeypatch):
+    from edgeq.finetune import structural_settings
+
+    monkeypatch.chdir(small_data.parent)
+    absolute = structural_settings(FinetuneConfig(data=str(small_data), out="o"), "sha")
+    relative = structural_settings(FinetuneConfig(data=small_data.name, out="o"), "sha")
+    assert absolute == relative
+    changed = tmp_path / small_data.name
+    changed.write_text(small_data.read_text() + '{"prompt": "x", "response": "y"}\n')
+    assert structural_settings(FinetuneConfig(data=str(changed), out="o"), "sha") != absolute

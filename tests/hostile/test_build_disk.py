@@ -18,6 +18,7 @@ def test_full_disk_stops_the_stage_before_it_runs(tmp_path, tiny_model, monkeypa
         test_data=None,
         out=tmp_path / "out",
         state=tmp_path / "out" / ".edgeq",
+        calibration=tmp_path / "calibration.json",
         keys={"merge": "k"},
     )
     ran = []
