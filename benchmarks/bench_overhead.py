@@ -21,6 +21,8 @@ from multiprocessing import Pool
 
 BARE = r"""
 import sys, time, numpy as np, llama_cpp
+from edgeq.runtime import configure_llama, llama_config
+configure_llama(llama_config())  # the configuration edgeq runs with on this CPU (probe.py), for a like-for-like loop
 path, threads, n_gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 llm = llama_cpp.Llama(path, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
 ids = llm.tokenize(b"The companion computer shares its memory with the vision pipeline and telemetry.", add_bos=False)

@@ -29,6 +29,7 @@ def artifact_format(path: str | Path) -> str:
     if path.is_file() and path.suffix == ".gguf":
         return FORMAT_GGUF
     if path.is_dir() and (path / "genai_config.json").is_file():
+        check_onnx_dir(path)  # before ONNX Runtime reads it: no custom ops, nothing outside the folder
         return FORMAT_ONNX
     if not path.exists():
         raise UsageError("artifact not found", str(path), "pass a .gguf file or an ONNX GenAI folder")
@@ -87,6 +88,14 @@ def generate(path: str | Path, prompts: list[list[int]], max_new_tokens: int, st
     return child_call(
         op, "generating", path, path=path, prompts=prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids
     )
+
+
+def gguf_chat(path: str | Path, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
+    """Each conversation answered as llama.cpp serves it: its chat completion with the GGUF's own embedded
+    template, greedy. [{"text", "finish_reason", "completion_tokens"}]"""
+    path, _ = _checked(Path(path))
+    return child_call("gguf_chat_here", "a chat completion", path, path=path, conversations=conversations,
+                      max_tokens=max_tokens)  # fmt: skip
 
 
 def gguf_tokenize(path: str | Path, texts: list[str]) -> list[list[int]]:
@@ -171,6 +180,22 @@ def gguf_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int,
             out.append(int(t))
         answers.append(out)
     return answers
+
+
+def gguf_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
+    llm = load_gguf_here(Path(path), n_ctx=2048)
+    out = []
+    for messages in conversations:
+        r = llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0.0, top_k=1)
+        choice = r["choices"][0]
+        out.append(
+            {
+                "text": choice["message"]["content"],
+                "finish_reason": choice["finish_reason"],
+                "completion_tokens": r["usage"]["completion_tokens"],
+            }
+        )
+    return out
 
 
 def gguf_tokenize_here(path: str, texts: list[str]) -> list[list[int]]:

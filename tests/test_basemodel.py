@@ -20,13 +20,6 @@ def hf_tokenizer(default_model):
     return AutoTokenizer.from_pretrained(default_model)
 
 
-@pytest.fixture(scope="module")
-def llama_vocab(source_gguf):
-    from llama_cpp import Llama
-
-    return Llama(str(source_gguf), vocab_only=True, verbose=False)
-
-
 def test_conversion_is_cached_and_complete(default_model):
     from edgeq.basemodel import ensure_default_model
 
@@ -47,13 +40,14 @@ def test_conversion_is_cached_and_complete(default_model):
     assert (default_model / "model.safetensors").stat().st_mtime_ns == mtime  # second call did no work
 
 
-def test_tokenizer_ids_match_llama_cpp_on_corpus(hf_tokenizer, llama_vocab):
+def test_tokenizer_ids_match_llama_cpp_on_corpus(hf_tokenizer, source_gguf):
+    from edgeq.runtime import gguf_tokenize
+
     corpus = json.loads(CORPUS.read_text())
     assert len(corpus) >= 300
     mismatches = []
-    for text in corpus:
+    for text, theirs in zip(corpus, gguf_tokenize(source_gguf, corpus), strict=True):
         ours = hf_tokenizer.encode(text, add_special_tokens=False)
-        theirs = llama_vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         if ours != theirs:
             mismatches.append((text, ours, theirs))
     assert mismatches == []
@@ -92,14 +86,13 @@ def test_chat_template_renders_like_the_gguf(hf_tokenizer, source_gguf):
 def test_float_model_reproduces_the_gguf(default_model, source_gguf, hf_tokenizer):
     """KLD of llama.cpp's logits (source GGUF) vs the HF float32 model over >= 500 positions of real text."""
     import torch
-    from llama_cpp import Llama
     from transformers import AutoModelForCausalLM
+
+    from edgeq.runtime import logits
 
     ids = hf_tokenizer.encode((ASSETS / "fidelity_text.txt").read_text(), add_special_tokens=False)[:640]
     assert len(ids) >= 500
-    llm = Llama(str(source_gguf), logits_all=True, n_ctx=1024, n_threads=2, verbose=False)
-    llm.eval(ids)
-    ref = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    ref = logits(source_gguf, ids)
     model = AutoModelForCausalLM.from_pretrained(default_model, dtype=torch.float32)
     with torch.no_grad():
         ours = model(torch.tensor([ids])).logits[0].double().numpy()
