@@ -298,6 +298,7 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
         "bench": {"settings": res["bench"]["settings"], "results": res["bench"]["results"], "checks": bench_checks},
         "quality_checks": q_checks,
         "ollama_template": template_ok,
+        "runtime_config": res["bench"]["environment"].get("runtime_config", {}),
         "versions": versions(
             ("torch", "transformers", "peft", "bitsandbytes", "llama_cpp", "gguf", "onnxruntime", "onnxruntime_genai")
         ),

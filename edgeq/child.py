@@ -110,6 +110,21 @@ def call(op: str, what: str, where: str, llama: dict | None = None, **kwargs):
         return _decode(result["value"], Path(work))
 
 
+def call_attached(op: str, what: str, where: str, llama: dict | None = None, **kwargs) -> None:
+    """Run `op` in a child that keeps this terminal (stdin, stdout, stderr): an interactive session. No time
+    limit; a crash is still one line here."""
+    with tempfile.TemporaryDirectory(prefix="edgeq-job-") as work:
+        job = Path(work) / "job.json"
+        job.write_text(json.dumps({"op": op, "dir": work, "llama": llama, "kwargs": _encode(kwargs, Path(work), "in")}))
+        cmd = python_command("-c", f"from edgeq.child import serve; serve({str(job)!r})")
+        p = subprocess.run(cmd, cwd=work)
+        if p.returncode < 0:
+            raise crash_error(what, where, -p.returncode, "")
+        result = json.loads((Path(work) / "result.json").read_text()) if (Path(work) / "result.json").is_file() else {}
+        if "error" in result:
+            raise _rebuild_error(result["error"])
+
+
 def _encode(value, work: Path, prefix: str, counter: list | None = None):
     import numpy as np
 
@@ -149,9 +164,9 @@ def _rebuild_error(e: dict) -> EdgeqError:
     return cls(e["what"], e.get("where"), e.get("fix"))
 
 
-def serve() -> None:
-    """The child's side: run one job from stdin, write result.json (or the error it raised)."""
-    job = json.loads(sys.stdin.read())
+def serve(job_file: str | None = None) -> None:
+    """The child's side: run one job (from stdin, or a file when stdin is the user's), write result.json."""
+    job = json.loads(Path(job_file).read_text() if job_file else sys.stdin.read())
     work = Path(job["dir"])
     module, func = job["op"].split(":")
     try:

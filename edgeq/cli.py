@@ -437,6 +437,20 @@ def calibrate(out, threads, onnx, model_dir, points, force) -> None:
     )
 
 
+@cli.command("run")
+@click.argument("artifact", type=click.Path())
+@click.argument("prompt", required=False)
+@click.option("--system", default=None, help="System prompt (default: the one the artifact's template carries).")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy, as edgeq scores it.")
+@click.option("--ctx", type=int, default=2048, show_default=True, help="Context window in tokens.")
+def run_artifact(**kw) -> None:
+    """Talk to an artifact as it is served: one PROMPT, or an interactive loop (Ctrl-D quits)."""
+    from edgeq.chat import RunConfig, run
+
+    run(RunConfig(**kw))
+
+
 @cli.command("eval-task")
 @MODEL_OPTION
 @click.option("--data", required=True, type=click.Path(), help="Held-out JSONL; the last assistant turn is the answer.")

@@ -51,7 +51,7 @@ def test_runtime_only_install_runs_doctor_and_bench(tmp_path, tiny_model):
         ["export", "--out", tmp_path / "x.gguf"],
         ["finetune", "--data", data, "--out", tmp_path / "ft"],
         ["build", "--profile", "drone", "--dry-run"],
-        ["eval-task", "--model", tmp_path, "--data", data],
+        ["eval-task", "--model", tiny_model, "--data", data],
     ):
         r = subprocess.run([edgeq, *map(str, args)], capture_output=True, text=True)
         assert r.returncode == 1, (args, r.stderr[-2000:])

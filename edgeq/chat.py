@@ -1,0 +1,128 @@
+"""`edgeq run ARTIFACT [PROMPT]`: talk to an artifact the way it is served.
+
+The artifact's own runtime and its embedded chat template, the user's turns only (plus --system
+when given), greedy unless --temperature says otherwise, tokens streamed as they come and tok/s at
+the end. With a PROMPT: one answer. Without: a loop on the terminal (line editing and history from
+readline, Ctrl-D quits), the conversation kept across turns. The session runs in a child process
+attached to this terminal, so a crash of the runtime is one line, not a dead shell.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeq.spec import FORMAT_GGUF
+
+
+@dataclass
+class RunConfig:
+    artifact: str = field(metadata={"help": "a .gguf file or an ONNX GenAI folder"})
+    prompt: str | None = field(default=None, metadata={"help": "one message; none: an interactive loop"})
+    system: str | None = field(default=None, metadata={"help": "system prompt; default: the artifact's own"})
+    max_tokens: int = field(default=256, metadata={"help": "longest answer in tokens"})
+    temperature: float = field(default=0.0, metadata={"help": "0: greedy, as edgeq scores the artifact"})
+    ctx: int = field(default=2048, metadata={"help": "context window in tokens"})
+
+
+def run(cfg: RunConfig) -> None:
+    from edgeq import child
+    from edgeq.errors import UsageError
+    from edgeq.runtime import _checked, llama_config
+
+    if cfg.max_tokens < 1 or cfg.temperature < 0 or cfg.ctx < 16:
+        raise UsageError("need --max-tokens >= 1, --temperature >= 0 and --ctx >= 16")
+    path, fmt = _checked(Path(cfg.artifact))
+    child.call_attached(
+        "edgeq.chat:session_here",
+        "the chat session",
+        str(path),
+        llama=llama_config() if fmt == FORMAT_GGUF else None,
+        path=path,
+        fmt=fmt,
+        prompt=cfg.prompt,
+        system=cfg.system,
+        max_tokens=cfg.max_tokens,
+        temperature=cfg.temperature,
+        ctx=cfg.ctx,
+    )
+
+
+def _turns(prompt: str | None):
+    if prompt is not None:
+        yield prompt
+        return
+    import readline  # noqa: F401 - line editing and history for input()
+
+    print("edgeq run: type a message, Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        if line.strip():
+            yield line
+
+
+def _gguf_stream(path: str, ctx: int, max_tokens: int, temperature: float):
+    from edgeq.runtime import load_gguf_here
+
+    llm = load_gguf_here(Path(path), n_ctx=ctx)
+
+    def answer(messages):
+        for chunk in llm.create_chat_completion(
+            messages, max_tokens=max_tokens, temperature=temperature, top_k=1 if temperature == 0 else 40, stream=True
+        ):
+            text = chunk["choices"][0]["delta"].get("content")
+            if text:
+                yield text
+
+    return answer
+
+
+def _onnx_stream(path: str, ctx: int, max_tokens: int, temperature: float):
+    import onnxruntime_genai as og
+
+    model = og.Model(path)
+    tok = og.Tokenizer(model)
+
+    def answer(messages):
+        ids = tok.encode(tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True))
+        params = og.GeneratorParams(model)
+        params.set_search_options(
+            max_length=min(ctx, len(ids) + max_tokens), do_sample=temperature > 0, temperature=temperature or 1.0
+        )
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        stream = tok.create_stream()
+        while not gen.is_done():
+            gen.generate_next_token()
+            yield stream.decode(gen.get_next_tokens()[0])
+
+    return answer
+
+
+def session_here(
+    path: str, fmt: str, prompt: str | None, system: str | None, max_tokens: int, temperature: float, ctx: int
+) -> None:
+    """In the child, on the user's terminal: one answer or a loop, streamed."""
+    answer = (_gguf_stream if fmt == FORMAT_GGUF else _onnx_stream)(path, ctx, max_tokens, temperature)
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    for text in _turns(prompt):
+        messages.append({"role": "user", "content": text})
+        t0, first, pieces = time.perf_counter(), None, []
+        for piece in answer(messages):
+            first = first or time.perf_counter()
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        end = time.perf_counter()
+        sys.stdout.write("\n")
+        rate = (len(pieces) - 1) / (end - first) if first and len(pieces) > 1 and end > first else 0.0
+        ttft = 1000 * ((first or end) - t0)
+        print(f"[{len(pieces)} tokens; first after {ttft:.0f} ms, then {rate:.1f} tok/s]", file=sys.stderr)
+        messages.append({"role": "assistant", "content": "".join(pieces)})
