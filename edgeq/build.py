@@ -57,6 +57,9 @@ class BuildConfig:
     eval_limit: int | None = field(default=None, metadata={"help": "score only the first N task examples"})
     reps: int = field(default=3, metadata={"help": "bench repetitions (fresh processes)"})
     calibration: str | None = field(default=None, metadata={"help": "edgeq calibrate file; default: the profile's"})
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "the artifact's default system prompt; default: the training data's; '': base"}
+    )
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Context:
     out: Path
     state: Path
     calibration: Path  # the plan's memory calibration (plan.select_calibration)
+    system: object  # serving.SystemPrompt: the default system prompt the artifact is served with
     hashes: dict = field(default_factory=dict)  # sha256 of the input files (input_hashes)
     keys: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
@@ -122,7 +126,7 @@ def stage_settings(ctx: Context) -> dict:
     ft = dataclasses.asdict(FinetuneConfig(data="", out="", max_steps=ctx.cfg.max_steps))
     for k in ("data", "out", "base", "resume", "force"):
         ft.pop(k)
-    mg = dataclasses.asdict(MergeConfig(adapter="", out=""))
+    mg = dataclasses.asdict(MergeConfig(adapter="", out="", system_prompt=ctx.system.text))
     for k in ("adapter", "out", "base", "force"):
         mg.pop(k)
     return {
@@ -198,7 +202,10 @@ def run_finetune(ctx: Context, work: Path) -> dict:
 def run_merge(ctx: Context, work: Path) -> dict:
     from edgeq.merge import MergeConfig, merge
 
-    return merge(MergeConfig(adapter=str(ctx.dir("finetune")), out=str(work / "model"), base=str(ctx.base)))
+    cfg = MergeConfig(
+        adapter=str(ctx.dir("finetune")), out=str(work / "model"), base=str(ctx.base), system_prompt=ctx.system.text
+    )
+    return merge(cfg)
 
 
 def merged(ctx: Context) -> Path:
@@ -309,13 +316,19 @@ def artifact(ctx: Context) -> Path:
 
 
 def run_eval(ctx: Context, work: Path) -> dict:
-    from edgeq.evaluate import evaluate
-    from edgeq.task import eval_task
+    """Fidelity of the artifact and its task score as evaluated and as served; the float models' task scores
+    through their F16 GGUFs in llama.cpp (faster than HF generation; the export gates prove parity)."""
+    from edgeq.evaluate import evaluate, task_score_gguf
+    from edgeq.plan import float_gguf_for
 
-    result = {"artifact": evaluate(artifact(ctx), merged(ctx), ctx.test_data, ctx.cfg.eval_limit)}
+    limit = ctx.cfg.eval_limit
+    result = {"artifact": evaluate(artifact(ctx), merged(ctx), ctx.test_data, limit, served=True)}
     if ctx.test_data:
-        result["merged"] = eval_task(merged(ctx), ctx.test_data, ctx.cfg.eval_limit)
-        result["base"] = eval_task(ctx.base, ctx.test_data, ctx.cfg.eval_limit)
+        merged_gguf = planned_gguf(ctx) if planned_gguf(ctx).is_file() else float_gguf_for(merged(ctx), work)
+        result["merged"] = task_score_gguf(merged(ctx), merged_gguf, ctx.test_data, limit)
+        base_gguf = float_gguf_for(ctx.base, work / "base")
+        result["base"] = task_score_gguf(ctx.base, base_gguf, ctx.test_data, limit)
+        base_gguf.unlink()  # a few hundred MB that nothing reads again
     return result
 
 
@@ -410,8 +423,10 @@ def run_stage(ctx: Context, stage: str) -> dict:
 
 def resolve(cfg: BuildConfig) -> Context:
     from edgeq.basemodel import resolve_model
+    from edgeq.data import read_jsonl
     from edgeq.plan import select_calibration
     from edgeq.profiles import load_profile
+    from edgeq.serving import from_training
 
     problems = []
     profile = load_profile(cfg.profile)
@@ -428,14 +443,15 @@ def resolve(cfg: BuildConfig) -> Context:
         raise UsageError("; ".join(problems), None, "fix the options above and run again")
     out = Path(cfg.out or Path("builds") / profile.name)
     base = resolve_model(cfg.base)
+    system = from_training(read_jsonl(data), cfg.system_prompt)
     if FORMAT_GGUF in profile.formats:
         from edgeq.buildreport import check_modelfile
 
-        check_modelfile(base, profile)
+        check_modelfile(base, profile, system)
     calibration, _, warnings = select_calibration(cfg.calibration, profile)
     for w in warnings:
         report.err.print(f"[yellow]note:[/] {w}")
-    return Context(cfg, profile, base, data, test, out, out / BUILD_STATE_DIR, calibration)
+    return Context(cfg, profile, base, data, test, out, out / BUILD_STATE_DIR, calibration, system)
 
 
 def build(cfg: BuildConfig) -> dict:

@@ -18,6 +18,7 @@ from edgeq.spec import (
     FORMAT_GGUF,
     MANIFEST_SCHEMA,
     PLAN_MARGIN,
+    SERVED_GAP_POINTS,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -105,11 +106,15 @@ def _chatml(messages: list[dict]) -> str:
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
 
 
-def modelfile(gguf_name: str, tok, profile) -> tuple[str, bool]:
-    """An Ollama Modelfile: chat template, default system prompt, stop tokens, the profile's context
-    and threads. The template is written only where the model's own Jinja template is ChatML, checked
-    by rendering a conversation both ways; otherwise Ollama reads tokenizer.chat_template from the
-    GGUF. Returns (text, template_written)."""
+def modelfile(gguf_name: str, tok, profile, system=None) -> tuple[str, bool]:
+    """An Ollama Modelfile that serves the artifact as edgeq scored it, each line with its reason: chat
+    template, default system prompt, stop tokens, the profile's context and threads, greedy sampling. The
+    template is written only where the model's own Jinja template is ChatML, checked by rendering a
+    conversation both ways; otherwise Ollama reads tokenizer.chat_template from the GGUF, which carries the
+    default system prompt itself. `system` (serving.SystemPrompt) says where that prompt came from.
+    Returns (text, template_written)."""
+    from edgeq.serving import default_system
+
     convo = [
         {"role": "system", "content": "S"},
         {"role": "user", "content": "U1"},
@@ -118,21 +123,28 @@ def modelfile(gguf_name: str, tok, profile) -> tuple[str, bool]:
     ]
     try:
         chatml = tok.apply_chat_template(convo, tokenize=False, add_generation_prompt=True) == _chatml(convo)
-        alone = tok.apply_chat_template(convo[1:2], tokenize=False, add_generation_prompt=True)
+        default = default_system(tok.chat_template, tok)
     except Exception:  # noqa: BLE001 - templates are arbitrary Jinja; any failure means "not ChatML"
-        chatml, alone = False, ""
-    lines = [f"FROM ./{gguf_name}"]
+        chatml, default = False, None
+    lines = [
+        f"# Ollama Modelfile written by edgeq {__version__} for profile {profile.name}: the artifact as it was scored.",
+        f"FROM ./{gguf_name}",
+    ]
     if chatml:
-        lines.append(f'TEMPLATE """{_CHATML_TEMPLATE}"""')
-        head, end = "<|im_start|>system\n", alone.find("<|im_end|>")
-        if alone.startswith(head) and end > 0:  # the template injects a default system prompt: Ollama's SYSTEM does
-            lines.append(f'SYSTEM """{_block(alone[len(head) : end], "the default system prompt")}"""')
+        lines += ["# The model's template is ChatML (checked by rendering a conversation both ways).",
+                  f'TEMPLATE """{_CHATML_TEMPLATE}"""']  # fmt: skip
+        if default:  # Ollama's TEMPLATE replaces the GGUF's, so the default system prompt travels as SYSTEM
+            why = f"{system.source}: {system.why}" if system and system.text else "the base template's default"
+            lines += [f"# The default system prompt ({why}).", f'SYSTEM """{_block(default, "the system prompt")}"""']
     stops = sorted({t for t in (tok.eos_token, "<|im_end|>" if chatml else None) if t})
+    lines.append("# Generation ends at the end-of-turn token, as in the evaluation.")
     lines += [f'PARAMETER stop "{_quoted(s, "a stop token")}"' for s in stops]
     lines += [
+        "# The profile's context window and CPU threads.",
         f"PARAMETER num_ctx {profile.max_context_tokens}",
         f"PARAMETER num_thread {profile.threads}",
-        "PARAMETER temperature 0",  # edgeq's task accuracy is measured with greedy decoding
+        "# Greedy decoding: edgeq measured the task score with it.",
+        "PARAMETER temperature 0",
     ]
     return "\n".join(lines) + "\n", chatml
 
@@ -159,11 +171,17 @@ def _quoted(text: str, what: str) -> str:
     return text
 
 
-def check_modelfile(model_dir: Path, profile) -> None:
-    """Fail before any work where the model's template or tokens cannot be written into a Modelfile."""
+def check_modelfile(model_dir: Path, profile, system) -> None:
+    """Fail before any work where the template (with the deployment system prompt) or the tokens cannot be
+    written into a Modelfile."""
     from transformers import AutoTokenizer
 
-    modelfile("model.gguf", AutoTokenizer.from_pretrained(model_dir), profile)
+    from edgeq.serving import embed
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if system.text:
+        tok.chat_template = embed(tok.chat_template, system.text, tok)
+    modelfile("model.gguf", tok, profile, system)
 
 
 def plot(candidates: list[dict], chosen: dict, path: Path) -> None:
@@ -225,8 +243,8 @@ def quality_checks(ctx) -> list[dict]:
             "kind": "max",
         }
     ]
-    if "merged" in ev and "task" in ev["artifact"]:
-        drop = ev["merged"]["exact_match_pct"] - ev["artifact"]["task"]["exact_match_pct"]
+    if "merged" in ev and "task_served" in ev["artifact"]:  # the gate judges the artifact as it is served
+        drop = ev["merged"]["exact_match_pct"] - ev["artifact"]["task_served"]["exact_match_pct"]
         checks.append(
             {"name": "task_drop", "unit": "points", "measured": drop, "limit": p.max_task_accuracy_drop_points}
         )
@@ -249,7 +267,7 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
     template_ok = None
     if chosen["format"] == FORMAT_GGUF:
         tok = AutoTokenizer.from_pretrained(ctx.dir("merge") / "model")
-        text, template_ok = modelfile(artifact.name, tok, ctx.profile)
+        text, template_ok = modelfile(artifact.name, tok, ctx.profile, ctx.system)
         write_text(out / BUILD_MODELFILE, text)
     plot(res["sweep"]["candidates"], chosen, out / BUILD_PLOT)
     bench_checks = res["bench"]["checks"]
@@ -295,6 +313,7 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
         },
         "fidelity": res["eval"]["artifact"],
         "task": {k: res["eval"][k]["exact_match_pct"] for k in ("base", "merged") if k in res["eval"]},
+        "system_prompt": ctx.system.as_dict(),
         "bench": {"settings": res["bench"]["settings"], "results": res["bench"]["results"], "checks": bench_checks},
         "quality_checks": q_checks,
         "ollama_template": template_ok,
@@ -331,17 +350,30 @@ def markdown(ctx, m: dict, breaches: list[str]) -> str:
     ]
     if task:
         art = m["fidelity"]["task"]["exact_match_pct"]
+        served = m["fidelity"]["task_served"]["exact_match_pct"]
+        sp = m["system_prompt"]
+        shown = repr(sp["text"]) if sp["text"] else "the base template's own"
         lines += [
             "| model | exact match % |",
             "|---|---|",
             f"| base model | {task['base']:.1f} |",
-            f"| fine-tuned, merged (float32) | {task['merged']:.1f} |",
-            f"| artifact | {art:.1f} |",
+            f"| fine-tuned, merged (float; its F16 GGUF in llama.cpp) | {task['merged']:.1f} |",
+            f"| artifact, prompts as in training | {art:.1f} |",
+            f"| **artifact as served** (only the user's turn, its embedded template) | **{served:.1f}** |",
             "",
-            f"The fine-tune gained **{task['merged'] - task['base']:+.1f} points**; the artifact keeps "
-            f"{art - task['base']:+.1f} over the base.",
+            f"The fine-tune gained **{task['merged'] - task['base']:+.1f} points**; the artifact as served keeps "
+            f"{served - task['base']:+.1f} over the base. The quality gate judges the artifact as served.",
+            "",
+            f"Default system prompt in the artifact: {shown} ({sp['source']}: {sp['why']}).",
             "",
         ]
+        if abs(art - served) > SERVED_GAP_POINTS:
+            lines += [
+                f"**Warning:** served and evaluated scores differ by {abs(art - served):.1f} points (more than "
+                f"{SERVED_GAP_POINTS:g}): the artifact served the usual way is not the model that was scored. "
+                "Check the default system prompt (`--system-prompt`) and the chat template.",
+                "",
+            ]
     else:
         lines += ["No --test-data given: task accuracy not measured.", ""]
     bench = res["bench"]["results"]
@@ -409,7 +441,8 @@ def summary(ctx, view: StageView):
             [
                 "task exact match",
                 f"base {task['base']['exact_match_pct']:.1f} % → merged {task['merged']['exact_match_pct']:.1f} % → "
-                f"artifact {task['artifact']['task']['exact_match_pct']:.1f} %",
+                f"artifact {task['artifact']['task']['exact_match_pct']:.1f} % (served: "
+                f"{task['artifact']['task_served']['exact_match_pct']:.1f} %)",
             ]
         )
     from rich.console import Group

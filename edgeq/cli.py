@@ -215,6 +215,11 @@ def finetune(target_modules, optim_bits, **kw) -> None:
     help="Base weights to merge into: after the 4-bit round trip (what training saw) or original.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing --out (kept intact if the merge fails).")
+@click.option(
+    "--system-prompt",
+    default=None,
+    help="Default system prompt for the merged model's chat template (what it is served with when a request has none).",
+)
 def merge(**kw) -> None:
     """Merge a LoRA adapter into an un-quantized base; verify logits before writing."""
     from edgeq.merge import MergeConfig
@@ -287,13 +292,18 @@ def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, 
 )
 @click.option("--data", type=click.Path(), default=None, help="Task JSONL: adds KLD on its text and exact match.")
 @click.option("--limit", type=int, default=None, help="Score only the first N task examples.")
+@click.option(
+    "--served", is_flag=True, help="With --data: also score the artifact as served (user's turns, its own template)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def eval_artifact(artifact, reference, data, limit, as_json) -> None:
+def eval_artifact(artifact, reference, data, limit, served, as_json) -> None:
     """Fidelity of a GGUF/ONNX artifact vs its float reference: perplexity, KLD, top-1, task score."""
     from edgeq import report
     from edgeq.evaluate import evaluate
 
-    r = evaluate(artifact, reference, data, limit)
+    if served and not data:
+        raise UsageError("--served scores the task: it needs --data", None, "add --data FILE.jsonl")
+    r = evaluate(artifact, reference, data, limit, served)
     if as_json:
         report.print_json(r)
         return
@@ -314,11 +324,12 @@ def eval_artifact(artifact, reference, data, limit, as_json) -> None:
             f"fidelity of {r['artifact']}", ["on", "positions", "PPL ref", "PPL artifact", "mean KLD", "top-1 %"], rows
         )
     )
-    if "task" in r:
-        report.out.print(
-            f"task exact match {r['task']['exact_match_pct']:.1f} % "
-            f"(unparseable {r['task']['unparseable_pct']:.1f} %, n={r['task']['n']})"
-        )
+    for key, how in (("task", "prompts as in training"), ("task_served", "as served: user's turns, own template")):
+        if key in r:
+            report.out.print(
+                f"task exact match {r[key]['exact_match_pct']:.1f} % "
+                f"(unparseable {r[key]['unparseable_pct']:.1f} %, n={r[key]['n']}; {how})"
+            )
 
 
 @cli.command()
@@ -391,6 +402,12 @@ def plan(profile, model_dir, ctx, measured_from, calibration, as_json) -> None:
 @click.option("--eval-limit", type=int, default=None, help="Score only the first N held-out task examples.")
 @click.option("--reps", type=int, default=3, show_default=True, help="Bench repetitions (fresh processes).")
 @CALIBRATION_OPTION
+@click.option(
+    "--system-prompt",
+    default=None,
+    help="The artifact's default system prompt (default: the one that opens most training conversations; '' keeps "
+    "the base template's).",
+)
 def build(**kw) -> None:
     """Fine-tune → merge → plan → export → eval → bench → report, cached per stage (exit 3: a budget breached)."""
     from edgeq.build import BuildConfig

@@ -2,7 +2,9 @@
 
 On held-out text (and, with --data, on the task's conversations): perplexity of artifact and
 reference, mean KL divergence KL(reference || artifact) per position, and top-1 agreement. With
---data also the task's exact-match score of the artifact's own greedy answers. Gate quality on
+--data also the task's exact-match score of the artifact's own greedy answers, prompts rendered
+as in training; with --served as well the score of the artifact as it is served (only the user's
+turns, its embedded chat template, its runtime's chat completion). Gate quality on
 KLD / agreement against the model you fine-tuned, not on perplexity against the base: fine-tunes
 often raise perplexity while getting better at their task.
 """
@@ -74,8 +76,32 @@ def artifact_answers(path: Path, fmt: str, tok, prompts: list[list[dict]], max_n
     return [tok.decode(o, skip_special_tokens=True) for o in outs]
 
 
+def served_answers(path: Path, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[str]:
+    """Answers as the artifact is served: only the user's turns, its own embedded chat template, its runtime."""
+    from edgeq.runtime import chat
+    from edgeq.serving import user_only
+
+    return [r["text"] for r in chat(path, [user_only(p) for p in prompts], max_new_tokens)]
+
+
+def task_score_gguf(model_dir: Path, gguf: Path, data: str | Path, limit: int | None = None) -> dict:
+    """The task score of a float model through its F16/F32 GGUF in llama.cpp (the export gates prove that GGUF
+    agrees with the HF model), prompts rendered with the model's own tokenizer as the evaluation renders them."""
+    from transformers import AutoTokenizer
+
+    from edgeq.task import score, split_prompts
+
+    prompts, refs = split_prompts(data, limit)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return {**score(artifact_answers(gguf, FORMAT_GGUF, tok, prompts), refs), "model": str(model_dir)}
+
+
 def evaluate(
-    artifact: str | Path, reference: str | Path | None, data: str | Path | None = None, limit: int | None = None
+    artifact: str | Path,
+    reference: str | Path | None,
+    data: str | Path | None = None,
+    limit: int | None = None,
+    served: bool = False,
 ) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,4 +143,6 @@ def evaluate(
             reference_logits(model, task_ids), artifact_logits(artifact, fmt, task_ids), task_ids
         )
         result["task"] = score(artifact_answers(artifact, fmt, tok, prompts), refs)
+        if served:
+            result["task_served"] = score(served_answers(artifact, prompts), refs)
     return result

@@ -19,7 +19,7 @@ from pathlib import Path
 from edgeq import __version__
 from edgeq.doctor import versions
 from edgeq.errors import ConfigError, EdgeqError, UsageError
-from edgeq.io import atomic_dir, check_free_disk, check_replaceable, sha256_file, write_json
+from edgeq.io import atomic_dir, check_free_disk, check_replaceable, sha256_file, write_json, write_text
 from edgeq.spec import (
     FINETUNE_MANIFEST,
     MANIFEST_SCHEMA,
@@ -48,6 +48,9 @@ class MergeConfig:
     dtype: str = field(default="float32", metadata={"help": "saved weight dtype"})
     merge_into: str = field(default="dequantized", metadata={"help": "dequantized | pristine"})
     force: bool = field(default=False, metadata={"help": "replace an existing --out"})
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "the default system prompt the output's chat template carries (serving.py)"}
+    )
 
     def check(self) -> None:
         p = []
@@ -111,6 +114,17 @@ def check_adapter_fits(model, adapter_dir: Path, base_dir: Path) -> None:
         )
 
 
+def write_template(model_dir: Path, template: str) -> None:
+    """The chat template as chat_template.jinja, the one place transformers, the GGUF writer and ONNX Runtime
+    GenAI read it from; a copy inside tokenizer_config.json would shadow it for some readers, so it goes."""
+    write_text(model_dir / "chat_template.jinja", template)
+    cfg_path = model_dir / "tokenizer_config.json"
+    if cfg_path.is_file():
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if config.pop("chat_template", None) is not None:
+            write_json(cfg_path, config)
+
+
 def merge(cfg: MergeConfig) -> dict:
     import torch
     from peft import PeftModel
@@ -119,6 +133,7 @@ def merge(cfg: MergeConfig) -> dict:
     from edgeq import report
     from edgeq.basemodel import resolve_model, weights_bytes
     from edgeq.finetune import base_fingerprint
+    from edgeq.serving import embed
 
     cfg.check()
     out = Path(cfg.out)
@@ -144,6 +159,8 @@ def merge(cfg: MergeConfig) -> dict:
         policy = "pristine"  # trained on an un-quantized base: the two policies are the same weights
         report.err.print("note: the adapter was trained on an un-quantized base; merging into the pristine weights")
     check_free_disk(out.parent, 3 * weights_bytes(base_dir), "the merged model")
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    template = embed(tok.chat_template, cfg.system_prompt, tok) if cfg.system_prompt else None  # refused before work
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float64)
     check_adapter_fits(model, adapter_dir, base_dir)
@@ -154,7 +171,6 @@ def merge(cfg: MergeConfig) -> dict:
                 if name.split(".")[-1] in targets and hasattr(mod, "in_features"):
                     mod.weight.copy_(round_trip(mod.weight, quant["quant"], quant["double_quant"]))
 
-    tok = AutoTokenizer.from_pretrained(base_dir)
     batch = tok(list(VERIFY_TEXTS), return_tensors="pt", padding=True, add_special_tokens=False)
     peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False).eval()
     peft_model.to(torch.float64)  # the adapter loads as float32; the check runs wholly in float64
@@ -194,6 +210,7 @@ def merge(cfg: MergeConfig) -> dict:
             "merge_into": policy,
             "requested_merge_into": cfg.merge_into,
             "trained_quantization": quant,
+            "system_prompt": cfg.system_prompt,
         },
         "verification": {
             "max_abs_logit_diff": max_abs,
@@ -209,6 +226,8 @@ def merge(cfg: MergeConfig) -> dict:
         for name in TOKENIZER_FILES:
             if (base_dir / name).is_file():
                 shutil.copyfile(base_dir / name, tmp / name)
+        if template is not None:
+            write_template(tmp, template)
         write_json(tmp / MERGE_MANIFEST, record)
     report.out.print(
         report.table(

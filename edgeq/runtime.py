@@ -90,12 +90,13 @@ def generate(path: str | Path, prompts: list[list[int]], max_new_tokens: int, st
     )
 
 
-def gguf_chat(path: str | Path, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
-    """Each conversation answered as llama.cpp serves it: its chat completion with the GGUF's own embedded
-    template, greedy. [{"text", "finish_reason", "completion_tokens"}]"""
-    path, _ = _checked(Path(path))
-    return child_call("gguf_chat_here", "a chat completion", path, path=path, conversations=conversations,
-                      max_tokens=max_tokens)  # fmt: skip
+def chat(path: str | Path, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
+    """Each conversation answered as the artifact is served: its runtime's chat completion with the artifact's
+    own embedded template (llama.cpp for GGUF, ONNX Runtime GenAI for ONNX), greedy.
+    [{"text", "finish_reason", "completion_tokens"}]"""
+    path, fmt = _checked(Path(path))
+    op = "gguf_chat_here" if fmt == FORMAT_GGUF else "onnx_chat_here"
+    return child_call(op, "a chat completion", path, path=path, conversations=conversations, max_tokens=max_tokens)
 
 
 def gguf_tokenize(path: str | Path, texts: list[str]) -> list[list[int]]:
@@ -269,6 +270,31 @@ def onnx_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int,
             out.append(t)
         answers.append(out)
     return answers
+
+
+def onnx_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
+    import json
+
+    import onnxruntime_genai as og
+
+    model = og.Model(str(path))
+    tok = og.Tokenizer(model)
+    out = []
+    for messages in conversations:
+        ids = tok.encode(tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True))
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + max_tokens, do_sample=False)
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        answer: list[int] = []
+        while not gen.is_done():
+            gen.generate_next_token()
+            answer.append(int(gen.get_next_tokens()[0]))
+        eos = set(tok.eos_token_ids)
+        stopped = bool(answer) and answer[-1] in eos
+        text = tok.decode([t for t in answer if t not in eos])
+        out.append({"text": text, "finish_reason": "stop" if stopped else "length", "completion_tokens": len(answer)})
+    return out
 
 
 def onnx_logits_here(path: str, ids: list[int]) -> np.ndarray:

@@ -273,3 +273,4 @@ BUILD_PLOT = "candidates.png"
 BUILD_MODELFILE = "Modelfile"
 BUILD_EXAMPLE_DATA = "examples/drone/train.jsonl"  # inside the package: the default --data
 BUILD_EXAMPLE_TEST = "examples/drone/test.jsonl"
+SERVED_GAP_POINTS = 2.0  # report.md flags an artifact whose served score differs more from its evaluated one

@@ -85,15 +85,46 @@ def built(setup):
     return out
 
 
-def test_outputs(built):
+MODELFILE = (
+    "# Ollama Modelfile written by edgeq {version} for profile mini: the artifact as it was scored.\n"
+    "FROM ./model.Q8_0.gguf\n"
+    "# The model's template is ChatML (checked by rendering a conversation both ways).\n"
+    'TEMPLATE """{{{{- range .Messages }}}}<|im_start|>{{{{ .Role }}}}\n{{{{ .Content }}}}<|im_end|>\n{{{{ end }}}}'
+    '<|im_start|>assistant\n"""\n'
+    "# The default system prompt (training data: opens 48 of 48 training conversations (100%)).\n"
+    'SYSTEM """You control a drone. Reply with one JSON action."""\n'
+    "# Generation ends at the end-of-turn token, as in the evaluation.\n"
+    'PARAMETER stop "<|im_end|>"\n'
+    "# The profile's context window and CPU threads.\n"
+    "PARAMETER num_ctx 1024\n"
+    "PARAMETER num_thread 2\n"
+    "# Greedy decoding: edgeq measured the task score with it.\n"
+    "PARAMETER temperature 0\n"
+)
+
+
+def test_outputs(setup, built):
+    from edgeq import __version__
+    from edgeq.io import sha256_file
+    from edgeq.runtime import chat
+
     names = {p.name for p in built.iterdir()}
     assert {"model.Q8_0.gguf", "Modelfile", "manifest.json", "report.md", "candidates.png"} <= names
-    modelfile = (built / "Modelfile").read_text()
-    assert "FROM ./model.Q8_0.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
-    assert "TEMPLATE" in modelfile and "SYSTEM" in modelfile  # SmolLM2's ChatML with its default system prompt
+    assert (built / "Modelfile").read_text() == MODELFILE.format(version=__version__)
     m = json.loads((built / "manifest.json").read_text())
     assert m["quant_recipe"]["quant"] == "Q8_0" and m["quant_recipe"]["imatrix_source"]
-    assert len(m["inputs"]["data"]["sha256"]) == 64 and m["artifact"]["sha256"]
+    assert m["inputs"]["data"]["sha256"] == sha256_file(setup["data"])
+    assert m["inputs"]["test_data"]["sha256"] == sha256_file(setup["test"])
+    assert m["inputs"]["base"]["sha256"]["model.safetensors"] == sha256_file(setup["base"] / "model.safetensors")
+    assert m["artifact"]["sha256"] == sha256_file(built / "model.Q8_0.gguf")
+    assert m["system_prompt"]["text"] == "You control a drone. Reply with one JSON action."
+    assert m["fidelity"]["task_served"]["n"] == 4 and m["runtime_config"]["llama_cpp"]
+    # served as scored: the GGUF's own template now carries the training prompt for a user-only request
+    from gguf import GGUFReader
+
+    template = GGUFReader(built / "model.Q8_0.gguf").fields["tokenizer.chat_template"].contents()
+    assert "You control a drone. Reply with one JSON action." in template
+    assert chat(built / "model.Q8_0.gguf", [[{"role": "user", "content": "land"}]], 4)[0]["completion_tokens"] > 0
     assert m["footprint"]["measured_peak_rss_mib"] > 0 and m["footprint"]["predicted_peak_rss_mib"] > 0
     assert set(m["stages"]) == {"finetune", "merge", "plan", "sweep", "export", "eval", "bench", "report"}
     assert (built / "candidates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -106,7 +137,7 @@ def test_rebuild_with_nothing_changed_does_no_work(setup, built):
     r = run_edgeq(*_args(setup, built))
     assert r.returncode == 0, r.stderr[-2000:]
     assert time.time() - t <= 10
-    assert set(_states(r.stdout).values()) == {"cached"}
+    assert _states(r.stdout) == dict.fromkeys(_STAGES, "cached")
     assert (built / "model.Q8_0.gguf").stat().st_mtime_ns == before
 
 

@@ -46,3 +46,14 @@ def test_eval_of_lying_gguf_is_one_line(tmp_path, tiny_model):
     (tmp_path / "m.gguf").write_bytes(b"GGUF" + (99).to_bytes(4, "little") + b"\0" * 32)
     r = run_edgeq("eval", tmp_path / "m.gguf", "--reference", tiny_model)
     assert r.returncode == EXIT_USAGE and "unsupported version 99" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_served_mode_scores_the_artifact_through_its_own_template(tmp_path, tiny_model, small_data):
+    export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    args = ("eval", tmp_path / "m.gguf", "--reference", tiny_model, "--data", small_data, "--limit", 2)
+    r = run_edgeq(*args, "--served", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["task_served"]["n"] == res["task"]["n"] == 2
+    r = run_edgeq("eval", tmp_path / "m.gguf", "--reference", tiny_model, "--served")
+    assert r.returncode == EXIT_USAGE and "--served scores the task: it needs --data" in r.stderr

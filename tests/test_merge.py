@@ -106,3 +106,17 @@ def test_existing_output_needs_force(tiny_model, trained, tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(UsageError, match="output exists"):
         merge(MergeConfig(adapter=str(trained), out=str(tmp_path / "m"), base=str(tiny_model)))
+
+
+def test_merge_writes_the_deployment_system_prompt_into_the_template(tiny_model, trained, tmp_path):
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "m"
+    record = merge(MergeConfig(adapter=str(trained), out=str(out), base=str(tiny_model), system_prompt="Fly safe."))
+    assert record["config"]["system_prompt"] == "Fly safe."
+    tok = AutoTokenizer.from_pretrained(out)
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert rendered.startswith("<|im_start|>system\nFly safe.<|im_end|>\n")
+    own = [{"role": "system", "content": "Mine."}, {"role": "user", "content": "Hi"}]
+    base_tok = AutoTokenizer.from_pretrained(tiny_model)
+    assert tok.apply_chat_template(own, tokenize=False) == base_tok.apply_chat_template(own, tokenize=False)

@@ -93,10 +93,10 @@ def test_default_model_exports_through_the_cli(quant, tmp_path, default_model):
 
 @pytest.mark.slow
 def test_default_model_generation_stops_at_eos(tmp_path, default_model):
-    from edgeq.runtime import gguf_chat
+    from edgeq.runtime import chat
 
     assert run_edgeq("export", "--quant", "Q8_0", "--out", tmp_path / "m.gguf").returncode == 0
-    (out,) = gguf_chat(tmp_path / "m.gguf", [[{"role": "user", "content": "Say hello."}]], max_tokens=200)
+    (out,) = chat(tmp_path / "m.gguf", [[{"role": "user", "content": "Say hello."}]], max_tokens=200)
     assert out["finish_reason"] == "stop" and out["completion_tokens"] < 200
 
 
