@@ -25,7 +25,7 @@ def main() -> None:
     from edgeq.export.gguf import quantize_gguf, write_float_gguf
     from edgeq.export.imatrix import compute_imatrix
     from edgeq.runtime import gguf_logits
-    from edgeq.task import split_prompts
+    from edgeq.task import load_task
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -35,7 +35,8 @@ def main() -> None:
     args = ap.parse_args()
     model_dir = Path(args.model)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    prompts, refs = split_prompts(args.heldout)
+    task = load_task(args.heldout)
+    prompts, refs = task.prompts, task.refs
     text = "".join(
         tok.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
         for p, r in zip(prompts, refs, strict=True)

@@ -57,7 +57,7 @@ def main() -> None:
                     **{f"text_{k}": v for k, v in r["text"].items()},
                     "task_kld": r["task_text"]["mean_kld"],
                     "task_top1": r["task_text"]["top1_agreement"],
-                    "task_exact_pct": r["task"]["exact_match_pct"],
+                    "task_exact_pct": r["task"]["score"],
                     "unparseable_pct": r["task"]["unparseable_pct"],
                 }
             )

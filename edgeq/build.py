@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ class BuildConfig:
     system_prompt: str | None = field(
         default=None, metadata={"help": "the artifact's default system prompt; default: the training data's; '': base"}
     )
+    metric: str | None = field(default=None, metadata={"help": "task metric (json, exact, chrf); default: the data's"})
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Context:
     state: Path
     calibration: Path  # the plan's memory calibration (plan.select_calibration)
     system: object  # serving.SystemPrompt: the default system prompt the artifact is served with
+    holdout: dict | None = None  # no --test-data: how --data was split into training and held-out examples
     hashes: dict = field(default_factory=dict)  # sha256 of the input files (input_hashes)
     keys: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
@@ -135,7 +138,7 @@ def stage_settings(ctx: Context) -> dict:
         "plan": {"config": {}, "inputs": ["profile", "calibration", "runtime_libraries"]},
         "sweep": {"config": {"imatrix": "training data"}, "inputs": ["data"]},
         "export": {"config": {"imatrix": "training data"}, "inputs": []},
-        "eval": {"config": {"limit": ctx.cfg.eval_limit}, "inputs": ["test_data", "base"]},
+        "eval": {"config": {"limit": ctx.cfg.eval_limit, "metric": ctx.cfg.metric}, "inputs": ["test_data", "base"]},
         "bench": {"config": {"reps": ctx.cfg.reps}, "inputs": []},
         "report": {"config": {}, "inputs": []},
     }
@@ -316,19 +319,20 @@ def artifact(ctx: Context) -> Path:
 
 
 def run_eval(ctx: Context, work: Path) -> dict:
-    """Fidelity of the artifact and its task score as evaluated and as served; the float models' task scores
-    through their F16 GGUFs in llama.cpp (faster than HF generation; the export gates prove parity)."""
-    from edgeq.evaluate import evaluate, task_score_gguf
-    from edgeq.plan import float_gguf_for
+    """Fidelity of the artifact and its task score as evaluated and as served; the float models' task scores and
+    answer NLL; the artifact's agreement with the merged model's answers."""
+    from transformers import AutoTokenizer
 
-    limit = ctx.cfg.eval_limit
-    result = {"artifact": evaluate(artifact(ctx), merged(ctx), ctx.test_data, limit, served=True)}
-    if ctx.test_data:
-        merged_gguf = planned_gguf(ctx) if planned_gguf(ctx).is_file() else float_gguf_for(merged(ctx), work)
-        result["merged"] = task_score_gguf(merged(ctx), merged_gguf, ctx.test_data, limit)
-        base_gguf = float_gguf_for(ctx.base, work / "base")
-        result["base"] = task_score_gguf(ctx.base, base_gguf, ctx.test_data, limit)
-        base_gguf.unlink()  # a few hundred MB that nothing reads again
+    from edgeq.evaluate import agreement, evaluate, float_task_score
+    from edgeq.task import load_task
+
+    limit, metric = ctx.cfg.eval_limit, ctx.cfg.metric
+    task = load_task(ctx.test_data, limit, metric)
+    result = {"artifact": evaluate(artifact(ctx), merged(ctx), ctx.test_data, limit, served=True, metric=metric)}
+    result["merged"] = float_task_score(merged(ctx), task)
+    result["base"] = float_task_score(ctx.base, task)
+    tok = AutoTokenizer.from_pretrained(merged(ctx))
+    result["agreement"] = agreement(result["artifact"]["task"]["answers"], result["merged"]["answers"], tok)
     return result
 
 
@@ -454,16 +458,37 @@ def resolve(cfg: BuildConfig) -> Context:
     return Context(cfg, profile, base, data, test, out, out / BUILD_STATE_DIR, calibration, system)
 
 
+def hold_out(ctx: Context, where: Path) -> None:
+    """No --test-data: a seeded split of --data; the fine-tune trains on the rest, the task is scored on it."""
+    from edgeq.data import HOLDOUT_SEED, split_holdout
+
+    where.mkdir(parents=True, exist_ok=True)
+    train, test, n_train, n_test = split_holdout(ctx.data, where)
+    ctx.holdout = {"source": str(ctx.data), "train": n_train, "held_out": n_test, "seed": HOLDOUT_SEED}
+    report.err.print(
+        f"[yellow]note:[/] no --test-data: {n_test} of {n_train + n_test} examples of {ctx.data} held out "
+        f"(seed {HOLDOUT_SEED}) for the task score; the fine-tune trains on the other {n_train}"
+    )
+    ctx.data, ctx.test_data = train, test
+
+
 def build(cfg: BuildConfig) -> dict:
     from edgeq.buildreport import StageView, dry_run_view, summary
 
     ctx = resolve(cfg)
-    memo_path = ctx.state / "sha-memo.json"
-    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
-    ctx.hashes = input_hashes(ctx, memo)
-    ctx.keys = compute_keys(ctx, ctx.hashes)
-    if cfg.dry_run:
-        return dry_run_view(ctx)
+    with contextlib.ExitStack() as scratch:
+        if ctx.test_data is None:  # dry run: the split goes to a scratch folder, nothing into OUT
+            where = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if cfg.dry_run else ctx.state / "split"
+            hold_out(ctx, where)
+        from edgeq.task import load_task
+
+        load_task(ctx.test_data, cfg.eval_limit, cfg.metric)  # bad task data fails now, not after the fine-tune
+        memo_path = ctx.state / "sha-memo.json"
+        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+        ctx.hashes = input_hashes(ctx, memo)
+        ctx.keys = compute_keys(ctx, ctx.hashes)
+        if cfg.dry_run:
+            return dry_run_view(ctx)
     with build_lock(ctx.state):
         write_json(memo_path, memo)
         view = StageView(BUILD_STAGES)

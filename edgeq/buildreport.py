@@ -232,6 +232,10 @@ def publish_artifact(src: Path, dst: Path) -> None:
                     shutil.copyfile(f, tmp / f.relative_to(src))
 
 
+def _without_answers(score: dict) -> dict:
+    return {k: v for k, v in score.items() if k != "answers"}
+
+
 def quality_checks(ctx) -> list[dict]:
     ev, p = ctx.results["eval"], ctx.profile
     checks = [
@@ -244,7 +248,7 @@ def quality_checks(ctx) -> list[dict]:
         }
     ]
     if "merged" in ev and "task_served" in ev["artifact"]:  # the gate judges the artifact as it is served
-        drop = ev["merged"]["exact_match_pct"] - ev["artifact"]["task_served"]["exact_match_pct"]
+        drop = ev["merged"]["score"] - ev["artifact"]["task_served"]["score"]
         checks.append(
             {"name": "task_drop", "unit": "points", "measured": drop, "limit": p.max_task_accuracy_drop_points}
         )
@@ -289,6 +293,7 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
             "base": {"path": str(ctx.base), "sha256": ctx.hashes["base"]},
             "data": {"path": str(ctx.data), "sha256": ctx.hashes["data"]},
             "test_data": ctx.test_data and {"path": str(ctx.test_data), "sha256": ctx.hashes["test_data"]},
+            "holdout": ctx.holdout,
         },
         "stages": {s: {"key": ctx.keys[s]} for s in ctx.keys},
         "finetune": res["finetune"],
@@ -311,8 +316,19 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
             "predicted_storage_mib": chosen_row["storage_mib"],
             "measured_storage_mib": res["bench"]["environment"]["artifact_bytes"] / 2**20,
         },
-        "fidelity": res["eval"]["artifact"],
-        "task": {k: res["eval"][k]["exact_match_pct"] for k in ("base", "merged") if k in res["eval"]},
+        "fidelity": {k: v for k, v in res["eval"]["artifact"].items() if k not in ("task", "task_served")}
+        | {k: _without_answers(res["eval"]["artifact"][k]) for k in ("task", "task_served")},
+        "task": {
+            **{k: res["eval"][k]["score"] for k in ("base", "merged") if k in res["eval"]},
+            "metric": res["eval"]["merged"]["metric"],
+            "metric_why": res["eval"]["merged"]["why"],
+            "answer_nll": {
+                "base": res["eval"]["base"]["answer_nll"],
+                "merged": res["eval"]["merged"]["answer_nll"],
+                "artifact": res["eval"]["artifact"]["answer_nll"],
+            },
+            "agreement_with_merged": res["eval"]["agreement"],
+        },
         "system_prompt": ctx.system.as_dict(),
         "bench": {"settings": res["bench"]["settings"], "results": res["bench"]["results"], "checks": bench_checks},
         "quality_checks": q_checks,
@@ -345,21 +361,30 @@ def markdown(ctx, m: dict, breaches: list[str]) -> str:
         "",
         "**Result: " + ("all budgets met**" if not breaches else "budget breached** — " + "; ".join(breaches)),
         "",
-        "## Task accuracy (exact match on the held-out task data)",
+        "## Task score on the held-out data",
         "",
     ]
     if task:
-        art = m["fidelity"]["task"]["exact_match_pct"]
-        served = m["fidelity"]["task_served"]["exact_match_pct"]
+        art = m["fidelity"]["task"]["score"]
+        served = m["fidelity"]["task_served"]["score"]
+        nll, agree = task["answer_nll"], task["agreement_with_merged"]
         sp = m["system_prompt"]
         shown = repr(sp["text"]) if sp["text"] else "the base template's own"
         lines += [
-            "| model | exact match % |",
-            "|---|---|",
-            f"| base model | {task['base']:.1f} |",
-            f"| fine-tuned, merged (float; its F16 GGUF in llama.cpp) | {task['merged']:.1f} |",
-            f"| artifact, prompts as in training | {art:.1f} |",
-            f"| **artifact as served** (only the user's turn, its embedded template) | **{served:.1f}** |",
+            f"Metric: **{task['metric']}** — {task['metric_why']}. Scores are 0–100; the profile's "
+            "max_task_accuracy_drop_points is in points of this metric.",
+            "",
+            f"| model | {task['metric']} | answer NLL (nats/token) |",
+            "|---|---|---|",
+            f"| base model | {task['base']:.1f} | {nll['base']['mean_nll']:.3f} |",
+            f"| fine-tuned, merged (float32) | {task['merged']:.1f} | {nll['merged']['mean_nll']:.3f} |",
+            f"| artifact, prompts as in training | {art:.1f} | {nll['artifact']['mean_nll']:.3f} |",
+            f"| **artifact as served** (only the user's turn, its embedded template) | **{served:.1f}** | |",
+            "",
+            f"Answer NLL: teacher-forced, over {nll['merged']['tokens']} reference-answer tokens; the fine-tune "
+            f"lowered it by {nll['base']['mean_nll'] - nll['merged']['mean_nll']:.3f} nats/token. Generation "
+            f"agreement with the merged float model: {agree['identical_pct']:.1f} % identical answers, "
+            f"{agree['prefix_agreement_pct']:.1f} % of tokens before the first difference.",
             "",
             f"The fine-tune gained **{task['merged'] - task['base']:+.1f} points**; the artifact as served keeps "
             f"{served - task['base']:+.1f} over the base. The quality gate judges the artifact as served.",
@@ -439,10 +464,10 @@ def summary(ctx, view: StageView):
     if "base" in task:
         lines.append(
             [
-                "task exact match",
-                f"base {task['base']['exact_match_pct']:.1f} % → merged {task['merged']['exact_match_pct']:.1f} % → "
-                f"artifact {task['artifact']['task']['exact_match_pct']:.1f} % (served: "
-                f"{task['artifact']['task_served']['exact_match_pct']:.1f} %)",
+                "task score",
+                f"{task['merged']['metric']}: base {task['base']['score']:.1f} → merged "
+                f"{task['merged']['score']:.1f} → artifact {task['artifact']['task']['score']:.1f} (served: "
+                f"{task['artifact']['task_served']['score']:.1f})",
             ]
         )
     from rich.console import Group

@@ -12,6 +12,12 @@ from edgeq.errors import BackendError, EdgeqError, UsageError
 from edgeq.spec import EXIT_CODES, EXIT_RUNTIME
 
 _state = {"debug": False}
+METRIC_OPTION = click.option(
+    "--metric",
+    type=click.Choice(["json", "exact", "chrf"]),
+    default=None,
+    help="Task metric (default: from the references: JSON actions → json, labels → exact, free text → chrf).",
+)
 CALIBRATION_OPTION = click.option(
     "--calibration",
     default=None,
@@ -296,14 +302,15 @@ def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, 
     "--served", is_flag=True, help="With --data: also score the artifact as served (user's turns, its own template)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def eval_artifact(artifact, reference, data, limit, served, as_json) -> None:
+@METRIC_OPTION
+def eval_artifact(artifact, reference, data, limit, served, metric, as_json) -> None:
     """Fidelity of a GGUF/ONNX artifact vs its float reference: perplexity, KLD, top-1, task score."""
     from edgeq import report
     from edgeq.evaluate import evaluate
 
     if served and not data:
         raise UsageError("--served scores the task: it needs --data", None, "add --data FILE.jsonl")
-    r = evaluate(artifact, reference, data, limit, served)
+    r = evaluate(artifact, reference, data, limit, served, metric)
     if as_json:
         report.print_json(r)
         return
@@ -326,10 +333,11 @@ def eval_artifact(artifact, reference, data, limit, served, as_json) -> None:
     )
     for key, how in (("task", "prompts as in training"), ("task_served", "as served: user's turns, own template")):
         if key in r:
-            report.out.print(
-                f"task exact match {r[key]['exact_match_pct']:.1f} % "
-                f"(unparseable {r[key]['unparseable_pct']:.1f} %, n={r[key]['n']}; {how})"
-            )
+            report.out.print(f"task {r[key]['metric']} {r[key]['score']:.1f} (n={r[key]['n']}; {how}; {r[key]['why']})")
+    if "answer_nll" in r:
+        report.out.print(
+            f"reference-answer NLL {r['answer_nll']['mean_nll']:.3f} nats/token (ppl {r['answer_nll']['ppl']:.2f})"
+        )
 
 
 @cli.command()
@@ -402,6 +410,7 @@ def plan(profile, model_dir, ctx, measured_from, calibration, as_json) -> None:
 @click.option("--eval-limit", type=int, default=None, help="Score only the first N held-out task examples.")
 @click.option("--reps", type=int, default=3, show_default=True, help="Bench repetitions (fresh processes).")
 @CALIBRATION_OPTION
+@METRIC_OPTION
 @click.option(
     "--system-prompt",
     default=None,
@@ -472,22 +481,23 @@ def run_artifact(**kw) -> None:
 @MODEL_OPTION
 @click.option("--data", required=True, type=click.Path(), help="Held-out JSONL; the last assistant turn is the answer.")
 @click.option("--limit", type=int, default=None, help="Score only the first N examples.")
+@METRIC_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def eval_task(model_dir, data, limit, as_json) -> None:
-    """Task accuracy: exact match of the JSON action, and the rate of unparseable answers."""
+def eval_task(model_dir, data, limit, metric, as_json) -> None:
+    """Task score of an HF model's greedy answers, by the metric the references call for (or --metric)."""
     from edgeq import report
     from edgeq.basemodel import resolve_model
     from edgeq.task import eval_task as run
 
-    result = run(resolve_model(model_dir), data, limit)
+    result = run(resolve_model(model_dir), data, limit, metric)
     if as_json:
         report.print_json(result)
         return
     report.out.print(
         report.table(
-            "task accuracy",
-            ["model", "examples", "exact match %", "unparseable %"],
-            [[result["model"], result["n"], f"{result['exact_match_pct']:.1f}", f"{result['unparseable_pct']:.1f}"]],
+            "task score",
+            ["model", "examples", "metric", "score", "why"],
+            [[result["model"], result["n"], result["metric"], f"{result['score']:.1f}", result["why"]]],
         )
     )
 

@@ -65,6 +65,37 @@ def read_jsonl_lines(path: str | Path, limit: int | None = None) -> list[tuple[i
     return conversations
 
 
+HOLDOUT_SHARE = 0.1  # of the training data, held out for the task score when no --test-data is given
+HOLDOUT_MAX = 200
+HOLDOUT_SEED = 0
+
+
+def split_holdout(path: str | Path, out_dir: Path) -> tuple[Path, Path, int, int]:
+    """A seeded split of a JSONL file into train.jsonl and test.jsonl in `out_dir` (the lines as written):
+    HOLDOUT_SHARE of the examples, at least 1 and at most HOLDOUT_MAX, held out. Returns (train, test, n_train,
+    n_test). Every line is checked first (read_jsonl_lines)."""
+    import random
+
+    path = Path(path)
+    examples = read_jsonl_lines(path)
+    if len(examples) < 2:
+        raise UsageError(
+            "one example cannot be split into training and held-out data", str(path), "pass --test-data FILE.jsonl"
+        )
+    n_test = min(HOLDOUT_MAX, max(1, round(HOLDOUT_SHARE * len(examples))))
+    order = list(range(len(examples)))
+    random.Random(HOLDOUT_SEED).shuffle(order)
+    held = set(order[:n_test])
+    lines = path.read_bytes().splitlines(keepends=True)
+    from edgeq.io import write_text
+
+    train_path, test_path = out_dir / "train.jsonl", out_dir / "test.jsonl"
+    pick = [(i in held, lines[n - 1].decode("utf-8").rstrip("\r\n") + "\n") for i, (n, _) in enumerate(examples)]
+    write_text(train_path, "".join(text for h, text in pick if not h))
+    write_text(test_path, "".join(text for h, text in pick if h))
+    return train_path, test_path, len(examples) - n_test, n_test
+
+
 def _parse_line(raw: bytes) -> tuple[list[dict] | None, str | None]:
     """One JSONL line → (conversation, None), (None, problem), or (None, None) for a blank line."""
     try:

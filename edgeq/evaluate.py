@@ -21,6 +21,7 @@ from edgeq.spec import FORMAT_GGUF
 
 TEXT_TOKENS = 640
 TASK_TOKENS = 1024
+ANSWER_TOKENS = 64  # the most new tokens any answer is given
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -84,16 +85,73 @@ def served_answers(path: Path, prompts: list[list[dict]], max_new_tokens: int = 
     return [r["text"] for r in chat(path, [user_only(p) for p in prompts], max_new_tokens)]
 
 
-def task_score_gguf(model_dir: Path, gguf: Path, data: str | Path, limit: int | None = None) -> dict:
-    """The task score of a float model through its F16/F32 GGUF in llama.cpp (the export gates prove that GGUF
-    agrees with the HF model), prompts rendered with the model's own tokenizer as the evaluation renders them."""
-    from transformers import AutoTokenizer
+def answer_positions(tok, task) -> tuple[list[list[int]], list[int]]:
+    """Each held-out conversation's ids and where its reference answer starts (after the generation prompt)."""
+    seqs, starts = [], []
+    for prompt, convo in zip(task.prompts, task.conversations(), strict=True):
+        text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        head = tok.encode(text, add_special_tokens=False)
+        full = tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
+        if full[: len(head)] == head and len(full) > len(head):  # the answer continues the prompt token for token
+            seqs.append(full)
+            starts.append(len(head))
+    return seqs, starts
 
-    from edgeq.task import score, split_prompts
 
-    prompts, refs = split_prompts(data, limit)
+def _nll_summary(r: dict, examples: int) -> dict:
+    mean = r["nll_sum"] / max(r["tokens"], 1)
+    return {"mean_nll": mean, "ppl": float(np.exp(mean)), "tokens": r["tokens"], "examples": examples}
+
+
+def answer_nll(path: Path, tok, task) -> dict:
+    """Mean negative log-likelihood (nats per token) of the reference answers, teacher-forced, and its perplexity:
+    a fine-tune signal for every kind of task, no generation needed. The artifact's own runtime, in a child."""
+    from edgeq.runtime import answer_nll as nll
+
+    seqs, starts = answer_positions(tok, task)
+    return _nll_summary(nll(path, seqs, starts), len(seqs))
+
+
+def agreement(answers: list[str], reference: list[str], tok) -> dict:
+    """How far the artifact's greedy answers follow the float model's on the same prompts: the share of identical
+    answers, and the mean share of tokens that agree before the first difference (task-independent)."""
+    same = prefix = 0.0
+    for a, b in zip(answers, reference, strict=True):
+        ta, tb = tok.encode(a, add_special_tokens=False), tok.encode(b, add_special_tokens=False)
+        same += ta == tb
+        common = next((i for i, (x, y) in enumerate(zip(ta, tb, strict=False)) if x != y), min(len(ta), len(tb)))
+        prefix += common / max(len(ta), len(tb), 1)
+    n = max(len(answers), 1)
+    return {"identical_pct": 100.0 * same / n, "prefix_agreement_pct": 100.0 * prefix / n, "n": len(answers)}
+
+
+def answer_budget(tok, task) -> int:
+    """New tokens an answer may take: the longest reference plus a margin, at most ANSWER_TOKENS. An answer
+    much longer than every reference is wrong whatever follows, and a base model rambles to the limit."""
+    longest = max(len(tok.encode(r, add_special_tokens=False)) for r in task.refs)
+    return min(ANSWER_TOKENS, longest + 16)
+
+
+def float_task_score(model_dir: Path, task) -> dict:
+    """The task score and answer NLL of an HF float model: batched greedy generation (faster here than one
+    sequence at a time in llama.cpp) and one teacher-forced forward pass per conversation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeq.runtime import answer_nll_of
+    from edgeq.task import generate_hf
+
     tok = AutoTokenizer.from_pretrained(model_dir)
-    return {**score(artifact_answers(gguf, FORMAT_GGUF, tok, prompts), refs), "model": str(model_dir)}
+    answers = generate_hf(model_dir, task.prompts, answer_budget(tok, task))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    seqs, starts = answer_positions(tok, task)
+    nll = answer_nll_of(lambda ids: reference_logits(model, ids), seqs, starts)
+    return {
+        **task.score(answers),
+        "answers": answers,
+        "answer_nll": _nll_summary(nll, len(seqs)),
+        "model": str(model_dir),
+    }
 
 
 def evaluate(
@@ -102,16 +160,18 @@ def evaluate(
     data: str | Path | None = None,
     limit: int | None = None,
     served: bool = False,
+    metric: str | None = None,
 ) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from edgeq.basemodel import resolve_model
     from edgeq.runtime import gguf_tokenize
-    from edgeq.task import score, split_prompts
+    from edgeq.task import load_task
 
     artifact = Path(artifact)
     fmt = artifact_format(artifact)
+    task = load_task(data, limit, metric) if data else None  # refused here, before anything is generated
     ref_dir = resolve_model(reference)
     tok = AutoTokenizer.from_pretrained(ref_dir)
     model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
@@ -130,19 +190,21 @@ def evaluate(
         "reference": str(ref_dir),
         "text": compare(reference_logits(model, text_ids), artifact_logits(artifact, fmt, text_ids), text_ids),
     }
-    if data:
-        prompts, refs = split_prompts(data, limit)
+    if task:
         task_ids: list[int] = []
-        for p, r in zip(prompts, refs, strict=True):  # whole conversations, until TASK_TOKENS are reached
+        for convo in task.conversations():  # whole conversations, until TASK_TOKENS are reached
             if len(task_ids) >= TASK_TOKENS:
                 break
-            text = tok.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
-            task_ids += tok.encode(text, add_special_tokens=False)
+            task_ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
         task_ids = task_ids[:TASK_TOKENS]
         result["task_text"] = compare(
             reference_logits(model, task_ids), artifact_logits(artifact, fmt, task_ids), task_ids
         )
-        result["task"] = score(artifact_answers(artifact, fmt, tok, prompts), refs)
+        budget = answer_budget(tok, task)
+        answers = artifact_answers(artifact, fmt, tok, task.prompts, budget)
+        result["task"] = {**task.score(answers), "answers": answers}
+        result["answer_nll"] = answer_nll(artifact, tok, task)
         if served:
-            result["task_served"] = score(served_answers(artifact, prompts), refs)
+            answers = served_answers(artifact, task.prompts, budget)
+            result["task_served"] = {**task.score(answers), "answers": answers}
     return result

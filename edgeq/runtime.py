@@ -81,6 +81,14 @@ def logits(path: str | Path, ids: list[int]) -> np.ndarray:
     return child_call("onnx_logits_here", "computing logits", path, path=path, ids=ids)
 
 
+def answer_nll(path: str | Path, sequences: list[list[int]], starts: list[int]) -> dict:
+    """Teacher-forced negative log-likelihood of each sequence's tokens from `starts[i]` on (the reference
+    answer after its prompt): {"nll_sum", "tokens"} over all sequences, computed in the child (no logits move)."""
+    path, fmt = _checked(Path(path))
+    return child_call("answer_nll_here", "scoring reference answers", path, path=path, fmt=fmt, sequences=sequences,
+                      starts=starts)  # fmt: skip
+
+
 def generate(path: str | Path, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids), stopping at any of `stop_ids` (not included)."""
     path, fmt = _checked(Path(path))
@@ -167,6 +175,28 @@ def gguf_logits_here(path: str, ids: list[int]) -> np.ndarray:
     llm = load_gguf_here(Path(path), n_ctx=max(512, len(ids)), logits_all=True)
     llm.eval(ids)
     return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+
+
+def answer_nll_here(path: str, fmt: str, sequences: list[list[int]], starts: list[int]) -> dict:
+    llm = (
+        load_gguf_here(Path(path), n_ctx=max(512, *map(len, sequences)), logits_all=True)
+        if fmt == FORMAT_GGUF
+        else None
+    )
+    total, count = 0.0, 0
+    for ids, start in zip(sequences, starts, strict=True):
+        if llm is not None:
+            llm.reset()
+            llm.eval(ids)
+            x = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+        else:
+            x = onnx_logits_here(path, ids)
+        x = x - x.max(-1, keepdims=True)
+        logp = x - np.log(np.exp(x).sum(-1, keepdims=True))  # (T, vocab)
+        targets = np.asarray(ids[start:])
+        total -= float(logp[np.arange(start - 1, len(ids) - 1), targets].sum())  # position t predicts t+1
+        count += len(targets)
+    return {"nll_sum": total, "tokens": count}
 
 
 def gguf_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list:
@@ -299,6 +329,11 @@ def onnx_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) 
 
 def onnx_logits_here(path: str, ids: list[int]) -> np.ndarray:
     """(T, vocab) logits of the builder's decoder graph for a whole sequence (empty KV cache)."""
+    return _onnx_logits_fn(path)(ids)
+
+
+def _onnx_logits_fn(path: str):
+    """One ORT session on the folder's decoder graph; returns ids → (T, vocab) float64 logits."""
     import json
 
     import onnxruntime as ort
@@ -306,19 +341,22 @@ def onnx_logits_here(path: str, ids: list[int]) -> np.ndarray:
     path = Path(path)
     dec = json.loads((path / "genai_config.json").read_text())["model"]["decoder"]
     sess = ort.InferenceSession(str(path / dec["filename"]), providers=["CPUExecutionProvider"])
-    n = len(ids)
-    feeds = {}
-    for inp in sess.get_inputs():
-        if inp.name == "input_ids":
-            feeds[inp.name] = np.asarray([ids], dtype=np.int64)
-        elif inp.name == "attention_mask":
-            feeds[inp.name] = np.ones((1, n), dtype=np.int64)
-        elif inp.name == "position_ids":
-            feeds[inp.name] = np.arange(n, dtype=np.int64)[None]
-        elif inp.name.startswith("past_key_values"):
-            dtype = np.float16 if "float16" in inp.type else np.float32
-            feeds[inp.name] = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), dtype=dtype)
-        else:
-            raise UsageError(f"unexpected ONNX input {inp.name!r}", str(path))
-    out = sess.run(["logits"], feeds)[0]
-    return np.asarray(out[0], dtype=np.float64)
+
+    def logits_of(ids: list[int]) -> np.ndarray:
+        n = len(ids)
+        feeds = {}
+        for inp in sess.get_inputs():
+            if inp.name == "input_ids":
+                feeds[inp.name] = np.asarray([ids], dtype=np.int64)
+            elif inp.name == "attention_mask":
+                feeds[inp.name] = np.ones((1, n), dtype=np.int64)
+            elif inp.name == "position_ids":
+                feeds[inp.name] = np.arange(n, dtype=np.int64)[None]
+            elif inp.name.startswith("past_key_values"):
+                dtype = np.float16 if "float16" in inp.type else np.float32
+                feeds[inp.name] = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), dtype=dtype)
+            else:
+                raise UsageError(f"unexpected ONNX input {inp.name!r}", str(path))
+        return np.asarray(sess.run(["logits"], feeds)[0][0], dtype=np.float64)
+
+    return logits_of

@@ -1,66 +1,47 @@
-"""Task accuracy: does the model answer a held-out conversation with the expected JSON action?
+"""The held-out task: prompts, references, the metric chosen for them (metrics.py), and the score.
 
-The scorer compares the first JSON object in the model's answer with the reference answer
-(exact match of the parsed object, so key order and spacing do not matter) and counts answers
-with no parseable JSON object separately.
+A held-out JSONL holds conversations; each one's last assistant turn is the reference answer and
+everything before it the prompt. The metric follows the references (JSON actions, labels, free
+text) unless --metric forces one, and every reference is checked against it when the file is
+read — before any answer is generated, so bad data costs seconds, not a fine-tune.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from edgeq import metrics
 from edgeq.data import read_jsonl_lines
-from edgeq.errors import ConfigError
 
 
-def parse_action(text: str) -> dict | None:
-    """The first balanced {...} in `text` that parses as a JSON object, else None."""
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    while start != -1:
-        try:
-            obj, _ = decoder.raw_decode(text[start:])
-            if isinstance(obj, dict):
-                return obj
-        except json.JSONDecodeError:
-            pass
-        start = text.find("{", start + 1)
-    return None
+@dataclass(frozen=True)
+class Task:
+    prompts: list[list[dict]]  # each conversation up to its last assistant turn
+    refs: list[str]  # that turn's content
+    metric: str  # metrics.METRICS
+    why: str  # why this metric
+    source: str
+
+    def score(self, answers: list[str]) -> dict:
+        return {**metrics.score(answers, self.refs, self.metric), "why": self.why}
+
+    def conversations(self) -> list[list[dict]]:
+        """Prompt + reference answer: what teacher-forced scoring reads."""
+        return [p + [{"role": "assistant", "content": r}] for p, r in zip(self.prompts, self.refs, strict=True)]
 
 
-def score(answers: list[str], references: list[str]) -> dict:
-    exact = unparseable = 0
-    for answer, ref in zip(answers, references, strict=True):
-        got = parse_action(answer)
-        if got is None:
-            unparseable += 1
-        elif got == json.loads(ref):
-            exact += 1
-    n = len(references)
-    return {"n": n, "exact_match_pct": 100.0 * exact / n, "unparseable_pct": 100.0 * unparseable / n}
-
-
-def split_prompts(path: str | Path, limit: int | None = None) -> tuple[list[list[dict]], list[str]]:
-    """Conversations up to their last assistant turn, and that turn's content as the reference. Every
-    reference must be a JSON object the scorer can compare with, checked before any answer is generated."""
-    prompts, refs, problems = [], [], []
+def load_task(path: str | Path, limit: int | None = None, metric: str | None = None) -> Task:
+    """Read, split and check a held-out file; the metric from the references unless forced."""
+    prompts, refs, lines = [], [], []
     for n, msgs in read_jsonl_lines(path, limit):
         last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
         prompts.append(msgs[:last])
         refs.append(msgs[last]["content"])
-        if not isinstance(_json_or_none(refs[-1]), dict):
-            problems.append(f"{path}:{n}: the reference answer is not a JSON object (the task score compares actions)")
-    if problems:
-        raise ConfigError(problems[:20], str(path))
-    return prompts, refs
-
-
-def _json_or_none(text: str):
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        return None
+        lines.append(n)
+    chosen, why = metrics.choose(refs, metric)
+    metrics.check(refs, lines, chosen, path)
+    return Task(prompts, refs, chosen, why, str(path))
 
 
 def generate_hf(
@@ -89,12 +70,12 @@ def generate_hf(
     return answers
 
 
-def eval_task(model_dir: Path, data: str | Path, limit: int | None = None) -> dict:
-    prompts, refs = split_prompts(data, limit)
-    answers = generate_hf(model_dir, prompts)
+def eval_task(model_dir: Path, data: str | Path, limit: int | None = None, metric: str | None = None) -> dict:
+    task = load_task(data, limit, metric)  # checked before the model loads
+    answers = generate_hf(model_dir, task.prompts)
     return {
-        **score(answers, refs),
+        **task.score(answers),
         "model": str(model_dir),
         "data": str(data),
-        "examples": [{"expected": r, "answer": a} for r, a in zip(refs[:5], answers[:5], strict=True)],
+        "examples": [{"expected": r, "answer": a} for r, a in zip(task.refs[:5], answers[:5], strict=True)],
     }

@@ -21,7 +21,8 @@ def test_default_build_for_the_drone(tmp_path, default_model):
     gain = m["task"]["merged"] - m["task"]["base"]
     print(
         f"build {minutes:.1f} min; task {m['task']['base']:.1f} -> {m['task']['merged']:.1f} %; "
-        f"artifact {m['artifact']['path']} {m['fidelity']['task']['exact_match_pct']:.1f} %; "
+        f"artifact {m['artifact']['path']} {m['fidelity']['task']['score']:.1f} %, served "
+        f"{m['fidelity']['task_served']['score']:.1f} %; "
         f"RSS predicted {m['footprint']['predicted_peak_rss_mib']:.1f} measured "
         f"{m['footprint']['measured_peak_rss_mib']:.1f} MiB"
     )

@@ -3,33 +3,31 @@ from pathlib import Path
 
 import pytest
 
-from edgeq.task import parse_action, score, split_prompts
+from edgeq.metrics import parse_json_value
+from edgeq.task import load_task
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "drone"
+MAINTENANCE = Path(__file__).parent.parent / "examples" / "maintenance"
 
 
-def test_parse_first_json_object_anywhere_in_the_answer():
-    assert parse_action('{"action": "land"}') == {"action": "land"}
-    assert parse_action('Sure! {"action": "hover", "seconds": 5} done') == {"action": "hover", "seconds": 5}
-    assert parse_action('{broken {"action": "photo"}') == {"action": "photo"}
-    assert parse_action("[1, 2]") is None
-    assert parse_action("no json here") is None
-    assert parse_action('{"action": "land"') is None
+def test_parse_first_json_value_anywhere_in_the_answer():
+    assert parse_json_value('{"action": "land"}') == {"action": "land"}
+    assert parse_json_value('Sure! {"action": "hover", "seconds": 5} done') == {"action": "hover", "seconds": 5}
+    assert parse_json_value('{broken {"action": "photo"}') == {"action": "photo"}
+    assert parse_json_value("no json here") is None
+    assert parse_json_value('{"action": "land"') is None
 
 
-def test_score_counts_exact_and_unparseable():
-    refs = ['{"action": "land"}', '{"action": "set_speed", "speed_m_s": 10.0}', '{"action": "photo"}']
-    answers = ['{"action":"land"}', '{"speed_m_s": 10, "action": "set_speed"}', "I cannot do that"]
-    assert score(answers, refs) == {
-        "n": 3,
-        "exact_match_pct": pytest.approx(200 / 3),
-        "unparseable_pct": pytest.approx(100 / 3),
-    }
+def test_the_drone_task_is_scored_by_parsed_json():
+    task = load_task(f"{EXAMPLES}/test.jsonl", limit=3)
+    assert task.metric == "json" and len(task.prompts) == 3 and task.prompts[0][-1]["role"] == "user"
+    r = task.score([task.refs[0], "I cannot do that", task.refs[2].replace(" ", "")])
+    assert r["score"] == pytest.approx(200 / 3) and r["unparseable_pct"] == pytest.approx(100 / 3)
 
 
 def test_example_task_is_large_varied_and_disjoint():
-    train_p, train_r = split_prompts(f"{EXAMPLES}/train.jsonl")
-    test_p, test_r = split_prompts(f"{EXAMPLES}/test.jsonl")
+    train, test = load_task(f"{EXAMPLES}/train.jsonl"), load_task(f"{EXAMPLES}/test.jsonl")
+    train_p, test_p, test_r = train.prompts, test.prompts, test.refs
     assert len(train_p) >= 600 and len(test_p) >= 150
     assert not {p[-1]["content"] for p in train_p} & {p[-1]["content"] for p in test_p}
     actions = {json.loads(r)["action"] for r in test_r}
@@ -59,3 +57,19 @@ def test_generator_reproduces_the_frozen_files(tmp_path, monkeypatch):
     gen.main()
     for name in ("train.jsonl", "test.jsonl"):
         assert (tmp_path / name).read_text() == (EXAMPLES / name).read_text()
+
+
+def test_the_free_text_example_is_scored_by_chrf_and_reproducible(tmp_path, monkeypatch):
+    import importlib.util
+
+    task = load_task(MAINTENANCE / "test.jsonl")
+    assert task.metric == "chrf" and len(task.refs) >= 20
+    train = load_task(MAINTENANCE / "train.jsonl")
+    assert not {p[-1]["content"] for p in train.prompts} & {p[-1]["content"] for p in task.prompts}
+    spec = importlib.util.spec_from_file_location("gen", MAINTENANCE / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    monkeypatch.setattr(gen, "HERE", tmp_path)
+    gen.main()
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / name).read_text() == (MAINTENANCE / name).read_text()

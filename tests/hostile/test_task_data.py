@@ -6,7 +6,7 @@ import pytest
 
 from edgeq.data import read_jsonl
 from edgeq.errors import ConfigError
-from edgeq.task import split_prompts
+from edgeq.task import load_task
 from tests.conftest import run_edgeq
 
 GOOD = {"messages": [{"role": "user", "content": "Land."}, {"role": "assistant", "content": '{"action": "land"}'}]}
@@ -32,14 +32,38 @@ def test_deeply_nested_json_names_its_line(tmp_path):
     assert e.value.problems == [f"{p}:1: JSON nested too deeply"]
 
 
-def test_a_reference_the_scorer_cannot_read_is_refused_before_generation(tmp_path, tiny_model):
+def test_plain_text_references_get_a_text_metric_not_a_crash(tmp_path):
+    plain = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, pilot!"}]}
+    p = _file(tmp_path, [json.dumps(GOOD).encode(), json.dumps(plain).encode()])
+    assert load_task(p).metric == "exact"  # mixed JSON and text, all short: normalised exact match
+
+
+def test_a_metric_forced_onto_data_it_cannot_score_is_refused_before_generation(tmp_path, tiny_model):
     plain = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there!"}]}
     p = _file(tmp_path, [json.dumps(GOOD).encode(), json.dumps(plain).encode()])
     with pytest.raises(ConfigError) as e:
-        split_prompts(p)
-    assert e.value.problems == [f"{p}:2: the reference answer is not a JSON object (the task score compares actions)"]
-    r = run_edgeq("eval-task", "--model", tiny_model, "--data", p)
+        load_task(p, metric="json")
+    assert e.value.problems == [f"{p}:2: the reference answer is not a JSON object or array (metric json)"]
+    r = run_edgeq("eval-task", "--model", tiny_model, "--data", p, "--metric", "json")
     assert r.returncode == 2 and f"{p}:2:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_empty_reference_is_refused(tmp_path):
+    empty = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]}
+    p = _file(tmp_path, [json.dumps(GOOD).encode(), json.dumps(empty).encode()])
+    with pytest.raises(ConfigError) as e:
+        load_task(p)
+    assert e.value.problems == [f"{p}:2: the reference answer is empty"]
+
+
+def test_build_refuses_bad_task_data_before_the_fine_tune(tmp_path, tiny_model, small_data):
+    empty = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}
+    test = _file(tmp_path, [json.dumps(GOOD).encode(), json.dumps(empty).encode()])
+    out = tmp_path / "out"
+    args = ["build", "--profile", "drone", "--base", tiny_model, "--data", small_data, "--test-data", test]
+    r = run_edgeq(*args, "--out", out)
+    assert r.returncode == 2 and f"{test}:2: the reference answer is empty" in r.stderr
+    assert not (out / ".edgeq" / "finetune").exists() and not (out / ".edgeq" / "finetune.partial").exists()
 
 
 def test_limit_stops_reading(tmp_path):

@@ -1,0 +1,51 @@
+"""Task metrics chosen from the references; each scores 0–100; data a metric cannot score is refused."""
+
+import pytest
+
+from edgeq.errors import ConfigError
+from edgeq.metrics import check, choose, normalise, parse_json_value, score
+
+ACTIONS = ['{"action": "land"}', '{"action": "set_speed", "speed_m_s": 10.0}', '{"action": "photo"}']
+SENTENCES = ["Replace the propellers every 50 flight hours.", "Clean the air filters every 20 flight hours."]
+
+
+def test_the_metric_follows_the_references():
+    assert choose(ACTIONS)[0] == "json"
+    assert choose(["positive", "Negative", "neutral"])[0] == "exact"
+    assert choose(SENTENCES)[0] == "chrf"
+    assert choose(SENTENCES, forced="exact") == ("exact", "forced with --metric")
+    assert "at most 4 words" in choose(["yes", "no"])[1]
+
+
+def test_json_compares_parsed_values_and_counts_unparseable():
+    answers = ['{"action":"land"}', 'ok {"speed_m_s": 10, "action": "set_speed"}', "I cannot do that"]
+    r = score(answers, ACTIONS, "json")
+    assert r == {"metric": "json", "score": pytest.approx(200 / 3), "n": 3, "unparseable_pct": pytest.approx(100 / 3)}
+    assert parse_json_value('{broken {"a": [1, 2]}') == {"a": [1, 2]} and parse_json_value("no json") is None
+
+
+def test_exact_normalises_case_space_and_edge_punctuation():
+    assert normalise("  Positive. ") == normalise("positive") == "positive"
+    assert score(["Positive.", "neg", " NEUTRAL "], ["positive", "negative", "neutral"], "exact")[
+        "score"
+    ] == pytest.approx(200 / 3)
+
+
+def test_chrf_rewards_closer_text_and_is_100_for_identical():
+    assert score(SENTENCES, SENTENCES, "chrf")["score"] == pytest.approx(100.0)
+    close = score(["Replace the propellers every 40 flight hours.", "Clean filters every 20 hours."], SENTENCES, "chrf")
+    far = score(["I do not know.", "Ask someone else."], SENTENCES, "chrf")
+    assert 100 > close["score"] > far["score"] >= 0
+
+
+def test_references_a_metric_cannot_score_are_refused_with_their_lines(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        check([SENTENCES[0], ACTIONS[0], "  "], [3, 4, 9], "json", tmp_path / "d.jsonl")
+    assert e.value.problems == [
+        f"{tmp_path / 'd.jsonl'}:9: the reference answer is empty",
+        f"{tmp_path / 'd.jsonl'}:3: the reference answer is not a JSON object or array (metric json)",
+    ]
+    with pytest.raises(ConfigError) as e:
+        check(SENTENCES, [1, 2], "bleu", "d.jsonl")
+    assert e.value.problems == ["--metric 'bleu': expected one of json, exact, chrf"]
+    check(SENTENCES, [1, 2], "chrf", "d.jsonl")  # free text is fine for chrF
