@@ -131,8 +131,8 @@ def modelfile(gguf_name: str, tok, profile, system=None) -> tuple[str, bool]:
         f"FROM ./{gguf_name}",
     ]
     if chatml:
-        lines += ["# The model's template is ChatML (checked by rendering a conversation both ways).",
-                  f'TEMPLATE """{_CHATML_TEMPLATE}"""']  # fmt: skip
+        lines.append("# The model's template is ChatML (checked by rendering a conversation both ways).")
+        lines.append(f'TEMPLATE """{_CHATML_TEMPLATE}"""')
         if default:  # Ollama's TEMPLATE replaces the GGUF's, so the default system prompt travels as SYSTEM
             why = f"{system.source}: {system.why}" if system and system.text else "the base template's default"
             lines += [f"# The default system prompt ({why}).", f'SYSTEM """{_block(default, "the system prompt")}"""']

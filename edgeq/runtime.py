@@ -85,8 +85,8 @@ def answer_nll(path: str | Path, sequences: list[list[int]], starts: list[int]) 
     """Teacher-forced negative log-likelihood of each sequence's tokens from `starts[i]` on (the reference
     answer after its prompt): {"nll_sum", "tokens"} over all sequences, computed in the child (no logits move)."""
     path, fmt = _checked(Path(path))
-    return child_call("answer_nll_here", "scoring reference answers", path, path=path, fmt=fmt, sequences=sequences,
-                      starts=starts)  # fmt: skip
+    what = "scoring reference answers"
+    return child_call("answer_nll_here", what, path, path=path, fmt=fmt, sequences=sequences, starts=starts)
 
 
 def generate(path: str | Path, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
@@ -178,19 +178,24 @@ def gguf_logits_here(path: str, ids: list[int]) -> np.ndarray:
 
 
 def answer_nll_here(path: str, fmt: str, sequences: list[list[int]], starts: list[int]) -> dict:
-    llm = (
-        load_gguf_here(Path(path), n_ctx=max(512, *map(len, sequences)), logits_all=True)
-        if fmt == FORMAT_GGUF
-        else None
-    )
-    total, count = 0.0, 0
-    for ids, start in zip(sequences, starts, strict=True):
-        if llm is not None:
+    if fmt == FORMAT_GGUF:
+        llm = load_gguf_here(Path(path), n_ctx=max([512, *map(len, sequences)]), logits_all=True)
+
+        def logits_of(ids):
             llm.reset()
             llm.eval(ids)
-            x = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
-        else:
-            x = onnx_logits_here(path, ids)
+            return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    else:
+        logits_of = _onnx_logits_fn(path)
+    return answer_nll_of(logits_of, sequences, starts)
+
+
+def answer_nll_of(logits_of, sequences: list[list[int]], starts: list[int]) -> dict:
+    """Σ −log p(token) over each sequence's tokens from its start on; `logits_of(ids)` → (T, vocab) logits.
+    Pure numpy: the child runs it on an artifact's logits, evaluate.py on an HF model's."""
+    total, count = 0.0, 0
+    for ids, start in zip(sequences, starts, strict=True):
+        x = logits_of(ids)
         x = x - x.max(-1, keepdims=True)
         logp = x - np.log(np.exp(x).sum(-1, keepdims=True))  # (T, vocab)
         targets = np.asarray(ids[start:])
@@ -280,26 +285,28 @@ def quantize_here(src: str, dst: str | None, quant: str, imatrix: dict | None = 
     return lines if dry_run else None
 
 
+def _onnx_greedy(og, model, ids: list[int], max_new_tokens: int, stop_ids) -> tuple[list[int], bool]:
+    """One greedy continuation with onnxruntime-genai: (new tokens without the stop token, stopped by one)."""
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids)
+    out: list[int] = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        t = int(gen.get_next_tokens()[0])
+        if t in stop_ids:
+            return out, True
+        out.append(t)
+    return out, False
+
+
 def onnx_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list:
     """Greedy continuation with onnxruntime-genai; the model's own eos also stops it."""
     import onnxruntime_genai as og
 
     model = og.Model(str(path))
-    answers = []
-    for ids in prompts:
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False)
-        gen = og.Generator(model, params)
-        gen.append_tokens(ids)
-        out: list[int] = []
-        while not gen.is_done():
-            gen.generate_next_token()
-            t = int(gen.get_next_tokens()[0])
-            if t in stop_ids:
-                break
-            out.append(t)
-        answers.append(out)
-    return answers
+    return [_onnx_greedy(og, model, ids, max_new_tokens, set(stop_ids))[0] for ids in prompts]
 
 
 def onnx_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
@@ -309,21 +316,12 @@ def onnx_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) 
 
     model = og.Model(str(path))
     tok = og.Tokenizer(model)
-    out = []
+    eos, out = set(tok.eos_token_ids), []
     for messages in conversations:
         ids = tok.encode(tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True))
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(ids) + max_tokens, do_sample=False)
-        gen = og.Generator(model, params)
-        gen.append_tokens(ids)
-        answer: list[int] = []
-        while not gen.is_done():
-            gen.generate_next_token()
-            answer.append(int(gen.get_next_tokens()[0]))
-        eos = set(tok.eos_token_ids)
-        stopped = bool(answer) and answer[-1] in eos
-        text = tok.decode([t for t in answer if t not in eos])
-        out.append({"text": text, "finish_reason": "stop" if stopped else "length", "completion_tokens": len(answer)})
+        answer, stopped = _onnx_greedy(og, model, list(ids), max_tokens, eos)
+        finish = "stop" if stopped else "length"
+        out.append({"text": tok.decode(answer), "finish_reason": finish, "completion_tokens": len(answer) + stopped})
     return out
 
 
