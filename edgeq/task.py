@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgeq import metrics
 from edgeq.data import read_jsonl_lines
+from edgeq.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,16 @@ class Task:
 
 def load_task(path: str | Path, limit: int | None = None, metric: str | None = None) -> Task:
     """Read, split and check a held-out file; the metric from the references unless forced."""
-    prompts, refs, lines = [], [], []
+    prompts, refs, lines, problems = [], [], [], []
     for n, msgs in read_jsonl_lines(path, limit):
         last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        if not any(m["role"] == "user" for m in msgs[:last]):
+            problems.append(f"{path}:{n}: no user message before the answer: nothing to answer")
         prompts.append(msgs[:last])
         refs.append(msgs[last]["content"])
         lines.append(n)
+    if problems:
+        raise ConfigError(problems[:20], str(path))
     chosen, why = metrics.choose(refs, metric)
     metrics.check(refs, lines, chosen, path)
     return Task(prompts, refs, chosen, why, str(path))

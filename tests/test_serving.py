@@ -68,3 +68,17 @@ def test_a_template_that_drops_system_prompts_is_refused(tok):
 
 def test_served_prompts_carry_only_the_users_turns():
     assert user_only(_convo(DRONE)[:-1]) == [{"role": "user", "content": "Land."}]
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_edgeq_run_answers_one_prompt_with_the_artifacts_own_template(fmt, tiny_model, tmp_path):
+    from tests.conftest import run_edgeq
+
+    out = tmp_path / ("m.gguf" if fmt == "gguf" else "onnx")
+    quant = "Q8_0" if fmt == "gguf" else "int8"
+    assert run_edgeq("export", "--model", tiny_model, "--format", fmt, "--quant", quant, "--out", out).returncode == 0
+    r = run_edgeq("run", out, "Land now.", "--max-tokens", 4)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tokens; first after" in r.stderr and "tok/s" in r.stderr
+    r = run_edgeq("run", tmp_path / "missing.gguf", "hi")
+    assert r.returncode == 2 and "artifact not found" in r.stderr

@@ -71,3 +71,24 @@ def test_limit_stops_reading(tmp_path):
     assert len(read_jsonl(p, limit=3)) == 3
     with pytest.raises(ConfigError):
         read_jsonl(p)
+
+
+def test_an_answer_with_no_question_is_refused(tmp_path):
+    lone = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hello."}]}
+    p = _file(tmp_path, [json.dumps(GOOD).encode(), json.dumps(lone).encode()])
+    with pytest.raises(ConfigError) as e:
+        load_task(p)
+    assert e.value.problems == [f"{p}:2: no user message before the answer: nothing to answer"]
+
+
+@pytest.mark.parametrize("kind", ["exact", "chrf"])
+def test_eval_task_scores_labels_and_free_text(tmp_path, tiny_model, kind):
+    answer = (
+        "positive" if kind == "exact" else "Replace the propellers every 50 flight hours, or at once after a strike."
+    )
+    row = {"messages": [{"role": "user", "content": "Review: great."}, {"role": "assistant", "content": answer}]}
+    p = _file(tmp_path, [json.dumps(row).encode()] * 2)
+    r = run_edgeq("eval-task", "--model", tiny_model, "--data", p, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["metric"] == kind and got["n"] == 2 and 0 <= got["score"] <= 100
