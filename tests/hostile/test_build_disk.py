@@ -19,6 +19,7 @@ def test_full_disk_stops_the_stage_before_it_runs(tmp_path, tiny_model, monkeypa
         out=tmp_path / "out",
         state=tmp_path / "out" / ".edgeq",
         calibration=tmp_path / "calibration.json",
+        system=None,
         keys={"merge": "k"},
     )
     ran = []
