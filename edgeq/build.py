@@ -51,7 +51,9 @@ class BuildConfig:
     profile: str = field(metadata={"help": "profile name or YAML path"})
     base: str | None = field(default=None, metadata={"help": "HF base model dir; default: embedded SmolLM2-135M"})
     data: str | None = field(default=None, metadata={"help": "training JSONL; default: the example drone data"})
-    test_data: str | None = field(default=None, metadata={"help": "held-out task JSONL; default with the example"})
+    test_data: str | None = field(
+        default=None, metadata={"help": "held-out task JSONL; default: the example's, else a seeded split of --data"}
+    )
     out: str | None = field(default=None, metadata={"help": "output directory; default: builds/<profile>"})
     dry_run: bool = field(default=False, metadata={"help": "print the plan and the stages that would run"})
     max_steps: int | None = field(default=None, metadata={"help": "cap the fine-tune's optimizer steps"})

@@ -403,7 +403,12 @@ def plan(profile, model_dir, ctx, measured_from, calibration, as_json) -> None:
 @click.option("--profile", required=True, help="Device profile NAME or PATH.")
 @click.option("--base", type=click.Path(), default=None, help="HF base model dir (default: embedded SmolLM2-135M).")
 @click.option("--data", type=click.Path(), default=None, help="Training JSONL (default: the example drone data).")
-@click.option("--test-data", type=click.Path(), default=None, help="Held-out task JSONL (default with the example).")
+@click.option(
+    "--test-data",
+    type=click.Path(),
+    default=None,
+    help="Held-out task JSONL (default: the example's with the example data, else a seeded 10 % of --data).",
+)
 @click.option("--out", type=click.Path(), default=None, help="Output directory (default: builds/PROFILE).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the stages that would run; write nothing.")
 @click.option("--max-steps", type=int, default=None, help="Cap the fine-tune's optimizer steps.")
