@@ -267,18 +267,17 @@ def run_sweep(ctx: Context, work: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgeq.evaluate import TEXT_TOKENS, reference_logits
+    from edgeq.evaluate import TEXT_TOKENS, fidelity_text, reference_logits
     from edgeq.export.imatrix import compute_imatrix
     from edgeq.plan import choose, predict
-    from edgeq.runtime import ASSETS
 
     plan = ctx.results["plan"]
     todo = [r for r in plan["candidates"] if not [x for x in r["reasons"] if x.startswith(("memory", "storage"))]]
     check_free_disk(work, 2 * max([r["storage_mib"] for r in todo] or [0]) * 2**20, "the candidate sweep")
     tok = AutoTokenizer.from_pretrained(merged(ctx))
-    ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)
-    ids = ids[:TEXT_TOKENS]
     model = AutoModelForCausalLM.from_pretrained(merged(ctx), dtype=torch.float32).eval()
+    ids = tok.encode(fidelity_text(), add_special_tokens=False)
+    ids = ids[: min(TEXT_TOKENS, model.config.max_position_embeddings)]
     ref = reference_logits(model, ids)
     del model
     imatrix = None

@@ -21,6 +21,13 @@ from edgeq.spec import FORMAT_GGUF
 
 TEXT_TOKENS = 640
 TASK_TOKENS = 1024
+
+
+def fidelity_text() -> str:
+    """The fixed English text every logit comparison runs on (export gates, sweep, eval)."""
+    return (ASSETS / "fidelity_text.txt").read_text(encoding="utf-8")
+
+
 ANSWER_TOKENS = 64  # the most new tokens any answer is given
 
 
@@ -176,9 +183,10 @@ def evaluate(
     tok = AutoTokenizer.from_pretrained(ref_dir)
     model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
 
-    text = (ASSETS / "fidelity_text.txt").read_text(encoding="utf-8")
-    text_ids = tok.encode(text, add_special_tokens=False)[:TEXT_TOKENS]
-    if fmt == FORMAT_GGUF and gguf_tokenize(artifact, [text])[0][:TEXT_TOKENS] != text_ids:
+    positions = model.config.max_position_embeddings  # a runtime may refuse longer (ONNX's rotary cache)
+    text = fidelity_text()
+    text_ids = tok.encode(text, add_special_tokens=False)[: min(TEXT_TOKENS, positions)]
+    if fmt == FORMAT_GGUF and gguf_tokenize(artifact, [text])[0][: len(text_ids)] != text_ids:
         raise EdgeqError(
             "the artifact tokenizes text differently from the reference: logits would be compared on other tokens",
             str(artifact),
@@ -196,7 +204,7 @@ def evaluate(
             if len(task_ids) >= TASK_TOKENS:
                 break
             task_ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
-        task_ids = task_ids[:TASK_TOKENS]
+        task_ids = task_ids[: min(TASK_TOKENS, positions)]
         result["task_text"] = compare(
             reference_logits(model, task_ids), artifact_logits(artifact, fmt, task_ids), task_ids
         )

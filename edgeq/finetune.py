@@ -108,13 +108,12 @@ def _dist_init():
     return rank, world
 
 
-def _all_reduce_mean(tensors, world: int) -> None:
+def _all_reduce_sum(tensors, world: int) -> None:
     import torch.distributed as dist
 
     if world > 1:
         for t in tensors:
             dist.all_reduce(t)
-            t.div_(world)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +214,8 @@ def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
 
 
 def chunked_loss(hidden, labels, lm_weight, chunk: int):
-    """Mean next-token cross-entropy over labelled positions, logits computed `chunk` rows at a time.
+    """Summed next-token cross-entropy over labelled positions and their count, logits computed
+    `chunk` rows at a time. The caller divides: by the whole global batch's count when training.
 
     hidden: (B, T, H) last hidden states; labels: (B, T) with IGNORE where no loss is taken.
     Only labelled positions reach the (H × vocab) projection, and each chunk's logits are
@@ -237,7 +237,7 @@ def chunked_loss(hidden, labels, lm_weight, chunk: int):
 
     for i in range(0, h.shape[0], chunk):
         total = total + checkpoint(piece, h[i : i + chunk], y[i : i + chunk], use_reentrant=False)
-    return total / max(int(y.numel()), 1), int(y.numel())
+    return total, int(y.numel())
 
 
 def forward_loss(model, batch, chunk: int):
@@ -247,17 +247,30 @@ def forward_loss(model, batch, chunk: int):
     return chunked_loss(out.last_hidden_state, batch["labels"], inner.lm_head.weight, chunk)
 
 
+def labelled_tokens(batch) -> int:
+    from edgeq.data import IGNORE
+
+    return int((batch["labels"][:, 1:] != IGNORE).sum())  # the positions chunked_loss takes a loss at
+
+
 def train_step(model, optim, micro_batches: list[dict], cfg: FinetuneConfig, world: int) -> float:
-    """One optimizer step over gradient-accumulated micro-batches; returns the mean loss (all ranks)."""
+    """One optimizer step; returns its loss.
+
+    The loss is the token mean over the whole global batch (every micro-batch on every rank), so
+    gradient accumulation and DDP produce the gradient one process would on the same examples.
+    """
     import torch
 
     trainable = [p for p in model.parameters() if p.requires_grad]
+    tokens = torch.tensor(float(sum(labelled_tokens(mb) for mb in micro_batches)))
+    _all_reduce_sum([tokens], world)
+    scale = 1.0 / max(float(tokens), 1.0)
     step_loss = torch.zeros(())
     for mb in micro_batches:
-        loss, _ = forward_loss(model, mb, cfg.loss_chunk)
-        (loss / len(micro_batches)).backward()
-        step_loss += loss.detach().float().cpu() / len(micro_batches)
-    _all_reduce_mean([p.grad for p in trainable if p.grad is not None] + [step_loss], world)
+        loss_sum, _ = forward_loss(model, mb, cfg.loss_chunk)
+        (loss_sum * scale).backward()
+        step_loss += loss_sum.detach().float().cpu() * scale
+    _all_reduce_sum([p.grad for p in trainable if p.grad is not None] + [step_loss], world)
     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     optim.step()
     optim.zero_grad(set_to_none=True)
@@ -473,12 +486,14 @@ def finetune(cfg: FinetuneConfig) -> dict:
     t0 = time.time()
     model.train()
     bar = report.progress("finetune", total_steps, start_step) if rank == 0 else contextlib.nullcontext(None)
+    steps_run = 0  # optimizer steps taken by this process: a resume must not redo the checkpoint's
     with bar as update:
         for step in range(start_step, total_steps):
             for g in optim.param_groups:
                 g["lr"] = lr_at(step)
             micro = [collate(mb, pad_id, device) for mb in batches_for(step)]
             losses.append(round(train_step(model, optim, micro, cfg, world), 6))
+            steps_run += 1
             done = step + 1
             rate = (done - start_step) / (time.time() - t0)
             if update:
@@ -490,11 +505,11 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
                 dist.barrier()
 
-    eval_loss = evaluate_loss(model, eval_set, pad_id, device, cfg) if eval_set else None
+    eval_loss = evaluate_loss(model, eval_set[rank::world], pad_id, device, cfg) if eval_set else None
     if eval_loss is not None:
-        t = torch.tensor(eval_loss)
-        _all_reduce_mean([t], world)
-        eval_loss = float(t)
+        t = torch.tensor(eval_loss, dtype=torch.float64)  # (summed loss, tokens) of this rank's share
+        _all_reduce_sum([t], world)
+        eval_loss = float(t[0] / max(float(t[1]), 1.0))
     elapsed = time.time() - t0
     summary = {
         "train_loss_first": losses[0] if losses else None,
@@ -502,6 +517,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "eval_loss": eval_loss,
         "steps": total_steps,
         "resumed_from_step": start_step,
+        "steps_run": steps_run,
         "seconds": round(elapsed, 1),
         "seconds_per_step": round(elapsed / max(1, total_steps - start_step), 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -520,17 +536,18 @@ def finetune(cfg: FinetuneConfig) -> dict:
     return summary
 
 
-def evaluate_loss(model, eval_set, pad_id, device, cfg) -> float:
+def evaluate_loss(model, eval_set, pad_id, device, cfg) -> tuple[float, int]:
+    """Summed loss and labelled-token count over eval_set (this rank's share of the held-out set)."""
     import torch
 
     model.eval()
-    total = count = 0.0
+    total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(eval_set), cfg.batch_size):
             loss, n = forward_loss(model, collate(eval_set[i : i + cfg.batch_size], pad_id, device), cfg.loss_chunk)
-            total, count = total + float(loss) * n, count + n
+            total, count = total + float(loss), count + n
     model.train()
-    return total / max(count, 1)
+    return total, count
 
 
 def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summary) -> None:

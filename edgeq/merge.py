@@ -175,17 +175,26 @@ def merge(cfg: MergeConfig) -> dict:
     peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False).eval()
     peft_model.to(torch.float64)  # the adapter loads as float32; the check runs wholly in float64
     with torch.no_grad():
+        with peft_model.disable_adapter():
+            base_logits = peft_model(**batch).logits
         unmerged = peft_model(**batch).logits
         merged_model = peft_model.merge_and_unload().eval()
         merged = merged_model(**batch).logits
     keep = batch["attention_mask"].bool()
     max_abs = float((merged - unmerged).abs()[keep].max())
+    effect = float((unmerged - base_logits).abs()[keep].max())
     bad = [n for n, p in merged_model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise EdgeqError(
             f"merged weights contain NaN/Inf ({len(bad)} tensors, e.g. {bad[0]})",
             str(adapter_dir),
             "the adapter is corrupt or diverged: check the fine-tune's loss curve",
+        )
+    if not effect > MERGE_TOLERANCE:  # the check below passes on a no-op: refuse it here
+        raise UsageError(
+            f"the adapter changes nothing (max |Δlogit| vs the base {effect:.2e})",
+            str(adapter_dir),
+            "its LoRA weights are zero or untrained: check that the fine-tune ran and saved",
         )
     if not max_abs <= MERGE_TOLERANCE:
         raise EdgeqError(
@@ -215,6 +224,7 @@ def merge(cfg: MergeConfig) -> dict:
         "verification": {
             "max_abs_logit_diff": max_abs,
             "tolerance": MERGE_TOLERANCE,
+            "adapter_effect_max_abs_logit": effect,
             "dtype_checked": "float64",
             "inputs": len(VERIFY_TEXTS),
         },

@@ -56,7 +56,7 @@ class QuantType:
     bits_per_weight: float  # nominal, for planning; measured sizes live in benchmarks/RESULTS.md
 
 
-# GGUF bits/weight from llama.cpp's quantize tool (REFERENCE.md table); ONNX int4 counts the
+# GGUF bits/weight from llama.cpp's quantize tool (benchmarks/RESULTS.md, "Figures from outside"); ONNX int4 counts the
 # fp16 scale per block (16 / block bits on top of 4).
 QUANT_TYPES = {
     q.name: q

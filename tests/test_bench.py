@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgeq.bench import check_baseline
 from edgeq.export.gguf import GgufExport, export_gguf
 from edgeq.profiles import load_profile
 from edgeq.spec import BENCH_SCHEMA, EXIT_BUDGET, EXIT_USAGE
@@ -39,17 +40,24 @@ def test_json_record_has_schema_environment_and_stats(tiny_gguf, tmp_path):
 
 def test_markdown_csv_and_junit(tiny_gguf, tmp_path):
     md = run_edgeq("bench", tiny_gguf, *FAST)
-    assert md.returncode == 0 and "| pp32 |" in md.stdout and "| tg8 |" in md.stdout and "±" in md.stdout
-    rows = list(csv.DictReader(io.StringIO(run_edgeq("bench", tiny_gguf, *FAST, "--output", "csv").stdout)))
+    assert md.returncode == 0, md.stderr
+    assert "| pp32 |" in md.stdout and "| tg8 |" in md.stdout and "±" in md.stdout
+    cs = run_edgeq("bench", tiny_gguf, *FAST, "--output", "csv")
+    assert cs.returncode == 0, cs.stderr
+    rows = list(csv.DictReader(io.StringIO(cs.stdout)))
     assert {r["metric"] for r in rows} >= {"decode_tok_s", "peak_rss_mib"}
     jx = run_edgeq("bench", tiny_gguf, *FAST, "--output", "junit", "--profile", "drone")
+    assert jx.returncode == 0, jx.stderr  # a tiny model fits the drone with room to spare
     suite = ET.fromstring(jx.stdout)
     assert {c.get("name") for c in suite.iter("testcase")} == {"memory", "storage", "decode"}  # ttft: other length
+    assert suite.get("failures") == "0" and not list(suite.iter("failure"))
 
 
 def _tight_profile(tmp_path, **changes):
+    """The drone profile with some budgets replaced (nested sections merged, not replaced)."""
     d = yaml.safe_load(Path(load_profile("drone").source).read_text())
-    d.update(changes)
+    for key, value in changes.items():
+        d[key] = {**d[key], **value} if isinstance(value, dict) else value
     p = tmp_path / "tight.yaml"
     p.write_text(yaml.safe_dump(d))
     return p
@@ -71,6 +79,55 @@ def test_baseline_regression_exits_3(tiny_gguf, tmp_path):
     (tmp_path / "base.json").write_text(json.dumps(base))
     r = run_edgeq("bench", tiny_gguf, *FAST, "--baseline", tmp_path / "base.json")
     assert r.returncode == EXIT_BUDGET and "baseline_decode_tok_s" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "budget, changes, prompt",
+    [
+        ("storage", {"storage_budget_mib": 1}, 32),  # the tiny Q8_0 is 5.0 MiB
+        ("decode", {"latency": {"min_decode_tok_s": 100000}}, 32),  # measured 1400-1800 tok/s
+        ("ttft", {"latency": {"ttft_ms": 1, "prompt_tokens": 512}}, 512),  # 19 ms measured at 512 tokens
+    ],
+)
+def test_each_budget_breach_exits_3_and_fails_only_its_check(budget, changes, prompt, tiny_gguf, tmp_path):
+    profile = _tight_profile(tmp_path, **changes)
+    args = ("--reps", 2, "--prompt-tokens", prompt, "--gen-tokens", 8, "--profile", profile)
+    r = run_edgeq("bench", tiny_gguf, *args, "--output", "junit", "--out", tmp_path / "j.xml")
+    assert r.returncode == EXIT_BUDGET, r.stderr
+    failures = [c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase") if c.find("failure") is not None]
+    assert [c.get("name") for c in failures] == [budget]
+
+
+def test_a_baseline_within_tolerance_passes(tiny_gguf, tmp_path):
+    assert run_edgeq("bench", tiny_gguf, *FAST, "--output", "json", "--out", tmp_path / "base.json").returncode == 0
+    base = json.loads((tmp_path / "base.json").read_text())
+    for metric, factor in (("decode_tok_s", 0.5), ("prefill_tok_s", 0.5), ("peak_rss_mib", 2.0)):
+        base["results"][metric]["median"] *= factor  # the old build was slower and bigger: no regression
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    r = run_edgeq("bench", tiny_gguf, *FAST, "--baseline", tmp_path / "base.json")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "metric, change, passed",
+    [
+        ("decode_tok_s", -4.9, True),
+        ("decode_tok_s", -5.1, False),
+        ("prefill_tok_s", -5.1, False),
+        ("peak_rss_mib", 4.9, True),
+        ("peak_rss_mib", 5.1, False),
+        ("peak_rss_mib", -30.0, True),
+        ("decode_tok_s", 30.0, True),
+    ],
+)
+def test_baseline_threshold_is_the_tolerance_in_the_worse_direction(metric, change, passed):
+    base = {"decode_tok_s": 100.0, "prefill_tok_s": 100.0, "peak_rss_mib": 100.0}
+    results = {m: {"median": v} for m, v in base.items()}
+    results[metric] = {"median": 100.0 + change}
+    (check,) = [c for c in check_baseline(results, base, 5.0) if c["name"] == f"baseline_{metric}"]
+    assert check["passed"] is passed and check["measured"] == pytest.approx(change)
+    others = [c for c in check_baseline(results, base, 5.0) if c["name"] != f"baseline_{metric}"]
+    assert all(c["passed"] for c in others)
 
 
 @pytest.mark.parametrize("case", ["missing", "unknown", "lying", "onnx-no-config", "bad-profile", "bad-baseline"])

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 DRONE = Path(__file__).parent.parent / "examples" / "drone"
 
 
-def _profile(path: Path, memory: int = 512) -> Path:
-    """The drone profile with three candidate types, so a tiny build stays quick."""
+def _profile(path: Path, memory: int = 512, **latency) -> Path:
+    """The drone profile with three candidate types, so a tiny build stays quick; latency budgets replaceable."""
     src = load_profile("drone")
     p = {
         "name": "mini",
@@ -31,7 +31,7 @@ def _profile(path: Path, memory: int = 512) -> Path:
         "threads": src.threads,
         "formats": ["gguf", "onnx"],
         "allowed_quant_types": ["Q8_0", "Q4_K_M", "int4-block32"],
-        "latency": {"prompt_tokens": 128, "ttft_ms": src.ttft_ms, "min_decode_tok_s": src.min_decode_tok_s},
+        "latency": {"prompt_tokens": 128, "ttft_ms": src.ttft_ms, "min_decode_tok_s": src.min_decode_tok_s, **latency},
         "quality": {"max_mean_kld": 0.1, "max_task_accuracy_drop_points": 100},
         "rationale": dict(src.rationale),
     }
@@ -274,3 +274,51 @@ def test_a_free_text_task_builds_end_to_end_with_a_held_out_split(setup, tmp_pat
     agree = m["task"]["agreement_with_merged"]
     assert agree["n"] == 22 and 0 <= agree["identical_pct"] <= agree["prefix_agreement_pct"] <= 100
     assert "Metric: **chrf**" in (out / "report.md").read_text()
+
+
+def test_a_budget_breached_at_bench_exits_3_with_the_report_written(setup, built, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    r = run_edgeq(*_args(setup, out, _profile(tmp_path / "slow.yaml", ttft_ms=1, prompt_tokens=512)))  # tiny: ~19 ms
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "ttft" in r.stderr and "report.md" in r.stderr and "Traceback" not in r.stderr
+    assert "budget breached** — ttft" in (out / "report.md").read_text()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["profile"]["ttft_ms"] == 1  # the outputs are this build's, breach and all (the sweep does not judge TTFT)
+
+
+def test_no_candidate_fitting_at_the_sweep_exits_3_and_keeps_the_previous_outputs(setup, built, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    r = run_edgeq(*_args(setup, out, _profile(tmp_path / "fast.yaml", min_decode_tok_s=100000)))  # tiny: ~1500
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "no candidate fits profile mini" in r.stderr and "Traceback" not in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_build_killed_in_the_fine_tune_resumes_from_its_checkpoint(setup, tmp_path):
+    from edgeq.finetune import CKPT_DIR, CKPT_MARKER
+
+    out = tmp_path / "out"
+    args = [a if a != 2 else 60 for a in _args(setup, out)]  # --max-steps 60: checkpoints at 25 and 50
+    p = subprocess.Popen(
+        [sys.executable, "-m", "edgeq", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    marker = out / ".edgeq" / "finetune.partial" / CKPT_DIR / "step-000025" / CKPT_MARKER
+    deadline = time.time() + 600
+    while not marker.exists():
+        assert p.poll() is None and time.time() < deadline, "the build ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (out / ".edgeq" / "finetune").exists()
+    r = run_edgeq(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from step-0000" in r.stderr
+    ft = json.loads((out / "manifest.json").read_text())["finetune"]
+    assert ft["resumed_from_step"] in (25, 50) and ft["steps_run"] == 60 - ft["resumed_from_step"]

@@ -120,3 +120,49 @@ def test_merge_writes_the_deployment_system_prompt_into_the_template(tiny_model,
     own = [{"role": "system", "content": "Mine."}, {"role": "user", "content": "Hi"}]
     base_tok = AutoTokenizer.from_pretrained(tiny_model)
     assert tok.apply_chat_template(own, tokenize=False) == base_tok.apply_chat_template(own, tokenize=False)
+
+
+def test_merged_weights_carry_the_adapter(tiny_model, trained, tmp_path):
+    record = merge(
+        MergeConfig(adapter=str(trained), out=str(tmp_path / "m"), base=str(tiny_model), merge_into="pristine")
+    )
+    merged = load_file(str(tmp_path / "m" / "model.safetensors"))
+    base = load_file(str(tiny_model / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(merged[name].float(), base[name].float(), atol=1e-6)
+    assert torch.equal(merged["model.norm.weight"], base["model.norm.weight"])  # not a target: untouched
+    assert record["verification"]["adapter_effect_max_abs_logit"] > 10 * MERGE_TOLERANCE
+
+
+def _break_merge(monkeypatch, how):
+    """Make peft's merge wrong in one way, leaving the unmerged forward (the reference) as it is."""
+    from peft.tuners.lora import LoraModel
+    from peft.tuners.lora.layer import Linear
+
+    if how == "not applied":
+        monkeypatch.setattr(LoraModel, "merge_and_unload", lambda self, **kw: self.unload())
+    else:
+        delta = Linear.get_delta_weight
+        monkeypatch.setattr(Linear, "get_delta_weight", lambda self, name: 2 * delta(self, name))
+
+
+@pytest.mark.parametrize("how", ["not applied", "twice the scaling"])
+def test_a_wrong_merge_is_refused_and_writes_nothing(tiny_model, trained, tmp_path, monkeypatch, how):
+    _break_merge(monkeypatch, how)
+    with pytest.raises(EdgeqError, match="merged logits differ from base \\+ adapter"):
+        merge(MergeConfig(adapter=str(trained), out=str(tmp_path / "m"), base=str(tiny_model)))
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_untrained_adapter_is_refused(tiny_model, trained, tmp_path):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained / "adapter", adapter)
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    save_file(
+        {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in tensors.items()},
+        str(adapter / "adapter_model.safetensors"),
+    )
+    with pytest.raises(UsageError, match="the adapter changes nothing"):
+        merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), base=str(tiny_model)))

@@ -9,7 +9,7 @@ from edgeq.export import gguf as export_mod
 from edgeq.export.gguf import GgufExport, export_gguf
 from edgeq.ggufcheck import check_gguf
 from edgeq.spec import EXIT_USAGE, GGUF_FTYPES, TOKENIZER_FILES
-from tests.conftest import TINY, run_edgeq
+from tests.conftest import TINY, make_tiny_model, run_edgeq
 
 
 def _tiny(kind, out, tokenizer_dir):
@@ -109,3 +109,63 @@ def test_imatrix_changes_the_quantization_and_is_recorded(tmp_path, tiny_model, 
     assert imx["gates"]["imatrix"]["tensors"] == 2 * 7  # every decoder linear of the 2-layer model
     assert imx["gates"]["imatrix"]["tokens"] > 1000
     assert (tmp_path / "p.gguf").read_bytes() != (tmp_path / "i.gguf").read_bytes()
+
+
+# Each gate broken on purpose: the export must refuse, name the gate, and leave no artifact.
+
+
+def _export_refused(tiny_model, tmp_path, match, quant="F32"):
+    with pytest.raises(EdgeqError, match=match):
+        export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "m.gguf"), quant=quant))
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("damage", ["merges", "pre-tokenizer"])
+def test_a_damaged_tokenizer_fails_the_parity_gate(damage, tmp_path, tiny_model, monkeypatch):
+    real = export_mod.tokenizer_metadata
+
+    def damaged(tok, vocab_size):
+        meta = real(tok, vocab_size)
+        if damage == "merges":
+            meta["merges"] = meta["merges"][200:]  # the highest-priority merges lost
+        else:
+            meta["pre"] = "gpt-2"  # llama.cpp's GPT-2 split: no individual digits, unlike SmolLM's
+        return meta
+
+    monkeypatch.setattr(export_mod, "tokenizer_metadata", damaged)
+    _export_refused(tiny_model, tmp_path, "tokenizer parity failed")
+
+
+def test_an_unpermuted_q_k_fails_the_fidelity_gate(tmp_path, default_model, monkeypatch):
+    # Weights of std 0.1, not 0.02: at 0.02 attention is near uniform and the logits so small that even
+    # a wrong rotary layout stays under the gate's 0.02 (measured 0.012; right layout 0.0003). At 0.1 the
+    # right layout gives 0.002 and the wrong one 4.4 with top-1 0.14.
+    sharp = make_tiny_model(tmp_path / "sharp", default_model, initializer_range=0.1)
+    export_gguf(GgufExport(model=str(sharp), out=str(tmp_path / "ok.gguf"), quant="F32"))
+    monkeypatch.setattr(export_mod, "permute_qk", lambda w, n_head: w)  # HF's rotate-half layout left as it is
+    _export_refused(sharp, tmp_path, "F32 GGUF disagrees with the HF model")
+
+
+def test_a_wrong_eos_id_in_the_file_fails_the_special_token_gate(tmp_path, tiny_model, monkeypatch):
+    from gguf import GGUFWriter
+
+    real = GGUFWriter.add_eos_token_id
+    monkeypatch.setattr(GGUFWriter, "add_eos_token_id", lambda self, i: real(self, 0))  # <|endoftext|>, not <|im_end|>
+    _export_refused(tiny_model, tmp_path, "GGUF lost eos")
+
+
+def test_eos_check_tells_an_end_token_from_an_ordinary_one(tmp_path, tiny_model):
+    from edgeq.runtime import gguf_is_eog
+
+    export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert gguf_is_eog(tmp_path / "m.gguf", 2)  # <|im_end|>
+    assert not gguf_is_eog(tmp_path / "m.gguf", 100)  # an ordinary token: generation would run on
+
+
+@pytest.mark.parametrize("quant, min_top1", [("Q8_0", 0.95), ("Q4_K_M", 0.8)])
+def test_quantized_tiny_export_stays_close_to_the_float_model(quant, min_top1, tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "q.gguf"), quant=quant))
+    r = export_mod.compare_logits(tmp_path / "q.gguf", tiny_model, AutoTokenizer.from_pretrained(tiny_model))
+    assert r["top1"] >= min_top1, r

@@ -70,18 +70,30 @@ def test_pickle_only_refused_unless_opted_in(model_copy, tmp_path):
 
 
 class Evil:
+    """Unpickling this runs a shell command that creates `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
         import os
 
-        return (os.system, ("echo pwned > /tmp/edgeq-pwned",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_opted_in_pickle_still_never_runs_code(model_copy, tmp_path):
+    import pickle
+
     import torch
 
+    marker = tmp_path / "pwned"
+    pickle.loads(pickle.dumps(Evil(marker)))  # the payload works: unpickling it does create the marker
+    assert marker.exists()
+    marker.unlink()
     (model_copy / "model.safetensors").unlink()
-    torch.save({"w": Evil()}, model_copy / "pytorch_model.bin")
+    torch.save({"w": Evil(marker)}, model_copy / "pytorch_model.bin")
     _refused(model_copy, tmp_path, "refused to unpickle pytorch_model.bin", "--allow-pickle")
+    assert not marker.exists()
 
 
 def test_not_a_model_directory(tmp_path):
