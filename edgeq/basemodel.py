@@ -31,9 +31,6 @@ from edgeq.spec import (
     TOKENIZER_FILES,
 )
 
-# GGUF token types (llama.cpp's llama_token_type): 3 = control, 4 = user defined.
-_TOKEN_CONTROL, _TOKEN_USER_DEFINED = 3, 4
-
 
 def cache_root() -> Path:
     if os.environ.get(ENV_CACHE):
@@ -192,31 +189,17 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-_TENSOR_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
+def _hf_names(config: dict) -> dict[str, str]:
+    """GGUF tensor name → HF name: HF's names from transformers' own Llama (built on the meta
+    device, no memory), each mapped by gguf-py's name table, the one export writes with."""
+    import torch
+    from gguf import MODEL_ARCH, get_tensor_name_map
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-
-def _hf_name(gguf_name: str) -> str:
-    if gguf_name in _TENSOR_NAMES:
-        return _TENSOR_NAMES[gguf_name]
-    blk, idx, part, kind = gguf_name.split(".")
-    if blk != "blk" or part not in _BLOCK_NAMES:
-        raise EdgeqError(f"unexpected tensor {gguf_name!r} in a llama GGUF")
-    return f"model.layers.{idx}.{_BLOCK_NAMES[part]}.{kind}"
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(LlamaConfig(**config)).state_dict()
+    names = get_tensor_name_map(MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    return {names.get_name(n, try_suffixes=(".weight",)): n for n in hf}
 
 
 def gguf_to_hf(gguf_path: Path, out: Path) -> None:
@@ -234,19 +217,8 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> None:
         )
     n_head, n_kv = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
 
-    tensors: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
-        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists ne[0] first; numpy wants rows first
-        w = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
-        if t.name.endswith("attn_q.weight"):
-            w = _unpermute(w, n_head)
-        elif t.name.endswith("attn_k.weight"):
-            w = _unpermute(w, n_kv)
-        tensors[_hf_name(t.name)] = np.ascontiguousarray(w)
-    tied = "lm_head.weight" not in tensors
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-
     tok = _read_tokenizer(reader, gguf_path)
+    tied = not any(t.name == "output.weight" for t in reader.tensors)
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -269,6 +241,19 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> None:
         "pad_token_id": tok["pad"],
         "torch_dtype": "float32",
     }
+    hf_name = _hf_names(config)
+    tensors: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        if t.name not in hf_name:
+            raise EdgeqError(f"unexpected tensor {t.name!r} in a llama GGUF", str(gguf_path))
+        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists ne[0] first; numpy wants rows first
+        w = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+        if t.name.endswith("attn_q.weight"):
+            w = _unpermute(w, n_head)
+        elif t.name.endswith("attn_k.weight"):
+            w = _unpermute(w, n_kv)
+        tensors[hf_name[t.name]] = np.ascontiguousarray(w)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     write_json(out / "config.json", config)
     write_json(
         out / "generation_config.json",
@@ -288,8 +273,10 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> None:
 
 
 def _read_tokenizer(reader, gguf_path: Path) -> dict:
-    f = reader.fields
-    model, pre = f["tokenizer.ggml.model"].contents(), f["tokenizer.ggml.pre"].contents()
+    from gguf import Keys
+
+    f, k = reader.fields, Keys.Tokenizer
+    model, pre = f[k.MODEL].contents(), f[k.PRE].contents()
     if model != "gpt2" or pre not in SUPPORTED_GGUF_PRE_TOKENIZERS:
         raise EdgeqError(
             f"GGUF tokenizer {model}/{pre} cannot be rebuilt faithfully "
@@ -297,20 +284,21 @@ def _read_tokenizer(reader, gguf_path: Path) -> dict:
             str(gguf_path),
         )
     return {
-        "tokens": f["tokenizer.ggml.tokens"].contents(),
-        "types": f["tokenizer.ggml.token_type"].contents(),
-        "merges": f["tokenizer.ggml.merges"].contents(),
-        "bos": f["tokenizer.ggml.bos_token_id"].contents(),
-        "eos": f["tokenizer.ggml.eos_token_id"].contents(),
-        "unk": f["tokenizer.ggml.unknown_token_id"].contents(),
-        "pad": f["tokenizer.ggml.padding_token_id"].contents(),
-        "add_bos": bool(f["tokenizer.ggml.add_bos_token"].contents()),
-        "chat_template": f["tokenizer.chat_template"].contents(),
+        "tokens": f[k.LIST].contents(),
+        "types": f[k.TOKEN_TYPE].contents(),
+        "merges": f[k.MERGES].contents(),
+        "bos": f[k.BOS_ID].contents(),
+        "eos": f[k.EOS_ID].contents(),
+        "unk": f[k.UNK_ID].contents(),
+        "pad": f[k.PAD_ID].contents(),
+        "add_bos": bool(f[k.ADD_BOS].contents()),
+        "chat_template": f[k.CHAT_TEMPLATE].contents(),
     }
 
 
 def _write_tokenizer(tok: dict, out: Path) -> None:
     """The `smollm` pre-tokenizer: split digits one by one, then GPT-2 byte-level BPE."""
+    from gguf import TokenType
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     tokens = tok["tokens"]
@@ -334,14 +322,14 @@ def _write_tokenizer(tok: dict, out: Path) -> None:
         [
             AddedToken(t, special=True, normalized=False)
             for t, ty in zip(tokens, tok["types"], strict=True)
-            if ty == _TOKEN_CONTROL
+            if ty == TokenType.CONTROL
         ]
     )
     tk.add_tokens(
         [
             AddedToken(t, special=False, normalized=False)
             for t, ty in zip(tokens, tok["types"], strict=True)
-            if ty == _TOKEN_USER_DEFINED
+            if ty == TokenType.USER_DEFINED
         ]
     )
     write_text(out / "tokenizer.json", tk.to_str(pretty=True))

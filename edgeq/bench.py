@@ -21,7 +21,7 @@ from pathlib import Path
 from edgeq import __version__
 from edgeq.errors import BudgetError, UsageError
 from edgeq.runtime import ASSETS, artifact_bytes, artifact_format
-from edgeq.spec import BENCH_SCHEMA, FORMAT_GGUF
+from edgeq.spec import BENCH_OUTPUTS, BENCH_SCHEMA, FORMAT_GGUF
 
 METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib", "device_mib", "memory_mib")
 WARMUP_TOKENS = 8
@@ -310,8 +310,8 @@ def bench(cfg: BenchConfig) -> dict:
     from edgeq.ggufcheck import check_gguf
     from edgeq.profiles import load_profile
 
-    if cfg.output not in ("md", "json", "csv", "junit"):
-        raise UsageError(f"unknown --output {cfg.output!r}", None, "use md, json, csv or junit")
+    if cfg.output not in BENCH_OUTPUTS:
+        raise UsageError(f"unknown --output {cfg.output!r}", None, f"use one of {', '.join(BENCH_OUTPUTS)}")
     artifact = Path(cfg.artifact)
     fmt = artifact_format(artifact)
     if fmt == FORMAT_GGUF:

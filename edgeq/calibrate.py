@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import UsageError
-from edgeq.spec import CALIBRATION_SCHEMA, FORMAT_GGUF, FORMAT_ONNX, LLAMA_CPP_MAX_BATCH
+from edgeq.spec import CALIBRATION_SCHEMA, FORMAT_GGUF, FORMAT_ONNX, LLAMA_CPP_MAX_BATCH, quant_names
 
 MIB = 2**20
-GGUF_TYPES = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_XS", "Q3_K_M", "Q2_K")
-ONNX_TYPES = ("fp32", "int8", "int4-block32", "int4-block128")
+GGUF_TYPES = quant_names(FORMAT_GGUF, calibrated_only=True)
+ONNX_TYPES = quant_names(FORMAT_ONNX, calibrated_only=True)
 GRID = ((256, 128), (1024, 128), (4096, 128), (1024, 16), (1024, 512))  # (ctx, prompt)
 NARROW_GRID = ((256, 128), (512, 128))
 # SmolLM2-135M's shape, and a narrow one so the runtime's base separates from the per-weight terms

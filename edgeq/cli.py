@@ -9,12 +9,26 @@ import click
 
 from edgeq import __version__
 from edgeq.errors import BackendError, EdgeqError, UsageError
-from edgeq.spec import EXIT_CODES, EXIT_RUNTIME
+from edgeq.spec import (
+    BENCH_OUTPUTS,
+    DEFAULT_QUANT,
+    EXIT_CODES,
+    EXIT_RUNTIME,
+    FORMAT_GGUF,
+    FORMAT_ONNX,
+    FORMATS,
+    MERGE_DTYPES,
+    MERGE_POLICIES,
+    ONNX_EXECUTION_PROVIDERS,
+    QUANT_MODES,
+    TASK_METRICS,
+    quant_names,
+)
 
 _state = {"debug": False}
 METRIC_OPTION = click.option(
     "--metric",
-    type=click.Choice(["json", "exact", "chrf"]),
+    type=click.Choice(TASK_METRICS),
     default=None,
     help="Task metric (default: from the references: JSON actions → json, labels → exact, free text → chrf).",
 )
@@ -169,7 +183,7 @@ def model_info(model_dir: str | None) -> None:
 @click.option("--out", required=True, type=click.Path(), help="Output directory.")
 @click.option(
     "--quant",
-    type=click.Choice(["nf4", "fp4", "none"]),
+    type=click.Choice(QUANT_MODES),
     default="nf4",
     show_default=True,
     help="Frozen base storage; none = plain LoRA.",
@@ -212,11 +226,11 @@ def finetune(target_modules, optim_bits, **kw) -> None:
 @click.option("--base", type=click.Path(), default=None, help="HF base dir (default: embedded SmolLM2-135M-Instruct).")
 @click.option("--adapter", required=True, type=click.Path(), help="Adapter dir, or the finetune --out holding it.")
 @click.option("--out", required=True, type=click.Path(), help="Output HF model directory.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(MERGE_DTYPES), default=MERGE_DTYPES[0], show_default=True)
 @click.option(
     "--merge-into",
-    type=click.Choice(["dequantized", "pristine"]),
-    default="dequantized",
+    type=click.Choice(MERGE_POLICIES),
+    default=MERGE_POLICIES[0],
     show_default=True,
     help="Base weights to merge into: after the 4-bit round trip (what training saw) or original.",
 )
@@ -236,16 +250,23 @@ def merge(**kw) -> None:
 
 @cli.command()
 @MODEL_OPTION
-@click.option("--format", "fmt", type=click.Choice(["gguf", "onnx"]), default="gguf", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMAT_GGUF, show_default=True)
 @click.option(
     "--quant",
     default=None,
-    help="GGUF: F32, F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_0, Q4_K_M (default), Q4_K_S, "
-    "Q4_0, IQ4_XS, Q3_K_M, Q2_K. ONNX: int4-block32 (default), int4-block128, int8, fp16, fp32.",
+    help=". ".join(
+        f"{fmt.upper()}: " + ", ".join(q + (" (default)" if q == DEFAULT_QUANT[fmt] else "") for q in quant_names(fmt))
+        for fmt in FORMATS
+    )
+    + ".",
 )
 @click.option("--out", required=True, type=click.Path(), help="Output artifact path (GGUF file or ONNX folder).")
 @click.option(
-    "--execution-provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="ONNX target."
+    "--execution-provider",
+    type=click.Choice(ONNX_EXECUTION_PROVIDERS),
+    default=ONNX_EXECUTION_PROVIDERS[0],
+    show_default=True,
+    help="ONNX target.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing --out (kept intact if the export fails).")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle weights (loaded with torch weights_only=True).")
@@ -257,14 +278,14 @@ def merge(**kw) -> None:
 )
 def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, imatrix_data) -> None:
     """Export to GGUF or ONNX; gates (tokenizer, eos, chat template, fidelity) must pass first."""
-    if fmt == "gguf":
+    if fmt == FORMAT_GGUF:
         from edgeq.export.gguf import GgufExport, export_gguf
 
         export_gguf(
             GgufExport(
                 model=model_dir,
                 out=out,
-                quant=quant or "Q4_K_M",
+                quant=quant or DEFAULT_QUANT[FORMAT_GGUF],
                 force=force,
                 allow_pickle=allow_pickle,
                 imatrix_data=imatrix_data,
@@ -280,7 +301,7 @@ def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, 
             OnnxExport(
                 model=model_dir,
                 out=out,
-                quant=quant or "int4-block32",
+                quant=quant or DEFAULT_QUANT[FORMAT_ONNX],
                 execution_provider=execution_provider,
                 force=force,
                 allow_pickle=allow_pickle,
@@ -348,7 +369,7 @@ def eval_artifact(artifact, reference, data, limit, served, metric, as_json) -> 
 @click.option("--reps", type=int, default=5, show_default=True, help="Repetitions, each in a fresh process.")
 @click.option("--threads", type=int, default=None, help="Default: the profile's, else all cores.")
 @click.option("--ctx", type=int, default=None, help="Default: the profile's context, else prompt + generated.")
-@click.option("--output", type=click.Choice(["md", "json", "csv", "junit"]), default="md", show_default=True)
+@click.option("--output", type=click.Choice(BENCH_OUTPUTS), default=BENCH_OUTPUTS[0], show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="Write the output here instead of stdout.")
 @click.option("--baseline", type=click.Path(), default=None, help="Earlier bench JSON: exit 3 on regression.")
 @click.option(

@@ -18,8 +18,8 @@ import re
 import unicodedata
 
 from edgeq.errors import ConfigError
+from edgeq.spec import TASK_METRICS as METRICS
 
-METRICS = ("json", "exact", "chrf")
 SHORT_WORDS = 4
 _PUNCT_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
 

@@ -35,10 +35,8 @@ from edgeq.spec import (
     FORMAT_ONNX,
     GGUF_FLOAT_TYPES,
     LLAMA_CPP_MAX_BATCH,
-    ONNX_PRECISIONS,
     PLAN_MARGIN,
     PLAN_SCHEMA,
-    QUALITY_PRIOR_KLD,
     QUANT_TYPES,
     TOKENIZER_FILES,
 )
@@ -234,7 +232,7 @@ def gguf_file_bytes(layout: tuple[int, int], tensor_bytes: dict[str, int]) -> in
 
 
 def _matrix_bytes(rows: int, cols: int, quant: str) -> int:
-    precision, block = ONNX_PRECISIONS[quant]
+    precision, block = QUANT_TYPES[quant].onnx_precision, QUANT_TYPES[quant].block_size
     if precision in ("int4", "int8"):
         block = block or 32  # the builder quantizes int8 in blocks of 32 too, fp32 scales
         n_blocks = -(-cols // block)
@@ -252,7 +250,7 @@ def onnx_bytes(d: Dims, quant: str) -> dict[str, int]:
         + _matrix_bytes(d.hidden, d.intermediate, quant)  # down
     )
     matmul = d.layers * per_layer + _matrix_bytes(d.vocab, d.hidden, quant)  # + lm_head
-    precision = ONNX_PRECISIONS[quant][0]
+    precision = QUANT_TYPES[quant].onnx_precision
     float_bytes = 2 if precision == "fp16" else 4
     # Tied models gather from lm_head's own weights (int4: GatherBlockQuantized; float: shared);
     # int8 keeps a float embedding, as does any untied model.
@@ -341,7 +339,7 @@ def predict(
             "memory_mib": mem["total"] / MIB,
             "memory_terms_mib": {k: v / MIB for k, v in mem.items() if k != "total"},
             "memory_note": note,
-            "kld": m.get("kld", QUALITY_PRIOR_KLD[quant]),
+            "kld": m.get("kld", QUANT_TYPES[quant].prior_kld),
             "kld_source": "measured" if "kld" in m else "prior",
             "decode_tok_s": m.get("decode_tok_s"),
         }

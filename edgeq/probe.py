@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import BackendError, UsageError
-from edgeq.spec import ENV_LLAMA_EXTRA_BUFTS, GGUF_FTYPES
+from edgeq.spec import ENV_LLAMA_EXTRA_BUFTS, QUANT_TYPES
 
 PROBE_TYPES = ("Q8_0", "Q4_K_M")
 PROBE_DIMS = {"hidden": 256, "layers": 1, "heads": 4, "kv_heads": 2, "ffn": 512, "vocab": 512}  # K-quants need 256
@@ -68,7 +68,7 @@ def tiny_gguf(path: Path, vocab: str = "bpe", seed: int = 0, dims: dict | None =
     g.add_head_count_kv(d["kv_heads"])
     g.add_rope_dimension_count(head_dim)
     g.add_layer_norm_rms_eps(1e-5)
-    g.add_file_type(GGUF_FTYPES[ftype])
+    g.add_file_type(QUANT_TYPES[ftype].ftype)
     tokens = [f"<t{i}>" for i in range(d["vocab"])]
     if vocab == "bpe":
         tokens[: 256 - 33] = [chr(c) for c in range(33, 256)]  # printable bytes; enough for ids-only decoding

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import EdgeqError, UsageError
-from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX, GGUF_FTYPES
+from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX, QUANT_TYPES
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # the tokenizer corpus and the fixed fidelity text
 
@@ -269,7 +269,7 @@ def quantize_here(src: str, dst: str | None, quant: str, imatrix: dict | None = 
     from edgeq.export.imatrix import as_ctypes
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = GGUF_FTYPES[quant]
+    params.ftype = QUANT_TYPES[quant].ftype
     params.nthread = os.cpu_count() or 1
     params.dry_run = dry_run
     keep = None

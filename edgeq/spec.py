@@ -51,36 +51,75 @@ FORMATS = (FORMAT_GGUF, FORMAT_ONNX)
 
 @dataclass(frozen=True)
 class QuantType:
+    """One artifact quantization type: everything plan, export, the CLI and calibrate know of it."""
+
     name: str
     fmt: str
-    bits_per_weight: float  # nominal, for planning; measured sizes live in benchmarks/RESULTS.md
+    bits_per_weight: float  # nominal, for help and planning; exact sizes come from the quantizer's dry run
+    prior_kld: float  # mean KLD on held-out text when no measurement of this model exists (plan)
+    prior_source: str  # where prior_kld comes from
+    gguf_file_type: str | None = None  # GGUF: the name of gguf-py's LlamaFileType member (llama.h llama_ftype)
+    onnx_precision: str | None = None  # ONNX: the onnxruntime-genai builder's precision
+    block_size: int | None = None  # ONNX int4: weights per scale
+    gate_max_abs_logit: float | None = None  # float GGUF types, written directly: export fidelity gate
+    calibrated: bool = True  # `edgeq calibrate` measures it (not F32/BF16 GGUF, not fp16 ONNX: CUDA only)
+
+    def __post_init__(self):
+        gguf, onnx = self.fmt == FORMAT_GGUF, self.fmt == FORMAT_ONNX
+        if not (gguf or onnx) or gguf != (self.gguf_file_type is not None) or onnx != (self.onnx_precision is not None):
+            raise ValueError(f"quant type {self.name}: a GGUF row names a file type, an ONNX row a precision")
+        if not (self.bits_per_weight > 0 and self.prior_kld >= 0 and self.prior_source):
+            raise ValueError(f"quant type {self.name}: bits, prior KLD and its source are required")
+
+    @property
+    def ftype(self) -> int:
+        """llama.cpp's file type number, from gguf-py (imported here, not at CLI start-up)."""
+        from gguf.constants import LlamaFileType
+
+        return int(LlamaFileType[self.gguf_file_type])
+
+    @property
+    def is_float_gguf(self) -> bool:  # written by edgeq directly; every other GGUF type is quantized from it
+        return self.gate_max_abs_logit is not None
 
 
-# GGUF bits/weight from llama.cpp's quantize tool (benchmarks/RESULTS.md, "Figures from outside"); ONNX int4 counts the
-# fp16 scale per block (16 / block bits on top of 4).
+# Nominal GGUF bits/weight from llama.cpp's quantize tool (benchmarks/RESULTS.md, "Figures from
+# outside"); ONNX int4 counts the fp16 scale per block (16 / block bits on top of 4). The prior
+# is edgeq's own measurement: the default model fine-tuned on the drone task (benchmarks/RESULTS.md,
+# "Every export type"). Larger models lose less at every type; the order is what the prior is for.
+_DRONE = "measured: drone fine-tune of the default model (benchmarks/RESULTS.md, Every export type)"
+_GUESS = "not measured: placed between the float types and the 8-bit ones"
 QUANT_TYPES = {
     q.name: q
     for q in (
-        QuantType("F32", FORMAT_GGUF, 32.0),
-        QuantType("F16", FORMAT_GGUF, 16.0),
-        QuantType("BF16", FORMAT_GGUF, 16.0),
-        QuantType("Q8_0", FORMAT_GGUF, 8.5),
-        QuantType("Q6_K", FORMAT_GGUF, 6.56),
-        QuantType("Q5_K_M", FORMAT_GGUF, 5.70),
-        QuantType("Q5_0", FORMAT_GGUF, 5.5),
-        QuantType("Q4_K_M", FORMAT_GGUF, 4.89),
-        QuantType("Q4_K_S", FORMAT_GGUF, 4.67),
-        QuantType("Q4_0", FORMAT_GGUF, 4.5),
-        QuantType("IQ4_XS", FORMAT_GGUF, 4.25),
-        QuantType("Q3_K_M", FORMAT_GGUF, 3.9),
-        QuantType("Q2_K", FORMAT_GGUF, 3.35),
-        QuantType("int4-block32", FORMAT_ONNX, 4.5),
-        QuantType("int4-block128", FORMAT_ONNX, 4.125),
-        QuantType("int8", FORMAT_ONNX, 8.0),
-        QuantType("fp16", FORMAT_ONNX, 16.0),
-        QuantType("fp32", FORMAT_ONNX, 32.0),
+        QuantType("F32", FORMAT_GGUF, 32.0, 0.0, "exact", "ALL_F32", gate_max_abs_logit=0.02, calibrated=False),
+        QuantType("F16", FORMAT_GGUF, 16.0, 0.0, _DRONE, "MOSTLY_F16", gate_max_abs_logit=0.5),
+        QuantType("BF16", FORMAT_GGUF, 16.0, 0.0005, _GUESS, "MOSTLY_BF16", gate_max_abs_logit=1.0, calibrated=False),
+        QuantType("Q8_0", FORMAT_GGUF, 8.5, 0.0051, _DRONE, "MOSTLY_Q8_0"),
+        QuantType("Q6_K", FORMAT_GGUF, 6.56, 0.0114, _DRONE, "MOSTLY_Q6_K"),
+        QuantType("Q5_K_M", FORMAT_GGUF, 5.70, 0.0542, _DRONE, "MOSTLY_Q5_K_M"),
+        QuantType("Q5_0", FORMAT_GGUF, 5.5, 0.0846, _DRONE, "MOSTLY_Q5_0"),
+        QuantType("Q4_K_M", FORMAT_GGUF, 4.89, 0.0713, _DRONE, "MOSTLY_Q4_K_M"),
+        QuantType("Q4_K_S", FORMAT_GGUF, 4.67, 0.1193, _DRONE, "MOSTLY_Q4_K_S"),
+        QuantType("Q4_0", FORMAT_GGUF, 4.5, 0.4666, _DRONE, "MOSTLY_Q4_0"),
+        QuantType("IQ4_XS", FORMAT_GGUF, 4.25, 0.1949, _DRONE, "MOSTLY_IQ4_XS"),
+        QuantType("Q3_K_M", FORMAT_GGUF, 3.9, 0.2536, _DRONE, "MOSTLY_Q3_K_M"),
+        QuantType("Q2_K", FORMAT_GGUF, 3.35, 0.7421, _DRONE, "MOSTLY_Q2_K"),
+        QuantType("int4-block32", FORMAT_ONNX, 4.5, 0.5645, _DRONE, onnx_precision="int4", block_size=32),
+        QuantType("int4-block128", FORMAT_ONNX, 4.125, 1.0482, _DRONE, onnx_precision="int4", block_size=128),
+        QuantType("int8", FORMAT_ONNX, 8.0, 0.0047, _DRONE, onnx_precision="int8"),
+        QuantType("fp16", FORMAT_ONNX, 16.0, 0.0005, _GUESS + " (CUDA only)", onnx_precision="fp16", calibrated=False),
+        QuantType("fp32", FORMAT_ONNX, 32.0, 0.0, "exact", onnx_precision="fp32"),
     )
 }
+DEFAULT_QUANT = {FORMAT_GGUF: "Q4_K_M", FORMAT_ONNX: "int4-block32"}  # export's --quant when none is given
+
+
+def quant_names(fmt: str, calibrated_only: bool = False) -> tuple[str, ...]:
+    return tuple(q.name for q in QUANT_TYPES.values() if q.fmt == fmt and (q.calibrated or not calibrated_only))
+
+
+GGUF_FLOAT_TYPES = tuple(q.name for q in QUANT_TYPES.values() if q.fmt == FORMAT_GGUF and q.is_float_gguf)
 
 # ---------------------------------------------------------------------------------------------
 # Device profile fields. Each field: type, bounds, and help. Bounds reject non-positive values
@@ -144,24 +183,6 @@ PROFILE_SECTIONS = ("latency", "quality")
 PROFILE_NUMERIC_FIELDS = tuple(f.name for f in PROFILE_FIELDS if f.kind in ("int", "float"))
 PROFILE_SUFFIX = ".yaml"
 
-# llama.cpp ftype for each GGUF quant type edgeq exports (llama.h's llama_ftype).
-GGUF_FTYPES = {
-    "F32": 0,
-    "F16": 1,
-    "BF16": 32,
-    "Q8_0": 7,
-    "Q6_K": 18,
-    "Q5_K_M": 17,
-    "Q5_0": 8,
-    "Q4_K_M": 15,
-    "Q4_K_S": 14,
-    "Q4_0": 2,
-    "IQ4_XS": 30,
-    "Q3_K_M": 12,
-    "Q2_K": 10,
-}
-GGUF_FLOAT_TYPES = ("F32", "F16", "BF16")  # written directly; every other type is quantized from F16/F32
-
 
 @dataclass(frozen=True)
 class GgufArch:
@@ -177,21 +198,15 @@ GGUF_ARCHS = {
     "qwen2": GgufArch("qwen2", permute_qk=False),
     "qwen3": GgufArch("qwen3", permute_qk=False, qk_norm=True),
 }
-# edgeq's ONNX quant names → (onnxruntime-genai builder precision, int4/int8 block size)
-ONNX_PRECISIONS = {
-    "int4-block32": ("int4", 32),
-    "int4-block128": ("int4", 128),
-    "int8": ("int8", None),
-    "fp16": ("fp16", None),
-    "fp32": ("fp32", None),
-}
 # Export gates (F32/F16 GGUF vs the HF float32 model on a fixed text).
-GATE_MIN_TOP1 = 0.99
-GATE_MAX_ABS_LOGIT = {"F32": 0.02, "F16": 0.5, "BF16": 1.0}
+GATE_MIN_TOP1 = 0.99  # and max |Δlogit| ≤ the type's gate_max_abs_logit
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)
 
 BENCH_SCHEMA = "edgeq.bench/1"  # versioned JSON of edgeq bench
+BENCH_OUTPUTS = ("md", "json", "csv", "junit")  # md first: the default
+ONNX_EXECUTION_PROVIDERS = ("cpu", "cuda")  # cpu first: the default
+TASK_METRICS = ("json", "exact", "chrf")  # task scoring (metrics.py); the default follows the references
 
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning.
@@ -213,8 +228,8 @@ FINETUNE_STRUCTURAL = (
     "data",
 )
 FINETUNE_MANIFEST = "edgeq_finetune.json"
-MERGE_POLICIES = ("dequantized", "pristine")
-MERGE_DTYPES = ("float32", "bfloat16", "float16")
+MERGE_POLICIES = ("dequantized", "pristine")  # first: the default
+MERGE_DTYPES = ("float32", "bfloat16", "float16")  # first: the default
 MERGE_MANIFEST = "edgeq_merge.json"
 MERGE_TOLERANCE = 1e-4  # max |logit difference| merged vs base + adapter, both in float64
 # Files that travel with a model directory besides its weights and config.
@@ -232,30 +247,6 @@ MANIFEST_SCHEMA = "edgeq.manifest/1"
 
 # ---------------------------------------------------------------------------------------------
 # Planning: which artifact fits a profile.
-# Quality prior when no eval of this model exists: mean KLD on held-out text of each type, measured
-# on the default model fine-tuned on the drone task (benchmarks/RESULTS.md, "Every export type").
-# Larger models lose less at every type; the order is what the prior is for. BF16 (GGUF) and fp16
-# (ONNX, CUDA only) were not measured: they sit between the float types and the 8-bit ones.
-QUALITY_PRIOR_KLD = {
-    "F32": 0.0,
-    "F16": 0.0,
-    "BF16": 0.0005,
-    "Q8_0": 0.0051,
-    "Q6_K": 0.0114,
-    "Q5_K_M": 0.0542,
-    "Q5_0": 0.0846,
-    "Q4_K_M": 0.0713,
-    "Q4_K_S": 0.1193,
-    "Q4_0": 0.4666,
-    "IQ4_XS": 0.1949,
-    "Q3_K_M": 0.2536,
-    "Q2_K": 0.7421,
-    "fp32": 0.0,
-    "fp16": 0.0005,
-    "int8": 0.0047,
-    "int4-block32": 0.5645,
-    "int4-block128": 1.0482,
-}
 CALIBRATIONS_DIR = "calibration"  # in edgeq/assets: shipped calibrations, written by `edgeq calibrate`
 CALIBRATION_SCHEMA = "edgeq.calibration/1"
 PLAN_SCHEMA = "edgeq.plan/1"

@@ -24,22 +24,14 @@ from edgeq import __version__
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.io import atomic_path, check_free_disk
 from edgeq.runtime import ASSETS
-from edgeq.spec import (
-    GATE_MAX_ABS_LOGIT,
-    GATE_MIN_TOP1,
-    GGUF_ARCHS,
-    GGUF_FLOAT_TYPES,
-    GGUF_FTYPES,
-)
-
-_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
+from edgeq.spec import DEFAULT_QUANT, FORMAT_GGUF, GATE_MIN_TOP1, GGUF_ARCHS, GGUF_FLOAT_TYPES, QUANT_TYPES, quant_names
 
 
 @dataclass
 class GgufExport:
     model: str
     out: str
-    quant: str = "Q4_K_M"
+    quant: str = DEFAULT_QUANT[FORMAT_GGUF]
     force: bool = False
     allow_pickle: bool = False
     imatrix_data: str | None = None  # calibration JSONL for an importance matrix
@@ -88,17 +80,19 @@ def tokenizer_metadata(tok, vocab_size: int) -> dict:
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise UsageError("only byte-level BPE tokenizers are supported for GGUF export")
     tokens = [None] * vocab_size
-    types = [_TOKEN_NORMAL] * vocab_size
+    from gguf import TokenType
+
+    types = [TokenType.NORMAL] * vocab_size
     for t, i in model["vocab"].items():
         if i < vocab_size:
             tokens[i] = t
     for added in data.get("added_tokens", []):
         if added["id"] < vocab_size:
             tokens[added["id"]] = added["content"]
-            types[added["id"]] = _TOKEN_CONTROL if added.get("special") else _TOKEN_USER_DEFINED
+            types[added["id"]] = TokenType.CONTROL if added.get("special") else TokenType.USER_DEFINED
     for i, t in enumerate(tokens):
         if t is None:  # the embedding is larger than the vocabulary: pad as llama.cpp's converter does
-            tokens[i], types[i] = f"[PAD{i}]", _TOKEN_UNUSED
+            tokens[i], types[i] = f"[PAD{i}]", TokenType.UNUSED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     return {
         "pre": pre_tokenizer_name(data),
@@ -152,7 +146,7 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type(GGUF_FTYPES[ftype])
+    w.add_file_type(QUANT_TYPES[ftype].ftype)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(meta["pre"])
     w.add_token_list(meta["tokens"])
@@ -239,20 +233,20 @@ def gate_tokenizer(gguf_path: Path, tok) -> dict:
 
 
 def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
-    from gguf import GGUFReader
+    from gguf import GGUFReader, Keys
 
     from edgeq.runtime import gguf_is_eog
 
-    fields = GGUFReader(gguf_path).fields
+    fields, k = GGUFReader(gguf_path).fields, Keys.Tokenizer
 
     def get(key):
         return fields[key].contents() if key in fields else None
 
     carried = {
-        "bos": get("tokenizer.ggml.bos_token_id"),
-        "eos": get("tokenizer.ggml.eos_token_id"),
-        "pad": get("tokenizer.ggml.padding_token_id"),
-        "chat_template": get("tokenizer.chat_template"),
+        "bos": get(k.BOS_ID),
+        "eos": get(k.EOS_ID),
+        "pad": get(k.PAD_ID),
+        "chat_template": get(k.CHAT_TEMPLATE),
     }
     wrong = [k for k, v in carried.items() if v != info[k]]
     if wrong:
@@ -291,7 +285,7 @@ def compare_logits(gguf_path: Path, model_dir: Path, tok, n_tokens: int = 256) -
 
 def gate_fidelity(gguf_path: Path, model_dir: Path, tok, ftype: str) -> dict:
     r = compare_logits(gguf_path, model_dir, tok)
-    limit = GATE_MAX_ABS_LOGIT[ftype]
+    limit = QUANT_TYPES[ftype].gate_max_abs_logit
     if r["top1"] < GATE_MIN_TOP1 or r["max_abs_logit"] > limit:
         raise EdgeqError(
             f"{ftype} GGUF disagrees with the HF model: top-1 {r['top1']:.3f} (need ≥ {GATE_MIN_TOP1}), "
@@ -313,8 +307,9 @@ def export_gguf(cfg: GgufExport) -> dict:
     from edgeq.basemodel import resolve_model, weights_bytes
     from edgeq.ggufcheck import check_gguf
 
-    if cfg.quant not in GGUF_FTYPES:
-        raise UsageError(f"unknown GGUF quant type {cfg.quant!r}", None, f"valid: {', '.join(GGUF_FTYPES)}")
+    if cfg.quant not in quant_names(FORMAT_GGUF):
+        valid = ", ".join(quant_names(FORMAT_GGUF))
+        raise UsageError(f"unknown GGUF quant type {cfg.quant!r}", None, f"valid: {valid}")
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
     out = Path(cfg.out)
     check_free_disk(out.parent, 2 * weights_bytes(model_dir), "the GGUF export")

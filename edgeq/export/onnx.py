@@ -18,14 +18,14 @@ from edgeq.child import run_process
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.io import atomic_dir, check_free_disk
 from edgeq.runtime import artifact_bytes
-from edgeq.spec import FORMAT_ONNX, GATE_MIN_TOP1, ONNX_PRECISIONS, QUANT_TYPES, TOKENIZER_FILES
+from edgeq.spec import DEFAULT_QUANT, FORMAT_ONNX, GATE_MIN_TOP1, QUANT_TYPES, TOKENIZER_FILES, quant_names
 
 
 @dataclass
 class OnnxExport:
     model: str | None
     out: str
-    quant: str = "int4-block32"
+    quant: str = DEFAULT_QUANT[FORMAT_ONNX]
     execution_provider: str = "cpu"
     force: bool = False
     allow_pickle: bool = False
@@ -35,7 +35,7 @@ def builder_args(model_dir: Path, out: Path, cache: Path, quant: str, ep: str) -
     """The builder in an isolated interpreter (child.py): nothing in the working directory is importable."""
     from edgeq.child import python_command
 
-    precision, block = ONNX_PRECISIONS[quant]
+    precision, block = QUANT_TYPES[quant].onnx_precision, QUANT_TYPES[quant].block_size
     args = python_command(
         "-m",
         "onnxruntime_genai.models.builder",
@@ -103,8 +103,8 @@ def export_onnx(cfg: OnnxExport) -> dict:
     from edgeq import report
     from edgeq.basemodel import resolve_model, weights_bytes
 
-    if cfg.quant not in ONNX_PRECISIONS:
-        raise UsageError(f"unknown ONNX precision {cfg.quant!r}", None, f"valid: {', '.join(ONNX_PRECISIONS)}")
+    if cfg.quant not in quant_names(FORMAT_ONNX):
+        raise UsageError(f"unknown ONNX precision {cfg.quant!r}", None, f"valid: {', '.join(quant_names(FORMAT_ONNX))}")
     if cfg.quant == "fp16" and cfg.execution_provider == "cpu":
         raise UsageError("fp16 ONNX targets GPUs", None, "use --execution-provider cuda, or int8/int4/fp32 on CPU")
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)

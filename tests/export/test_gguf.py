@@ -8,7 +8,7 @@ from edgeq.errors import EdgeqError, UsageError
 from edgeq.export import gguf as export_mod
 from edgeq.export.gguf import GgufExport, export_gguf
 from edgeq.ggufcheck import check_gguf
-from edgeq.spec import EXIT_USAGE, GGUF_FTYPES, TOKENIZER_FILES
+from edgeq.spec import EXIT_USAGE, QUANT_TYPES, TOKENIZER_FILES
 from tests.conftest import TINY, make_tiny_model, run_edgeq
 
 
@@ -50,7 +50,7 @@ def test_tiny_architectures_pass_every_gate(arch, tmp_path, default_model):
 def test_tiny_quantized_export(tmp_path, tiny_model):
     r = export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "q.gguf"), quant="Q8_0"))
     assert r["gates"]["tokenizer_quantized"]["mismatches"] == 0
-    assert check_gguf(tmp_path / "q.gguf")["metadata"]["general.file_type"] == GGUF_FTYPES["Q8_0"]
+    assert check_gguf(tmp_path / "q.gguf")["metadata"]["general.file_type"] == QUANT_TYPES["Q8_0"].ftype
 
 
 def test_unsupported_architecture_is_named(tmp_path, default_model):
@@ -88,7 +88,7 @@ def test_failed_gate_keeps_previous_artifact_and_leaves_no_temp(tmp_path, tiny_m
 def test_default_model_exports_through_the_cli(quant, tmp_path, default_model):
     r = run_edgeq("export", "--quant", quant, "--out", tmp_path / "m.gguf")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert check_gguf(tmp_path / "m.gguf")["metadata"]["general.file_type"] == GGUF_FTYPES[quant]
+    assert check_gguf(tmp_path / "m.gguf")["metadata"]["general.file_type"] == QUANT_TYPES[quant].ftype
 
 
 @pytest.mark.slow
