@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq import __version__
+from edgeq.checks import MAX, MIN, Check
 from edgeq.errors import BudgetError, UsageError
 from edgeq.runtime import ASSETS, artifact_bytes, artifact_format
 from edgeq.spec import BENCH_OUTPUTS, BENCH_SCHEMA, FORMAT_GGUF
@@ -230,43 +231,16 @@ def environment(artifact: Path) -> dict:
     }
 
 
-def check_budgets(results: dict, env: dict, profile, n_prompt: int) -> list[dict]:
-    """One check per budget of the profile: measured vs allowed, passed or not."""
+def check_budgets(results: dict, env: dict, profile, n_prompt: int) -> list[Check]:
+    """One check per budget of the profile: measured vs allowed."""
     checks = [
-        {
-            "name": "memory",  # peak RSS + device memory where a GPU runtime was used (memory_method)
-            "unit": "MiB",
-            "measured": max(results["memory_mib"]["samples"]),
-            "limit": profile.memory_budget_mib,
-            "kind": "max",
-        },
-        {
-            "name": "storage",
-            "unit": "MiB",
-            "measured": env["artifact_bytes"] / 2**20,
-            "limit": profile.storage_budget_mib,
-            "kind": "max",
-        },
-        {
-            "name": "decode",
-            "unit": "tok/s",
-            "measured": results["decode_tok_s"]["median"],
-            "limit": profile.min_decode_tok_s,
-            "kind": "min",
-        },
+        # peak RSS + device memory where a GPU runtime was used (memory_method); the worst repetition
+        Check("memory", "MiB", max(results["memory_mib"]["samples"]), profile.memory_budget_mib, MAX),
+        Check("storage", "MiB", env["artifact_bytes"] / 2**20, profile.storage_budget_mib, MAX),
+        Check("decode", "tok/s", results["decode_tok_s"]["median"], profile.min_decode_tok_s, MIN),
     ]
-    if n_prompt == profile.prompt_tokens:
-        checks.append(
-            {
-                "name": "ttft",
-                "unit": "ms",
-                "measured": results["ttft_ms"]["median"],
-                "limit": profile.ttft_ms,
-                "kind": "max",
-            }
-        )
-    for c in checks:
-        c["passed"] = c["measured"] <= c["limit"] if c["kind"] == "max" else c["measured"] >= c["limit"]
+    if n_prompt == profile.prompt_tokens:  # the TTFT budget is stated for the profile's prompt length
+        checks.append(Check("ttft", "ms", results["ttft_ms"]["median"], profile.ttft_ms, MAX))
     return checks
 
 
@@ -285,23 +259,14 @@ def load_baseline(path: str) -> dict:
     return values
 
 
-def check_baseline(results: dict, base: dict, pct: float) -> list[dict]:
+def check_baseline(results: dict, base: dict, pct: float) -> list[Check]:
+    """Change in % from the baseline's median: at most `pct` worse, in each metric's worse direction."""
     checks = []
     for metric, better in (("decode_tok_s", "higher"), ("prefill_tok_s", "higher"), ("peak_rss_mib", "lower")):
         old, new = base[metric], results[metric]["median"]
         change = 100 * (new - old) / old
-        regressed = change < -pct if better == "higher" else change > pct
-        checks.append(
-            {
-                "name": f"baseline_{metric}",
-                "unit": "%",
-                "measured": change,
-                "limit": pct,
-                "baseline": old,
-                "current": new,
-                "passed": not regressed,
-            }
-        )
+        limit, kind = (-pct, MIN) if better == "higher" else (pct, MAX)
+        checks.append(Check(f"baseline_{metric}", "%", change, limit, kind, baseline=old, current=new))
     return checks
 
 
@@ -355,7 +320,7 @@ def bench(cfg: BenchConfig) -> dict:
         },
         "environment": env,
         "results": results,
-        "checks": checks,
+        "checks": [c.as_dict() for c in checks],
     }
     from edgeq.benchreport import render
 
@@ -367,19 +332,11 @@ def bench(cfg: BenchConfig) -> dict:
     else:
         sys.stdout.write(text)
     for c in checks:
-        mark = "[green]ok[/]" if c["passed"] else "[red]BREACH[/]"
-        report.err.print(
-            f"{mark} {c['name']}: measured {c['measured']:.4g} {c['unit']}, "
-            f"{'allowed' if c['name'][:8] != 'baseline' else 'threshold'} {c['limit']:g}"
-        )
-    failed = [c for c in checks if not c["passed"]]
+        report.err.print(f"{'[green]ok[/]' if c.passed else '[red]BREACH[/]'} {c.line()}")
+    failed = [c for c in checks if not c.passed]
     if failed:
         raise BudgetError(
-            "; ".join(
-                f"{c['name']} {c['measured']:.4g} {c['unit']} vs "
-                f"{'limit' if 'baseline' not in c['name'] else '±'} {c['limit']:g}"
-                for c in failed
-            ),
+            "; ".join(c.line() for c in failed),
             str(artifact),
             "choose a smaller quant type or context, or relax the profile",
         )

@@ -30,7 +30,8 @@ def markdown(r: dict) -> str:
     foot = f"\n{s['reps']} fresh-process repetitions; load {res['load_s']['median']:.2f} s (median)"
     if r["checks"]:
         foot += "\n\n| check | measured | limit | result |\n| --- | ---: | ---: | --- |\n" + "\n".join(
-            f"| {c['name']} | {c['measured']:.4g} {c['unit']} | {c['limit']:g} | {'pass' if c['passed'] else 'FAIL'} |"
+            f"| {c['name']} | {c['measured']:.4g} {c['unit']} | {c['kind']} {c['limit']:g} | "
+            f"{'pass' if c['passed'] else 'FAIL'} |"
             for c in r["checks"]
         )
     return "\n".join(rows) + foot + "\n"
@@ -69,7 +70,7 @@ def as_csv(r: dict) -> str:
 def junit(r: dict) -> str:
     cases = []
     for c in r["checks"]:
-        message = "{:.4g} {} vs limit {:g}".format(c["measured"], c["unit"], c["limit"])
+        message = "{:.4g} {} vs {} {:g}".format(c["measured"], c["unit"], c["kind"], c["limit"])
         body = "" if c["passed"] else f"<failure message={quoteattr(message)}/>"
         cases.append(f'  <testcase classname="edgeq.bench" name={quoteattr(c["name"])}>{body}</testcase>')
     failures = sum(not c["passed"] for c in r["checks"])

@@ -29,9 +29,11 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 from edgeq import __version__, report
+from edgeq.checks import MAX, Check
 from edgeq.errors import BudgetError, UsageError
 from edgeq.io import check_free_disk, sha256_file, write_json
 from edgeq.spec import (
@@ -42,8 +44,6 @@ from edgeq.spec import (
     BUILD_STATE_DIR,
     FORMAT_GGUF,
 )
-
-PACKAGE = Path(__file__).resolve().parent
 
 
 @dataclass
@@ -348,10 +348,21 @@ def run_bench(ctx: Context, work: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def quality_checks(ctx: Context) -> list[Check]:
+    """The profile's quality budgets, on the artifact as evaluated (KLD) and as served (task score)."""
+    ev, p = ctx.results["eval"], ctx.profile
+    checks = [Check("kld", "nats", ev["artifact"]["text"]["mean_kld"], p.max_mean_kld, MAX)]
+    if "merged" in ev and "task_served" in ev["artifact"]:  # the gate judges the artifact as it is served
+        drop = ev["merged"]["score"] - ev["artifact"]["task_served"]["score"]
+        checks.append(Check("task_drop", "points", drop, p.max_task_accuracy_drop_points, MAX))
+    return checks
+
+
 def run_report(ctx: Context, work: Path) -> dict:
     from edgeq.buildreport import write_outputs
 
-    return write_outputs(ctx, artifact(ctx), work)
+    bench_checks = [Check.from_dict(c) for c in ctx.results["bench"]["checks"]]
+    return write_outputs(ctx, artifact(ctx), work, bench_checks, quality_checks(ctx))
 
 
 STAGES = {
@@ -435,8 +446,9 @@ def resolve(cfg: BuildConfig) -> Context:
 
     problems = []
     profile = load_profile(cfg.profile)
-    data = Path(cfg.data) if cfg.data else PACKAGE / BUILD_EXAMPLE_DATA
-    test = Path(cfg.test_data) if cfg.test_data else (PACKAGE / BUILD_EXAMPLE_TEST if not cfg.data else None)
+    package = Path(str(files("edgeq")))  # the example task ships as package data
+    data = Path(cfg.data) if cfg.data else package / BUILD_EXAMPLE_DATA
+    test = Path(cfg.test_data) if cfg.test_data else (package / BUILD_EXAMPLE_TEST if not cfg.data else None)
     for what, p in (("--data", data), ("--test-data", test)):
         if p is not None and not p.is_file():
             problems.append(f"{what} {p}: no such file")
@@ -473,8 +485,21 @@ def hold_out(ctx: Context, where: Path) -> None:
     ctx.data, ctx.test_data = train, test
 
 
+def dry_run(ctx: Context) -> dict:
+    """What a build would do, writing nothing: the plan predicted from the base model (same shapes,
+    prior quality) and each stage's state."""
+    from edgeq.buildreport import dry_run_view
+    from edgeq.plan import PlanConfig, plan
+
+    predicted = plan(PlanConfig(profile=ctx.profile.source, model=str(ctx.base), calibration=str(ctx.calibration)))
+    predicted.pop("error", None)
+    stages = {s: "cached" if cached(ctx, s) else "would run" for s in ctx.keys}
+    dry_run_view(predicted, stages, ctx.out)
+    return {"plan": predicted, "stages": stages}
+
+
 def build(cfg: BuildConfig) -> dict:
-    from edgeq.buildreport import StageView, dry_run_view, summary
+    from edgeq.buildreport import StageView, summary
 
     ctx = resolve(cfg)
     with contextlib.ExitStack() as scratch:
@@ -489,32 +514,28 @@ def build(cfg: BuildConfig) -> dict:
         ctx.hashes = input_hashes(ctx, memo)
         ctx.keys = compute_keys(ctx, ctx.hashes)
         if cfg.dry_run:
-            return dry_run_view(ctx)
+            return dry_run(ctx)
     with build_lock(ctx.state):
         write_json(memo_path, memo)
         view = StageView(BUILD_STAGES)
-        quiet, report.out.quiet = report.out.quiet, True  # stages' own tables give way to the view
-        try:
-            with view.live():
-                for stage in BUILD_STAGES:
-                    record = cached(ctx, stage)
-                    if record is not None:
-                        view.set(stage, "cached", record["seconds"])
-                    else:
-                        view.set(stage, "running")
-                        try:
-                            record = run_stage(ctx, stage)
-                        except BaseException:
-                            view.set(stage, "failed")
-                            raise
-                        view.set(stage, "done", record["seconds"])
-                    ctx.results[stage] = record["result"]
-                    if stage == "sweep" and ctx.results["sweep"]["chosen"] is None:
-                        from edgeq.plan import no_fit_error
+        with view.live():
+            for stage in BUILD_STAGES:
+                record = cached(ctx, stage)
+                if record is not None:
+                    view.set(stage, "cached", record["seconds"])
+                else:
+                    view.set(stage, "running")
+                    try:
+                        record = run_stage(ctx, stage)
+                    except BaseException:
+                        view.set(stage, "failed")
+                        raise
+                    view.set(stage, "done", record["seconds"])
+                ctx.results[stage] = record["result"]
+                if stage == "sweep" and ctx.results["sweep"]["chosen"] is None:
+                    from edgeq.plan import no_fit_error
 
-                        raise no_fit_error(ctx.results["sweep"]["candidates"], ctx.profile, ctx.results["plan"]["ctx"])
-        finally:
-            report.out.quiet = quiet
+                    raise no_fit_error(ctx.results["sweep"]["candidates"], ctx.profile, ctx.results["plan"]["ctx"])
     final = ctx.results["report"]
     report.out.print(summary(ctx, view))
     breaches = final["breaches"]

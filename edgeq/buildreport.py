@@ -80,17 +80,13 @@ class StageView:
                 self._live = None
 
 
-def dry_run_view(ctx) -> dict:
+def dry_run_view(plan_result: dict, stages: dict, out: Path) -> None:
     """The plan (predicted from the base model: same shapes, prior quality) and the stages that would run."""
-    from edgeq.build import cached
-    from edgeq.plan import PlanConfig, plan, render
+    from edgeq.plan import render
 
-    result = plan(PlanConfig(profile=ctx.profile.source, model=str(ctx.base), calibration=str(ctx.calibration)))
-    result.pop("error", None)
-    report.out.print(render(result))
-    stages = [[s, "cached" if cached(ctx, s) else "would run"] for s in ctx.keys]
-    report.out.print(report.table(f"stages into {ctx.out} (dry run: nothing written)", ["stage", "state"], stages))
-    return {"plan": result, "stages": dict(stages)}
+    report.out.print(render(plan_result))
+    rows = [[s, state] for s, state in stages.items()]
+    report.out.print(report.table(f"stages into {out} (dry run: nothing written)", ["stage", "state"], rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,29 +232,8 @@ def _without_answers(score: dict) -> dict:
     return {k: v for k, v in score.items() if k != "answers"}
 
 
-def quality_checks(ctx) -> list[dict]:
-    ev, p = ctx.results["eval"], ctx.profile
-    checks = [
-        {
-            "name": "kld",
-            "unit": "nats",
-            "measured": ev["artifact"]["text"]["mean_kld"],
-            "limit": p.max_mean_kld,
-            "kind": "max",
-        }
-    ]
-    if "merged" in ev and "task_served" in ev["artifact"]:  # the gate judges the artifact as it is served
-        drop = ev["merged"]["score"] - ev["artifact"]["task_served"]["score"]
-        checks.append(
-            {"name": "task_drop", "unit": "points", "measured": drop, "limit": p.max_task_accuracy_drop_points}
-        )
-        checks[-1]["kind"] = "max"
-    for c in checks:
-        c["passed"] = c["measured"] <= c["limit"]
-    return checks
-
-
-def write_outputs(ctx, artifact: Path, work: Path) -> dict:
+def write_outputs(ctx, artifact: Path, work: Path, bench_checks: list, quality_checks: list) -> dict:
+    """Publish the artifact and write manifest, report, Modelfile and plot; the checks are build's verdict."""
     from transformers import AutoTokenizer
 
     from edgeq.doctor import versions
@@ -274,13 +249,7 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
         text, template_ok = modelfile(artifact.name, tok, ctx.profile, ctx.system)
         write_text(out / BUILD_MODELFILE, text)
     plot(res["sweep"]["candidates"], chosen, out / BUILD_PLOT)
-    bench_checks = res["bench"]["checks"]
-    q_checks = quality_checks(ctx)
-    breaches = [
-        f"{c['name']} {c['measured']:.4g} {c['unit']} vs {c['limit']:g}"
-        for c in bench_checks + q_checks
-        if not c["passed"]
-    ]
+    breaches = [c.line() for c in bench_checks + quality_checks if not c.passed]
     chosen_row = next(
         r for r in res["sweep"]["candidates"] if r["format"] == chosen["format"] and r["quant"] == chosen["quant"]
     )
@@ -330,8 +299,12 @@ def write_outputs(ctx, artifact: Path, work: Path) -> dict:
             "agreement_with_merged": res["eval"]["agreement"],
         },
         "system_prompt": ctx.system.as_dict(),
-        "bench": {"settings": res["bench"]["settings"], "results": res["bench"]["results"], "checks": bench_checks},
-        "quality_checks": q_checks,
+        "bench": {
+            "settings": res["bench"]["settings"],
+            "results": res["bench"]["results"],
+            "checks": res["bench"]["checks"],
+        },
+        "quality_checks": [c.as_dict() for c in quality_checks],
         "ollama_template": template_ok,
         "runtime_config": res["bench"]["environment"].get("runtime_config", {}),
         "versions": versions(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
+from pathlib import Path
 
 import click
 
@@ -214,12 +216,15 @@ def model_info(model_dir: str | None) -> None:
 )
 def finetune(target_modules, optim_bits, **kw) -> None:
     """QLoRA fine-tune: NF4 + double-quant frozen base, LoRA adapters on top."""
-    from edgeq.finetune import FinetuneConfig
+    from edgeq import report
+    from edgeq.finetune import FinetuneConfig, summary_table
     from edgeq.finetune import finetune as run
 
     if target_modules:
         kw["target_modules"] = tuple(t.strip() for t in target_modules.split(",") if t.strip())
-    run(FinetuneConfig(optim_bits=int(optim_bits), **kw))
+    summary = run(FinetuneConfig(optim_bits=int(optim_bits), **kw))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun one summary, from the rank that saved
+        report.out.print(summary_table(summary, Path(kw["out"])))
 
 
 @cli.command()
@@ -242,10 +247,11 @@ def finetune(target_modules, optim_bits, **kw) -> None:
 )
 def merge(**kw) -> None:
     """Merge a LoRA adapter into an un-quantized base; verify logits before writing."""
-    from edgeq.merge import MergeConfig
+    from edgeq import report
+    from edgeq.merge import MergeConfig, merge_table
     from edgeq.merge import merge as run
 
-    run(MergeConfig(**kw))
+    report.out.print(merge_table(run(MergeConfig(**kw)), kw["out"]))
 
 
 @cli.command()
@@ -278,10 +284,12 @@ def merge(**kw) -> None:
 )
 def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, imatrix_data) -> None:
     """Export to GGUF or ONNX; gates (tokenizer, eos, chat template, fidelity) must pass first."""
-    if fmt == FORMAT_GGUF:
-        from edgeq.export.gguf import GgufExport, export_gguf
+    from edgeq import report
 
-        export_gguf(
+    if fmt == FORMAT_GGUF:
+        from edgeq.export.gguf import GgufExport, export_gguf, export_table
+
+        result = export_gguf(
             GgufExport(
                 model=model_dir,
                 out=out,
@@ -292,12 +300,12 @@ def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, 
             )
         )
     else:
-        from edgeq.export.onnx import OnnxExport, export_onnx
+        from edgeq.export.onnx import OnnxExport, export_onnx, export_table
 
         if imatrix_data:
             raise UsageError("--imatrix-data applies to GGUF only", None, "drop it for --format onnx")
 
-        export_onnx(
+        result = export_onnx(
             OnnxExport(
                 model=model_dir,
                 out=out,
@@ -307,6 +315,7 @@ def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, 
                 allow_pickle=allow_pickle,
             )
         )
+    report.out.print(export_table(result))
 
 
 @cli.command("eval")

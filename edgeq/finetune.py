@@ -532,7 +532,6 @@ def finetune(cfg: FinetuneConfig) -> dict:
         summary["peak_vram_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if rank == 0:
         _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summary)
-        _print_summary(summary, out)
     return summary
 
 
@@ -577,7 +576,8 @@ def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summa
         )
 
 
-def _print_summary(s: dict, out: Path) -> None:
+def summary_table(s: dict, out: Path):
+    """The run at a glance (the CLI prints it)."""
     from edgeq import report
 
     fb = s["frozen_base"]
@@ -594,4 +594,4 @@ def _print_summary(s: dict, out: Path) -> None:
         ],
         ["adapter", str(out / ADAPTER_DIR)],
     ]
-    report.out.print(report.table("finetune summary", ["", ""], rows))
+    return report.table("finetune summary", ["", ""], rows)

@@ -239,16 +239,19 @@ def merge(cfg: MergeConfig) -> dict:
         if template is not None:
             write_template(tmp, template)
         write_json(tmp / MERGE_MANIFEST, record)
-    report.out.print(
-        report.table(
-            "merge",
-            ["", ""],
-            [
-                ["policy", policy],
-                ["dtype", cfg.dtype],
-                ["max |Δlogit| vs unmerged", f"{max_abs:.2e} (≤ {MERGE_TOLERANCE:g})"],
-                ["output", str(out)],
-            ],
-        )
-    )
     return record
+
+
+def merge_table(record: dict, out: str | Path):
+    """The merge at a glance (the CLI prints it)."""
+    from edgeq import report
+
+    v = record["verification"]
+    rows = [
+        ["policy", record["config"]["merge_into"]],
+        ["dtype", record["config"]["dtype"]],
+        ["max |Δlogit| vs unmerged", f"{v['max_abs_logit_diff']:.2e} (≤ {v['tolerance']:g})"],
+        ["adapter's effect (max |Δlogit| vs base)", f"{v['adapter_effect_max_abs_logit']:.3g}"],
+        ["output", str(out)],
+    ]
+    return report.table("merge", ["", ""], rows)

@@ -18,9 +18,10 @@ from edgeq.spec import FORMATS, PROFILE_FIELDS, PROFILE_NUMERIC_FIELDS, PROFILE_
 
 
 def profiles_dir() -> Path:
-    """Shipped profiles: inside the package when installed, beside it in a checkout."""
-    inside = Path(__file__).parent / "profiles"
-    return inside if inside.is_dir() else Path(__file__).parent.parent / "profiles"
+    """Shipped profiles: package data (a copy of the top-level profiles/, kept equal by a test)."""
+    from importlib.resources import files
+
+    return Path(str(files("edgeq") / "profiles"))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX, QUANT_TYPES
 
-ASSETS = Path(__file__).resolve().parent / "assets"  # the tokenizer corpus and the fixed fidelity text
+ASSETS = Path(str(files("edgeq") / "assets"))  # package data: tokenizer corpus, fidelity text, calibrations
 
 
 def artifact_format(path: str | Path) -> str:

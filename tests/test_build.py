@@ -13,13 +13,14 @@ import pytest
 import yaml
 
 from edgeq.profiles import load_profile
+from edgeq.spec import FORMATS, QUANT_TYPES
 from tests.conftest import make_tiny_model, run_edgeq
 
 pytestmark = pytest.mark.slow
 DRONE = Path(__file__).parent.parent / "examples" / "drone"
 
 
-def _profile(path: Path, memory: int = 512, **latency) -> Path:
+def _profile(path: Path, memory: int = 512, quants=("Q8_0", "Q4_K_M", "int4-block32"), **latency) -> Path:
     """The drone profile with three candidate types, so a tiny build stays quick; latency budgets replaceable."""
     src = load_profile("drone")
     p = {
@@ -29,8 +30,8 @@ def _profile(path: Path, memory: int = 512, **latency) -> Path:
         "storage_budget_mib": src.storage_budget_mib,
         "max_context_tokens": src.max_context_tokens,
         "threads": src.threads,
-        "formats": ["gguf", "onnx"],
-        "allowed_quant_types": ["Q8_0", "Q4_K_M", "int4-block32"],
+        "formats": [f for f in FORMATS if any(QUANT_TYPES[q].fmt == f for q in quants)],
+        "allowed_quant_types": list(quants),
         "latency": {"prompt_tokens": 128, "ttft_ms": src.ttft_ms, "min_decode_tok_s": src.min_decode_tok_s, **latency},
         "quality": {"max_mean_kld": 0.1, "max_task_accuracy_drop_points": 100},
         "rationale": dict(src.rationale),
@@ -281,7 +282,9 @@ def test_a_budget_breached_at_bench_exits_3_with_the_report_written(setup, built
 
     out = tmp_path / "out"
     shutil.copytree(built, out)
-    r = run_edgeq(*_args(setup, out, _profile(tmp_path / "slow.yaml", ttft_ms=1, prompt_tokens=512)))  # tiny: ~19 ms
+    r = run_edgeq(
+        *_args(setup, out, _profile(tmp_path / "slow.yaml", quants=["Q8_0"], ttft_ms=1, prompt_tokens=512))
+    )  # tiny: ~19 ms
     assert r.returncode == 3, r.stderr[-2000:]
     assert "ttft" in r.stderr and "report.md" in r.stderr and "Traceback" not in r.stderr
     assert "budget breached** — ttft" in (out / "report.md").read_text()
@@ -295,7 +298,9 @@ def test_no_candidate_fitting_at_the_sweep_exits_3_and_keeps_the_previous_output
     out = tmp_path / "out"
     shutil.copytree(built, out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    r = run_edgeq(*_args(setup, out, _profile(tmp_path / "fast.yaml", min_decode_tok_s=100000)))  # tiny: ~1500
+    r = run_edgeq(
+        *_args(setup, out, _profile(tmp_path / "fast.yaml", quants=["Q8_0"], min_decode_tok_s=100000))
+    )  # tiny: ~1500
     assert r.returncode == 3, r.stderr[-2000:]
     assert "no candidate fits profile mini" in r.stderr and "Traceback" not in r.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
@@ -305,7 +310,8 @@ def test_a_build_killed_in_the_fine_tune_resumes_from_its_checkpoint(setup, tmp_
     from edgeq.finetune import CKPT_DIR, CKPT_MARKER
 
     out = tmp_path / "out"
-    args = [a if a != 2 else 60 for a in _args(setup, out)]  # --max-steps 60: checkpoints at 25 and 50
+    one = _profile(tmp_path / "one.yaml", quants=["Q8_0"])  # one candidate: the stages after the fine-tune stay short
+    args = [a if a != 2 else 60 for a in _args(setup, out, one)]  # --max-steps 60: checkpoints at 25 and 50
     p = subprocess.Popen(
         [sys.executable, "-m", "edgeq", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

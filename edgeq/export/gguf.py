@@ -352,27 +352,31 @@ def export_gguf(cfg: GgufExport) -> dict:
         "arch": info["arch"],
         "pre_tokenizer": info["pre_tokenizer"],
         "gates": gates,
+        "float_type": float_type,  # the GGUF the fidelity gate compared (a quantized type is made from it)
         "edgeq_version": __version__,
     }
-    report.out.print(
-        report.table(
-            "export",
-            ["", ""],
-            [
-                ["artifact", str(out)],
-                ["quant", cfg.quant],
-                ["size", f"{size / 2**20:.1f} MiB"],
-                ["bits/weight", f"{result['bits_per_weight']:.2f}"],
-                ["tokenizer parity", f"{gates['tokenizer']['strings']} strings, 0 mismatches"],
-                [
-                    "eos / chat template",
-                    f"eos {info['eos']} stops generation; template {'kept' if info['chat_template'] else 'none'}",
-                ],
-                [
-                    f"{float_type} vs HF float32",
-                    f"top-1 {gates['fidelity']['top1']:.3f}, max |Δlogit| {gates['fidelity']['max_abs_logit']:.3g}",
-                ],
-            ],
-        )
-    )
     return result
+
+
+def export_table(r: dict):
+    """The export and its gates at a glance (the CLI prints it)."""
+    from edgeq import report
+
+    g = r["gates"]
+    rows = [
+        ["artifact", r["out"]],
+        ["quant", r["quant"]],
+        ["size", f"{r['bytes'] / 2**20:.1f} MiB"],
+        ["bits/weight", f"{r['bits_per_weight']:.2f}"],
+        ["tokenizer parity", f"{g['tokenizer']['strings']} strings, 0 mismatches"],
+        [
+            "eos / chat template",
+            f"eos {g['special_tokens']['eos']} stops generation; "
+            f"template {'kept' if g['special_tokens']['chat_template'] else 'none'}",
+        ],
+        [
+            f"{r['float_type']} vs HF float32",
+            f"top-1 {g['fidelity']['top1']:.3f}, max |Δlogit| {g['fidelity']['max_abs_logit']:.3g}",
+        ],
+    ]
+    return report.table("export", ["", ""], rows)

@@ -140,13 +140,19 @@ def export_onnx(cfg: OnnxExport) -> dict:
         "gates": gates,
         "nominal_bits_per_weight": QUANT_TYPES[cfg.quant].bits_per_weight,
     }
-    rows = [
-        ["artifact", str(out)],
-        ["precision", cfg.quant],
-        ["size", f"{size / 2**20:.1f} MiB"],
-        ["generates", str(gates["generates"])],
-    ]
-    if "fidelity" in gates:
-        rows.append(["fp32 vs HF float32", f"top-1 {gates['fidelity']['top1']:.3f}"])
-    report.out.print(report.table("export", ["", ""], rows))
     return result
+
+
+def export_table(r: dict):
+    """The export and its gates at a glance (the CLI prints it)."""
+    from edgeq import report
+
+    rows = [
+        ["artifact", r["out"]],
+        ["precision", r["quant"]],
+        ["size", f"{r['bytes'] / 2**20:.1f} MiB"],
+        ["generates", str(r["gates"]["generates"])],
+    ]
+    if "fidelity" in r["gates"]:
+        rows.append(["fp32 vs HF float32", f"top-1 {r['gates']['fidelity']['top1']:.3f}"])
+    return report.table("export", ["", ""], rows)
