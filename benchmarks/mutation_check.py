@@ -105,7 +105,7 @@ MUTATIONS = (
     Mutation(
         "eval compares the reference with itself",
         "edgeq/evaluate.py",
-        '"text": compare(reference_logits(model, text_ids), artifact_logits(artifact, fmt, text_ids), text_ids),',
+        '"text": compare_logits(artifact, reference_logits(model, text_ids), text_ids),',
         '"text": compare(reference_logits(model, text_ids), reference_logits(model, text_ids), text_ids),',
         ("tests/test_evaluate.py::test_eval_tells_another_models_artifact_from_the_reference",),
     ),

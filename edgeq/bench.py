@@ -21,7 +21,7 @@ from pathlib import Path
 from edgeq import __version__
 from edgeq.checks import MAX, MIN, Check
 from edgeq.errors import BudgetError, UsageError
-from edgeq.runtime import ASSETS, artifact_bytes, artifact_format
+from edgeq.runtime import artifact_bytes, artifact_format, fidelity_text
 from edgeq.spec import BENCH_OUTPUTS, BENCH_SCHEMA, FORMAT_GGUF
 
 METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib", "device_mib", "memory_mib")
@@ -46,7 +46,7 @@ class BenchConfig:
 
 def prompt_ids(encode, n: int) -> list[int]:
     """`n` tokens of real prose (the text cycles if one pass is not enough), never one repeated token."""
-    ids = encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"))
+    ids = encode(fidelity_text())
     return (ids * (n // len(ids) + 1))[:n]
 
 

@@ -235,7 +235,7 @@ def run_plan(ctx: Context, work: Path) -> dict:
 
 def _measure_candidate(ctx: Context, row: dict, ref, ids, imatrix, work: Path) -> dict:
     from edgeq.bench import measure_in_child
-    from edgeq.evaluate import artifact_logits, compare
+    from edgeq.evaluate import compare_logits
     from edgeq.export.gguf import quantize_gguf
     from edgeq.export.onnx import OnnxExport, export_onnx
     from edgeq.runtime import artifact_bytes
@@ -246,7 +246,7 @@ def _measure_candidate(ctx: Context, row: dict, ref, ids, imatrix, work: Path) -
         quantize_gguf(planned_gguf(ctx), path, quant, imatrix)
     else:
         export_onnx(OnnxExport(model=str(merged(ctx)), out=str(path), quant=quant))
-    fidelity = compare(ref, artifact_logits(path, fmt, ids), ids)
+    fidelity = compare_logits(path, ref, ids)
     run = measure_in_child(
         fmt, path, ctx.profile.prompt_tokens, 32, ctx.profile.threads, ctx.profile.max_context_tokens
     )
@@ -267,7 +267,7 @@ def run_sweep(ctx: Context, work: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgeq.evaluate import TEXT_TOKENS, fidelity_text, reference_logits
+    from edgeq.evaluate import TEXT_TOKENS, fidelity_ids, reference_logits
     from edgeq.export.imatrix import compute_imatrix
     from edgeq.plan import choose, predict
 
@@ -276,8 +276,7 @@ def run_sweep(ctx: Context, work: Path) -> dict:
     check_free_disk(work, 2 * max([r["storage_mib"] for r in todo] or [0]) * 2**20, "the candidate sweep")
     tok = AutoTokenizer.from_pretrained(merged(ctx))
     model = AutoModelForCausalLM.from_pretrained(merged(ctx), dtype=torch.float32).eval()
-    ids = tok.encode(fidelity_text(), add_special_tokens=False)
-    ids = ids[: min(TEXT_TOKENS, model.config.max_position_embeddings)]
+    ids = fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)
     ref = reference_logits(model, ids)
     del model
     imatrix = None

@@ -16,16 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import EdgeqError
-from edgeq.runtime import ASSETS, artifact_format
+from edgeq.runtime import artifact_format, fidelity_text
 from edgeq.spec import FORMAT_GGUF
 
-TEXT_TOKENS = 640
+TEXT_TOKENS = 640  # eval and the build's sweep: mean KLD on this many tokens of the fidelity text
+GATE_TOKENS = 256  # export gates: enough positions for a 99 % top-1 to mean something, quick on a CPU
 TASK_TOKENS = 1024
 
 
-def fidelity_text() -> str:
-    """The fixed English text every logit comparison runs on (export gates, sweep, eval)."""
-    return (ASSETS / "fidelity_text.txt").read_text(encoding="utf-8")
+def fidelity_ids(tok, n: int, max_positions: int | None = None) -> list[int]:
+    """The first n tokens of the fidelity text; never more than the model has positions (a runtime
+    may refuse longer: ONNX Runtime's rotary cache is sized by them)."""
+    return tok.encode(fidelity_text(), add_special_tokens=False)[: min(n, max_positions or n)]
 
 
 ANSWER_TOKENS = 64  # the most new tokens any answer is given
@@ -56,20 +58,36 @@ def compare(ref_logits: np.ndarray, art_logits: np.ndarray, ids: list[int]) -> d
         "ppl_artifact": float(np.exp(nll_art.mean())),
         "mean_kld": float(kld.mean()),
         "top1_agreement": float((ref_logits.argmax(-1) == art_logits.argmax(-1)).mean()),
+        "max_abs_logit": float(np.abs(ref_logits - art_logits).max()),
     }
 
 
-def artifact_logits(path: Path, fmt: str, ids: list[int]) -> np.ndarray:
+def artifact_logits(path: Path, ids: list[int]) -> np.ndarray:
+    """(T, vocab) logits from the artifact's own runtime (llama.cpp or ONNX Runtime GenAI, in a child)."""
     from edgeq.runtime import logits
 
     return logits(path, ids)
 
 
 def reference_logits(model, ids: list[int]) -> np.ndarray:
+    """(T, vocab) float64 logits of a loaded HF model."""
     import torch
 
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].double().numpy()
+
+
+def compare_logits(artifact: Path, reference, ids: list[int]) -> dict:
+    """The one comparison every gate and eval makes: the artifact's logits against the reference's
+    at each position of ids. reference: an HF model directory (loaded in float32), or logits already
+    computed on the same ids."""
+    if not isinstance(reference, np.ndarray):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).eval()
+        reference = reference_logits(model, ids)
+    return compare(reference, artifact_logits(artifact, ids), ids)
 
 
 def artifact_answers(path: Path, fmt: str, tok, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[str]:
@@ -183,10 +201,9 @@ def evaluate(
     tok = AutoTokenizer.from_pretrained(ref_dir)
     model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
 
-    positions = model.config.max_position_embeddings  # a runtime may refuse longer (ONNX's rotary cache)
-    text = fidelity_text()
-    text_ids = tok.encode(text, add_special_tokens=False)[: min(TEXT_TOKENS, positions)]
-    if fmt == FORMAT_GGUF and gguf_tokenize(artifact, [text])[0][: len(text_ids)] != text_ids:
+    positions = model.config.max_position_embeddings
+    text_ids = fidelity_ids(tok, TEXT_TOKENS, positions)
+    if fmt == FORMAT_GGUF and gguf_tokenize(artifact, [fidelity_text()])[0][: len(text_ids)] != text_ids:
         raise EdgeqError(
             "the artifact tokenizes text differently from the reference: logits would be compared on other tokens",
             str(artifact),
@@ -196,7 +213,7 @@ def evaluate(
         "artifact": str(artifact),
         "format": fmt,
         "reference": str(ref_dir),
-        "text": compare(reference_logits(model, text_ids), artifact_logits(artifact, fmt, text_ids), text_ids),
+        "text": compare_logits(artifact, reference_logits(model, text_ids), text_ids),
     }
     if task:
         task_ids: list[int] = []
@@ -205,9 +222,7 @@ def evaluate(
                 break
             task_ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
         task_ids = task_ids[: min(TASK_TOKENS, positions)]
-        result["task_text"] = compare(
-            reference_logits(model, task_ids), artifact_logits(artifact, fmt, task_ids), task_ids
-        )
+        result["task_text"] = compare_logits(artifact, reference_logits(model, task_ids), task_ids)
         budget = answer_budget(tok, task)
         answers = artifact_answers(artifact, fmt, tok, task.prompts, budget)
         result["task"] = {**task.score(answers), "answers": answers}

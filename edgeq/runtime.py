@@ -24,6 +24,11 @@ from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX, QUANT_TYPES
 ASSETS = Path(str(files("edgeq") / "assets"))  # package data: tokenizer corpus, fidelity text, calibrations
 
 
+def fidelity_text() -> str:
+    """The fixed English text of every logit comparison (gates, sweep, eval) and of bench's prompts."""
+    return (ASSETS / "fidelity_text.txt").read_text(encoding="utf-8")
+
+
 def artifact_format(path: str | Path) -> str:
     """gguf for a .gguf file, onnx for an ONNX Runtime GenAI folder; anything else is a usage error."""
     path = Path(path)

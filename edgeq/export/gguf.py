@@ -264,36 +264,22 @@ def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
     }
 
 
-def compare_logits(gguf_path: Path, model_dir: Path, tok, n_tokens: int = 256) -> dict:
-    """llama.cpp logits of the GGUF vs HF float32 logits on the fixed fidelity text."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from edgeq.runtime import logits
-
-    ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)[:n_tokens]
-    ref = logits(gguf_path, ids)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        hf = model(torch.tensor([ids])).logits[0].double().numpy()
-    return {
-        "positions": len(ids),
-        "top1": float((ref.argmax(-1) == hf.argmax(-1)).mean()),
-        "max_abs_logit": float(np.abs(ref - hf).max()),
-    }
-
-
 def gate_fidelity(gguf_path: Path, model_dir: Path, tok, ftype: str) -> dict:
-    r = compare_logits(gguf_path, model_dir, tok)
-    limit = QUANT_TYPES[ftype].gate_max_abs_logit
-    if r["top1"] < GATE_MIN_TOP1 or r["max_abs_logit"] > limit:
+    """The float GGUF (F32/F16/BF16) against the HF float32 model: top-1 and max |Δlogit| within the type's gate."""
+    from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
+
+    ids = fidelity_ids(tok, GATE_TOKENS)
+    r = compare_logits(gguf_path, model_dir, ids)
+    top1, max_abs, limit = r["top1_agreement"], r["max_abs_logit"], QUANT_TYPES[ftype].gate_max_abs_logit
+    if top1 < GATE_MIN_TOP1 or max_abs > limit:
         raise EdgeqError(
-            f"{ftype} GGUF disagrees with the HF model: top-1 {r['top1']:.3f} (need ≥ {GATE_MIN_TOP1}), "
-            f"max |Δlogit| {r['max_abs_logit']:.3g} (need ≤ {limit})",
+            f"{ftype} GGUF disagrees with the HF model: top-1 {top1:.3f} (need ≥ {GATE_MIN_TOP1}), "
+            f"max |Δlogit| {max_abs:.3g} (need ≤ {limit})",
             str(gguf_path),
             "the conversion is wrong for this architecture; report it",
         )
-    return {**r, "min_top1": GATE_MIN_TOP1, "max_abs_limit": limit}
+    gate = {"positions": len(ids), "top1": top1, "max_abs_logit": max_abs, "mean_kld": r["mean_kld"]}
+    return gate | {"min_top1": GATE_MIN_TOP1, "max_abs_limit": limit}
 
 
 # ---------------------------------------------------------------------------------------------

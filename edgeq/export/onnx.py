@@ -75,19 +75,12 @@ def gate_generates(model_dir: Path, tok) -> dict:
 
 
 def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM
+    """The fp32 ONNX model against the HF float32 model: top-1 agreement."""
+    from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
 
-    from edgeq.runtime import ASSETS, logits
-
-    ids = tok.encode((ASSETS / "fidelity_text.txt").read_text(encoding="utf-8"), add_special_tokens=False)[:256]
-    ref = logits(onnx_dir, ids)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        hf = model(torch.tensor([ids])).logits[0].double().numpy()
-    top1 = float((ref.argmax(-1) == hf.argmax(-1)).mean())
-    max_abs = float(np.abs(ref - hf).max())
+    ids = fidelity_ids(tok, GATE_TOKENS)
+    r = compare_logits(onnx_dir, model_dir, ids)
+    top1, max_abs = r["top1_agreement"], r["max_abs_logit"]
     if top1 < GATE_MIN_TOP1:
         raise EdgeqError(
             f"fp32 ONNX disagrees with the HF model: top-1 {top1:.3f} (need ≥ {GATE_MIN_TOP1})",
