@@ -42,8 +42,8 @@ MUTATIONS = (
     Mutation(
         "resume restarts from step 0",
         "edgeq/finetune.py",
-        'start_step, losses = state["step"], state["losses"]',
-        "start_step, losses = 0, []",
+        'return state["step"], state["losses"]',
+        "return 0, []",
         ("tests/test_finetune.py::test_kill_and_resume_reproduces_the_loss_curve",),
     ),
     Mutation(

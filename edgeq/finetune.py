@@ -386,7 +386,38 @@ def base_fingerprint(base_dir: Path) -> str:
     return sha256_file(files[0]) if len(files) == 1 else "+".join(sha256_file(f) for f in files)
 
 
-def finetune(cfg: FinetuneConfig) -> dict:
+@dataclass
+class Run:
+    """What the steps of a fine-tune share: made once by setup(), read by the loop and the save."""
+
+    cfg: FinetuneConfig
+    rank: int
+    world: int
+    device: str
+    out: Path
+    base_dir: Path
+    base_sha: str
+    structure: dict  # what a checkpoint means (structural_settings)
+    tokenizer: object
+    dataset: object  # data.Dataset: examples, stats, truncated
+    train_set: list
+    eval_set: list
+    total_steps: int
+    model: object
+    optim: object
+    frozen_base: dict | None  # bits/param of the 4-bit base (None for plain LoRA)
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.world
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.train_set) // self.global_batch)
+
+
+def setup(cfg: FinetuneConfig) -> Run:
+    """Refusals first (nothing is written), then the data, the split, the model and the optimizer."""
     import torch
     from transformers import AutoTokenizer
 
@@ -408,27 +439,21 @@ def finetune(cfg: FinetuneConfig) -> dict:
             str(out / CKPT_DIR),
             "pass --resume to continue it, --force to start over, or another --out",
         )
-
     base_dir = resolve_model(cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     dataset = load_dataset(cfg.data, tokenizer, cfg.seq_len, cfg.strict)  # raises before anything is written
     base_sha = base_fingerprint(base_dir)
-    structure = structural_settings(cfg, base_sha)
 
     examples = list(dataset.examples)
     random.Random(cfg.seed).shuffle(examples)
     n_eval = int(len(examples) * cfg.eval_split)
-    eval_set, train_set = examples[:n_eval], examples[n_eval:]
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    steps_per_epoch = max(1, len(train_set) // global_batch)
+    steps_per_epoch = max(1, (len(examples) - n_eval) // (cfg.batch_size * cfg.grad_accum * world))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     torch.manual_seed(cfg.seed)
     model = load_model(base_dir, cfg, device)
     frozen_base = quantized_bits_per_param(model) if cfg.quant != "none" else None  # before any eval-mode repacking
     trainable = [p for _, p in _trainable(model)]
-    n_trainable = sum(p.numel() for p in trainable)
-    n_total = sum(p.numel() for p in model.parameters())
     if device == "cuda":
         import bitsandbytes as bnb
 
@@ -438,100 +463,152 @@ def finetune(cfg: FinetuneConfig) -> dict:
         if rank == 0:
             report.err.print("[yellow]note:[/] paged optimizers need CUDA; on CPU edgeq uses plain AdamW")
         optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
-    warmup = max(1, total_steps // 20)
+    return Run(
+        cfg=cfg,
+        rank=rank,
+        world=world,
+        device=device,
+        out=out,
+        base_dir=base_dir,
+        base_sha=base_sha,
+        structure=structural_settings(cfg, base_sha),
+        tokenizer=tokenizer,
+        dataset=dataset,
+        train_set=examples[n_eval:],
+        eval_set=examples[:n_eval],
+        total_steps=total_steps,
+        model=model,
+        optim=optim,
+        frozen_base=frozen_base,
+    )
 
-    def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10 %
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, total_steps - warmup)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    start_step, losses = 0, []
-    if cfg.resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise UsageError("no complete checkpoint to resume from", str(out / CKPT_DIR), "run without --resume")
-        saved = json.loads((ckpt / "state.json").read_text())
-        changed = [
-            f"{k}: {saved['structure'].get(k)!r} → {v!r}"
-            for k, v in structure.items()
-            if saved["structure"].get(k) != v
-        ]
-        if changed:
-            raise UsageError(
-                "cannot resume with changed settings (" + "; ".join(changed) + ")",
-                str(ckpt),
-                "use the original settings, or start fresh in another --out",
-            )
-        state = load_checkpoint(ckpt, model, optim)
-        start_step, losses = state["step"], state["losses"]
-        if rank == 0:
-            report.err.print(f"resuming from {ckpt.name} (step {start_step} of {total_steps})")
-    elif rank == 0 and (out / CKPT_DIR).exists():  # --force: a fresh run must not resume another run's checkpoints
-        remove_output(out / CKPT_DIR, protect=[base_dir, cfg.data])
+def resume_point(run: Run) -> tuple[int, list[float]]:
+    """Step and loss history to continue from: the newest complete checkpoint under --resume, refused
+    if it was made with other structural settings; (0, []) otherwise."""
+    from edgeq import report
 
-    def batches_for(step: int):
-        """The micro-batches of optimizer step `step` for this rank: a pure function of (seed, step)."""
-        epoch, pos = divmod(step, steps_per_epoch)
-        order = list(range(len(train_set)))
-        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-        chunk = order[pos * global_batch : (pos + 1) * global_batch]
-        mine = chunk[rank::world]
-        for i in range(0, len(mine), cfg.batch_size):
-            yield [train_set[j] for j in mine[i : i + cfg.batch_size]]
+    out, cfg = run.out, run.cfg
+    if not cfg.resume:
+        if run.rank == 0 and (out / CKPT_DIR).exists():  # --force: a fresh run must not resume another's
+            remove_output(out / CKPT_DIR, protect=[run.base_dir, cfg.data])
+        return 0, []
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        raise UsageError("no complete checkpoint to resume from", str(out / CKPT_DIR), "run without --resume")
+    saved = json.loads((ckpt / "state.json").read_text())["structure"]
+    changed = [f"{k}: {saved.get(k)!r} → {v!r}" for k, v in run.structure.items() if saved.get(k) != v]
+    if changed:
+        raise UsageError(
+            "cannot resume with changed settings (" + "; ".join(changed) + ")",
+            str(ckpt),
+            "use the original settings, or start fresh in another --out",
+        )
+    state = load_checkpoint(ckpt, run.model, run.optim)
+    if run.rank == 0:
+        report.err.print(f"resuming from {ckpt.name} (step {state['step']} of {run.total_steps})")
+    return state["step"], state["losses"]
 
+
+def lr_at(run: Run, step: int) -> float:
+    """Linear warm-up over the first 5 % of steps, then cosine decay to 10 % of --lr."""
+    lr, total = run.cfg.lr, run.total_steps
+    warmup = max(1, total // 20)
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def batches_for(run: Run, step: int):
+    """The micro-batches of optimizer step `step` for this rank: a pure function of (seed, step), so a
+    resumed run sees the very batches the interrupted one would have."""
+    epoch, pos = divmod(step, run.steps_per_epoch)
+    order = list(range(len(run.train_set)))
+    random.Random(run.cfg.seed * 1000 + epoch).shuffle(order)
+    chunk = order[pos * run.global_batch : (pos + 1) * run.global_batch]
+    mine = chunk[run.rank :: run.world]
+    for i in range(0, len(mine), run.cfg.batch_size):
+        yield [run.train_set[j] for j in mine[i : i + run.cfg.batch_size]]
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def train_loop(run: Run, start_step: int, losses: list[float]) -> int:
+    """Steps start_step … total_steps, appending to losses, a checkpoint every --save-every steps.
+    Returns the number of optimizer steps this process took (a resume must not redo the checkpoint's)."""
+    from edgeq import report
+
+    cfg, rank = run.cfg, run.rank
     if rank == 0:
-        check_free_disk(out, 64 << 20, "checkpoints")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    t0 = time.time()
-    model.train()
-    bar = report.progress("finetune", total_steps, start_step) if rank == 0 else contextlib.nullcontext(None)
-    steps_run = 0  # optimizer steps taken by this process: a resume must not redo the checkpoint's
+        check_free_disk(run.out, 64 << 20, "checkpoints")
+    t0, steps_run = time.time(), 0
+    run.model.train()
+    bar = report.progress("finetune", run.total_steps, start_step) if rank == 0 else contextlib.nullcontext(None)
     with bar as update:
-        for step in range(start_step, total_steps):
-            for g in optim.param_groups:
-                g["lr"] = lr_at(step)
-            micro = [collate(mb, pad_id, device) for mb in batches_for(step)]
-            losses.append(round(train_step(model, optim, micro, cfg, world), 6))
+        for step in range(start_step, run.total_steps):
+            for g in run.optim.param_groups:
+                g["lr"] = lr_at(run, step)
+            micro = [collate(mb, pad_id(run.tokenizer), run.device) for mb in batches_for(run, step)]
+            losses.append(round(train_step(run.model, run.optim, micro, cfg, run.world), 6))
             steps_run += 1
             done = step + 1
-            rate = (done - start_step) / (time.time() - t0)
             if update:
-                update(done, f"loss {losses[-1]:.4f} · {rate:.2f} step/s")
-            if rank == 0 and (done % cfg.save_every == 0 or done == total_steps):
-                save_checkpoint(out, done, model, optim, {"losses": losses, "structure": structure})
-            if world > 1:
+                update(done, f"loss {losses[-1]:.4f} · {steps_run / (time.time() - t0):.2f} step/s")
+            if rank == 0 and (done % cfg.save_every == 0 or done == run.total_steps):
+                save_checkpoint(run.out, done, run.model, run.optim, {"losses": losses, "structure": run.structure})
+            if run.world > 1:
                 import torch.distributed as dist
 
                 dist.barrier()
+    return steps_run
 
-    eval_loss = evaluate_loss(model, eval_set[rank::world], pad_id, device, cfg) if eval_set else None
-    if eval_loss is not None:
-        t = torch.tensor(eval_loss, dtype=torch.float64)  # (summed loss, tokens) of this rank's share
-        _all_reduce_sum([t], world)
+
+def summarize(run: Run, start_step: int, steps_run: int, losses: list[float], seconds: float) -> dict:
+    """Held-out loss (all ranks' shares together) and the numbers the manifest and the CLI report."""
+    import torch
+
+    eval_loss = None
+    if run.eval_set:
+        mine = run.eval_set[run.rank :: run.world]
+        t = torch.tensor(
+            evaluate_loss(run.model, mine, pad_id(run.tokenizer), run.device, run.cfg), dtype=torch.float64
+        )
+        _all_reduce_sum([t], run.world)  # (summed loss, tokens)
         eval_loss = float(t[0] / max(float(t[1]), 1.0))
-    elapsed = time.time() - t0
     summary = {
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
         "eval_loss": eval_loss,
-        "steps": total_steps,
+        "steps": run.total_steps,
         "resumed_from_step": start_step,
         "steps_run": steps_run,
-        "seconds": round(elapsed, 1),
-        "seconds_per_step": round(elapsed / max(1, total_steps - start_step), 2),
+        "seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(1, run.total_steps - start_step), 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "trainable_params": n_trainable,
-        "total_params": n_total,
-        "world_size": world,
-        "examples": {"train": len(train_set), "eval": len(eval_set), "truncated": dataset.truncated},
-        "data": dataset.stats,
-        "frozen_base": frozen_base,
+        "trainable_params": sum(p.numel() for _, p in _trainable(run.model)),
+        "total_params": sum(p.numel() for p in run.model.parameters()),
+        "world_size": run.world,
+        "examples": {"train": len(run.train_set), "eval": len(run.eval_set), "truncated": run.dataset.truncated},
+        "data": run.dataset.stats,
+        "frozen_base": run.frozen_base,
     }
-    if device == "cuda":
+    if run.device == "cuda":
         summary["peak_vram_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    if rank == 0:
-        _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summary)
+    return summary
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """setup → resume check → train loop → held-out loss → save the adapter (rank 0). Returns the summary."""
+    run = setup(cfg)
+    start_step, losses = resume_point(run)
+    t0 = time.time()
+    steps_run = train_loop(run, start_step, losses)
+    summary = summarize(run, start_step, steps_run, losses, time.time() - t0)
+    if run.rank == 0:
+        _write_adapter(run.out, run.model, cfg, run.base_dir, run.base_sha, run.structure, losses, summary)
     return summary
 
 

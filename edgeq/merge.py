@@ -125,15 +125,23 @@ def write_template(model_dir: Path, template: str) -> None:
             write_json(cfg_path, config)
 
 
-def merge(cfg: MergeConfig) -> dict:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass(frozen=True)
+class Provenance:
+    """What is merged into what, established before any weights are loaded."""
 
+    out: Path
+    adapter_dir: Path
+    base_dir: Path
+    base_sha: str
+    quant: dict  # the frozen base's quantization during training (none for plain LoRA)
+    policy: str  # the merge target actually used: dequantized or pristine
+
+
+def provenance(cfg: MergeConfig) -> Provenance:
+    """Options checked, the output replaceable, the adapter trained on this base, the policy settled."""
     from edgeq import report
     from edgeq.basemodel import resolve_model, weights_bytes
     from edgeq.finetune import base_fingerprint
-    from edgeq.serving import embed
 
     cfg.check()
     out = Path(cfg.out)
@@ -159,17 +167,31 @@ def merge(cfg: MergeConfig) -> dict:
         policy = "pristine"  # trained on an un-quantized base: the two policies are the same weights
         report.err.print("note: the adapter was trained on an un-quantized base; merging into the pristine weights")
     check_free_disk(out.parent, 3 * weights_bytes(base_dir), "the merged model")
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    template = embed(tok.chat_template, cfg.system_prompt, tok) if cfg.system_prompt else None  # refused before work
+    return Provenance(out, adapter_dir, base_dir, base_sha, quant, policy)
 
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float64)
-    check_adapter_fits(model, adapter_dir, base_dir)
-    targets = set(json.loads((adapter_dir / "adapter_config.json").read_text())["target_modules"])
-    if policy == "dequantized":
+
+def load_base(p: Provenance):
+    """The base in float64; with the dequantized policy its adapted linears go through the same 4-bit
+    round trip training saw, so the adapter lands on the weights it was trained against."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(p.base_dir, dtype=torch.float64)
+    check_adapter_fits(model, p.adapter_dir, p.base_dir)
+    targets = set(json.loads((p.adapter_dir / "adapter_config.json").read_text())["target_modules"])
+    if p.policy == "dequantized":
         with torch.no_grad():
             for name, mod in model.named_modules():
                 if name.split(".")[-1] in targets and hasattr(mod, "in_features"):
-                    mod.weight.copy_(round_trip(mod.weight, quant["quant"], quant["double_quant"]))
+                    mod.weight.copy_(round_trip(mod.weight, p.quant["quant"], p.quant["double_quant"]))
+    return model
+
+
+def merge_verified(model, tok, adapter_dir: Path):
+    """Merge the adapter and prove it in float64: merged logits == base + adapter (unmerged) within
+    MERGE_TOLERANCE, the adapter changes the base at all, no NaN/Inf. Returns (merged model, numbers)."""
+    import torch
+    from peft import PeftModel
 
     batch = tok(list(VERIFY_TEXTS), return_tensors="pt", padding=True, add_special_tokens=False)
     peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False).eval()
@@ -202,40 +224,54 @@ def merge(cfg: MergeConfig) -> dict:
             str(adapter_dir),
             "report this: the merge is not exact",
         )
+    verification = {
+        "max_abs_logit_diff": max_abs,
+        "tolerance": MERGE_TOLERANCE,
+        "adapter_effect_max_abs_logit": effect,
+        "dtype_checked": "float64",
+        "inputs": len(VERIFY_TEXTS),
+    }
+    return merged_model, verification
 
+
+def merge(cfg: MergeConfig) -> dict:
+    """provenance → load the base (round trip) → merge and verify → write the HF folder atomically."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from edgeq.serving import embed
+
+    p = provenance(cfg)
+    tok = AutoTokenizer.from_pretrained(p.base_dir)
+    template = embed(tok.chat_template, cfg.system_prompt, tok) if cfg.system_prompt else None  # refused before work
+    merged_model, verification = merge_verified(load_base(p), tok, p.adapter_dir)
     merged_model.to(getattr(torch, cfg.dtype))
     record = {
         "schema": MANIFEST_SCHEMA,
         "edgeq_version": __version__,
         "stage": "merge",
         "inputs": {
-            "base": str(base_dir),
-            "base_sha256": base_sha,
-            "adapter": str(adapter_dir),
-            "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors"),
+            "base": str(p.base_dir),
+            "base_sha256": p.base_sha,
+            "adapter": str(p.adapter_dir),
+            "adapter_sha256": sha256_file(p.adapter_dir / "adapter_model.safetensors"),
         },
         "config": {
             "dtype": cfg.dtype,
-            "merge_into": policy,
+            "merge_into": p.policy,
             "requested_merge_into": cfg.merge_into,
-            "trained_quantization": quant,
+            "trained_quantization": p.quant,
             "system_prompt": cfg.system_prompt,
         },
-        "verification": {
-            "max_abs_logit_diff": max_abs,
-            "tolerance": MERGE_TOLERANCE,
-            "adapter_effect_max_abs_logit": effect,
-            "dtype_checked": "float64",
-            "inputs": len(VERIFY_TEXTS),
-        },
+        "verification": verification,
         "versions": versions(),
     }
-    with atomic_dir(out, force=cfg.force, protect=[adapter_dir, base_dir]) as tmp:
+    with atomic_dir(p.out, force=cfg.force, protect=[p.adapter_dir, p.base_dir]) as tmp:
         merged_model.config.dtype = cfg.dtype
         merged_model.save_pretrained(tmp, safe_serialization=True)
         for name in TOKENIZER_FILES:
-            if (base_dir / name).is_file():
-                shutil.copyfile(base_dir / name, tmp / name)
+            if (p.base_dir / name).is_file():
+                shutil.copyfile(p.base_dir / name, tmp / name)
         if template is not None:
             write_template(tmp, template)
         write_json(tmp / MERGE_MANIFEST, record)
