@@ -174,13 +174,13 @@ def measure_in_child(
     """One repetition in a fresh, isolated Python process (child.py): nothing loaded before it counts in its
     peak RSS, and a crash of the runtime is a message."""
     from edgeq import child
-    from edgeq.runtime import llama_config
+    from edgeq.runtime import llama_setup
 
     return child.call(
         "edgeq.bench:measure",
         "the benchmark",
         str(path),
-        llama=llama_config() if fmt == FORMAT_GGUF else None,
+        setup=llama_setup() if fmt == FORMAT_GGUF else None,
         fmt=fmt,
         path=Path(path),
         n_prompt=n_prompt,

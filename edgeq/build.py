@@ -288,9 +288,10 @@ def run_sweep(ctx: Context, work: Path) -> dict:
             update(i, f"{row['format']} {row['quant']}")
             measured[f"{row['format']}:{row['quant']}"] = _measure_candidate(ctx, row, ref, ids, imatrix, work)
         update(len(todo), "")
-    from edgeq.calibrate import load
+    from edgeq.plan import load_calibration
 
-    rows = predict(merged(ctx), ctx.profile, plan["ctx"], planned_gguf(ctx), measured, load(ctx.calibration))
+    cal = load_calibration(ctx.calibration)
+    rows = predict(merged(ctx), ctx.profile, plan["ctx"], planned_gguf(ctx), measured, cal)
     chosen = choose(rows, ctx.profile)
     for r in rows:
         r["measured"] = measured.get(f"{r['format']}:{r['quant']}")

@@ -291,13 +291,3 @@ def calibrate(cfg: CalibrateConfig) -> dict:
         )
     write_json(out, cal)
     return {"calibration": cal, "points": rows, "out": str(out)}
-
-
-def load(path: Path) -> dict:
-    """A calibration file, checked for the keys plan reads."""
-    try:
-        cal = json.loads(Path(path).read_text(encoding="utf-8"))
-        cal["gguf"]["base_mib"], cal["measured_on"]["cpu"]  # noqa: B018 - the keys plan needs
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise UsageError("not an edgeq calibration file", str(path), "pass a file written by edgeq calibrate") from None
-    return cal

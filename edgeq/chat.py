@@ -31,16 +31,16 @@ class RunConfig:
 def run(cfg: RunConfig) -> None:
     from edgeq import child
     from edgeq.errors import UsageError
-    from edgeq.runtime import _checked, llama_config
+    from edgeq.runtime import checked_artifact, llama_setup
 
     if cfg.max_tokens < 1 or cfg.temperature < 0 or cfg.ctx < 16:
         raise UsageError("need --max-tokens >= 1, --temperature >= 0 and --ctx >= 16")
-    path, fmt = _checked(Path(cfg.artifact))
+    path, fmt = checked_artifact(Path(cfg.artifact))
     child.call_attached(
         "edgeq.chat:session_here",
         "the chat session",
         str(path),
-        llama=llama_config() if fmt == FORMAT_GGUF else None,
+        setup=llama_setup() if fmt == FORMAT_GGUF else None,
         path=path,
         fmt=fmt,
         prompt=cfg.prompt,

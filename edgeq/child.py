@@ -98,11 +98,15 @@ def crash_error(what: str, where: str, signum: int, stderr: str) -> CrashError:
     )
 
 
-def call(op: str, what: str, where: str, llama: dict | None = None, **kwargs):
-    """Run `op` ("module:function") with kwargs in a child; return its result. Arrays travel as .npy files.
-    `llama` (probe.LlamaConfig.as_dict()) configures llama.cpp in the child before the op runs."""
+def _job(op: str, work: str, setup: tuple[str, dict] | None, kwargs: dict) -> dict:
+    """What a child runs: `setup` (an op and its kwargs, e.g. configuring llama.cpp) first, then `op`."""
+    return {"op": op, "dir": work, "setup": setup, "kwargs": _encode(kwargs, Path(work), "in")}
+
+
+def call(op: str, what: str, where: str, setup: tuple[str, dict] | None = None, **kwargs):
+    """Run `op` ("module:function") with kwargs in a child; return its result. Arrays travel as .npy files."""
     with tempfile.TemporaryDirectory(prefix="edgeq-job-") as work:
-        job = {"op": op, "dir": work, "llama": llama, "kwargs": _encode(kwargs, Path(work), "in")}
+        job = _job(op, work, setup, kwargs)
         run_process(python_command("-c", "from edgeq.child import serve; serve()"), what, where, stdin=json.dumps(job))
         result = json.loads((Path(work) / "result.json").read_text())
         if "error" in result:
@@ -110,12 +114,12 @@ def call(op: str, what: str, where: str, llama: dict | None = None, **kwargs):
         return _decode(result["value"], Path(work))
 
 
-def call_attached(op: str, what: str, where: str, llama: dict | None = None, **kwargs) -> None:
+def call_attached(op: str, what: str, where: str, setup: tuple[str, dict] | None = None, **kwargs) -> None:
     """Run `op` in a child that keeps this terminal (stdin, stdout, stderr): an interactive session. No time
     limit; a crash is still one line here."""
     with tempfile.TemporaryDirectory(prefix="edgeq-job-") as work:
         job = Path(work) / "job.json"
-        job.write_text(json.dumps({"op": op, "dir": work, "llama": llama, "kwargs": _encode(kwargs, Path(work), "in")}))
+        job.write_text(json.dumps(_job(op, work, setup, kwargs)))
         cmd = python_command("-c", f"from edgeq.child import serve; serve({str(job)!r})")
         p = subprocess.run(cmd, cwd=work)
         if p.returncode < 0:
@@ -164,17 +168,19 @@ def _rebuild_error(e: dict) -> EdgeqError:
     return cls(e["what"], e.get("where"), e.get("fix"))
 
 
+def _op(name: str):
+    module, func = name.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
 def serve(job_file: str | None = None) -> None:
     """The child's side: run one job (from stdin, or a file when stdin is the user's), write result.json."""
     job = json.loads(Path(job_file).read_text() if job_file else sys.stdin.read())
     work = Path(job["dir"])
-    module, func = job["op"].split(":")
     try:
-        if job["llama"] is not None:
-            from edgeq.runtime import configure_llama
-
-            configure_llama(job["llama"])
-        value = getattr(importlib.import_module(module), func)(**_decode(job["kwargs"], work))
+        if job["setup"] is not None:
+            _op(job["setup"][0])(**job["setup"][1])
+        value = _op(job["op"])(**_decode(job["kwargs"], work))
         result = {"value": _encode(value, work, "out")}
     except EdgeqError as e:
         what = e.what if not isinstance(e, errors.ConfigError) else "; ".join(e.problems)

@@ -163,12 +163,17 @@ def _decode_llama(quant: str) -> str:
     from pathlib import Path
 
     from edgeq import child
-    from edgeq.runtime import llama_config
+    from edgeq.runtime import llama_config, llama_setup
 
     cfg = llama_config()
     with tempfile.TemporaryDirectory(prefix="edgeq-doctor-") as work:
         out = child.call(
-            "edgeq.probe:decode_types", f"a {quant} decode", "llama.cpp", llama=cfg, work=Path(work), types=[quant]
+            "edgeq.probe:decode_types",
+            f"a {quant} decode",
+            "llama.cpp",
+            llama_setup(cfg),
+            work=Path(work),
+            types=[quant],
         )
     bufts = "on" if cfg["extra_buffer_types"] else "off"
     return f"{quant} decode of a tiny model in a child: {len(out[quant])} tokens (extra buffer types {bufts})"

@@ -99,13 +99,22 @@ def shipped_calibrations() -> list[Path]:
     return sorted((ASSETS / CALIBRATIONS_DIR).glob("*.json"))
 
 
+def load_calibration(path: Path) -> dict:
+    """A calibration file (written by `edgeq calibrate`), checked for the keys plan reads."""
+    try:
+        cal = json.loads(Path(path).read_text(encoding="utf-8"))
+        cal["gguf"]["base_mib"], cal["measured_on"]["cpu"]  # noqa: B018 - the keys plan needs
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise UsageError("not an edgeq calibration file", str(path), "pass a file written by edgeq calibrate") from None
+    return cal
+
+
 def select_calibration(named: str | None, profile, llama: dict | None = None) -> tuple[Path, dict, list[str]]:
     """The calibration plan predicts with, and what the user should know about it.
 
     Named (--calibration, or the profile's `calibration:`, relative to the profile file, or a shipped
     name) → that file. Otherwise the shipped one measured with this machine's llama.cpp configuration,
     on this CPU if there is one. `llama` is this machine's configuration (probe.py) when known."""
-    from edgeq.calibrate import load
     from edgeq.doctor import platform_info
 
     source = named or profile.calibration
@@ -121,22 +130,21 @@ def select_calibration(named: str | None, profile, llama: dict | None = None) ->
                 "--calibration" if named else profile.source,
                 "pass an edgeq calibrate file, or one of: " + ", ".join(p.stem for p in shipped_calibrations()),
             )
-        cal = load(path)
+        cal = load_calibration(path)
     cpu = platform_info()["cpu"]
     if llama is None:
         from edgeq.runtime import llama_config
 
         llama = llama_config()
-    if not source:
-        path = max(
-            shipped_calibrations(),
-            key=lambda p: (
-                json.loads(p.read_text())["runtime_config"]["llama_cpp"]["extra_buffer_types"]
-                == llama["extra_buffer_types"],
-                json.loads(p.read_text())["measured_on"]["cpu"] == cpu,
+    if not source:  # the same llama.cpp configuration first, then the same CPU
+        shipped = {p: load_calibration(p) for p in shipped_calibrations()}
+        path, cal = max(
+            shipped.items(),
+            key=lambda pc: (
+                pc[1]["runtime_config"]["llama_cpp"]["extra_buffer_types"] == llama["extra_buffer_types"],
+                pc[1]["measured_on"]["cpu"] == cpu,
             ),
         )
-        cal = load(path)
     warnings = []
     on = cal["measured_on"]
     if not source:
@@ -160,9 +168,7 @@ def calibrated(cal: dict, fmt: str, quant: str) -> tuple[dict, str | None]:
     which measured type stands in for it (the one with the nearest nominal bits)."""
     terms, measured = cal.get(fmt), cal.get("measured_types", {}).get(fmt, [])
     if not terms or not measured:  # e.g. calibrated with --no-onnx: borrow a shipped calibration's terms
-        from edgeq.calibrate import load
-
-        other = next(load(p) for p in shipped_calibrations() if load(p).get(fmt))
+        other = next(cal for cal in map(load_calibration, shipped_calibrations()) if cal.get(fmt))
         terms, _ = calibrated(other, fmt, quant)
         cpu = other["measured_on"]["cpu"]
         return terms, f"uncalibrated: this calibration has no {fmt} terms; predicted with {cpu}'s"

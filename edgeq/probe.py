@@ -128,6 +128,7 @@ def probe(extra_buffer_types: bool, types=PROBE_TYPES) -> dict:
     import tempfile
 
     from edgeq import child
+    from edgeq.runtime import llama_setup
 
     with tempfile.TemporaryDirectory(prefix="edgeq-probe-") as work:
         try:
@@ -137,7 +138,7 @@ def probe(extra_buffer_types: bool, types=PROBE_TYPES) -> dict:
                 "llama.cpp",
                 work=Path(work),
                 types=list(types),
-                llama={"extra_buffer_types": extra_buffer_types},
+                setup=llama_setup({"extra_buffer_types": extra_buffer_types}),
             )
         except child.CrashError as e:
             return {"ok": False, "signal": e.signal_name, "error": e.what}

@@ -66,7 +66,8 @@ def llama_config() -> dict:
     return llama_config().as_dict()
 
 
-def _checked(path: Path) -> tuple[Path, str]:
+def checked_artifact(path: Path) -> tuple[Path, str]:
+    """The artifact and its format, its header or folder validated before native code reads it."""
     fmt = artifact_format(path)
     if fmt == FORMAT_GGUF:
         from edgeq.ggufcheck import check_gguf
@@ -81,7 +82,7 @@ def _checked(path: Path) -> tuple[Path, str]:
 
 def logits(path: str | Path, ids: list[int]) -> np.ndarray:
     """(T, vocab) float64 logits of a GGUF or an ONNX artifact for every position of `ids`."""
-    path, fmt = _checked(Path(path))
+    path, fmt = checked_artifact(Path(path))
     if fmt == FORMAT_GGUF:
         return child_call("gguf_logits_here", "computing logits", path, path=path, ids=ids)
     return child_call("onnx_logits_here", "computing logits", path, path=path, ids=ids)
@@ -90,14 +91,14 @@ def logits(path: str | Path, ids: list[int]) -> np.ndarray:
 def answer_nll(path: str | Path, sequences: list[list[int]], starts: list[int]) -> dict:
     """Teacher-forced negative log-likelihood of each sequence's tokens from `starts[i]` on (the reference
     answer after its prompt): {"nll_sum", "tokens"} over all sequences, computed in the child (no logits move)."""
-    path, fmt = _checked(Path(path))
+    path, fmt = checked_artifact(Path(path))
     what = "scoring reference answers"
     return child_call("answer_nll_here", what, path, path=path, fmt=fmt, sequences=sequences, starts=starts)
 
 
 def generate(path: str | Path, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids), stopping at any of `stop_ids` (not included)."""
-    path, fmt = _checked(Path(path))
+    path, fmt = checked_artifact(Path(path))
     op = "gguf_generate_here" if fmt == FORMAT_GGUF else "onnx_generate_here"
     return child_call(
         op, "generating", path, path=path, prompts=prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids
@@ -108,20 +109,20 @@ def chat(path: str | Path, conversations: list[list[dict]], max_tokens: int) -> 
     """Each conversation answered as the artifact is served: its runtime's chat completion with the artifact's
     own embedded template (llama.cpp for GGUF, ONNX Runtime GenAI for ONNX), greedy.
     [{"text", "finish_reason", "completion_tokens"}]"""
-    path, fmt = _checked(Path(path))
+    path, fmt = checked_artifact(Path(path))
     op = "gguf_chat_here" if fmt == FORMAT_GGUF else "onnx_chat_here"
     return child_call(op, "a chat completion", path, path=path, conversations=conversations, max_tokens=max_tokens)
 
 
 def gguf_tokenize(path: str | Path, texts: list[str]) -> list[list[int]]:
     """llama.cpp's own tokenization of each text (special tokens parsed, no BOS added)."""
-    path, _ = _checked(Path(path))
+    path, _ = checked_artifact(Path(path))
     return child_call("gguf_tokenize_here", "tokenizing", path, path=path, texts=texts)
 
 
 def gguf_is_eog(path: str | Path, token_id: int) -> bool:
     """Whether llama.cpp ends generation at this token."""
-    path, _ = _checked(Path(path))
+    path, _ = checked_artifact(Path(path))
     return child_call("gguf_is_eog_here", "reading the vocabulary", path, path=path, token_id=token_id)
 
 
@@ -144,7 +145,12 @@ def quantize_plan(src: Path, quant: str) -> list[str]:
 def child_call(func: str, what: str, where: Path, **kwargs):
     from edgeq import child
 
-    return child.call(f"edgeq.runtime:{func}", what, str(where), llama=llama_config(), **kwargs)
+    return child.call(f"edgeq.runtime:{func}", what, str(where), setup=llama_setup(), **kwargs)
+
+
+def llama_setup(cfg: dict | None = None) -> tuple[str, dict]:
+    """The child job that configures llama.cpp before an op: this machine's configuration unless given."""
+    return ("edgeq.runtime:configure_llama", {"cfg": llama_config() if cfg is None else cfg})
 
 
 # ---------------------------------------------------------------------------------------------
