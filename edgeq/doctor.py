@@ -104,7 +104,7 @@ def _decode_llama(quant: str) -> str:
     cfg = llama_config()
     with tempfile.TemporaryDirectory(prefix="edgeq-doctor-") as work:
         out = child.call(
-            "edgeq.probe:decode_types",
+            "edgeq.runtime:decode_probe_here",
             f"a {quant} decode",
             "llama.cpp",
             llama_setup(cfg),

@@ -108,18 +108,9 @@ def tiny_gguf(path: Path, vocab: str = "bpe", seed: int = 0, dims: dict | None =
     return path
 
 
-def decode_types(work: str, types: list[str]) -> dict:
-    """In the child: quantize the probe model to each type and greedy-decode 8 tokens; what reaches the parent
-    means no type crashed."""
-    from edgeq import runtime
-
-    src = tiny_gguf(Path(work) / "probe.F32.gguf")
-    out = {}
-    for q in types:
-        dst = Path(work) / f"probe.{q}.gguf"
-        runtime.quantize_here(src, dst, q)
-        out[q] = runtime.gguf_generate_here(dst, [[1, 40, 41, 42]], max_new_tokens=8, stop_ids=[])[0]
-    return out
+def llama_setup(cfg: dict) -> tuple[str, dict]:
+    """The child job that configures llama.cpp with `cfg` (LlamaConfig.as_dict()) before an op runs."""
+    return ("edgeq.runtime:configure_llama", {"cfg": cfg})
 
 
 def probe(extra_buffer_types: bool, types=PROBE_TYPES) -> dict:
@@ -128,12 +119,11 @@ def probe(extra_buffer_types: bool, types=PROBE_TYPES) -> dict:
     import tempfile
 
     from edgeq import child
-    from edgeq.runtime import llama_setup
 
     with tempfile.TemporaryDirectory(prefix="edgeq-probe-") as work:
         try:
             child.call(
-                "edgeq.probe:decode_types",
+                "edgeq.runtime:decode_probe_here",
                 f"the llama.cpp probe (quantized decode, extra buffer types {'on' if extra_buffer_types else 'off'})",
                 "llama.cpp",
                 work=Path(work),

@@ -150,11 +150,27 @@ def child_call(func: str, what: str, where: Path, **kwargs):
 
 def llama_setup(cfg: dict | None = None) -> tuple[str, dict]:
     """The child job that configures llama.cpp before an op: this machine's configuration unless given."""
-    return ("edgeq.runtime:configure_llama", {"cfg": llama_config() if cfg is None else cfg})
+    from edgeq.probe import llama_setup as setup
+
+    return setup(llama_config() if cfg is None else cfg)
 
 
 # ---------------------------------------------------------------------------------------------
 # the child's side
+
+
+def decode_probe_here(work: str, types: list[str]) -> dict:
+    """The probe model (probe.tiny_gguf) quantized to each type and greedy-decoded for 8 tokens; that a
+    result reaches the parent means no type crashed."""
+    from edgeq.probe import tiny_gguf
+
+    src = tiny_gguf(Path(work) / "probe.F32.gguf")
+    out = {}
+    for q in types:
+        dst = Path(work) / f"probe.{q}.gguf"
+        quantize_here(src, dst, q)
+        out[q] = gguf_generate_here(dst, [[1, 40, 41, 42]], max_new_tokens=8, stop_ids=[])[0]
+    return out
 
 
 def configure_llama(cfg: dict) -> None:
