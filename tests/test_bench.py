@@ -132,16 +132,18 @@ def test_baseline_threshold_is_the_tolerance_in_the_worse_direction(metric, chan
     assert all(c.passed for c in others)
 
 
-@pytest.mark.parametrize("case", ["missing", "unknown", "lying", "onnx-no-config", "bad-profile", "bad-baseline"])
+BAD_INPUT = {  # case → (arguments, what its one line must say)
+    "missing": (["nope.gguf"], "nope.gguf: artifact not found — pass a .gguf file or an ONNX GenAI folder"),
+    "unknown": (["model.bin"], "model.bin: unknown artifact format — expected a .gguf file or a folder"),
+    "lying": (["lie.gguf"], "lie.gguf: not a valid GGUF file: tensor '' has 0 dimensions"),
+    "onnx-no-config": (["onnx"], "onnx: not an ONNX Runtime GenAI model folder (no genai_config.json)"),
+    "bad-profile": (["TINY", "--profile", "bad.yaml"], "memory_budget_mib: '4GB' looks like a number with a unit"),
+    "bad-baseline": (["TINY", *FAST, "--baseline", "bad.json"], "bad.json: not an edgeq bench JSON"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
 def test_bad_input_is_one_line_exit_2(case, tiny_gguf, tmp_path):
-    args = {
-        "missing": [tmp_path / "nope.gguf"],
-        "unknown": [tmp_path / "model.bin"],
-        "lying": [tmp_path / "lie.gguf"],
-        "onnx-no-config": [tmp_path / "onnx"],
-        "bad-profile": [tiny_gguf, "--profile", tmp_path / "bad.yaml"],
-        "bad-baseline": [tiny_gguf, *FAST, "--baseline", tmp_path / "bad.json"],
-    }[case]
     (tmp_path / "model.bin").write_bytes(b"\0" * 64)
     (tmp_path / "lie.gguf").write_bytes(
         b"GGUF" + (3).to_bytes(4, "little") + (5).to_bytes(8, "little") + (0).to_bytes(8, "little") + b"\0" * 16
@@ -149,6 +151,7 @@ def test_bad_input_is_one_line_exit_2(case, tiny_gguf, tmp_path):
     (tmp_path / "onnx").mkdir()
     (tmp_path / "bad.yaml").write_text("name: x\nmemory_budget_mib: 4GB\n")
     (tmp_path / "bad.json").write_text("{}")
-    r = run_edgeq("bench", *args)
+    args, message = BAD_INPUT[case]
+    r = run_edgeq("bench", *[tiny_gguf if a == "TINY" else a for a in args], cwd=tmp_path)
     assert r.returncode == EXIT_USAGE, r.stderr
-    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and message in r.stderr and "Traceback" not in r.stderr
