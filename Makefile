@@ -24,8 +24,10 @@ demo: setup
 
 test: setup lint test-fast test-slow
 
+# The fast tier runs on every core (one test file per worker: module fixtures are built once); the
+# slow tier stays serial, its build-time and footprint measurements must not share the CPU.
 test-fast: setup
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" -n auto --dist loadfile
 
 test-slow: setup
 	$(BIN)/pytest -m slow

@@ -91,7 +91,7 @@ def test_baseline_regression_exits_3(tiny_gguf, tmp_path):
 )
 def test_each_budget_breach_exits_3_and_fails_only_its_check(budget, changes, prompt, tiny_gguf, tmp_path):
     profile = _tight_profile(tmp_path, **changes)
-    args = ("--reps", 2, "--prompt-tokens", prompt, "--gen-tokens", 8, "--profile", profile)
+    args = ("--reps", 1, "--prompt-tokens", prompt, "--gen-tokens", 8, "--profile", profile)
     r = run_edgeq("bench", tiny_gguf, *args, "--output", "junit", "--out", tmp_path / "j.xml")
     assert r.returncode == EXIT_BUDGET, r.stderr
     failures = [c for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase") if c.find("failure") is not None]

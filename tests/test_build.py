@@ -310,7 +310,8 @@ def test_a_build_killed_in_the_fine_tune_resumes_from_its_checkpoint(setup, tmp_
     from edgeq.finetune import CKPT_DIR, CKPT_MARKER
 
     out = tmp_path / "out"
-    one = _profile(tmp_path / "one.yaml", quants=["Q8_0"])  # one candidate: the stages after the fine-tune stay short
+    # one candidate, and a decode budget none meets: the resumed build stops at the sweep (exit 3)
+    one = _profile(tmp_path / "one.yaml", quants=["Q8_0"], min_decode_tok_s=100000)
     args = [a if a != 2 else 60 for a in _args(setup, out, one)]  # --max-steps 60: checkpoints at 25 and 50
     p = subprocess.Popen(
         [sys.executable, "-m", "edgeq", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -324,7 +325,7 @@ def test_a_build_killed_in_the_fine_tune_resumes_from_its_checkpoint(setup, tmp_
     p.wait()
     assert not (out / ".edgeq" / "finetune").exists()
     r = run_edgeq(*args)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 3 and "no candidate fits profile mini" in r.stderr, r.stderr[-2000:]
     assert "resuming from step-0000" in r.stderr
-    ft = json.loads((out / "manifest.json").read_text())["finetune"]
+    ft = json.loads((out / ".edgeq" / "finetune" / "stage.json").read_text())["result"]
     assert ft["resumed_from_step"] in (25, 50) and ft["steps_run"] == 60 - ft["resumed_from_step"]

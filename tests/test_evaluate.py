@@ -69,12 +69,6 @@ def two_models(tmp_path_factory, default_model):
     return [make_tiny_model(root / f"m{seed}", default_model, seed=seed, initializer_range=0.1) for seed in (0, 1)]
 
 
-def _eval_json(artifact, reference, *data):
-    r = run_edgeq("eval", artifact, "--reference", reference, *data, "--json")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(r.stdout)
-
-
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])
 def test_eval_tells_another_models_artifact_from_the_reference(fmt, tmp_path, two_models, small_data):
     reference, other = two_models
@@ -86,9 +80,10 @@ def test_eval_tells_another_models_artifact_from_the_reference(fmt, tmp_path, tw
 
         artifact = tmp_path / "onnx"
         export_onnx(OnnxExport(model=str(other), out=str(artifact), quant="fp32"))
-    task = ("--data", small_data, "--limit", 1) if fmt == "gguf" else ()  # task text once: it is the same code
-    faithful = _eval_json(artifact, other, *task)
-    wrong = _eval_json(artifact, reference, *task)
+    from edgeq.evaluate import evaluate
+
+    task = {"data": small_data, "limit": 1} if fmt == "gguf" else {}  # task text once: it is the same code
+    faithful, wrong = evaluate(artifact, other, **task), evaluate(artifact, reference, **task)
     assert faithful["text"]["mean_kld"] < 1e-3 and faithful["text"]["top1_agreement"] >= 0.99
     for part in ("text", "task_text") if task else ("text",):
         assert wrong[part]["mean_kld"] > 100 * max(faithful[part]["mean_kld"], 1e-5), part
