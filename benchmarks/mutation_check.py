@@ -147,7 +147,7 @@ MUTATIONS = (
     Mutation(
         "build exits 0 on a breached budget",
         "edgeq/build.py",
-        "    if breaches:\n        raise BudgetError(",
+        "    if result.breaches:\n        raise BudgetError(",
         "    if False:\n        raise BudgetError(",
         ("tests/test_build.py::test_a_budget_breached_at_bench_exits_3_with_the_report_written",),
     ),

@@ -63,17 +63,17 @@ def _greedy_next(llm) -> int:
     return int(np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).argmax())
 
 
-def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int, gpu_layers: int, sample) -> dict:
+def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int, sample) -> dict:
     """Prefill, then a greedy eval loop: what llama-bench times (tokenization and sampler chain excluded)."""
     from llama_cpp import Llama
 
     t0 = time.perf_counter()
     llm = Llama(
         path,
-        n_ctx=ctx,
+        n_ctx=n_ctx,
         n_threads=threads,
         n_threads_batch=threads,
-        n_batch=min(512, ctx),
+        n_batch=min(512, n_ctx),
         n_gpu_layers=gpu_layers,
         verbose=False,
     )
@@ -96,7 +96,7 @@ def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int, 
     return {"load_s": load_s, "ttft_s": first - t1, "decode_s": end - first, "e2e_s": end - t1}
 
 
-def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int, gpu_layers: int, sample) -> dict:
+def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int, sample) -> dict:
     import onnxruntime_genai as og
 
     t0 = time.perf_counter()
@@ -107,9 +107,9 @@ def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, ctx: int, 
     ids = prompt_ids(lambda s: [int(t) for t in tok.encode(s)], n_prompt)
 
     def run(prompt, n):
-        # max_length = ctx: the KV buffer GenAI allocates (shared past/present) is sized by it, as in serving
+        # max_length = n_ctx: the KV buffer GenAI allocates (shared past/present) is sized by it, as in serving
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=ctx, min_length=len(prompt) + n, do_sample=False)
+        params.set_search_options(max_length=n_ctx, min_length=len(prompt) + n, do_sample=False)
         gen = og.Generator(model, params)
         t = time.perf_counter()
         gen.append_tokens(prompt)
@@ -145,7 +145,7 @@ def onnx_uses_gpu(path: str | Path) -> bool:
     return any(k.lower() in ("cuda", "dml", "webgpu", "nvtensorrtrtx") for o in options for k in o)
 
 
-def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: int, gpu_layers: int = 0) -> dict:
+def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int = 0) -> dict:
     """One repetition, in the child. Memory = peak RSS + device memory (devicemem.py) where a GPU is used."""
     from edgeq import devicemem
 
@@ -153,7 +153,7 @@ def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: i
     method, read = devicemem.reader(uses_gpu)
     readings = [read()]
     run = _measure_gguf if fmt == FORMAT_GGUF else _measure_onnx
-    raw = run(path, n_prompt, n_gen, threads, ctx, gpu_layers, lambda: readings.append(read()))
+    raw = run(path, n_prompt, n_gen, threads, n_ctx, gpu_layers, lambda: readings.append(read()))
     memory = devicemem.account(peak_rss_mib(), method, readings)
     return {
         "load_s": raw["load_s"],
@@ -169,7 +169,7 @@ def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, ctx: i
 
 
 def measure_in_child(
-    fmt: str, path: str | Path, n_prompt: int, n_gen: int, threads: int, ctx: int, gpu_layers: int = 0
+    fmt: str, path: str | Path, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int = 0
 ) -> dict:
     """One repetition in a fresh, isolated Python process (child.py): nothing loaded before it counts in its
     peak RSS, and a crash of the runtime is a message."""
@@ -186,7 +186,7 @@ def measure_in_child(
         n_prompt=n_prompt,
         n_gen=n_gen,
         threads=threads,
-        ctx=ctx,
+        n_ctx=n_ctx,
         gpu_layers=gpu_layers,
     )
 
@@ -285,15 +285,15 @@ def bench(cfg: BenchConfig) -> dict:
     baseline = load_baseline(cfg.baseline) if cfg.baseline else None
     n_prompt = cfg.prompt_tokens or (profile.prompt_tokens if profile else 512)
     threads = cfg.threads or (profile.threads if profile else os.cpu_count() or 1)
-    ctx = cfg.ctx or (profile.max_context_tokens if profile else n_prompt + cfg.gen_tokens + WARMUP_TOKENS)
-    if cfg.reps < 1 or cfg.gen_tokens < 2 or n_prompt < 1 or ctx < n_prompt + cfg.gen_tokens or cfg.gpu_layers < 0:
+    n_ctx = cfg.ctx or (profile.max_context_tokens if profile else n_prompt + cfg.gen_tokens + WARMUP_TOKENS)
+    if cfg.reps < 1 or cfg.gen_tokens < 2 or n_prompt < 1 or n_ctx < n_prompt + cfg.gen_tokens or cfg.gpu_layers < 0:
         raise UsageError(
             "need --reps >= 1, --gen-tokens >= 2, --prompt-tokens >= 1, --ctx >= prompt + gen and --gpu-layers >= 0"
         )
     runs = []
     for rep in range(cfg.reps):
         report.err.print(f"bench {artifact.name}: repetition {rep + 1}/{cfg.reps} (fresh process) …")
-        runs.append(measure_in_child(fmt, artifact, n_prompt, cfg.gen_tokens, threads, ctx, cfg.gpu_layers))
+        runs.append(measure_in_child(fmt, artifact, n_prompt, cfg.gen_tokens, threads, n_ctx, cfg.gpu_layers))
     results = {m: _stats([r[m] for r in runs]) for m in METRICS}
     methods = sorted({r["memory_method"] for r in runs})
     env = environment(artifact)
@@ -310,7 +310,7 @@ def bench(cfg: BenchConfig) -> dict:
             "gen_tokens": cfg.gen_tokens,
             "reps": cfg.reps,
             "threads": threads,
-            "ctx": ctx,
+            "ctx": n_ctx,
             "gpu_layers": cfg.gpu_layers,
             "profile": profile.name if profile else None,
         },

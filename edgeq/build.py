@@ -36,13 +36,26 @@ from edgeq import __version__, report
 from edgeq.checks import MAX, Check
 from edgeq.errors import BudgetError, UsageError
 from edgeq.io import check_free_disk, sha256_file, write_json
+from edgeq.records import (
+    BenchResult,
+    BuildResult,
+    Candidate,
+    EvalResult,
+    ExportResult,
+    Measurement,
+    Plan,
+    Row,
+    Score,
+)
 from edgeq.spec import (
     BUILD_EXAMPLE_DATA,
     BUILD_EXAMPLE_TEST,
+    BUILD_REPORT,
     BUILD_STAGE_RECORD,
     BUILD_STAGES,
     BUILD_STATE_DIR,
     FORMAT_GGUF,
+    SWEEP_MODES,
 )
 
 
@@ -64,11 +77,18 @@ class BuildConfig:
         default=None, metadata={"help": "the artifact's default system prompt; default: the training data's; '': base"}
     )
     metric: str | None = field(default=None, metadata={"help": "task metric (json, exact, chrf); default: the data's"})
+    sweep: str = field(
+        default=SWEEP_MODES[0],
+        metadata={
+            "help": "first-fit: build candidates by expected quality, stop at the first that meets every budget; "
+            "all: build every candidate that may fit"
+        },
+    )
 
 
 @dataclass
-class Context:
-    """What the stages share: resolved inputs, the state directory and each finished stage's result."""
+class Job:
+    """What the stages of one build share: resolved inputs, the state directory and each finished stage's record."""
 
     cfg: BuildConfig
     profile: object
@@ -82,7 +102,9 @@ class Context:
     holdout: dict | None = None  # no --test-data: how --data was split into training and held-out examples
     hashes: dict = field(default_factory=dict)  # sha256 of the input files (input_hashes)
     keys: dict = field(default_factory=dict)
-    results: dict = field(default_factory=dict)
+    memo: dict = field(default_factory=dict)  # file_sha's memo, saved once the lock is held
+    results: dict = field(default_factory=dict)  # stage → its record (STAGES)
+    seconds: dict = field(default_factory=dict)  # stage → (seconds, "done" | "cached")
 
     def dir(self, stage: str) -> Path:
         return self.state / stage
@@ -101,19 +123,19 @@ def file_sha(path: Path, memo: dict) -> str:
     return memo[k]
 
 
-def input_hashes(ctx: Context, memo: dict) -> dict:
+def input_hashes(job: Job, memo: dict) -> dict:
     """Every input a stage may read: the whole base folder (weights, config, tokenizer, chat template), the
     data, the profile, the calibration, the library versions and llama.cpp's configuration on this machine."""
     from edgeq.machine import versions
     from edgeq.runtime import llama_config
 
-    base_files = sorted(f for f in ctx.base.iterdir() if f.is_file())
+    base_files = sorted(f for f in job.base.iterdir() if f.is_file())
     return {
         "base": {f.name: file_sha(f, memo) for f in base_files},
-        "data": file_sha(ctx.data, memo),
-        "test_data": file_sha(ctx.test_data, memo) if ctx.test_data else None,
-        "profile": _hash({k: v for k, v in ctx.profile.as_dict().items() if k != "source"}),
-        "calibration": file_sha(ctx.calibration, memo),
+        "data": file_sha(job.data, memo),
+        "test_data": file_sha(job.test_data, memo) if job.test_data else None,
+        "profile": _hash({k: v for k, v in job.profile.as_dict().items() if k != "source"}),
+        "calibration": file_sha(job.calibration, memo),
         "training_libraries": _hash([__version__, versions(TRAINING_LIBRARIES)]),
         "runtime_libraries": _hash([__version__, versions(RUNTIME_LIBRARIES), llama_config()]),
     }
@@ -123,203 +145,214 @@ TRAINING_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelera
 RUNTIME_LIBRARIES = ("llama_cpp", "gguf", "onnxruntime", "onnxruntime_genai", "transformers", "torch")
 
 
-def stage_settings(ctx: Context) -> dict:
+def stage_settings(job: Job) -> dict:
     """Everything each stage's output depends on besides the stages before it."""
     from edgeq.finetune import FinetuneConfig
     from edgeq.merge import MergeConfig
 
-    ft = dataclasses.asdict(FinetuneConfig(data="", out="", max_steps=ctx.cfg.max_steps))
+    ft = dataclasses.asdict(FinetuneConfig(data="", out="", max_steps=job.cfg.max_steps))
     for k in ("data", "out", "base", "resume", "force"):
         ft.pop(k)
-    mg = dataclasses.asdict(MergeConfig(adapter="", out="", system_prompt=ctx.system.text))
+    mg = dataclasses.asdict(MergeConfig(adapter="", out="", system_prompt=job.system.text))
     for k in ("adapter", "out", "base", "force"):
         mg.pop(k)
     return {
         "finetune": {"config": ft, "inputs": ["base", "data", "training_libraries"]},
         "merge": {"config": mg, "inputs": []},
         "plan": {"config": {}, "inputs": ["profile", "calibration", "runtime_libraries"]},
-        "sweep": {"config": {"imatrix": "training data"}, "inputs": ["data"]},
+        "sweep": {"config": {"imatrix": "training data", "mode": job.cfg.sweep}, "inputs": ["data"]},
         "export": {"config": {"imatrix": "training data"}, "inputs": []},
-        "eval": {"config": {"limit": ctx.cfg.eval_limit, "metric": ctx.cfg.metric}, "inputs": ["test_data", "base"]},
-        "bench": {"config": {"reps": ctx.cfg.reps}, "inputs": []},
+        "eval": {"config": {"limit": job.cfg.eval_limit, "metric": job.cfg.metric}, "inputs": ["test_data", "base"]},
+        "bench": {"config": {"reps": job.cfg.reps}, "inputs": []},
         "report": {"config": {}, "inputs": []},
     }
 
 
-def compute_keys(ctx: Context, hashes: dict) -> dict:
+def compute_keys(job: Job, hashes: dict) -> dict:
     """Chained keys: a stage's key covers its settings, its inputs and the key of the stage before it."""
     keys, prev = {}, None
-    for stage, s in stage_settings(ctx).items():
+    for stage, s in stage_settings(job).items():
         keys[stage] = _hash({"stage": stage, "prev": prev, **s, "hashes": {i: hashes[i] for i in s["inputs"]}})
         prev = keys[stage]
     return keys
 
 
-def cached(ctx: Context, stage: str) -> dict | None:
+def cached(job: Job, stage: str) -> dict | None:
     """The finished stage's record if its key matches and every file it left is still as it left it."""
-    done = ctx.dir(stage) / BUILD_STAGE_RECORD
+    done = job.dir(stage) / BUILD_STAGE_RECORD
     if not done.is_file():
         return None
     try:
         record = json.loads(done.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if record.get("key") != ctx.keys[stage] or record.get("files") != stage_files(ctx, stage, record["result"]):
+    if record.get("key") != job.keys[stage] or record.get("files") != stage_files(job, stage, record["result"]):
         return None
     return record
 
 
-def stage_files(ctx: Context, stage: str, result: dict) -> dict:
+def stage_files(job: Job, stage: str, result: dict) -> dict:
     """{path: [bytes, mtime_ns]} of what a stage left: its folder, and for the report the files it published in
     OUT. A deleted or edited output (an artifact changed in place) no longer matches, so the stage runs again."""
-    files = [f for f in sorted(ctx.dir(stage).rglob("*")) if f.is_file() and f.name != BUILD_STAGE_RECORD]
-    files += [ctx.out / name for name in result.get("published", [])]
+    files = [f for f in sorted(job.dir(stage).rglob("*")) if f.is_file() and f.name != BUILD_STAGE_RECORD]
+    files += [job.out / name for name in result.get("published", [])]
     out = {}
     for f in files:
         try:
             st = f.stat()
         except FileNotFoundError:
             continue
-        out[str(f.relative_to(ctx.out))] = [st.st_size, st.st_mtime_ns]
+        out[str(f.relative_to(job.out))] = [st.st_size, st.st_mtime_ns]
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# the stages: each works in `work` and returns its result (JSON)
+# the stages: each works in `work` and returns its record (records.py; finetune and merge: their manifests)
 
 
-def run_finetune(ctx: Context, work: Path) -> dict:
+def run_finetune(job: Job, work: Path) -> dict:
     from edgeq.finetune import FinetuneConfig, finetune, latest_checkpoint
 
     resume = latest_checkpoint(work) is not None
     return finetune(
         FinetuneConfig(
-            data=str(ctx.data),
+            data=str(job.data),
             out=str(work),
-            base=str(ctx.base),
-            max_steps=ctx.cfg.max_steps,
+            base=str(job.base),
+            max_steps=job.cfg.max_steps,
             resume=resume,
             force=True,
         )
     )
 
 
-def run_merge(ctx: Context, work: Path) -> dict:
+def run_merge(job: Job, work: Path) -> dict:
     from edgeq.merge import MergeConfig, merge
 
     cfg = MergeConfig(
-        adapter=str(ctx.dir("finetune")), out=str(work / "model"), base=str(ctx.base), system_prompt=ctx.system.text
+        adapter=str(job.dir("finetune")), out=str(work / "model"), base=str(job.base), system_prompt=job.system.text
     )
     return merge(cfg)
 
 
-def merged(ctx: Context) -> Path:
-    return ctx.dir("merge") / "model"
+def merged(job: Job) -> Path:
+    return job.dir("merge") / "model"
 
 
-def planned_gguf(ctx: Context) -> Path:
+def planned_gguf(job: Job) -> Path:
     from edgeq.plan import FLOAT_GGUF
 
-    return ctx.dir("plan") / FLOAT_GGUF
+    return job.dir("plan") / FLOAT_GGUF
 
 
-def run_plan(ctx: Context, work: Path) -> dict:
-    from edgeq.plan import PlanConfig, float_gguf_for, plan
+def run_plan(job: Job, work: Path) -> Plan:
+    """Every candidate predicted from the merged model; a plan with no fitting candidate is a result here (the
+    sweep decides with measured quality, and reports no fit itself)."""
+    from edgeq.plan import PlanConfig, float_gguf_for, make_plan
 
-    flt = float_gguf_for(merged(ctx), work) if FORMAT_GGUF in ctx.profile.formats else None
-    cfg = PlanConfig(profile=ctx.profile.source, model=str(merged(ctx)), calibration=str(ctx.calibration))
-    result = plan(cfg, float_gguf=flt)
-    result.pop("error", None)  # the sweep decides with measured quality; its choice is the one that counts
-    return result
+    flt = float_gguf_for(merged(job), work) if FORMAT_GGUF in job.profile.formats else None
+    cfg = PlanConfig(profile=job.profile.source, model=str(merged(job)), calibration=str(job.calibration))
+    return make_plan(cfg, float_gguf=flt)
 
 
-def _measure_candidate(ctx: Context, row: dict, ref, ids, imatrix, work: Path) -> dict:
+def _measure_candidate(job: Job, c: Candidate, ref, ids, imatrix, work: Path) -> Measurement:
     from edgeq.bench import measure_in_child
     from edgeq.evaluate import compare_logits
     from edgeq.export.gguf import quantize_gguf
     from edgeq.export.onnx import OnnxExport, export_onnx
     from edgeq.runtime import artifact_bytes
 
-    fmt, quant = row["format"], row["quant"]
-    path = work / (f"{quant}.gguf" if fmt == FORMAT_GGUF else quant)
-    if fmt == FORMAT_GGUF:
-        quantize_gguf(planned_gguf(ctx), path, quant, imatrix)
+    path = work / (f"{c.quant}.gguf" if c.fmt == FORMAT_GGUF else c.quant)
+    if c.fmt == FORMAT_GGUF:
+        quantize_gguf(planned_gguf(job), path, c.quant, imatrix)
     else:
-        export_onnx(OnnxExport(model=str(merged(ctx)), out=str(path), quant=quant))
+        export_onnx(OnnxExport(model=str(merged(job)), out=str(path), quant=c.quant))
     fidelity = compare_logits(path, ref, ids)
-    run = measure_in_child(
-        fmt, path, ctx.profile.prompt_tokens, 32, ctx.profile.threads, ctx.profile.max_context_tokens
-    )
+    p = job.profile
+    run = measure_in_child(c.fmt, path, p.prompt_tokens, 32, p.threads, p.max_context_tokens)
     size = artifact_bytes(path)
     shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return {
-        "kld": fidelity["mean_kld"],
-        "top1": fidelity["top1_agreement"],
-        "decode_tok_s": run["decode_tok_s"],
-        "ttft_ms": run["ttft_ms"],
-        "peak_rss_mib": run["peak_rss_mib"],
-        "storage_mib": size / 2**20,
-    }
+    return Measurement(
+        kld=fidelity["mean_kld"],
+        top1=fidelity["top1_agreement"],
+        decode_tok_s=run["decode_tok_s"],
+        ttft_ms=run["ttft_ms"],
+        peak_rss_mib=run["peak_rss_mib"],
+        storage_mib=size / 2**20,
+    )
 
 
-def run_sweep(ctx: Context, work: Path) -> dict:
-    """Build and measure every candidate predicted to fit memory and storage; choose with the measurements."""
+def sweep_order(rows: list[Row], profile) -> list[Row]:
+    """The candidates worth building, in order of expected quality: predicted to fit memory and storage, the
+    profile's formats in order, each by prior KLD (then the smaller footprint)."""
+    from edgeq.plan import footprint_fits
+
+    rank = {f: i for i, f in enumerate(profile.formats)}
+    todo = [r for r in rows if footprint_fits(r, profile)]
+    return sorted(todo, key=lambda r: (rank[r.candidate.fmt], r.kld, r.predicted.memory_mib))
+
+
+def run_sweep(job: Job, work: Path) -> Plan:
+    """Build and measure candidates; choose with the measurements. first-fit stops at the first candidate (in
+    sweep_order) whose measured quality and speed meet the profile: the one of best expected quality that fits.
+    all builds every candidate that may fit and chooses the best measured one."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from edgeq.evaluate import TEXT_TOKENS, fidelity_ids, reference_logits
     from edgeq.export.imatrix import compute_imatrix
-    from edgeq.plan import choose, predict
+    from edgeq.plan import choose, with_measurement
 
-    plan = ctx.results["plan"]
-    todo = [r for r in plan["candidates"] if not [x for x in r["reasons"] if x.startswith(("memory", "storage"))]]
-    check_free_disk(work, 2 * max([r["storage_mib"] for r in todo] or [0]) * 2**20, "the candidate sweep")
-    tok = AutoTokenizer.from_pretrained(merged(ctx))
-    model = AutoModelForCausalLM.from_pretrained(merged(ctx), dtype=torch.float32).eval()
+    planned = job.results["plan"]
+    todo = sweep_order(list(planned.rows), job.profile)
+    check_free_disk(work, 2 * max([r.predicted.storage_mib for r in todo] or [0]) * 2**20, "the candidate sweep")
+    tok = AutoTokenizer.from_pretrained(merged(job))
+    model = AutoModelForCausalLM.from_pretrained(merged(job), dtype=torch.float32).eval()
     ids = fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)
     ref = reference_logits(model, ids)
     del model
     imatrix = None
-    if any(r["format"] == FORMAT_GGUF for r in todo):
-        imatrix, _ = compute_imatrix(merged(ctx), ctx.data)
-    measured = {}
+    if any(r.candidate.fmt == FORMAT_GGUF for r in todo):
+        imatrix, _ = compute_imatrix(merged(job), job.data)
+    built: dict[Candidate, Row] = {}
     with report.progress("sweep", len(todo)) as update:
-        for i, row in enumerate(todo):
-            update(i, f"{row['format']} {row['quant']}")
-            measured[f"{row['format']}:{row['quant']}"] = _measure_candidate(ctx, row, ref, ids, imatrix, work)
+        for i, r in enumerate(todo):
+            update(i, r.candidate.label)
+            m = _measure_candidate(job, r.candidate, ref, ids, imatrix, work)
+            built[r.candidate] = with_measurement(r, m, job.profile)
+            if job.cfg.sweep == "first-fit" and built[r.candidate].fits:
+                break
         update(len(todo), "")
-    from edgeq.plan import load_calibration
+    rows = [built.get(r.candidate, r) for r in planned.rows]
+    measured = [r for r in rows if r.measured]
+    if job.cfg.sweep == "first-fit":
+        chosen = next((r.candidate for r in built.values() if r.fits), None)
+    else:
+        chosen = choose(measured, job.profile)
+    return dataclasses.replace(planned, rows=tuple(rows), chosen=chosen)
 
-    cal = load_calibration(ctx.calibration)
-    rows = predict(merged(ctx), ctx.profile, plan["ctx"], planned_gguf(ctx), measured, cal)
-    chosen = choose(rows, ctx.profile)
-    for r in rows:
-        r["measured"] = measured.get(f"{r['format']}:{r['quant']}")
-    return {"candidates": rows, "chosen": chosen and {"format": chosen["format"], "quant": chosen["quant"]}}
 
-
-def run_export(ctx: Context, work: Path) -> dict:
+def run_export(job: Job, work: Path) -> ExportResult:
     from edgeq.export.gguf import GgufExport, export_gguf
     from edgeq.export.onnx import OnnxExport, export_onnx
 
-    chosen = ctx.results["sweep"]["chosen"]
-    name = f"model.{chosen['quant']}" + (".gguf" if chosen["format"] == FORMAT_GGUF else "")
-    if chosen["format"] == FORMAT_GGUF:
-        result = export_gguf(
-            GgufExport(model=str(merged(ctx)), out=str(work / name), quant=chosen["quant"], imatrix_data=str(ctx.data))
-        )
-        result["imatrix_source"] = str(ctx.data)
+    c = job.results["sweep"].chosen
+    name = f"model.{c.quant}" + (".gguf" if c.fmt == FORMAT_GGUF else "")
+    imatrix = None
+    if c.fmt == FORMAT_GGUF:
+        imatrix = str(job.data)
+        r = export_gguf(GgufExport(model=str(merged(job)), out=str(work / name), quant=c.quant, imatrix_data=imatrix))
     else:
-        result = export_onnx(OnnxExport(model=str(merged(ctx)), out=str(work / name), quant=chosen["quant"]))
-    result["name"] = name
-    return result
+        r = export_onnx(OnnxExport(model=str(merged(job)), out=str(work / name), quant=c.quant))
+    details = {k: v for k, v in r.items() if k not in ("bytes", "gates", "format", "quant")}
+    return ExportResult(name, c, r["bytes"], r["gates"], imatrix, details)
 
 
-def artifact(ctx: Context) -> Path:
-    return ctx.dir("export") / ctx.results["export"]["name"]
+def artifact(job: Job) -> Path:
+    return job.dir("export") / job.results["export"].name
 
 
-def run_eval(ctx: Context, work: Path) -> dict:
+def run_eval(job: Job, work: Path) -> EvalResult:
     """Fidelity of the artifact and its task score as evaluated and as served; the float models' task scores and
     answer NLL; the artifact's agreement with the merged model's answers."""
     from transformers import AutoTokenizer
@@ -327,62 +360,75 @@ def run_eval(ctx: Context, work: Path) -> dict:
     from edgeq.evaluate import agreement, evaluate, float_task_score
     from edgeq.task import load_task
 
-    limit, metric = ctx.cfg.eval_limit, ctx.cfg.metric
-    task = load_task(ctx.test_data, limit, metric)
-    result = {"artifact": evaluate(artifact(ctx), merged(ctx), ctx.test_data, limit, served=True, metric=metric)}
-    result["merged"] = float_task_score(merged(ctx), task)
-    result["base"] = float_task_score(ctx.base, task)
-    tok = AutoTokenizer.from_pretrained(merged(ctx))
-    result["agreement"] = agreement(result["artifact"]["task"]["answers"], result["merged"]["answers"], tok)
-    return result
+    limit, metric = job.cfg.eval_limit, job.cfg.metric
+    task = load_task(job.test_data, limit, metric)
+    art = evaluate(artifact(job), merged(job), job.test_data, limit, served=True, metric=metric)
+    merged_score = Score.from_dict(float_task_score(merged(job), task))
+    base_score = Score.from_dict(float_task_score(job.base, task))
+    tok = AutoTokenizer.from_pretrained(merged(job))
+    return EvalResult(
+        text=art["text"],
+        task_text=art["task_text"],
+        artifact=Score.from_dict(art["task"], art["answer_nll"]),
+        served=Score.from_dict(art["task_served"]),
+        merged=merged_score,
+        base=base_score,
+        agreement=agreement(list(art["task"]["answers"]), list(merged_score.answers), tok),
+    )
 
 
-def run_bench(ctx: Context, work: Path) -> dict:
+def run_bench(job: Job, work: Path) -> BenchResult:
     from edgeq.bench import BenchConfig, bench
 
     out = work / "bench.json"
     with contextlib.suppress(BudgetError):  # a breach is a result: the report shows it, the build exits 3
         bench(
-            BenchConfig(str(artifact(ctx)), profile=ctx.profile.source, reps=ctx.cfg.reps, output="json", out=str(out))
+            BenchConfig(str(artifact(job)), profile=job.profile.source, reps=job.cfg.reps, output="json", out=str(out))
         )
-    return json.loads(out.read_text())
+    return BenchResult(json.loads(out.read_text()))
 
 
-def quality_checks(ctx: Context) -> list[Check]:
+def quality_checks(job: Job) -> list[Check]:
     """The profile's quality budgets, on the artifact as evaluated (KLD) and as served (task score)."""
-    ev, p = ctx.results["eval"], ctx.profile
-    checks = [Check("kld", "nats", ev["artifact"]["text"]["mean_kld"], p.max_mean_kld, MAX)]
-    if "merged" in ev and "task_served" in ev["artifact"]:  # the gate judges the artifact as it is served
-        drop = ev["merged"]["score"] - ev["artifact"]["task_served"]["score"]
-        checks.append(Check("task_drop", "points", drop, p.max_task_accuracy_drop_points, MAX))
-    return checks
+    ev, p = job.results["eval"], job.profile
+    drop = ev.merged.score - ev.served.score  # the gate judges the artifact as it is served
+    return [
+        Check("kld", "nats", ev.text["mean_kld"], p.max_mean_kld, MAX),
+        Check("task_drop", "points", drop, p.max_task_accuracy_drop_points, MAX),
+    ]
 
 
-def run_report(ctx: Context, work: Path) -> dict:
+def run_report(job: Job, work: Path) -> BuildResult:
     from edgeq.buildreport import write_outputs
 
-    bench_checks = [Check.from_dict(c) for c in ctx.results["bench"]["checks"]]
-    return write_outputs(ctx, artifact(ctx), work, bench_checks, quality_checks(ctx))
+    quality = quality_checks(job)
+    published = write_outputs(job, artifact(job), quality)
+    checks = job.results["bench"].checks + quality
+    ev = job.results["eval"]
+    scores = {"metric": ev.merged.metric} | {k: getattr(ev, k).score for k in ("base", "merged", "artifact", "served")}
+    chosen, out = job.results["sweep"].chosen, job.out
+    return BuildResult(str(out), str(out / artifact(job).name), chosen, tuple(published), tuple(checks), scores)
 
 
+# stage → (what runs it, the record its result is read back as; None: a JSON document kept as it is)
 STAGES = {
-    "finetune": run_finetune,
-    "merge": run_merge,
-    "plan": run_plan,
-    "sweep": run_sweep,
-    "export": run_export,
-    "eval": run_eval,
-    "bench": run_bench,
-    "report": run_report,
+    "finetune": (run_finetune, None),
+    "merge": (run_merge, None),
+    "plan": (run_plan, Plan),
+    "sweep": (run_sweep, Plan),
+    "export": (run_export, ExportResult),
+    "eval": (run_eval, EvalResult),
+    "bench": (run_bench, BenchResult),
+    "report": (run_report, BuildResult),
 }
 assert tuple(STAGES) == BUILD_STAGES
 
 
-def disk_need(ctx: Context, stage: str) -> int:
+def disk_need(job: Job, stage: str) -> int:
     """Bytes a stage may write, checked before it starts (the exports check their own too)."""
     from edgeq.basemodel import weights_bytes
 
-    w = weights_bytes(ctx.base)
+    w = weights_bytes(job.base)
     return {"finetune": 64 << 20, "merge": 2 * w, "plan": w, "export": 2 * w, "report": w}.get(stage, 0)
 
 
@@ -417,27 +463,33 @@ def build_lock(state: Path):
         f.close()
 
 
-def run_stage(ctx: Context, stage: str) -> dict:
-    final, work = ctx.dir(stage), ctx.dir(f"{stage}.partial")
-    check_free_disk(ctx.state, disk_need(ctx, stage), f"the {stage} stage")
+def _record_of(stage: str, result):
+    kind = STAGES[stage][1]
+    return result if kind is None else kind.from_dict(result)
+
+
+def run_stage(job: Job, stage: str) -> dict:
+    final, work = job.dir(stage), job.dir(f"{stage}.partial")
+    check_free_disk(job.state, disk_need(job, stage), f"the {stage} stage")
     key_file = work / ".key"
     # a partial from a killed run: only the fine-tune continues (from its checkpoints), and only its own
-    if work.exists() and not (stage == "finetune" and key_file.is_file() and key_file.read_text() == ctx.keys[stage]):
+    if work.exists() and not (stage == "finetune" and key_file.is_file() and key_file.read_text() == job.keys[stage]):
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(ctx.keys[stage])
+    key_file.write_text(job.keys[stage])
     t0 = time.time()
-    result = STAGES[stage](ctx, work)
+    result = STAGES[stage][0](job, work)
     seconds = time.time() - t0
     if final.exists():
         shutil.rmtree(final)
     os.replace(work, final)  # renames keep sizes and mtimes: the file list below holds for `final`
-    record = {"key": ctx.keys[stage], "seconds": seconds, "result": result, "files": stage_files(ctx, stage, result)}
+    result = result if STAGES[stage][1] is None else result.as_dict()
+    record = {"key": job.keys[stage], "seconds": seconds, "result": result, "files": stage_files(job, stage, result)}
     write_json(final / BUILD_STAGE_RECORD, record)
     return record
 
 
-def resolve(cfg: BuildConfig) -> Context:
+def resolve(cfg: BuildConfig) -> Job:
     from edgeq.basemodel import resolve_model
     from edgeq.data import read_jsonl
     from edgeq.plan import select_calibration
@@ -456,6 +508,8 @@ def resolve(cfg: BuildConfig) -> Context:
         problems.append(f"--reps {cfg.reps}: need at least 1")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         problems.append(f"--max-steps {cfg.max_steps}: need at least 1")
+    if cfg.sweep not in SWEEP_MODES:
+        problems.append(f"--sweep {cfg.sweep!r}: expected one of {', '.join(SWEEP_MODES)}")
     if problems:
         raise UsageError("; ".join(problems), None, "fix the options above and run again")
     out = Path(cfg.out or Path("builds") / profile.name)
@@ -468,79 +522,91 @@ def resolve(cfg: BuildConfig) -> Context:
     calibration, _, warnings = select_calibration(cfg.calibration, profile)
     for w in warnings:
         report.err.print(f"[yellow]note:[/] {w}")
-    return Context(cfg, profile, base, data, test, out, out / BUILD_STATE_DIR, calibration, system)
+    return Job(cfg, profile, base, data, test, out, out / BUILD_STATE_DIR, calibration, system)
 
 
-def hold_out(ctx: Context, where: Path) -> None:
+def hold_out(job: Job, where: Path) -> None:
     """No --test-data: a seeded split of --data; the fine-tune trains on the rest, the task is scored on it."""
     from edgeq.data import HOLDOUT_SEED, split_holdout
 
     where.mkdir(parents=True, exist_ok=True)
-    train, test, n_train, n_test = split_holdout(ctx.data, where)
-    ctx.holdout = {"source": str(ctx.data), "train": n_train, "held_out": n_test, "seed": HOLDOUT_SEED}
+    train, test, n_train, n_test = split_holdout(job.data, where)
+    job.holdout = {"source": str(job.data), "train": n_train, "held_out": n_test, "seed": HOLDOUT_SEED}
     report.err.print(
-        f"[yellow]note:[/] no --test-data: {n_test} of {n_train + n_test} examples of {ctx.data} held out "
+        f"[yellow]note:[/] no --test-data: {n_test} of {n_train + n_test} examples of {job.data} held out "
         f"(seed {HOLDOUT_SEED}) for the task score; the fine-tune trains on the other {n_train}"
     )
-    ctx.data, ctx.test_data = train, test
+    job.data, job.test_data = train, test
 
 
-def dry_run(ctx: Context) -> dict:
-    """What a build would do, writing nothing: the plan predicted from the base model (same shapes,
-    prior quality) and each stage's state."""
-    from edgeq.buildreport import dry_run_view
-    from edgeq.plan import PlanConfig, plan
+@contextlib.contextmanager
+def prepared(cfg: BuildConfig):
+    """The job with its inputs resolved and hashed and its stage keys computed. Task data is read now, so bad
+    data fails before the fine-tune. A dry run's held-out split goes to a scratch folder, nothing into OUT."""
+    from edgeq.task import load_task
 
-    predicted = plan(PlanConfig(profile=ctx.profile.source, model=str(ctx.base), calibration=str(ctx.calibration)))
-    predicted.pop("error", None)
-    stages = {s: "cached" if cached(ctx, s) else "would run" for s in ctx.keys}
-    dry_run_view(predicted, stages, ctx.out)
-    return {"plan": predicted, "stages": stages}
-
-
-def build(cfg: BuildConfig) -> dict:
-    from edgeq.buildreport import StageView, summary
-
-    ctx = resolve(cfg)
+    job = resolve(cfg)
     with contextlib.ExitStack() as scratch:
-        if ctx.test_data is None:  # dry run: the split goes to a scratch folder, nothing into OUT
-            where = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if cfg.dry_run else ctx.state / "split"
-            hold_out(ctx, where)
-        from edgeq.task import load_task
-
-        load_task(ctx.test_data, cfg.eval_limit, cfg.metric)  # bad task data fails now, not after the fine-tune
-        memo_path = ctx.state / "sha-memo.json"
+        if job.test_data is None:
+            where = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if cfg.dry_run else job.state / "split"
+            hold_out(job, where)
+        load_task(job.test_data, cfg.eval_limit, cfg.metric)
+        memo_path = job.state / "sha-memo.json"
         memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
-        ctx.hashes = input_hashes(ctx, memo)
-        ctx.keys = compute_keys(ctx, ctx.hashes)
-        if cfg.dry_run:
-            return dry_run(ctx)
-    with build_lock(ctx.state):
-        write_json(memo_path, memo)
+        job.hashes = input_hashes(job, memo)
+        job.keys = compute_keys(job, job.hashes)
+        job.memo = memo
+        yield job
+
+
+def dry_run(cfg: BuildConfig) -> tuple[Plan, dict[str, str]]:
+    """What a build would do, writing nothing: the plan predicted from the base model (same shapes, prior
+    quality; None-chosen where nothing fits) and each stage's state."""
+    from edgeq.plan import PlanConfig, make_plan
+
+    with prepared(cfg) as job:
+        planned = make_plan(
+            PlanConfig(profile=job.profile.source, model=str(job.base), calibration=str(job.calibration))
+        )
+        return planned, {s: "cached" if cached(job, s) else "would run" for s in job.keys}
+
+
+def build(cfg: BuildConfig) -> BuildResult:
+    """Every stage, cached ones skipped; the build's result with its checks (gate() turns breaches into exit 3).
+    No candidate fitting at the sweep raises NoFitError, with previous outputs left as they were."""
+    from edgeq.buildreport import StageView
+
+    with prepared(cfg) as job, build_lock(job.state):
+        write_json(job.state / "sha-memo.json", job.memo)
         view = StageView(BUILD_STAGES)
         with view.live():
             for stage in BUILD_STAGES:
-                record = cached(ctx, stage)
+                record = cached(job, stage)
                 if record is not None:
                     view.set(stage, "cached", record["seconds"])
                 else:
                     view.set(stage, "running")
                     try:
-                        record = run_stage(ctx, stage)
+                        record = run_stage(job, stage)
                     except BaseException:
                         view.set(stage, "failed")
                         raise
                     view.set(stage, "done", record["seconds"])
-                ctx.results[stage] = record["result"]
-                if stage == "sweep" and ctx.results["sweep"]["chosen"] is None:
+                job.results[stage] = _record_of(stage, record["result"])
+                job.seconds[stage] = (record["seconds"], view.rows[stage]["state"])
+                if stage == "sweep" and job.results["sweep"].chosen is None:
                     from edgeq.plan import no_fit_error
 
-                    raise no_fit_error(ctx.results["sweep"]["candidates"], ctx.profile, ctx.results["plan"]["ctx"])
-    final = ctx.results["report"]
-    report.out.print(summary(ctx, view))
-    breaches = final["breaches"]
-    if breaches:
+                    sweep = job.results["sweep"]
+                    raise no_fit_error(list(sweep.rows), job.profile, sweep.n_ctx)
+    return dataclasses.replace(job.results["report"], stages=dict(job.seconds))
+
+
+def gate(result: BuildResult) -> None:
+    """The build's verdict: a breached budget is exit 3, pointing at the report that shows it."""
+    if result.breaches:
         raise BudgetError(
-            "; ".join(breaches), str(ctx.out / "report.md"), "see the report; relax the profile or the model"
+            "; ".join(result.breaches),
+            str(Path(result.out) / BUILD_REPORT),
+            "see the report; relax the profile or the model",
         )
-    return final

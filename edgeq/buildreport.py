@@ -80,13 +80,16 @@ class StageView:
                 self._live = None
 
 
-def dry_run_view(plan_result: dict, stages: dict, out: Path) -> None:
+def dry_run_view(planned, stages: dict, out: Path):
     """The plan (predicted from the base model: same shapes, prior quality) and the stages that would run."""
+    from rich.console import Group
+
     from edgeq.plan import render
 
-    report.out.print(render(plan_result))
     rows = [[s, state] for s, state in stages.items()]
-    report.out.print(report.table(f"stages into {out} (dry run: nothing written)", ["stage", "state"], rows))
+    return Group(
+        render(planned), report.table(f"stages into {out} (dry run: nothing written)", ["stage", "state"], rows)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,24 +183,24 @@ def check_modelfile(model_dir: Path, profile, system) -> None:
     modelfile("model.gguf", tok, profile, system)
 
 
-def plot(candidates: list[dict], chosen: dict, path: Path) -> None:
-    """Size vs KLD, colour = decode tok/s, over the measured candidates; the chosen one marked."""
+def plot(rows, chosen, path: Path) -> None:
+    """Size vs KLD, colour = decode tok/s, over the measured candidates (records.Row); the chosen one marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in candidates if r.get("measured")]
+    rows = [r for r in rows if r.measured]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     if rows:
-        xs = [r["measured"]["storage_mib"] for r in rows]
-        ys = [max(r["measured"]["kld"], 1e-5) for r in rows]
-        cs = [r["measured"]["decode_tok_s"] for r in rows]
+        xs = [r.measured.storage_mib for r in rows]
+        ys = [max(r.measured.kld, 1e-5) for r in rows]
+        cs = [r.measured.decode_tok_s for r in rows]
         sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=60, edgecolors="k", linewidths=0.5)
         fig.colorbar(sc, ax=ax, label="decode tok/s (measured here)")
         for r, x, y in zip(rows, xs, ys, strict=True):
-            ax.annotate(f"{r['format']} {r['quant']}", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-            if r["format"] == chosen["format"] and r["quant"] == chosen["quant"]:
+            ax.annotate(r.candidate.label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            if r.candidate == chosen:
                 ax.scatter([x], [y], s=260, facecolors="none", edgecolors="red", linewidths=2, label="chosen")
         ax.set_yscale("log")
         ax.legend(loc="upper right")
@@ -228,108 +231,99 @@ def publish_artifact(src: Path, dst: Path) -> None:
                     shutil.copyfile(f, tmp / f.relative_to(src))
 
 
-def _without_answers(score: dict) -> dict:
-    return {k: v for k, v in score.items() if k != "answers"}
-
-
-def write_outputs(ctx, artifact: Path, work: Path, bench_checks: list, quality_checks: list) -> dict:
-    """Publish the artifact and write manifest, report, Modelfile and plot; the checks are build's verdict."""
+def write_outputs(job, artifact: Path, quality: list) -> list[str]:
+    """Publish the artifact and write manifest, report, Modelfile and plot; bench's checks and `quality` (build's
+    quality checks) are the verdict the report shows. Returns the names written into OUT."""
     from transformers import AutoTokenizer
 
     from edgeq.io import write_json, write_text
     from edgeq.machine import versions
 
-    out = ctx.out
-    res = ctx.results
-    chosen = res["sweep"]["chosen"]
+    out, res = job.out, job.results
+    sweep, export, ev, bench = res["sweep"], res["export"], res["eval"], res["bench"]
+    chosen = sweep.chosen
     publish_artifact(artifact, out / artifact.name)
     template_ok = None
-    if chosen["format"] == FORMAT_GGUF:
-        tok = AutoTokenizer.from_pretrained(ctx.dir("merge") / "model")
-        text, template_ok = modelfile(artifact.name, tok, ctx.profile, ctx.system)
+    if chosen.fmt == FORMAT_GGUF:
+        tok = AutoTokenizer.from_pretrained(job.dir("merge") / "model")
+        text, template_ok = modelfile(artifact.name, tok, job.profile, job.system)
         write_text(out / BUILD_MODELFILE, text)
-    plot(res["sweep"]["candidates"], chosen, out / BUILD_PLOT)
-    breaches = [c.line() for c in bench_checks + quality_checks if not c.passed]
-    chosen_row = next(
-        r for r in res["sweep"]["candidates"] if r["format"] == chosen["format"] and r["quant"] == chosen["quant"]
-    )
-    measured_rss = res["bench"]["results"]["peak_rss_mib"]["median"]
+    plot(sweep.rows, chosen, out / BUILD_PLOT)
+    predicted = sweep.row(chosen).predicted
+    measured_rss = bench.median("peak_rss_mib")
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "edgeq_version": __version__,
-        "profile": ctx.profile.as_dict(),
+        "profile": job.profile.as_dict(),
         "inputs": {
-            "base": {"path": str(ctx.base), "sha256": ctx.hashes["base"]},
-            "data": {"path": str(ctx.data), "sha256": ctx.hashes["data"]},
-            "test_data": ctx.test_data and {"path": str(ctx.test_data), "sha256": ctx.hashes["test_data"]},
-            "holdout": ctx.holdout,
+            "base": {"path": str(job.base), "sha256": job.hashes["base"]},
+            "data": {"path": str(job.data), "sha256": job.hashes["data"]},
+            "test_data": job.test_data and {"path": str(job.test_data), "sha256": job.hashes["test_data"]},
+            "holdout": job.holdout,
         },
-        "stages": {s: {"key": ctx.keys[s]} for s in ctx.keys},
+        "stages": {s: {"key": job.keys[s]} for s in job.keys},
         "finetune": res["finetune"],
         "merge": {"config": res["merge"]["config"], "verification": res["merge"]["verification"]},
-        "quant_recipe": {
-            "format": chosen["format"],
-            "quant": chosen["quant"],
-            "imatrix_source": res["export"].get("imatrix_source"),
-            "gates": res["export"].get("gates"),
-        },
+        "quant_recipe": chosen.as_dict() | {"imatrix_source": export.imatrix_source, "gates": export.gates},
         "artifact": {
             "path": artifact.name,
-            "sha256": res["bench"]["environment"]["artifact_sha256"],  # bench hashed these same bytes
-            "bytes": res["export"].get("bytes"),
+            "sha256": bench.artifact_sha256,  # bench hashed these same bytes
+            "bytes": export.bytes,
         },
         "footprint": {
-            "predicted_peak_rss_mib": chosen_row["memory_mib"],
+            "predicted_peak_rss_mib": predicted.memory_mib,
             "measured_peak_rss_mib": measured_rss,
-            "prediction_error": chosen_row["memory_mib"] / measured_rss - 1,
-            "predicted_storage_mib": chosen_row["storage_mib"],
-            "measured_storage_mib": res["bench"]["environment"]["artifact_bytes"] / 2**20,
+            "prediction_error": predicted.memory_mib / measured_rss - 1,
+            "predicted_storage_mib": predicted.storage_mib,
+            "measured_storage_mib": bench.artifact_mib,
         },
-        "fidelity": {k: v for k, v in res["eval"]["artifact"].items() if k not in ("task", "task_served")}
-        | {k: _without_answers(res["eval"]["artifact"][k]) for k in ("task", "task_served")},
+        "fidelity": {
+            "artifact": str(artifact),
+            "format": chosen.fmt,
+            "reference": str(job.dir("merge") / "model"),
+            "text": ev.text,
+            "task_text": ev.task_text,
+            "answer_nll": ev.artifact.answer_nll,
+            "task": ev.artifact.as_dict(answers=False),
+            "task_served": ev.served.as_dict(answers=False),
+        },
         "task": {
-            **{k: res["eval"][k]["score"] for k in ("base", "merged") if k in res["eval"]},
-            "metric": res["eval"]["merged"]["metric"],
-            "metric_why": res["eval"]["merged"]["why"],
+            "base": ev.base.score,
+            "merged": ev.merged.score,
+            "metric": ev.merged.metric,
+            "metric_why": ev.merged.why,
             "answer_nll": {
-                "base": res["eval"]["base"]["answer_nll"],
-                "merged": res["eval"]["merged"]["answer_nll"],
-                "artifact": res["eval"]["artifact"]["answer_nll"],
+                "base": ev.base.answer_nll,
+                "merged": ev.merged.answer_nll,
+                "artifact": ev.artifact.answer_nll,
             },
-            "agreement_with_merged": res["eval"]["agreement"],
+            "agreement_with_merged": ev.agreement,
         },
-        "system_prompt": ctx.system.as_dict(),
-        "bench": {
-            "settings": res["bench"]["settings"],
-            "results": res["bench"]["results"],
-            "checks": res["bench"]["checks"],
-        },
-        "quality_checks": [c.as_dict() for c in quality_checks],
+        "system_prompt": job.system.as_dict(),
+        "bench": {k: bench.record[k] for k in ("settings", "results", "checks")},
+        "quality_checks": [c.as_dict() for c in quality],
         "ollama_template": template_ok,
-        "runtime_config": res["bench"]["environment"].get("runtime_config", {}),
+        "runtime_config": bench.record["environment"].get("runtime_config", {}),
         "versions": versions(
             ("torch", "transformers", "peft", "bitsandbytes", "llama_cpp", "gguf", "onnxruntime", "onnxruntime_genai")
         ),
     }
-    write_json(out / "manifest.json", manifest)
-    write_text(out / BUILD_REPORT, markdown(ctx, manifest, breaches))
+    write_json(out / BUILD_MANIFEST, manifest)
+    write_text(out / BUILD_REPORT, markdown(job, manifest, [c.line() for c in bench.checks + quality if not c.passed]))
     published = [artifact.name, BUILD_MANIFEST, BUILD_REPORT, BUILD_PLOT]
-    published += [BUILD_MODELFILE] if template_ok is not None else []
-    return {
-        "artifact": str(out / artifact.name),
-        "breaches": breaches,
-        "manifest": str(out / BUILD_MANIFEST),
-        "published": published,
-    }
+    return published + ([BUILD_MODELFILE] if template_ok is not None else [])
 
 
-def markdown(ctx, m: dict, breaches: list[str]) -> str:
-    res, p = ctx.results, ctx.profile
-    fp, task = m["footprint"], m["task"]
+def markdown(job, m: dict, breaches: list[str]) -> str:
+    from edgeq.plan import footprint_fits
+
+    res, p = job.results, job.profile
+    fp, task, ev = m["footprint"], m["task"], res["eval"]
+    chosen = res["sweep"].chosen
     lines = [
         f"# edgeq build — profile `{p.name}`",
         "",
-        f"Artifact: `{m['artifact']['path']}` ({m['quant_recipe']['format']} {m['quant_recipe']['quant']}), "
+        f"Artifact: `{m['artifact']['path']}` ({chosen.label}), "
         f"built {time.strftime('%Y-%m-%d %H:%M')} by edgeq {__version__}.",
         "",
         "**Result: " + ("all budgets met**" if not breaches else "budget breached** — " + "; ".join(breaches)),
@@ -337,44 +331,40 @@ def markdown(ctx, m: dict, breaches: list[str]) -> str:
         "## Task score on the held-out data",
         "",
     ]
-    if task:
-        art = m["fidelity"]["task"]["score"]
-        served = m["fidelity"]["task_served"]["score"]
-        nll, agree = task["answer_nll"], task["agreement_with_merged"]
-        sp = m["system_prompt"]
-        shown = repr(sp["text"]) if sp["text"] else "the base template's own"
+    art, served = ev.artifact.score, ev.served.score
+    nll, agree = task["answer_nll"], ev.agreement
+    sp = m["system_prompt"]
+    shown = repr(sp["text"]) if sp["text"] else "the base template's own"
+    lines += [
+        f"Metric: **{task['metric']}** — {task['metric_why']}. Scores are 0–100; the profile's "
+        "max_task_accuracy_drop_points is in points of this metric.",
+        "",
+        f"| model | {task['metric']} | answer NLL (nats/token) |",
+        "|---|---|---|",
+        f"| base model | {ev.base.score:.1f} | {nll['base']['mean_nll']:.3f} |",
+        f"| fine-tuned, merged (float32) | {ev.merged.score:.1f} | {nll['merged']['mean_nll']:.3f} |",
+        f"| artifact, prompts as in training | {art:.1f} | {nll['artifact']['mean_nll']:.3f} |",
+        f"| **artifact as served** (only the user's turn, its embedded template) | **{served:.1f}** | |",
+        "",
+        f"Answer NLL: teacher-forced, over {nll['merged']['tokens']} reference-answer tokens; the fine-tune "
+        f"lowered it by {nll['base']['mean_nll'] - nll['merged']['mean_nll']:.3f} nats/token. Generation "
+        f"agreement with the merged float model: {agree['identical_pct']:.1f} % identical answers, "
+        f"{agree['prefix_agreement_pct']:.1f} % of tokens before the first difference.",
+        "",
+        f"The fine-tune gained **{ev.merged.score - ev.base.score:+.1f} points**; the artifact as served keeps "
+        f"{served - ev.base.score:+.1f} over the base. The quality gate judges the artifact as served.",
+        "",
+        f"Default system prompt in the artifact: {shown} ({sp['source']}: {sp['why']}).",
+        "",
+    ]
+    if abs(art - served) > SERVED_GAP_POINTS:
         lines += [
-            f"Metric: **{task['metric']}** — {task['metric_why']}. Scores are 0–100; the profile's "
-            "max_task_accuracy_drop_points is in points of this metric.",
-            "",
-            f"| model | {task['metric']} | answer NLL (nats/token) |",
-            "|---|---|---|",
-            f"| base model | {task['base']:.1f} | {nll['base']['mean_nll']:.3f} |",
-            f"| fine-tuned, merged (float32) | {task['merged']:.1f} | {nll['merged']['mean_nll']:.3f} |",
-            f"| artifact, prompts as in training | {art:.1f} | {nll['artifact']['mean_nll']:.3f} |",
-            f"| **artifact as served** (only the user's turn, its embedded template) | **{served:.1f}** | |",
-            "",
-            f"Answer NLL: teacher-forced, over {nll['merged']['tokens']} reference-answer tokens; the fine-tune "
-            f"lowered it by {nll['base']['mean_nll'] - nll['merged']['mean_nll']:.3f} nats/token. Generation "
-            f"agreement with the merged float model: {agree['identical_pct']:.1f} % identical answers, "
-            f"{agree['prefix_agreement_pct']:.1f} % of tokens before the first difference.",
-            "",
-            f"The fine-tune gained **{task['merged'] - task['base']:+.1f} points**; the artifact as served keeps "
-            f"{served - task['base']:+.1f} over the base. The quality gate judges the artifact as served.",
-            "",
-            f"Default system prompt in the artifact: {shown} ({sp['source']}: {sp['why']}).",
+            f"**Warning:** served and evaluated scores differ by {abs(art - served):.1f} points (more than "
+            f"{SERVED_GAP_POINTS:g}): the artifact served the usual way is not the model that was scored. "
+            "Check the default system prompt (`--system-prompt`) and the chat template.",
             "",
         ]
-        if abs(art - served) > SERVED_GAP_POINTS:
-            lines += [
-                f"**Warning:** served and evaluated scores differ by {abs(art - served):.1f} points (more than "
-                f"{SERVED_GAP_POINTS:g}): the artifact served the usual way is not the model that was scored. "
-                "Check the default system prompt (`--system-prompt`) and the chat template.",
-                "",
-            ]
-    else:
-        lines += ["No --test-data given: task accuracy not measured.", ""]
-    bench = res["bench"]["results"]
+    bench = res["bench"]
     lines += [
         "## Footprint and speed (edgeq bench, this machine)",
         "",
@@ -383,35 +373,34 @@ def markdown(ctx, m: dict, breaches: list[str]) -> str:
         f"| peak RSS MiB (ctx {p.max_context_tokens}) | {fp['predicted_peak_rss_mib']:.1f} | "
         f"{fp['measured_peak_rss_mib']:.1f} ({100 * fp['prediction_error']:+.1f} %) | {p.memory_budget_mib} |",
         f"| size MiB | {fp['predicted_storage_mib']:.1f} | {fp['measured_storage_mib']:.1f} | {p.storage_budget_mib} |",
-        f"| TTFT ms ({p.prompt_tokens} tokens) | | {bench['ttft_ms']['median']:.0f} | {p.ttft_ms:g} |",
-        f"| decode tok/s | | {bench['decode_tok_s']['median']:.1f} | ≥ {p.min_decode_tok_s:g} |",
-        f"| mean KLD vs merged | | {m['fidelity']['text']['mean_kld']:.4f} | ≤ {p.max_mean_kld:g} |",
+        f"| TTFT ms ({p.prompt_tokens} tokens) | | {bench.median('ttft_ms'):.0f} | {p.ttft_ms:g} |",
+        f"| decode tok/s | | {bench.median('decode_tok_s'):.1f} | ≥ {p.min_decode_tok_s:g} |",
+        f"| mean KLD vs merged | | {ev.text['mean_kld']:.4f} | ≤ {p.max_mean_kld:g} |",
         "",
         "## Candidates",
         "",
         f"Plan at ctx {p.max_context_tokens}, prompt {p.prompt_tokens}, with {PLAN_MARGIN:.0%} memory headroom. "
-        f"Measured: built, KLD on held-out text, one bench run. ![candidates]({BUILD_PLOT})",
+        f"Measured: built, KLD on held-out text, one bench run (sweep: {job.cfg.sweep}). ![candidates]({BUILD_PLOT})",
         "",
         "| candidate | predicted RSS MiB | measured RSS MiB | size MiB | KLD | decode tok/s | fits | why not |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in res["sweep"]["candidates"]:
-        ms = r.get("measured") or {}
-        pick = r["format"] == m["quant_recipe"]["format"] and r["quant"] == m["quant_recipe"]["quant"]
+    for r in res["sweep"].rows:
+        fits, why = ("yes" if r.fits else "no"), "; ".join(r.reasons)
+        if r.measured is None and footprint_fits(r, p):  # first-fit stopped before it
+            fits, why = "not built", f"{chosen.label} came first in expected quality and met every budget"
         lines.append(
-            f"| {'**→** ' if pick else ''}{r['format']} {r['quant']} | {r['memory_mib']:.1f} | "
-            f"{ms.get('peak_rss_mib', float('nan')):.1f} | {r['storage_mib']:.1f} | "
-            f"{r['kld']:.4f} ({r['kld_source']}) | "
-            f"{'-' if r['decode_tok_s'] is None else round(r['decode_tok_s'])} | "
-            f"{'yes' if r['fits'] else 'no'} | {'; '.join(r['reasons'])} |"
+            f"| {'**→** ' if r.candidate == chosen else ''}{r.candidate.label} | {r.predicted.memory_mib:.1f} | "
+            f"{f'{r.measured.peak_rss_mib:.1f}' if r.measured else '-'} | {r.predicted.storage_mib:.1f} | "
+            f"{r.kld:.4f} ({r.kld_source}) | {'-' if r.decode_tok_s is None else round(r.decode_tok_s)} | "
+            f"{fits} | {why} |"
         )
     lines += [
         "",
         "## Recipe",
         "",
         f"- merge: into the {m['merge']['config']['merge_into']} base, saved as {m['merge']['config']['dtype']}",
-        f"- quantization: {m['quant_recipe']['quant']}, importance matrix from "
-        f"{m['quant_recipe']['imatrix_source'] or 'none'}",
+        f"- quantization: {chosen.quant}, importance matrix from {m['quant_recipe']['imatrix_source'] or 'none'}",
         "- Ollama Modelfile: "
         + ("ChatML template checked against the model" if m["ollama_template"] else "template read from the GGUF"),
         "- full inputs, stage keys and versions: `manifest.json`",
@@ -420,29 +409,23 @@ def markdown(ctx, m: dict, breaches: list[str]) -> str:
     return "\n".join(lines)
 
 
-def summary(ctx, view: StageView):
-    res = ctx.results
-    fp = res["bench"]["results"]
-    task = res["eval"]
-    rows = [[s, r["state"], "" if r["seconds"] is None else f"{r['seconds']:.1f} s"] for s, r in view.rows.items()]
-    t = report.table("build summary", ["stage", "state", "time"], rows)
-    chosen = res["sweep"]["chosen"]
-    lines = [
-        ["artifact", res["report"]["artifact"]],
-        ["choice", f"{chosen['format']} {chosen['quant']}"],
-        ["peak RSS", f"{fp['peak_rss_mib']['median']:.1f} MiB (budget {ctx.profile.memory_budget_mib})"],
-        ["decode", f"{fp['decode_tok_s']['median']:.1f} tok/s"],
-        ["mean KLD", f"{task['artifact']['text']['mean_kld']:.4f}"],
-    ]
-    if "base" in task:
-        lines.append(
-            [
-                "task score",
-                f"{task['merged']['metric']}: base {task['base']['score']:.1f} → merged "
-                f"{task['merged']['score']:.1f} → artifact {task['artifact']['task']['score']:.1f} (served: "
-                f"{task['artifact']['task_served']['score']:.1f})",
-            ]
-        )
+def summary(result):
+    """The end of `edgeq build`: each stage's state and time, then the result (records.BuildResult)."""
     from rich.console import Group
 
+    rows = [[s, state, f"{secs:.1f} s"] for s, (secs, state) in result.stages.items()]
+    t = report.table("build summary", ["stage", "state", "time"], rows)
+    checks = {c.name: c for c in result.checks}
+    sc = result.scores
+    lines = [["artifact", result.artifact], ["choice", result.candidate.label]]
+    lines += [["memory", checks["memory"].line()]] if "memory" in checks else []
+    lines += [["decode", checks["decode"].line()]] if "decode" in checks else []
+    lines += [
+        ["mean KLD", checks["kld"].line()],
+        [
+            "task score",
+            f"{sc['metric']}: base {sc['base']:.1f} → merged {sc['merged']:.1f} → artifact {sc['artifact']:.1f} "
+            f"(served: {sc['served']:.1f})",
+        ],
+    ]
     return Group(t, report.table("result", ["", ""], lines))

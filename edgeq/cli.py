@@ -23,6 +23,7 @@ from edgeq.spec import (
     MERGE_POLICIES,
     ONNX_EXECUTION_PROVIDERS,
     QUANT_MODES,
+    SWEEP_MODES,
     TASK_METRICS,
     quant_names,
 )
@@ -414,16 +415,18 @@ def bench(**kw) -> None:
 def plan(profile, model_dir, ctx, measured_from, calibration, as_json) -> None:
     """Predict memory and size of every candidate the profile allows; pick the best that fits (exit 3: none)."""
     from edgeq import report
-    from edgeq.plan import PlanConfig, render
+    from edgeq.plan import NoFitError, PlanConfig, render
     from edgeq.plan import plan as run
 
     cfg = PlanConfig(profile=profile, model=model_dir, ctx=ctx, measured_from=measured_from, calibration=calibration)
-    result = run(cfg)
-    for w in result["calibration"]["warnings"]:
+    try:
+        result, error = run(cfg), None
+    except NoFitError as e:  # the table still shows why each candidate misses
+        result, error = e.plan, e
+    for w in result.calibration["warnings"]:
         report.err.print(f"[yellow]note:[/] {w}")
-    error = result.pop("error", None)
     if as_json:
-        report.print_json(result)
+        report.print_json(result.as_dict())
     else:
         report.out.print(render(result))
     if error is not None:
@@ -453,12 +456,29 @@ def plan(profile, model_dir, ctx, measured_from, calibration, as_json) -> None:
     help="The artifact's default system prompt (default: the one that opens most training conversations; '' keeps "
     "the base template's).",
 )
+@click.option(
+    "--sweep",
+    type=click.Choice(SWEEP_MODES),
+    default=SWEEP_MODES[0],
+    show_default=True,
+    help="first-fit: build candidates in order of expected quality, stop at the first that meets every budget; "
+    "all: build and measure every candidate that may fit (full table and plot).",
+)
 def build(**kw) -> None:
     """Fine-tune → merge → plan → export → eval → bench → report, cached per stage (exit 3: a budget breached)."""
-    from edgeq.build import BuildConfig
+    from edgeq import report
+    from edgeq.build import BuildConfig, dry_run, gate
     from edgeq.build import build as run
+    from edgeq.buildreport import dry_run_view, summary
 
-    run(BuildConfig(**kw))
+    cfg = BuildConfig(**kw)
+    if cfg.dry_run:
+        planned, stages = dry_run(cfg)
+        report.out.print(dry_run_view(planned, stages, cfg.out or f"builds/{planned.profile}"))
+        return
+    result = run(cfg)
+    report.out.print(summary(result))
+    gate(result)
 
 
 @cli.command()

@@ -6,7 +6,7 @@ For every candidate the profile allows:
            ONNX: the onnxruntime-genai builder's layout, tensor by tensor, from config.json.
   memory   peak RSS of the serving process at the profile's context =
            runtime base + resident weights + KV cache + compute buffers, where
-           KV = 2 × layers × KV heads × head_dim × ctx × bytes per element (KV heads, not heads)
+           KV = 2 × layers × KV heads × head_dim × n_ctx × bytes per element (KV heads, not heads)
            and the runtime terms (base, compute per token, weights resident twice where llama.cpp
            repacks them for the CPU, ORT's prepacked copies) come from measurement: the data in
            calibration of the machine (edgeq calibrate; one per CPU × runtime configuration measured
@@ -21,6 +21,7 @@ says by how much the smallest misses and what would make it fit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeq.errors import BudgetError, UsageError
+from edgeq.records import KLD_MEASURED, KLD_PRIOR, Candidate, Measurement, Plan, Prediction, Row
 from edgeq.runtime import ASSETS
 from edgeq.spec import (
     CALIBRATIONS_DIR,
@@ -36,7 +38,6 @@ from edgeq.spec import (
     GGUF_FLOAT_TYPES,
     LLAMA_CPP_MAX_BATCH,
     PLAN_MARGIN,
-    PLAN_SCHEMA,
     QUANT_TYPES,
     TOKENIZER_FILES,
 )
@@ -86,9 +87,9 @@ class Dims:
         )
 
 
-def kv_cache_bytes(d: Dims, ctx: int, bytes_per_element: float) -> float:
-    """K and V for every layer: 2 × layers × KV heads × head_dim × ctx × bytes per element."""
-    return 2 * d.layers * d.kv_heads * d.head_dim * ctx * bytes_per_element
+def kv_cache_bytes(d: Dims, n_ctx: int, bytes_per_element: float) -> float:
+    """K and V for every layer: 2 × layers × KV heads × head_dim × n_ctx × bytes per element."""
+    return 2 * d.layers * d.kv_heads * d.head_dim * n_ctx * bytes_per_element
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,25 +271,25 @@ def onnx_bytes(d: Dims, quant: str) -> dict[str, int]:
 # memory: peak RSS of the serving process
 
 
-def predict_gguf_rss(d: Dims, tensor_bytes: dict[str, int], ctx: int, prompt: int, cal: dict) -> dict:
+def predict_gguf_rss(d: Dims, tensor_bytes: dict[str, int], n_ctx: int, prompt: int, cal: dict) -> dict:
     g = cal["gguf"]  # resident_factor lists ggml tensor types measured resident twice; others are mmap-ed once
     weights = sum(b * g["resident_factor"].get(t, 1.0) for t, b in tensor_bytes.items())
-    kv = kv_cache_bytes(d, ctx, g["kv_bytes_per_element"])
+    kv = kv_cache_bytes(d, n_ctx, g["kv_bytes_per_element"])
     compute = d.hidden * (
         g["compute_bytes_per_prompt_token_per_hidden"] * prompt
-        + g["compute_bytes_per_batch_token_per_hidden"] * min(LLAMA_CPP_MAX_BATCH, ctx)
+        + g["compute_bytes_per_batch_token_per_hidden"] * min(LLAMA_CPP_MAX_BATCH, n_ctx)
     )
     base = g["base_mib"] * MIB
     total = base + weights + kv + compute
     return {"base": base, "weights": weights, "kv_cache": kv, "compute": compute, "total": total}
 
 
-def predict_onnx_rss(d: Dims, quant: str, ctx: int, prompt: int, cal: dict) -> dict:
+def predict_onnx_rss(d: Dims, quant: str, n_ctx: int, prompt: int, cal: dict) -> dict:
     o = cal["onnx"]
     sizes = onnx_bytes(d, quant)
     base = o["base_mib"] * MIB
     weights = o["resident_factor"][quant] * sizes["matmul"] + sizes["other"]  # see calibrated() for others
-    kv = kv_cache_bytes(d, ctx, o["kv_bytes_per_element"])
+    kv = kv_cache_bytes(d, n_ctx, o["kv_bytes_per_element"])
     per_token = o["prompt_bytes_per_token_per_vocab"]  # one number in calibrations before per-precision terms
     per_token = per_token[quant] if isinstance(per_token, dict) else per_token
     compute = prompt * d.vocab * per_token  # prefill returns logits for every token
@@ -301,23 +302,24 @@ def predict_onnx_rss(d: Dims, quant: str, ctx: int, prompt: int, cal: dict) -> d
 # the plan
 
 
-def _candidates(profile) -> list[tuple[str, str]]:
-    return [(fmt, q) for fmt in profile.formats for q in profile.allowed_quant_types if QUANT_TYPES[q].fmt == fmt]
+def candidates(profile) -> list[Candidate]:
+    """The uniform candidates the profile allows, in its format order."""
+    return [Candidate(f, q) for f in profile.formats for q in profile.allowed_quant_types if QUANT_TYPES[q].fmt == f]
 
 
 def predict(
     model_dir: Path,
     profile,
-    ctx: int,
+    n_ctx: int,
     float_gguf: Path | None,
-    measured: dict | None,
+    measured: dict[str, Measurement] | None,
     cal: dict,
-) -> list[dict]:
-    """One row per candidate: predicted storage and memory, quality, whether it fits and why not."""
+) -> list[Row]:
+    """One row per candidate: predicted storage and memory, quality (measured where known), why it does not fit."""
     d = Dims.from_config(model_dir)
-    if ctx > d.max_positions:
+    if n_ctx > d.max_positions:
         raise UsageError(
-            f"context {ctx} is longer than the model's {d.max_positions} positions",
+            f"context {n_ctx} is longer than the model's {d.max_positions} positions",
             str(model_dir),
             f"plan with --ctx {d.max_positions} or less, or a profile with a shorter max_context_tokens",
         )
@@ -325,85 +327,97 @@ def predict(
     layout = None
     tokenizer_bytes = sum((model_dir / f).stat().st_size for f in TOKENIZER_FILES if (model_dir / f).is_file())
     rows = []
-    for fmt, quant in _candidates(profile):
-        terms, note = calibrated(cal, fmt, quant)
-        if fmt == FORMAT_GGUF:
+    for c in candidates(profile):
+        terms, note = calibrated(cal, c.fmt, c.quant)
+        if c.fmt == FORMAT_GGUF:
             if float_gguf is None:
                 raise UsageError("planning GGUF candidates needs the float GGUF of the model")
-            types = gguf_tensor_types(float_gguf, quant)
+            types = gguf_tensor_types(float_gguf, c.quant)
             layout = layout or gguf_layout(float_gguf)
             size = gguf_file_bytes(layout, types)
-            mem = predict_gguf_rss(d, types, ctx, profile.prompt_tokens, {FORMAT_GGUF: terms})
+            mem = predict_gguf_rss(d, types, n_ctx, profile.prompt_tokens, {FORMAT_GGUF: terms})
         else:  # the builder copies the tokenizer files next to the graph
-            size = sum(onnx_bytes(d, quant).values()) + tokenizer_bytes
-            mem = predict_onnx_rss(d, quant, ctx, profile.prompt_tokens, {FORMAT_ONNX: terms})
-        m = measured.get(f"{fmt}:{quant}", {})
-        row = {
-            "format": fmt,
-            "quant": quant,
-            "storage_mib": size / MIB,
-            "memory_mib": mem["total"] / MIB,
-            "memory_terms_mib": {k: v / MIB for k, v in mem.items() if k != "total"},
-            "memory_note": note,
-            "kld": m.get("kld", QUANT_TYPES[quant].prior_kld),
-            "kld_source": "measured" if "kld" in m else "prior",
-            "decode_tok_s": m.get("decode_tok_s"),
-        }
-        row["reasons"] = rejections(row, profile)
-        row["fits"] = not row["reasons"]
-        rows.append(row)
+            size = sum(onnx_bytes(d, c.quant).values()) + tokenizer_bytes
+            mem = predict_onnx_rss(d, c.quant, n_ctx, profile.prompt_tokens, {FORMAT_ONNX: terms})
+        terms_mib = {k: v / MIB for k, v in mem.items() if k != "total"}
+        predicted = Prediction(size / MIB, mem["total"] / MIB, terms_mib, note)
+        prior = QUANT_TYPES[c.quant].prior_kld
+        row = Row(c, predicted, prior, KLD_PRIOR, tuple(rejections(predicted, prior, KLD_PRIOR, None, profile)))
+        rows.append(with_measurement(row, measured[c.key], profile) if c.key in measured else row)
     return rows
 
 
-def rejections(row: dict, profile) -> list[str]:
+def rejections(p: Prediction, kld: float, kld_source: str, decode_tok_s: float | None, profile) -> list[str]:
     """Why a candidate does not fit: memory (with the plan's margin), storage, latency, quality."""
     reasons = []
     limit = profile.memory_budget_mib * (1 - PLAN_MARGIN)
-    if row["memory_mib"] > limit:
-        reasons.append(f"memory {row['memory_mib']:.0f} > {limit:.0f} MiB (budget − {PLAN_MARGIN:.0%} margin)")
-    if row["storage_mib"] > profile.storage_budget_mib:
-        reasons.append(f"storage {row['storage_mib']:.0f} > {profile.storage_budget_mib} MiB")
-    if row["decode_tok_s"] is not None and row["decode_tok_s"] < profile.min_decode_tok_s:
-        reasons.append(f"decode {row['decode_tok_s']:.1f} < {profile.min_decode_tok_s:g} tok/s (measured here)")
-    if row["kld"] > profile.max_mean_kld:
-        reasons.append(f"KLD {row['kld']:.3f} > {profile.max_mean_kld:g} ({row['kld_source']})")
+    if p.memory_mib > limit:
+        reasons.append(f"memory {p.memory_mib:.0f} > {limit:.0f} MiB (budget − {PLAN_MARGIN:.0%} margin)")
+    if p.storage_mib > profile.storage_budget_mib:
+        reasons.append(f"storage {p.storage_mib:.0f} > {profile.storage_budget_mib} MiB")
+    if decode_tok_s is not None and decode_tok_s < profile.min_decode_tok_s:
+        reasons.append(f"decode {decode_tok_s:.1f} < {profile.min_decode_tok_s:g} tok/s (measured here)")
+    if kld > profile.max_mean_kld:
+        reasons.append(f"KLD {kld:.3f} > {profile.max_mean_kld:g} ({kld_source})")
     return reasons
 
 
-def choose(rows: list[dict], profile) -> dict | None:
+def with_measurement(row: Row, m: Measurement, profile) -> Row:
+    """The row once its candidate was built and measured: measured quality and speed decide whether it fits."""
+    reasons = rejections(row.predicted, m.kld, KLD_MEASURED, m.decode_tok_s, profile)
+    return dataclasses.replace(row, kld=m.kld, kld_source=KLD_MEASURED, reasons=tuple(reasons), measured=m)
+
+
+def footprint_fits(row: Row, profile) -> bool:
+    """Predicted to fit memory and storage (what the sweep builds; quality and speed it measures)."""
+    p = row.predicted
+    return p.memory_mib <= profile.memory_budget_mib * (1 - PLAN_MARGIN) and p.storage_mib <= profile.storage_budget_mib
+
+
+def choose(rows: list[Row], profile) -> Candidate | None:
     """The first format in the profile's order with a fitting candidate; in it the best quality."""
     for fmt in profile.formats:
-        fitting = [r for r in rows if r["format"] == fmt and r["fits"]]
+        fitting = [r for r in rows if r.candidate.fmt == fmt and r.fits]
         if fitting:
-            return min(fitting, key=lambda r: (r["kld"], r["memory_mib"]))
+            return min(fitting, key=lambda r: (r.kld, r.predicted.memory_mib)).candidate
     return None
 
 
-def no_fit_error(rows: list[dict], profile, ctx: int) -> BudgetError:
+class NoFitError(BudgetError):
+    """No candidate fits the profile; carries the plan so the caller can still show every row."""
+
+    def __init__(self, what: str, where: str, fix: str, plan: Plan | None = None):
+        super().__init__(what, where, fix)
+        self.plan = plan
+
+
+def no_fit_error(rows: list[Row], profile, n_ctx: int, plan: Plan | None = None) -> NoFitError:
     """By how much the smallest candidate misses, and what would make it fit."""
-    smallest = min(rows, key=lambda r: r["memory_mib"])
-    terms = smallest["memory_terms_mib"]
-    over_mem = smallest["memory_mib"] - profile.memory_budget_mib * (1 - PLAN_MARGIN)
+    smallest = min(rows, key=lambda r: r.predicted.memory_mib)
+    p = smallest.predicted
+    terms = p.memory_terms_mib
+    over_mem = p.memory_mib - profile.memory_budget_mib * (1 - PLAN_MARGIN)
     misses = []
     hints = []
     if over_mem > 0:
         misses.append(f"memory by {over_mem:.0f} MiB")
-        kv_per_token = terms["kv_cache"] / ctx
-        fit_ctx = int(ctx - over_mem / kv_per_token) if kv_per_token else 0
+        kv_per_token = terms["kv_cache"] / n_ctx
+        fit_ctx = int(n_ctx - over_mem / kv_per_token) if kv_per_token else 0
         if fit_ctx >= 16:
-            hints.append(f"a context of {fit_ctx} tokens (now {ctx})")
+            hints.append(f"a context of {fit_ctx} tokens (now {n_ctx})")
         hints.append(f"a model about {over_mem / max(terms['weights'], 1e-9):.0%} smaller in weights")
-    over_storage = smallest["storage_mib"] - profile.storage_budget_mib
+    over_storage = p.storage_mib - profile.storage_budget_mib
     if over_storage > 0:
         misses.append(f"storage by {over_storage:.0f} MiB")
     if not misses:
-        misses.append("; ".join(smallest["reasons"]))
+        misses.append("; ".join(smallest.reasons))
         hints.append("a quality or latency budget the candidates can meet, or other quant types")
-    return BudgetError(
-        f"no candidate fits profile {profile.name}: the smallest ({smallest['format']} {smallest['quant']}, "
-        f"{smallest['memory_mib']:.0f} MiB) misses {', '.join(misses)}",
+    return NoFitError(
+        f"no candidate fits profile {profile.name}: the smallest ({smallest.candidate.label}, "
+        f"{p.memory_mib:.0f} MiB) misses {', '.join(misses)}",
         profile.source,
         "try " + " or ".join(hints),
+        plan,
     )
 
 
@@ -419,21 +433,22 @@ def float_gguf_for(model_dir: Path, work: Path) -> Path:
     return path
 
 
-def measurements(build_out: str | Path) -> dict:
-    """What a build's sweep measured per candidate ({"gguf:Q8_0": {"kld": …, "decode_tok_s": …}})."""
+def measurements(build_out: str | Path) -> dict[str, Measurement]:
+    """What a build's sweep measured, by candidate key."""
     from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR
 
     path = Path(build_out) / BUILD_STATE_DIR / "sweep" / BUILD_STAGE_RECORD
     try:
-        rows = json.loads(path.read_text())["result"]["candidates"]
+        rows = Plan.from_dict(json.loads(path.read_text())["result"]).rows
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         raise UsageError(
             "no finished candidate sweep here", str(path), "pass the --out of a finished edgeq build"
         ) from None
-    return {f"{r['format']}:{r['quant']}": r["measured"] for r in rows if r.get("measured")}
+    return {r.candidate.key: r.measured for r in rows if r.measured}
 
 
-def plan(cfg: PlanConfig, float_gguf: Path | None = None, measured: dict | None = None) -> dict:
+def make_plan(cfg: PlanConfig, float_gguf: Path | None = None) -> Plan:
+    """Every candidate predicted and the choice (None where nothing fits: the build's sweep decides then)."""
     import tempfile
 
     from edgeq.basemodel import resolve_model
@@ -442,65 +457,69 @@ def plan(cfg: PlanConfig, float_gguf: Path | None = None, measured: dict | None 
     profile = load_profile(cfg.profile)
     if cfg.ctx is not None and cfg.ctx < 16:
         raise UsageError(f"--ctx {cfg.ctx} is too small", None, "use at least 16 tokens")
-    ctx = cfg.ctx or profile.max_context_tokens
+    n_ctx = cfg.ctx or profile.max_context_tokens
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
-    if cfg.measured_from:
-        measured = measurements(cfg.measured_from)
+    measured = measurements(cfg.measured_from) if cfg.measured_from else None
     cal_path, cal, warnings = select_calibration(cfg.calibration, profile)
     with tempfile.TemporaryDirectory(prefix="edgeq-plan-") as scratch:
         needs_gguf = any(QUANT_TYPES[q].fmt == FORMAT_GGUF for q in profile.allowed_quant_types)
         if needs_gguf and FORMAT_GGUF in profile.formats and float_gguf is None:
             float_gguf = float_gguf_for(model_dir, Path(scratch))
-        rows = predict(model_dir, profile, ctx, float_gguf, measured, cal)
-    chosen = choose(rows, profile)
-    result = {
-        "schema": PLAN_SCHEMA,
-        "profile": profile.name,
-        "model": str(model_dir),
-        "ctx": ctx,
-        "prompt_tokens": profile.prompt_tokens,
-        "memory_budget_mib": profile.memory_budget_mib,
-        "storage_budget_mib": profile.storage_budget_mib,
-        "calibration": {
-            "name": cal_path.stem,
-            "path": str(cal_path),
-            "measured_on": cal["measured_on"],
-            "runtime_config": cal.get("runtime_config"),
-            "warnings": warnings,
-        },
-        "candidates": rows,
-        "chosen": chosen and {"format": chosen["format"], "quant": chosen["quant"]},
+        rows = predict(model_dir, profile, n_ctx, float_gguf, measured, cal)
+    calibration = {
+        "name": cal_path.stem,
+        "path": str(cal_path),
+        "measured_on": cal["measured_on"],
+        "runtime_config": cal.get("runtime_config"),
+        "warnings": warnings,
     }
-    if chosen is None:
-        result["error"] = no_fit_error(rows, profile, ctx)
+    return Plan(
+        profile.name,
+        str(model_dir),
+        n_ctx,
+        profile.prompt_tokens,
+        profile.memory_budget_mib,
+        profile.storage_budget_mib,
+        calibration,
+        tuple(rows),
+        choose(rows, profile),
+    )
+
+
+def plan(cfg: PlanConfig) -> Plan:
+    """The plan and its choice; NoFitError (exit 3, carrying the plan) when no candidate fits."""
+    from edgeq.profiles import load_profile
+
+    result = make_plan(cfg)
+    if result.chosen is None:
+        raise no_fit_error(list(result.rows), load_profile(cfg.profile), result.n_ctx, result)
     return result
 
 
-def render(result: dict):
+def render(result: Plan):
     from edgeq import report
 
-    chosen = result["chosen"] or {}
     rows = []
-    for r in result["candidates"]:
-        pick = r["format"] == chosen.get("format") and r["quant"] == chosen.get("quant")
+    for r in result.rows:
+        p = r.predicted
         rows.append(
             [
-                ("→ " if pick else "") + f"{r['format']} {r['quant']}",
-                f"{r['memory_mib']:.0f}" + (" (uncalibrated)" if r["memory_note"] else ""),
-                f"{r['storage_mib']:.1f}",
-                f"{r['kld']:.4f} ({r['kld_source']})",
-                "-" if r["decode_tok_s"] is None else f"{r['decode_tok_s']:.0f}",
-                "[green]yes[/]" if r["fits"] else "[red]no[/]",
-                "; ".join(r["reasons"]),
+                ("→ " if r.candidate == result.chosen else "") + r.candidate.label,
+                f"{p.memory_mib:.0f}" + (" (uncalibrated)" if p.memory_note else ""),
+                f"{p.storage_mib:.1f}",
+                f"{r.kld:.4f} ({r.kld_source})",
+                "-" if r.decode_tok_s is None else f"{r.decode_tok_s:.0f}",
+                "[green]yes[/]" if r.fits else "[red]no[/]",
+                "; ".join(r.reasons),
             ]
         )
     caption = (
-        f"memory = predicted peak RSS at ctx {result['ctx']}, prompt {result['prompt_tokens']} "
-        f"(budget {result['memory_budget_mib']} MiB, plan keeps {PLAN_MARGIN:.0%} headroom); "
-        f"calibration {result['calibration']['name']} (measured on {result['calibration']['measured_on']['cpu']})"
+        f"memory = predicted peak RSS at ctx {result.n_ctx}, prompt {result.prompt_tokens} "
+        f"(budget {result.memory_budget_mib} MiB, plan keeps {PLAN_MARGIN:.0%} headroom); "
+        f"calibration {result.calibration['name']} (measured on {result.calibration['measured_on']['cpu']})"
     )
     return report.table(
-        f"plan for {result['profile']}",
+        f"plan for {result.profile}",
         ["candidate", "memory MiB", "size MiB", "mean KLD", "tok/s", "fits", "why not"],
         rows,
         caption,

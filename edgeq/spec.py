@@ -262,6 +262,10 @@ BUILD_MANIFEST = "manifest.json"
 BUILD_REPORT = "report.md"
 BUILD_PLOT = "candidates.png"
 BUILD_MODELFILE = "Modelfile"
+# The build's sweep: `first-fit` builds candidates in order of expected quality (the profile's formats in order,
+# each by prior KLD) and stops at the first whose measurements meet every budget; `all` builds every candidate
+# predicted to fit memory and storage (a full table and plot, one build and bench per candidate).
+SWEEP_MODES = ("first-fit", "all")  # first: the default
 BUILD_EXAMPLE_DATA = "examples/drone/train.jsonl"  # inside the package: the default --data
 BUILD_EXAMPLE_TEST = "examples/drone/test.jsonl"
 SERVED_GAP_POINTS = 2.0  # report.md flags an artifact whose served score differs more from its evaluated one

@@ -187,15 +187,29 @@ def test_killed_build_resumes_to_the_same_artifact(setup, built, tmp_path):
     assert (out / "model.Q8_0.gguf").read_bytes() == (built / "model.Q8_0.gguf").read_bytes()
 
 
-def test_plan_ranks_by_what_the_build_measured(setup, built):
+def test_first_fit_builds_only_until_a_candidate_meets_every_budget(built):
+    rows = json.loads((built / ".edgeq" / "sweep" / "stage.json").read_text())["result"]["candidates"]
+    assert [c["quant"] for c in rows if c.get("measured")] == ["Q8_0"]  # first in expected quality, and it fits
+    assert {c["kld_source"] for c in rows if c["quant"] != "Q8_0"} == {"prior"}
+    assert "| not built | gguf Q8_0 came first in expected quality" in (built / "report.md").read_text()
+
+
+def test_sweep_all_measures_every_candidate_and_plan_ranks_by_it(setup, built, tmp_path):
+    import shutil
+
+    out = tmp_path / "all"
+    shutil.copytree(built, out)
+    r = run_edgeq(*_args(setup, out), "--sweep", "all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _states(r.stdout)["plan"] == "cached" and _states(r.stdout)["sweep"] == "done"
     r = run_edgeq(
         "plan",
         "--profile",
         setup["profile"],
         "--model",
-        built / ".edgeq" / "merge" / "model",
+        out / ".edgeq" / "merge" / "model",
         "--measured-from",
-        built,
+        out,
         "--json",
     )
     assert r.returncode == 0, r.stderr[-2000:]
