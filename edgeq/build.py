@@ -50,6 +50,7 @@ from edgeq.records import (
 from edgeq.spec import (
     BUILD_EXAMPLE_DATA,
     BUILD_EXAMPLE_TEST,
+    BUILD_IMATRIX,
     BUILD_REPORT,
     BUILD_STAGE_RECORD,
     BUILD_STAGES,
@@ -160,8 +161,8 @@ def stage_settings(job: Job) -> dict:
         "finetune": {"config": ft, "inputs": ["base", "data", "training_libraries"]},
         "merge": {"config": mg, "inputs": []},
         "plan": {"config": {}, "inputs": ["profile", "calibration", "runtime_libraries"]},
-        "sweep": {"config": {"imatrix": "training data", "mode": job.cfg.sweep}, "inputs": ["data"]},
-        "export": {"config": {"imatrix": "training data"}, "inputs": []},
+        "sweep": {"config": {"imatrix": f"training data → {BUILD_IMATRIX}", "mode": job.cfg.sweep}, "inputs": ["data"]},
+        "export": {"config": {"imatrix": f"sweep/{BUILD_IMATRIX}"}, "inputs": []},
         "eval": {"config": {"limit": job.cfg.eval_limit, "metric": job.cfg.metric}, "inputs": ["test_data", "base"]},
         "bench": {"config": {"reps": job.cfg.reps}, "inputs": []},
         "report": {"config": {}, "inputs": []},
@@ -300,7 +301,7 @@ def run_sweep(job: Job, work: Path) -> Plan:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from edgeq.evaluate import TEXT_TOKENS, fidelity_ids, reference_logits
-    from edgeq.export.imatrix import compute_imatrix
+    from edgeq.export.imatrix import compute_imatrix, save_imatrix
     from edgeq.plan import choose, with_measurement
 
     planned = job.results["plan"]
@@ -313,7 +314,8 @@ def run_sweep(job: Job, work: Path) -> Plan:
     del model
     imatrix = None
     if any(r.candidate.fmt == FORMAT_GGUF for r in todo):
-        imatrix, _ = compute_imatrix(merged(job), job.data)
+        imatrix, summary = compute_imatrix(merged(job), job.data)
+        save_imatrix(imatrix, summary, work / BUILD_IMATRIX)  # the export quantizes with this same matrix
     built: dict[Candidate, Row] = {}
     with report.progress("sweep", len(todo)) as update:
         for i, r in enumerate(todo):
@@ -341,7 +343,8 @@ def run_export(job: Job, work: Path) -> ExportResult:
     imatrix = None
     if c.fmt == FORMAT_GGUF:
         imatrix = str(job.data)
-        r = export_gguf(GgufExport(model=str(merged(job)), out=str(work / name), quant=c.quant, imatrix_data=imatrix))
+        matrix = job.dir("sweep") / BUILD_IMATRIX
+        r = export_gguf(GgufExport(model=str(merged(job)), out=str(work / name), quant=c.quant, imatrix=str(matrix)))
     else:
         r = export_onnx(OnnxExport(model=str(merged(job)), out=str(work / name), quant=c.quant))
     details = {k: v for k, v in r.items() if k not in ("bytes", "gates", "format", "quant")}

@@ -72,11 +72,10 @@ class StageView:
 
         with Live(self.render(), console=report.err, refresh_per_second=4, transient=True) as live:
             self._live = live
-            report.progress_hook = self._progress
             try:
-                yield self
+                with report.progress_to(self._progress):
+                    yield self
             finally:
-                report.progress_hook = None
                 self._live = None
 
 
@@ -315,27 +314,29 @@ def write_outputs(job, artifact: Path, quality: list) -> list[str]:
 
 
 def markdown(job, m: dict, breaches: list[str]) -> str:
-    from edgeq.plan import footprint_fits
-
-    res, p = job.results, job.profile
-    fp, task, ev = m["footprint"], m["task"], res["eval"]
-    chosen = res["sweep"].chosen
+    """report.md: the result, then a section each for the task score, footprint and speed, candidates and recipe."""
+    chosen = job.results["sweep"].chosen
     lines = [
-        f"# edgeq build — profile `{p.name}`",
+        f"# edgeq build — profile `{job.profile.name}`",
         "",
         f"Artifact: `{m['artifact']['path']}` ({chosen.label}), "
         f"built {time.strftime('%Y-%m-%d %H:%M')} by edgeq {__version__}.",
         "",
         "**Result: " + ("all budgets met**" if not breaches else "budget breached** — " + "; ".join(breaches)),
         "",
-        "## Task score on the held-out data",
-        "",
     ]
+    lines += _task_section(job, m) + _footprint_section(job, m) + _candidates_section(job) + _recipe_section(m, chosen)
+    return "\n".join(lines)
+
+
+def _task_section(job, m: dict) -> list[str]:
+    ev, task, sp = job.results["eval"], m["task"], m["system_prompt"]
     art, served = ev.artifact.score, ev.served.score
     nll, agree = task["answer_nll"], ev.agreement
-    sp = m["system_prompt"]
     shown = repr(sp["text"]) if sp["text"] else "the base template's own"
-    lines += [
+    lines = [
+        "## Task score on the held-out data",
+        "",
         f"Metric: **{task['metric']}** — {task['metric_why']}. Scores are 0–100; the profile's "
         "max_task_accuracy_drop_points is in points of this metric.",
         "",
@@ -356,6 +357,10 @@ def markdown(job, m: dict, breaches: list[str]) -> str:
         "",
         f"Default system prompt in the artifact: {shown} ({sp['source']}: {sp['why']}).",
         "",
+        f"The served template rendered {ev.artifact.details.get('same_prompt_as_served', 0)} of "
+        f"{len(ev.artifact.answers)} prompts to the same tokens as training did; those answers were generated "
+        "once (same runtime, same greedy decode).",
+        "",
     ]
     if abs(art - served) > SERVED_GAP_POINTS:
         lines += [
@@ -364,8 +369,12 @@ def markdown(job, m: dict, breaches: list[str]) -> str:
             "Check the default system prompt (`--system-prompt`) and the chat template.",
             "",
         ]
-    bench = res["bench"]
-    lines += [
+    return lines
+
+
+def _footprint_section(job, m: dict) -> list[str]:
+    fp, p, bench, ev = m["footprint"], job.profile, job.results["bench"], job.results["eval"]
+    return [
         "## Footprint and speed (edgeq bench, this machine)",
         "",
         "| | predicted | measured | budget |",
@@ -377,6 +386,14 @@ def markdown(job, m: dict, breaches: list[str]) -> str:
         f"| decode tok/s | | {bench.median('decode_tok_s'):.1f} | ≥ {p.min_decode_tok_s:g} |",
         f"| mean KLD vs merged | | {ev.text['mean_kld']:.4f} | ≤ {p.max_mean_kld:g} |",
         "",
+    ]
+
+
+def _candidates_section(job) -> list[str]:
+    from edgeq.plan import footprint_fits
+
+    p, sweep = job.profile, job.results["sweep"]
+    lines = [
         "## Candidates",
         "",
         f"Plan at ctx {p.max_context_tokens}, prompt {p.prompt_tokens}, with {PLAN_MARGIN:.0%} memory headroom. "
@@ -385,18 +402,21 @@ def markdown(job, m: dict, breaches: list[str]) -> str:
         "| candidate | predicted RSS MiB | measured RSS MiB | size MiB | KLD | decode tok/s | fits | why not |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in res["sweep"].rows:
+    for r in sweep.rows:
         fits, why = ("yes" if r.fits else "no"), "; ".join(r.reasons)
         if r.measured is None and footprint_fits(r, p):  # first-fit stopped before it
-            fits, why = "not built", f"{chosen.label} came first in expected quality and met every budget"
+            fits, why = "not built", f"{sweep.chosen.label} came first in expected quality and met every budget"
         lines.append(
-            f"| {'**→** ' if r.candidate == chosen else ''}{r.candidate.label} | {r.predicted.memory_mib:.1f} | "
+            f"| {'**→** ' if r.candidate == sweep.chosen else ''}{r.candidate.label} | {r.predicted.memory_mib:.1f} | "
             f"{f'{r.measured.peak_rss_mib:.1f}' if r.measured else '-'} | {r.predicted.storage_mib:.1f} | "
             f"{r.kld:.4f} ({r.kld_source}) | {'-' if r.decode_tok_s is None else round(r.decode_tok_s)} | "
             f"{fits} | {why} |"
         )
-    lines += [
-        "",
+    return lines + [""]
+
+
+def _recipe_section(m: dict, chosen) -> list[str]:
+    return [
         "## Recipe",
         "",
         f"- merge: into the {m['merge']['config']['merge_into']} base, saved as {m['merge']['config']['dtype']}",
@@ -406,7 +426,6 @@ def markdown(job, m: dict, breaches: list[str]) -> str:
         "- full inputs, stage keys and versions: `manifest.json`",
         "",
     ]
-    return "\n".join(lines)
 
 
 def summary(result):

@@ -59,6 +59,9 @@ MODEL_OPTION = click.option(
 def cli(debug: bool) -> None:
     """edgeq: fine-tune, merge, quantize, export and benchmark a language model for an edge device."""
     _state["debug"] = debug
+    if not debug:  # edgeq draws its own progress; Hugging Face's per-load bars and info lines bury it
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @cli.command()

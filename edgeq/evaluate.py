@@ -90,24 +90,31 @@ def compare_logits(artifact: Path, reference, ids: list[int]) -> dict:
     return compare(reference, artifact_logits(artifact, ids), ids)
 
 
-def artifact_answers(path: Path, fmt: str, tok, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[str]:
-    """Greedy answers from the artifact's own runtime (in a child), prompts rendered with the model's chat template."""
+def artifact_answers(path: Path, tok, prompts: list[list[dict]], budget: int, served: list[dict] | None = None):
+    """Greedy answers from the artifact's own runtime (in a child), prompts rendered with the model's chat template
+    as in training, and how many were taken from `served`: where the served prompt (served_answers) is the same
+    token ids, the served answer is this answer too (same runtime, same greedy decode), so it is not generated
+    twice."""
     from edgeq.runtime import generate
 
     ids = [
         tok.encode(tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True), add_special_tokens=False)
         for m in prompts
     ]
-    outs = generate(path, ids, max_new_tokens, [tok.eos_token_id])
-    return [tok.decode(o, skip_special_tokens=True) for o in outs]
+    same = [bool(served) and served[i]["prompt_ids"] == x for i, x in enumerate(ids)]
+    todo = [x for x, s in zip(ids, same, strict=True) if not s]
+    new = iter(generate(path, todo, budget, [tok.eos_token_id]) if todo else [])
+    answers = [served[i]["text"] if s else tok.decode(next(new), skip_special_tokens=True) for i, s in enumerate(same)]
+    return answers, sum(same)
 
 
-def served_answers(path: Path, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[str]:
-    """Answers as the artifact is served: only the user's turns, its own embedded chat template, its runtime."""
+def served_answers(path: Path, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[dict]:
+    """Answers as the artifact is served: only the user's turns, its own embedded chat template, its runtime.
+    [{"text", "prompt_ids", …}] (runtime.chat)"""
     from edgeq.runtime import chat
     from edgeq.serving import user_only
 
-    return [r["text"] for r in chat(path, [user_only(p) for p in prompts], max_new_tokens)]
+    return chat(path, [user_only(p) for p in prompts], max_new_tokens)
 
 
 def answer_positions(tok, task) -> tuple[list[list[int]], list[int]]:
@@ -157,20 +164,42 @@ def answer_budget(tok, task) -> int:
     return min(ANSWER_TOKENS, longest + 16)
 
 
+def hf_answer_nll(model, sequences: list[list[int]], starts: list[int], batch_size: int = 16) -> dict:
+    """runtime.answer_nll_of for an HF model, teacher-forced in right-padded batches (a causal model's logits at
+    a position never see the padding after it); the log-softmax only where an answer token is predicted."""
+    import torch
+
+    total, count = 0.0, 0
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths: little padding
+    for b in range(0, len(order), batch_size):
+        part = [(sequences[i], starts[i]) for i in order[b : b + batch_size]]
+        width = max(len(ids) for ids, _ in part)
+        ids = torch.zeros((len(part), width), dtype=torch.long)
+        mask = torch.zeros((len(part), width), dtype=torch.long)
+        for j, (seq, _) in enumerate(part):
+            ids[j, : len(seq)], mask[j, : len(seq)] = torch.tensor(seq), 1
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, vocab)
+        for j, (seq, start) in enumerate(part):
+            logp = torch.log_softmax(logits[j, start - 1 : len(seq) - 1].double(), -1)  # position t predicts t+1
+            total -= float(logp[torch.arange(len(seq) - start), torch.tensor(seq[start:])].sum())
+            count += len(seq) - start
+    return {"nll_sum": total, "tokens": count}
+
+
 def float_task_score(model_dir: Path, task) -> dict:
     """The task score and answer NLL of an HF float model: batched greedy generation (faster here than one
-    sequence at a time in llama.cpp) and one teacher-forced forward pass per conversation."""
+    sequence at a time in llama.cpp) and batched teacher-forced forward passes."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgeq.runtime import answer_nll_of
     from edgeq.task import generate_hf
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     answers = generate_hf(model_dir, task.prompts, answer_budget(tok, task))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     seqs, starts = answer_positions(tok, task)
-    nll = answer_nll_of(lambda ids: reference_logits(model, ids), seqs, starts)
+    nll = hf_answer_nll(model, seqs, starts)
     return {
         **task.score(answers),
         "answers": answers,
@@ -224,10 +253,11 @@ def evaluate(
         task_ids = task_ids[: min(TASK_TOKENS, positions)]
         result["task_text"] = compare_logits(artifact, reference_logits(model, task_ids), task_ids)
         budget = answer_budget(tok, task)
-        answers = artifact_answers(artifact, fmt, tok, task.prompts, budget)
-        result["task"] = {**task.score(answers), "answers": answers}
+        chats = served_answers(artifact, task.prompts, budget) if served else None
+        answers, reused = artifact_answers(artifact, tok, task.prompts, budget, chats)
+        result["task"] = {**task.score(answers), "answers": answers, "same_prompt_as_served": reused}
         result["answer_nll"] = answer_nll(artifact, tok, task)
-        if served:
-            answers = served_answers(artifact, task.prompts, budget)
-            result["task_served"] = {**task.score(answers), "answers": answers}
+        if chats:
+            texts = [c["text"] for c in chats]
+            result["task_served"] = {**task.score(texts), "answers": texts}
     return result

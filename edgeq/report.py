@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import sys
 
@@ -26,14 +27,24 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
-# A stage view (edgeq build) draws progress itself: while it runs, bars report to this hook.
-progress_hook = None  # callable(description: str, completed: float, total: float, info: str) | None
+# A stage view (edgeq build) draws progress itself: inside progress_to(sink), bars report to the sink.
+_sink: contextvars.ContextVar = contextvars.ContextVar("edgeq_progress_sink", default=None)
+
+
+@contextlib.contextmanager
+def progress_to(sink):
+    """Within this block, progress(...) calls sink(description, completed, total, info) instead of drawing a bar."""
+    token = _sink.set(sink)
+    try:
+        yield
+    finally:
+        _sink.reset(token)
 
 
 @contextlib.contextmanager
 def progress(description: str, total: float, completed: float = 0, info: str = ""):
     """A progress bar on stderr, or a line in the stage view; yields update(completed, info="")."""
-    hook = progress_hook
+    hook = _sink.get()
     if hook is not None:
         hook(description, completed, total, info)
         yield lambda done, info="": hook(description, done, total, info)

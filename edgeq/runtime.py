@@ -108,7 +108,7 @@ def generate(path: str | Path, prompts: list[list[int]], max_new_tokens: int, st
 def chat(path: str | Path, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
     """Each conversation answered as the artifact is served: its runtime's chat completion with the artifact's
     own embedded template (llama.cpp for GGUF, ONNX Runtime GenAI for ONNX), greedy.
-    [{"text", "finish_reason", "completion_tokens"}]"""
+    [{"text", "finish_reason", "completion_tokens", "prompt_ids": the rendered prompt's token ids}]"""
     path, fmt = checked_artifact(Path(path))
     op = "gguf_chat_here" if fmt == FORMAT_GGUF else "onnx_chat_here"
     return child_call(op, "a chat completion", path, path=path, conversations=conversations, max_tokens=max_tokens)
@@ -220,14 +220,14 @@ def answer_nll_here(path: str, fmt: str, sequences: list[list[int]], starts: lis
 
 def answer_nll_of(logits_of, sequences: list[list[int]], starts: list[int]) -> dict:
     """Σ −log p(token) over each sequence's tokens from its start on; `logits_of(ids)` → (T, vocab) logits.
-    Pure numpy: the child runs it on an artifact's logits, evaluate.py on an HF model's."""
+    Pure numpy, in the child that holds the artifact (evaluate.hf_answer_nll does the same for an HF model)."""
     total, count = 0.0, 0
     for ids, start in zip(sequences, starts, strict=True):
-        x = logits_of(ids)
+        x = logits_of(ids)[start - 1 : len(ids) - 1]  # (answer tokens, vocab): position t predicts t+1
         x = x - x.max(-1, keepdims=True)
         logp = x - np.log(np.exp(x).sum(-1, keepdims=True))  # (T, vocab)
         targets = np.asarray(ids[start:])
-        total -= float(logp[np.arange(start - 1, len(ids) - 1), targets].sum())  # position t predicts t+1
+        total -= float(logp[np.arange(len(targets)), targets].sum())
         count += len(targets)
     return {"nll_sum": total, "tokens": count}
 
@@ -257,6 +257,7 @@ def gguf_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) 
                 "text": choice["message"]["content"],
                 "finish_reason": choice["finish_reason"],
                 "completion_tokens": r["usage"]["completion_tokens"],
+                "prompt_ids": [int(t) for t in llm.input_ids[: r["usage"]["prompt_tokens"]]],
             }
         )
     return out
@@ -349,7 +350,14 @@ def onnx_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) 
         ids = tok.encode(tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True))
         answer, stopped = _onnx_greedy(og, model, list(ids), max_tokens, eos)
         finish = "stop" if stopped else "length"
-        out.append({"text": tok.decode(answer), "finish_reason": finish, "completion_tokens": len(answer) + stopped})
+        out.append(
+            {
+                "text": tok.decode(answer),
+                "finish_reason": finish,
+                "completion_tokens": len(answer) + stopped,
+                "prompt_ids": [int(t) for t in ids],
+            }
+        )
     return out
 
 

@@ -262,6 +262,7 @@ BUILD_MANIFEST = "manifest.json"
 BUILD_REPORT = "report.md"
 BUILD_PLOT = "candidates.png"
 BUILD_MODELFILE = "Modelfile"
+BUILD_IMATRIX = "imatrix.safetensors"  # in the sweep's folder: the importance matrix the export quantizes with
 # The build's sweep: `first-fit` builds candidates in order of expected quality (the profile's formats in order,
 # each by prior KLD) and stops at the first whose measurements meet every budget; `all` builds every candidate
 # predicted to fit memory and storage (a full table and plot, one build and bench per candidate).

@@ -50,20 +50,22 @@ def load_task(path: str | Path, limit: int | None = None, metric: str | None = N
 
 
 def generate_hf(
-    model_dir: Path, prompts: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 16
+    model_dir: Path, prompts: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 64
 ) -> list[str]:
-    """Greedy answers from an HF model, batched with left padding."""
+    """Greedy answers from an HF model, batched with left padding, prompts of similar length together."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    answers: list[str] = []
+    answers: dict[int, str] = {}
     texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(tok.encode(texts[i], add_special_tokens=False)))
     with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        for b in range(0, len(order), batch_size):
+            part = order[b : b + batch_size]
+            enc = tok([texts[i] for i in part], return_tensors="pt", padding=True, add_special_tokens=False)
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -71,8 +73,9 @@ def generate_hf(
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
             )
-            answers += tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return answers
+            new = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            answers |= dict(zip(part, new, strict=True))
+    return [answers[i] for i in range(len(texts))]
 
 
 def eval_task(model_dir: Path, data: str | Path, limit: int | None = None, metric: str | None = None) -> dict:

@@ -59,6 +59,53 @@ def test_served_mode_scores_the_artifact_through_its_own_template(tmp_path, tiny
     assert r.returncode == EXIT_USAGE and "--served scores the task: it needs --data" in r.stderr
 
 
+def test_served_answers_are_reused_exactly_where_the_prompt_tokens_match(tmp_path, two_models, small_data):
+    from transformers import AutoTokenizer
+
+    from edgeq.evaluate import artifact_answers, served_answers
+    from edgeq.runtime import chat
+    from edgeq.task import load_task
+
+    gguf, model = tmp_path / "m.gguf", two_models[0]  # weights of std 0.1: answers differ from prompt to prompt
+    export_gguf(GgufExport(model=str(model), out=str(gguf), quant="F32"))
+    task, tok = load_task(small_data, 3), AutoTokenizer.from_pretrained(model)
+    generated, reused = artifact_answers(gguf, tok, task.prompts, 12)
+    assert reused == 0 and len(set(generated)) == 3
+    whole = chat(gguf, task.prompts, 12)  # the training data's system turn sent along: rendered as in training
+    answers, reused = artifact_answers(gguf, tok, task.prompts, 12, whole)
+    assert reused == 3 and answers == generated
+    # only the user's turn: the tiny model's template adds the base's own system prompt, not the data's
+    _, reused = artifact_answers(gguf, tok, task.prompts, 12, served_answers(gguf, task.prompts, 12))
+    assert reused == 0
+
+
+def test_batched_answer_nll_equals_one_sequence_at_a_time(tiny_model, small_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeq.evaluate import answer_positions, hf_answer_nll, reference_logits
+    from edgeq.runtime import answer_nll_of
+    from edgeq.task import load_task
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    seqs, starts = answer_positions(AutoTokenizer.from_pretrained(tiny_model), load_task(small_data, 12))
+    assert len({len(s) for s in seqs}) > 1  # padding is exercised
+    one = answer_nll_of(lambda ids: reference_logits(model, ids), seqs, starts)
+    batched = hf_answer_nll(model, seqs, starts, batch_size=5)
+    assert batched["tokens"] == one["tokens"] > 0
+    assert batched["nll_sum"] == pytest.approx(one["nll_sum"], rel=1e-6)
+
+
+def test_batched_generation_keeps_the_prompts_order(two_models, small_data):
+    from edgeq.task import generate_hf, load_task
+
+    model = two_models[0]  # weights of std 0.1: its answers differ from prompt to prompt
+    prompts = load_task(small_data, 6).prompts
+    prompts = [prompts[0] + [{"role": "user", "content": "and again, slower " * k}] for k in (3, 0, 5, 1, 4, 2)]
+    one_by_one = [generate_hf(model, [p], 8)[0] for p in prompts]
+    assert len(set(one_by_one)) > 3
+    assert generate_hf(model, prompts, 8, batch_size=4) == one_by_one
+
+
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory, default_model):
     """Two random models of one shape and tokenizer, weights of std 0.1: at the usual 0.02 the residual

@@ -35,6 +35,7 @@ class GgufExport:
     force: bool = False
     allow_pickle: bool = False
     imatrix_data: str | None = None  # calibration JSONL for an importance matrix
+    imatrix: str | None = None  # or the matrix itself, already computed (imatrix.save_imatrix; the build's sweep)
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -109,11 +110,9 @@ def tokenizer_metadata(tok, vocab_size: int) -> dict:
 
 
 def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
-    """Write the HF checkpoint as a GGUF with weights in F32, F16 or BF16 (norms stay F32)."""
-    import torch
-    from gguf import GGMLQuantizationType, GGUFWriter, get_tensor_name_map
-    from gguf.constants import MODEL_ARCH_NAMES
-    from safetensors.torch import load_file
+    """Write the HF checkpoint as a GGUF with weights in F32, F16 or BF16 (norms stay F32): the model's
+    hyper-parameters, its tokenizer, then its tensors under gguf-py's names."""
+    from gguf import GGUFWriter
     from transformers import AutoConfig, AutoTokenizer
 
     cfg = AutoConfig.from_pretrained(model_dir)
@@ -124,15 +123,31 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
             str(model_dir),
             f"supported: {', '.join(GGUF_ARCHS)}",
         )
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    meta = tokenizer_metadata(tok, cfg.vocab_size)
-    arch_id = next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
-    names = get_tensor_name_map(arch_id, cfg.num_hidden_layers)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
-
+    meta = tokenizer_metadata(AutoTokenizer.from_pretrained(model_dir), cfg.vocab_size)
     w = GGUFWriter(str(path), arch.gguf_arch)
     w.add_name(model_dir.name)
+    w.add_file_type(QUANT_TYPES[ftype].ftype)
+    _add_model_metadata(w, cfg)
+    _add_tokenizer_metadata(w, meta)
+    n_params = _add_tensors(w, model_dir, cfg, arch, ftype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {
+        "arch": arch.gguf_arch,
+        "params": n_params,
+        "pre_tokenizer": meta["pre"],
+        "bos": meta["bos"],
+        "eos": meta["eos"],
+        "pad": meta["pad"],
+        "chat_template": meta["chat_template"],
+    }
+
+
+def _add_model_metadata(w, cfg) -> None:
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
@@ -146,7 +161,9 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type(QUANT_TYPES[ftype].ftype)
+
+
+def _add_tokenizer_metadata(w, meta: dict) -> None:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(meta["pre"])
     w.add_token_list(meta["tokens"])
@@ -164,6 +181,17 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
     if meta["chat_template"]:
         w.add_chat_template(meta["chat_template"])
 
+
+def _add_tensors(w, model_dir: Path, cfg, arch, ftype: str) -> int:
+    """Every safetensors weight under its GGUF name (q/k permuted where llama.cpp's rope expects it); the
+    parameter count written."""
+    import torch
+    from gguf import GGMLQuantizationType, get_tensor_name_map
+    from gguf.constants import MODEL_ARCH_NAMES
+    from safetensors.torch import load_file
+
+    arch_id = next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
+    names = get_tensor_name_map(arch_id, cfg.num_hidden_layers)
     state = {}
     for f in sorted(model_dir.glob("*.safetensors")):
         state.update(load_file(str(f)))
@@ -191,19 +219,7 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
             from gguf.quants import quantize
 
             w.add_tensor(name, quantize(a, GGMLQuantizationType.BF16), raw_dtype=GGMLQuantizationType.BF16)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return {
-        "arch": arch.gguf_arch,
-        "params": n_params,
-        "pre_tokenizer": meta["pre"],
-        "bos": meta["bos"],
-        "eos": meta["eos"],
-        "pad": meta["pad"],
-        "chat_template": meta["chat_template"],
-    }
+    return n_params
 
 
 def quantize_gguf(src: Path, dst: Path, quant: str, imatrix: dict | None = None) -> None:
@@ -318,7 +334,11 @@ def export_gguf(cfg: GgufExport) -> dict:
             os.replace(flt, tmp)
         else:
             imatrix = None
-            if cfg.imatrix_data:
+            if cfg.imatrix:
+                from edgeq.export.imatrix import load_imatrix
+
+                imatrix, gates["imatrix"] = load_imatrix(Path(cfg.imatrix))
+            elif cfg.imatrix_data:
                 from edgeq.export.imatrix import compute_imatrix
 
                 report.err.print(f"computing the importance matrix on {cfg.imatrix_data} …")

@@ -67,6 +67,41 @@ def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) 
     }
 
 
+def save_imatrix(matrix: dict, summary: dict, path: Path) -> None:
+    """safetensors: one float32 (in_features,) tensor per GGUF tensor name, the summary as string metadata."""
+    from safetensors.numpy import save_file
+
+    from edgeq.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in matrix.items()}
+        save_file(arrays, str(tmp), metadata={k: str(v) for k, v in summary.items()})
+
+
+def load_imatrix(path: Path) -> tuple[dict, dict]:
+    """What save_imatrix wrote, checked (every entry a 1-D float32 vector of finite, non-negative means), and its
+    summary with the file's sha256."""
+    import hashlib
+
+    from safetensors import SafetensorError, safe_open
+
+    from edgeq.errors import EdgeqError
+
+    def bad(why: str) -> EdgeqError:
+        return EdgeqError(f"not a usable importance matrix: {why}", str(path), "delete it; edgeq computes it again")
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            matrix = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+            summary = dict(f.metadata() or {})
+    except (OSError, SafetensorError) as e:
+        raise bad(str(e)) from None
+    for k, v in matrix.items():
+        if v.ndim != 1 or v.dtype != np.float32 or not np.isfinite(v).all() or (v < 0).any():
+            raise bad(f"{k}: {v.dtype} {v.shape}, need finite non-negative float32 (in_features,)")
+    return matrix, summary | {"file": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
 def as_ctypes(matrix: dict) -> tuple:
     """A null-terminated llama_model_imatrix_data array (and the buffers it points into, to keep alive)."""
     import llama_cpp

@@ -8,6 +8,7 @@ from edgeq.errors import EdgeqError, UsageError
 from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
 from edgeq.export import gguf as export_mod
 from edgeq.export.gguf import GgufExport, export_gguf
+from edgeq.export.imatrix import compute_imatrix, load_imatrix, save_imatrix
 from edgeq.ggufcheck import check_gguf
 from edgeq.spec import EXIT_USAGE, QUANT_TYPES, TOKENIZER_FILES
 from tests.conftest import TINY, make_tiny_model, run_edgeq
@@ -118,6 +119,21 @@ def test_imatrix_changes_the_quantization_and_is_recorded(tmp_path, tiny_model, 
     assert imx["gates"]["imatrix"]["tensors"] == 2 * 7  # every decoder linear of the 2-layer model
     assert imx["gates"]["imatrix"]["tokens"] > 1000
     assert (tmp_path / "p.gguf").read_bytes() != (tmp_path / "i.gguf").read_bytes()
+
+
+def test_a_saved_imatrix_quantizes_exactly_as_the_computed_one(tmp_path, tiny_model, small_data):
+    matrix, summary = compute_imatrix(tiny_model, small_data)
+    save_imatrix(matrix, summary, tmp_path / "imatrix.safetensors")
+    loaded, info = load_imatrix(tmp_path / "imatrix.safetensors")
+    assert loaded.keys() == matrix.keys() and all((loaded[k] == matrix[k]).all() for k in matrix)
+    assert info["tensors"] == "14" and len(info["sha256"]) == 64
+    computed = tmp_path / "c.gguf"
+    export_gguf(GgufExport(model=str(tiny_model), out=str(computed), quant="Q4_K_S", imatrix_data=str(small_data)))
+    r = export_gguf(
+        GgufExport(model=str(tiny_model), out=str(tmp_path / "s.gguf"), quant="Q4_K_S", imatrix=info["file"])
+    )
+    assert r["gates"]["imatrix"]["sha256"] == info["sha256"]
+    assert (tmp_path / "s.gguf").read_bytes() == computed.read_bytes()
 
 
 # Each gate broken on purpose: the export must refuse, name the gate, and leave no artifact.
