@@ -13,7 +13,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,22 +321,15 @@ def bench(cfg: BenchConfig) -> dict:
         "results": results,
         "checks": [c.as_dict() for c in checks],
     }
-    from edgeq.benchreport import render
+    return record
 
-    text = render(record, cfg.output)
-    if cfg.out:
-        from edgeq.io import write_text
 
-        write_text(cfg.out, text)
-    else:
-        sys.stdout.write(text)
-    for c in checks:
-        report.err.print(f"{'[green]ok[/]' if c.passed else '[red]BREACH[/]'} {c.line()}")
-    failed = [c for c in checks if not c.passed]
+def gate(record: dict) -> None:
+    """A bench record's verdict: a breached budget or regression is exit 3."""
+    failed = [c for c in map(Check.from_dict, record["checks"]) if not c.passed]
     if failed:
         raise BudgetError(
             "; ".join(c.line() for c in failed),
-            str(artifact),
+            record["artifact"],
             "choose a smaller quant type or context, or relax the profile",
         )
-    return record

@@ -12,6 +12,24 @@ def render(record: dict, output: str) -> str:
     return {"md": markdown, "json": as_json, "csv": as_csv, "junit": junit}[output](record)
 
 
+def publish(record: dict, output: str, out: str | None) -> None:
+    """The record in its output format, to the file (atomically) or stdout; one ok/BREACH line per check on stderr."""
+    import sys
+
+    from edgeq import report
+    from edgeq.checks import Check
+
+    text = render(record, output)
+    if out:
+        from edgeq.io import write_text
+
+        write_text(out, text)
+    else:
+        sys.stdout.write(text)
+    for c in map(Check.from_dict, record["checks"]):
+        report.err.print(f"{'[green]ok[/]' if c.passed else '[red]BREACH[/]'} {c.line()}")
+
+
 def markdown(r: dict) -> str:
     res, s, env = r["results"], r["settings"], r["environment"]
     size = f"{env['artifact_bytes'] / 2**20:.2f} MiB"

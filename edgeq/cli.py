@@ -402,10 +402,14 @@ def eval_artifact(artifact, reference, data, limit, served, metric, as_json) -> 
 )
 def bench(**kw) -> None:
     """Benchmark a GGUF/ONNX artifact; with --profile or --baseline, a CI gate (exit 3)."""
-    from edgeq.bench import BenchConfig
+    from edgeq.bench import BenchConfig, gate
     from edgeq.bench import bench as run
+    from edgeq.benchreport import publish
 
-    run(BenchConfig(**kw))
+    cfg = BenchConfig(**kw)
+    record = run(cfg)
+    publish(record, cfg.output, cfg.out)
+    gate(record)
 
 
 @cli.command()

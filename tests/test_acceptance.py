@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import run_edgeq
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
 CEILING_MINUTES = 25.0  # measured 13-15 min on the project's 2-core machines (RESULTS.md)
 
 
