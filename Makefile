@@ -28,10 +28,10 @@ test: setup lint test-all-but-acceptance test-acceptance
 # are built once; no test there times itself against a budget that sharing the CPU would break).
 # The acceptance build runs alone: its time is a figure we record.
 test-all-but-acceptance: setup
-	$(BIN)/pytest -m "not acceptance" -n auto --dist loadfile
+	$(BIN)/pytest -m "not acceptance" -n auto --dist loadfile --durations=25
 
 test-acceptance: setup
-	$(BIN)/pytest -m acceptance
+	$(BIN)/pytest -m acceptance -s
 
 # While developing: the quick tier alone, or the slow one.
 test-fast: setup

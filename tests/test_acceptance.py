@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STAGES, BUILD_STATE_DIR
 from tests.conftest import run_edgeq
 
 pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
@@ -30,6 +31,9 @@ def test_default_build_for_the_drone(tmp_path, default_model):
         f"RSS predicted {m['footprint']['predicted_peak_rss_mib']:.1f} measured "
         f"{m['footprint']['measured_peak_rss_mib']:.1f} MiB"
     )
+    state = out / BUILD_STATE_DIR
+    seconds = {s: json.loads((state / s / BUILD_STAGE_RECORD).read_text())["seconds"] for s in BUILD_STAGES}
+    print("stages: " + ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items()))
     assert minutes <= CEILING_MINUTES
     assert m["task"]["base"] <= 5.0 and gain >= 40.0
     served = m["fidelity"]["task_served"]["score"]
