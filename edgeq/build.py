@@ -515,10 +515,6 @@ def resolve(cfg: BuildConfig) -> Job:
     out = Path(cfg.out or Path("builds") / profile.name)
     base = resolve_model(cfg.base)
     system = from_training(read_jsonl(data), cfg.system_prompt)
-    if FORMAT_GGUF in profile.formats:
-        from edgeq.buildreport import check_modelfile
-
-        check_modelfile(base, profile, system)
     calibration, _, warnings = select_calibration(cfg.calibration, profile)
     for w in warnings:
         report.err.print(f"[yellow]note:[/] {w}")
@@ -556,6 +552,12 @@ def prepared(cfg: BuildConfig):
         job.hashes = input_hashes(job, memo)
         job.keys = compute_keys(job, job.hashes)
         job.memo = memo
+        # before any stage runs (a Modelfile that cannot be written fails now, not after the fine-tune); a build
+        # with every stage cached writes nothing, and skips the seconds of importing a tokenizer library
+        if FORMAT_GGUF in job.profile.formats and any(cached(job, s) is None for s in job.keys):
+            from edgeq.buildreport import check_modelfile
+
+            check_modelfile(job.base, job.profile, job.system)
         yield job
 
 
