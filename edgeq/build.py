@@ -160,9 +160,12 @@ def stage_settings(job: Job) -> dict:
     return {
         "finetune": {"config": ft, "inputs": ["base", "data", "training_libraries"]},
         "merge": {"config": mg, "inputs": []},
-        "plan": {"config": {}, "inputs": ["profile", "calibration", "runtime_libraries"]},
-        "sweep": {"config": {"imatrix": f"training data → {BUILD_IMATRIX}", "mode": job.cfg.sweep}, "inputs": ["data"]},
-        "export": {"config": {"imatrix": f"sweep/{BUILD_IMATRIX}"}, "inputs": []},
+        "plan": {
+            "config": {"imatrix": f"training data → {BUILD_IMATRIX}", "mixed": "per-tensor recipe where the budget binds"},
+            "inputs": ["profile", "calibration", "runtime_libraries", "data"],
+        },
+        "sweep": {"config": {"mode": job.cfg.sweep}, "inputs": []},
+        "export": {"config": {"imatrix": f"plan/{BUILD_IMATRIX}"}, "inputs": []},
         "eval": {"config": {"limit": job.cfg.eval_limit, "metric": job.cfg.metric}, "inputs": ["test_data", "base"]},
         "bench": {"config": {"reps": job.cfg.reps}, "inputs": []},
         "report": {"config": {}, "inputs": []},
@@ -248,12 +251,22 @@ def planned_gguf(job: Job) -> Path:
 
 def run_plan(job: Job, work: Path) -> Plan:
     """Every candidate predicted from the merged model; a plan with no fitting candidate is a result here (the
-    sweep decides with measured quality, and reports no fit itself)."""
+    sweep decides with measured quality, and reports no fit itself). For GGUF, the importance matrix of the
+    training data, saved for the sweep and the export, weighs a mixed recipe's errors."""
+    from edgeq.export.imatrix import compute_imatrix, save_imatrix
     from edgeq.plan import PlanConfig, float_gguf_for, make_plan
 
-    flt = float_gguf_for(merged(job), work) if FORMAT_GGUF in job.profile.formats else None
+    flt, imatrix = None, None
+    if FORMAT_GGUF in job.profile.formats:
+        flt = float_gguf_for(merged(job), work)
+        imatrix, summary = compute_imatrix(merged(job), job.data)
+        save_imatrix(imatrix, summary, work / BUILD_IMATRIX)
     cfg = PlanConfig(profile=job.profile.source, model=str(merged(job)), calibration=str(job.calibration))
-    return make_plan(cfg, float_gguf=flt)
+    return make_plan(cfg, float_gguf=flt, imatrix=imatrix)
+
+
+def planned_imatrix(job: Job) -> Path:
+    return job.dir("plan") / BUILD_IMATRIX
 
 
 def _measure_candidate(job: Job, c: Candidate, ref, ids, imatrix, work: Path) -> Measurement:
@@ -263,9 +276,9 @@ def _measure_candidate(job: Job, c: Candidate, ref, ids, imatrix, work: Path) ->
     from edgeq.export.onnx import OnnxExport, export_onnx
     from edgeq.runtime import artifact_bytes
 
-    path = work / (f"{c.quant}.gguf" if c.fmt == FORMAT_GGUF else c.quant)
+    path = work / (f"{c.key.split(':', 1)[1]}.gguf" if c.fmt == FORMAT_GGUF else c.quant)
     if c.fmt == FORMAT_GGUF:
-        quantize_gguf(planned_gguf(job), path, c.quant, imatrix)
+        quantize_gguf(planned_gguf(job), path, c.quant, imatrix, dict(c.recipe) or None)
     else:
         export_onnx(OnnxExport(model=str(merged(job)), out=str(path), quant=c.quant))
     fidelity = compare_logits(path, ref, ids)
@@ -301,7 +314,7 @@ def run_sweep(job: Job, work: Path) -> Plan:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from edgeq.evaluate import TEXT_TOKENS, fidelity_ids, reference_logits
-    from edgeq.export.imatrix import compute_imatrix, save_imatrix
+    from edgeq.export.imatrix import load_imatrix
     from edgeq.plan import choose, with_measurement
 
     planned = job.results["plan"]
@@ -314,8 +327,7 @@ def run_sweep(job: Job, work: Path) -> Plan:
     del model
     imatrix = None
     if any(r.candidate.fmt == FORMAT_GGUF for r in todo):
-        imatrix, summary = compute_imatrix(merged(job), job.data)
-        save_imatrix(imatrix, summary, work / BUILD_IMATRIX)  # the export quantizes with this same matrix
+        imatrix, _ = load_imatrix(planned_imatrix(job))  # the export quantizes with this same matrix
     built: dict[Candidate, Row] = {}
     with report.progress("sweep", len(todo)) as update:
         for i, r in enumerate(todo):
@@ -339,12 +351,18 @@ def run_export(job: Job, work: Path) -> ExportResult:
     from edgeq.export.onnx import OnnxExport, export_onnx
 
     c = job.results["sweep"].chosen
-    name = f"model.{c.quant}" + (".gguf" if c.fmt == FORMAT_GGUF else "")
+    name = f"model.{c.quant}" + ("-mixed" if c.recipe else "") + (".gguf" if c.fmt == FORMAT_GGUF else "")
     imatrix = None
     if c.fmt == FORMAT_GGUF:
         imatrix = str(job.data)
-        matrix = job.dir("sweep") / BUILD_IMATRIX
-        r = export_gguf(GgufExport(model=str(merged(job)), out=str(work / name), quant=c.quant, imatrix=str(matrix)))
+        cfg = GgufExport(
+            model=str(merged(job)),
+            out=str(work / name),
+            quant=c.quant,
+            imatrix=str(planned_imatrix(job)),
+            recipe=dict(c.recipe) or None,
+        )
+        r = export_gguf(cfg)
     else:
         r = export_onnx(OnnxExport(model=str(merged(job)), out=str(work / name), quant=c.quant))
     details = {k: v for k, v in r.items() if k not in ("bytes", "gates", "format", "quant")}

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeq import report
 from edgeq.errors import BudgetError, UsageError
 from edgeq.records import KLD_MEASURED, KLD_PRIOR, Candidate, Measurement, Plan, Prediction, Row
 from edgeq.runtime import ASSETS
@@ -54,6 +54,10 @@ class PlanConfig:
     calibration: str | None = field(default=None, metadata={"help": "edgeq calibrate file; default: the profile's"})
     allow_pickle: bool = field(default=False, metadata={"help": "accept pickle weights (weights_only=True)"})
     measured_from: str | None = field(default=None, metadata={"help": "an edgeq build --out: its measured KLD"})
+    data: str | None = field(
+        default=None,
+        metadata={"help": "chat JSONL whose activations weigh a mixed recipe's errors; default: unweighted"},
+    )
 
 
 @dataclass(frozen=True)
@@ -190,38 +194,43 @@ def calibrated(cal: dict, fmt: str, quant: str) -> tuple[dict, str | None]:
 _TENSOR_LINE = re.compile(r"\]\s+(\S+)\s+-\s+\[([\d,\s]+)\],\s+type =\s*(\w+),(.*)$")
 
 
-def _ggml_bytes(type_name: str, dims: list[int]) -> int:
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+def dry_run_types(float_gguf: Path, quant: str, recipe: dict | None = None) -> dict[str, tuple[str, list[int]]]:
+    """{tensor: (ggml type, dims)} that llama.cpp's quantizer would write for `quant` (and a per-tensor recipe):
+    its dry run, nothing written. Float types are written by edgeq directly: norms (1-D) stay F32."""
+    from edgeq.runtime import quantize_plan
 
-    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name.upper()]]
-    return math.prod(dims) // block * size
+    if quant in GGUF_FLOAT_TYPES:
+        from gguf import GGUFReader
+
+        return {
+            t.name: ("F32" if quant == "F32" or len(t.shape) == 1 else quant, [int(x) for x in t.shape])
+            for t in GGUFReader(float_gguf).tensors
+        }
+    out = {}
+    for line in "".join(quantize_plan(float_gguf, quant, recipe)).splitlines():
+        m = _TENSOR_LINE.search(line)
+        if not m:
+            continue
+        chosen = re.search(r"\((\w+)\)\s*$", m.group(4))
+        out[m.group(1)] = ((chosen.group(1) if chosen else m.group(3)).upper(), [int(x) for x in m.group(2).split(",")])
+    if not out:
+        raise UsageError(f"llama.cpp reported no tensors when planning {quant}", str(float_gguf))
+    return out
+
+
+def bytes_by_type(types: dict[str, tuple[str, list[int]]]) -> dict[str, int]:
+    """Tensor bytes per ggml type."""
+    from edgeq.mixed import Tensor, tensor_bytes
+
+    out: dict[str, int] = {}
+    for name, (kind, dims) in types.items():
+        out[kind] = out.get(kind, 0) + tensor_bytes(Tensor(name, tuple(dims)), kind)
+    return out
 
 
 def gguf_tensor_types(float_gguf: Path, quant: str) -> dict[str, int]:
     """Bytes per ggml type that llama.cpp's quantizer would write for `quant` (dry run: nothing written)."""
-    from edgeq.runtime import quantize_plan
-
-    if quant in GGUF_FLOAT_TYPES:  # written directly: norms (1-D) stay F32
-        from gguf import GGUFReader
-
-        out: dict[str, int] = {}
-        for t in GGUFReader(float_gguf).tensors:
-            kind = "F32" if quant == "F32" or len(t.shape) == 1 else quant
-            out[kind] = out.get(kind, 0) + _ggml_bytes(kind, [int(x) for x in t.shape])
-        return out
-    lines = quantize_plan(float_gguf, quant)
-    out = {}
-    for line in "".join(lines).splitlines():
-        m = _TENSOR_LINE.search(line)
-        if not m:
-            continue
-        dims = [int(x) for x in m.group(2).split(",")]
-        chosen = re.search(r"\((\w+)\)\s*$", m.group(4))
-        kind = (chosen.group(1) if chosen else m.group(3)).upper()
-        out[kind] = out.get(kind, 0) + _ggml_bytes(kind, dims)
-    if not out:
-        raise UsageError(f"llama.cpp reported no tensors when planning {quant}", str(float_gguf))
-    return out
+    return bytes_by_type(dry_run_types(float_gguf, quant))
 
 
 def gguf_layout(float_gguf: Path) -> tuple[int, int]:
@@ -347,6 +356,109 @@ def predict(
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# mixed precision: a per-tensor recipe sized to the budgets (mixed.py)
+
+
+def fixed_and_quantizable(types: dict[str, tuple[str, list[int]]], float_gguf: Path) -> tuple[dict, list]:
+    """The tensors llama.cpp leaves as they are (norms: {name: (type, dims)}) and those a recipe sets."""
+    from edgeq.mixed import quantizable
+
+    tensors = quantizable(float_gguf)
+    names = {t.name for t in tensors}
+    return {n: v for n, v in types.items() if n not in names}, tensors
+
+
+def plan_mixed(
+    model_dir: Path,
+    float_gguf: Path,
+    quants: list[str],
+    n_ctx: int,
+    prompt_tokens: int,
+    cal: dict,
+    max_storage_mib: float,
+    max_memory_mib: float,
+    imatrix: dict | None,
+    work: Path,
+    forced: dict | None = None,
+) -> tuple[Candidate, Prediction, dict]:
+    """The per-tensor mixture of the types `quants` write that fits both budgets (file bytes, predicted peak RSS)
+    with the least importance-weighted error; BudgetError when none does. `forced` pins tensors to types."""
+    from edgeq import mixed
+
+    d = Dims.from_config(model_dir)
+    uniform = {q: dry_run_types(float_gguf, q) for q in quants}
+    fixed, tensors = fixed_and_quantizable(next(iter(uniform.values())), float_gguf)
+    forced = forced or {}
+    unknown = sorted(set(forced) - {t.name for t in tensors})
+    if unknown:
+        raise UsageError(f"no quantizable tensor named {unknown[0]!r}", str(float_gguf))
+    palette = sorted({uniform[q][t.name][0] for q in quants for t in tensors} | set(forced.values()))
+    with report.progress("sensitivity", len(palette)) as update:
+        errors = mixed.sensitivity(float_gguf, palette, imatrix, work, quants[0], update)
+        update(len(palette), "")
+    layout = gguf_layout(float_gguf)
+    fixed_bytes = bytes_by_type(fixed)
+    fixed_rss = predict_gguf_rss(d, fixed_bytes, n_ctx, prompt_tokens, cal)["total"]
+    resident = cal[FORMAT_GGUF]["resident_factor"]
+    options = {t.name: mixed.options_for(t, errors[t.name], resident, forced.get(t.name)) for t in tensors}
+    solution = mixed.solve(
+        options,
+        max_storage_mib * MIB - gguf_file_bytes(layout, fixed_bytes),
+        max_memory_mib * MIB - fixed_rss,
+    )
+    written = dry_run_types(float_gguf, quants[0], solution.recipe)  # the quantizer's own account of the recipe
+    wrong = [n for n, t in solution.recipe.items() if written[n][0] != t]
+    if wrong:
+        raise UsageError(f"llama.cpp would not write {wrong[0]} as {solution.recipe[wrong[0]]}", str(float_gguf))
+    tensor_bytes = bytes_by_type(written)
+    size = gguf_file_bytes(layout, tensor_bytes)
+    mem = predict_gguf_rss(d, tensor_bytes, n_ctx, prompt_tokens, cal)
+    sizes = {q: gguf_file_bytes(layout, bytes_by_type(t)) for q, t in uniform.items()}
+    base = min(quants, key=lambda q: abs(sizes[q] - size))  # the uniform type of nearest size names the file type
+    base_error = mixed.recipe_error({n: t for n, (t, _) in uniform[base].items()}, errors)
+    ratio = solution.error / base_error if base_error > 0 else 1.0
+    info = {
+        "palette": palette,
+        "error": solution.error,
+        "reference": base,
+        "reference_error": base_error,
+        "error_ratio": ratio,
+        "kld_estimate": QUANT_TYPES[base].prior_kld * ratio,
+        "forced": forced,
+        "sensitivity": "importance-weighted quantization error" if imatrix else "squared quantization error",
+        "types": {t: sum(1 for v in solution.recipe.values() if v == t) for t in palette},
+    }
+    terms = {k: v / MIB for k, v in mem.items() if k != "total"}
+    candidate = Candidate(FORMAT_GGUF, base, tuple(sorted(solution.recipe.items())))
+    return candidate, Prediction(size / MIB, mem["total"] / MIB, terms), info
+
+
+def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatrix, work: Path) -> Row | None:
+    """Where the best uniform GGUF type the profile allows does not fit, a mixture sized to its budgets."""
+    gguf = [r for r in rows if r.candidate.fmt == FORMAT_GGUF and not QUANT_TYPES[r.candidate.quant].is_float_gguf]
+    if not gguf or footprint_fits(min(gguf, key=lambda r: r.kld), profile):
+        return None
+    terms, _ = calibrated(cal, FORMAT_GGUF, gguf[0].candidate.quant)
+    try:
+        candidate, predicted, info = plan_mixed(
+            model_dir,
+            float_gguf,
+            [r.candidate.quant for r in gguf],
+            n_ctx,
+            profile.prompt_tokens,
+            {FORMAT_GGUF: terms},
+            profile.storage_budget_mib,
+            profile.memory_budget_mib * (1 - PLAN_MARGIN),
+            imatrix,
+            work,
+        )
+    except BudgetError:
+        return None  # nothing fits: no_fit_error names the smallest uniform candidate
+    kld = info["kld_estimate"]
+    return Row(candidate, predicted, kld, KLD_PRIOR, tuple(rejections(predicted, kld, KLD_PRIOR, None, profile)), mixed=info)
+
+
 def rejections(p: Prediction, kld: float, kld_source: str, decode_tok_s: float | None, profile) -> list[str]:
     """Why a candidate does not fit: memory (with the plan's margin), storage, latency, quality."""
     reasons = []
@@ -447,8 +559,10 @@ def measurements(build_out: str | Path) -> dict[str, Measurement]:
     return {r.candidate.key: r.measured for r in rows if r.measured}
 
 
-def make_plan(cfg: PlanConfig, float_gguf: Path | None = None) -> Plan:
-    """Every candidate predicted and the choice (None where nothing fits: the build's sweep decides then)."""
+def make_plan(cfg: PlanConfig, float_gguf: Path | None = None, imatrix: dict | None = None) -> Plan:
+    """Every candidate predicted and the choice (None where nothing fits: the build's sweep decides then). Where
+    the best GGUF type allowed does not fit, a mixed recipe sized to the budgets joins the uniform candidates; its
+    errors are weighed by `imatrix`, else by one computed on cfg.data."""
     import tempfile
 
     from edgeq.basemodel import resolve_model
@@ -466,6 +580,14 @@ def make_plan(cfg: PlanConfig, float_gguf: Path | None = None) -> Plan:
         if needs_gguf and FORMAT_GGUF in profile.formats and float_gguf is None:
             float_gguf = float_gguf_for(model_dir, Path(scratch))
         rows = predict(model_dir, profile, n_ctx, float_gguf, measured, cal)
+        if float_gguf is not None and FORMAT_GGUF in profile.formats:
+            if imatrix is None and cfg.data:
+                from edgeq.export.imatrix import compute_imatrix
+
+                imatrix, _ = compute_imatrix(model_dir, cfg.data)
+            row = mixed_row(model_dir, profile, n_ctx, float_gguf, rows, cal, imatrix, Path(scratch))
+            if row is not None:
+                rows.append(with_measurement(row, measured[row.candidate.key], profile) if row.candidate.key in (measured or {}) else row)
     calibration = {
         "name": cal_path.stem,
         "path": str(cal_path),

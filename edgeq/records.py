@@ -24,13 +24,18 @@ class Candidate:
 
     @property
     def key(self) -> str:
-        """A unique name: the stage records' and measurement tables' key."""
-        tail = "".join(f"+{name}={t}" for name, t in self.recipe)
-        return f"{self.fmt}:{self.quant}{tail}"
+        """A unique name: the stage records' and measurement tables' key (a recipe by its hash)."""
+        return f"{self.fmt}:{self.quant}" + (f"+mixed-{self.recipe_id}" if self.recipe else "")
+
+    @property
+    def recipe_id(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(repr(self.recipe).encode()).hexdigest()[:12]
 
     @property
     def label(self) -> str:
-        return f"{self.fmt} {self.quant}" + (f" (+{len(self.recipe)} overrides)" if self.recipe else "")
+        return f"{self.fmt} mixed ≈{self.quant}" if self.recipe else f"{self.fmt} {self.quant}"
 
     def as_dict(self) -> dict:
         d = {"format": self.fmt, "quant": self.quant}
@@ -80,6 +85,7 @@ class Row:
     kld_source: str  # KLD_MEASURED or KLD_PRIOR
     reasons: tuple[str, ...] = ()
     measured: Measurement | None = None
+    mixed: dict | None = None  # a mixed recipe's account: palette, predicted error, reference type (plan_mixed)
 
     @property
     def fits(self) -> bool:
@@ -94,6 +100,7 @@ class Row:
         d = self.candidate.as_dict() | asdict(self.predicted)
         d |= {"kld": self.kld, "kld_source": self.kld_source, "decode_tok_s": self.decode_tok_s}
         d |= {"reasons": list(self.reasons), "fits": self.fits}
+        d |= {"mixed": self.mixed} if self.mixed else {}
         return d | ({"measured": asdict(self.measured)} if self.measured else {})
 
     @classmethod
@@ -105,6 +112,7 @@ class Row:
             d["kld_source"],
             tuple(d["reasons"]),
             Measurement.from_dict(d["measured"]) if d.get("measured") else None,
+            d.get("mixed"),
         )
 
 

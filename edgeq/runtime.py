@@ -126,20 +126,23 @@ def gguf_is_eog(path: str | Path, token_id: int) -> bool:
     return child_call("gguf_is_eog_here", "reading the vocabulary", path, path=path, token_id=token_id)
 
 
-def quantize(src: Path, dst: Path, quant: str, imatrix: dict | None = None) -> None:
-    """llama.cpp's own quantizer from a float GGUF, with an importance matrix if given."""
+def quantize(src: Path, dst: Path, quant: str, imatrix: dict | None = None, recipe: dict | None = None) -> None:
+    """llama.cpp's own quantizer from a float GGUF, with an importance matrix and a per-tensor recipe
+    ({tensor: ggml type}, mixed.py) if given."""
     from edgeq.ggufcheck import check_gguf
 
     check_gguf(src)
-    child_call("quantize_here", f"quantizing to {quant}", src, src=src, dst=dst, quant=quant, imatrix=imatrix)
+    what = f"quantizing to {quant}" + (" with a per-tensor recipe" if recipe else "")
+    child_call("quantize_here", what, src, src=src, dst=dst, quant=quant, imatrix=imatrix, recipe=recipe)
 
 
-def quantize_plan(src: Path, quant: str) -> list[str]:
+def quantize_plan(src: Path, quant: str, recipe: dict | None = None) -> list[str]:
     """llama.cpp's quantizer in dry-run mode: its log, which names each tensor's chosen type."""
     from edgeq.ggufcheck import check_gguf
 
     check_gguf(src)
-    return child_call("quantize_here", f"planning {quant}", src, src=src, dst=None, quant=quant, dry_run=True)
+    kw = {"src": src, "dst": None, "quant": quant, "dry_run": True, "recipe": recipe}
+    return child_call("quantize_here", f"planning {quant}", src, **kw)
 
 
 def child_call(func: str, what: str, where: Path, **kwargs):
@@ -292,7 +295,9 @@ def capture_llama_log(lines: list[str]):
         llama_cpp.llama_log_set(default, ctypes.c_void_p(0))
 
 
-def quantize_here(src: str, dst: str | None, quant: str, imatrix: dict | None = None, dry_run: bool = False):
+def quantize_here(
+    src: str, dst: str | None, quant: str, imatrix: dict | None = None, dry_run: bool = False, recipe: dict | None = None
+):
     import llama_cpp
 
     from edgeq.export.imatrix import as_ctypes
@@ -305,6 +310,12 @@ def quantize_here(src: str, dst: str | None, quant: str, imatrix: dict | None = 
     if imatrix:
         arr, keep = as_ctypes(imatrix)  # `keep` holds the buffers until the call returns
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    if recipe:
+        from edgeq.mixed import overrides_ctypes
+
+        table, patterns = overrides_ctypes(recipe)
+        params.tt_overrides = ctypes.cast(table, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep = (keep, table, patterns)  # alive until the call returns
     lines: list[str] = []
     with capture_llama_log(lines):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst or os.devnull).encode(), params)

@@ -44,8 +44,10 @@ def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) 
     for hf_name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear):
             gguf_name = names.get_name(hf_name + ".weight", try_suffixes=(".weight",))
-            if gguf_name is None or (gguf_name == "output.weight" and model.config.tie_word_embeddings):
-                continue  # a tied head has no output.weight in the GGUF to quantize
+            if gguf_name is None:
+                continue
+            # A tied head has no output.weight in the GGUF: llama.cpp ignores the entry, mixed.py weighs
+            # token_embd's error by it (the head is where that matrix meets activations).
 
             def hook(module, args, output, key=gguf_name):
                 x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # (tokens, in_features)

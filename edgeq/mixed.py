@@ -1,0 +1,266 @@
+"""Mixed precision: one ggml type per tensor, chosen to fit a byte budget with the least damage (GGUF).
+
+  palette      the ggml types the allowed uniform types already write (so a device that runs those runs
+               the mixture); a tensor may take a type only if its row length is a multiple of the type's
+               block (K-quants pack 256 weights: a 576-wide row cannot take them)
+  sensitivity  err[t][q] = Σ_rows Σ_j imatrix_j · (W_ij − Ŵ_ij)², the output error quantizing tensor t to q
+               adds on the calibration activations (the quantity llama.cpp's quantizer minimises), measured
+               by quantizing the float GGUF to each palette type with llama.cpp and reading every tensor back
+  solver       a multiple-choice knapsack under a storage and a memory budget: every tensor starts at its best
+               type; while over budget, take the downgrade that gives up the least error per byte saved; then
+               spend what is left on the upgrades that buy the most error per byte
+  recipe       {tensor: type} for every quantizable tensor, passed to llama.cpp as anchored per-tensor
+               overrides; the types written are read back from the output and must be the ones asked for
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeq.errors import BudgetError, EdgeqError
+
+TIED_HEAD = "output.weight"  # the imatrix entry of a tied head: token_embd's activations as the output matrix
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple[int, ...]  # ggml order: shape[0] is the row length (ne0)
+
+    @property
+    def n(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass(frozen=True)
+class Option:
+    type: str  # a ggml type name, e.g. Q4_K
+    storage: int  # bytes in the file
+    memory: float  # bytes resident (storage × the calibration's resident factor for the type)
+    error: float  # err[t][type]
+
+
+@dataclass(frozen=True)
+class Solution:
+    recipe: dict  # tensor → ggml type
+    storage: int  # tensor bytes, summed
+    memory: float
+    error: float
+
+
+def ggml_block(type_name: str) -> tuple[int, int]:
+    """(weights per block, bytes per block) of a ggml type."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+
+
+def fits_rows(t: Tensor, type_name: str) -> bool:
+    return t.shape[0] % ggml_block(type_name)[0] == 0
+
+
+def tensor_bytes(t: Tensor, type_name: str) -> int:
+    block, size = ggml_block(type_name)
+    return t.n // block * size
+
+
+def quantizable(float_gguf: Path) -> list[Tensor]:
+    """The tensors llama.cpp quantizes: 2-D weights other than norms."""
+    from gguf import GGUFReader
+
+    return [
+        Tensor(t.name, tuple(int(x) for x in t.shape))
+        for t in GGUFReader(float_gguf).tensors
+        if len(t.shape) == 2 and t.name.endswith(".weight") and "_norm" not in t.name
+    ]
+
+
+def overrides(recipe: dict) -> list[tuple[str, str]]:
+    """(anchored regex, type) pairs for llama.cpp: one per tensor, matched by its whole name only."""
+    return [(f"^{re.escape(name)}$", t) for name, t in sorted(recipe.items())]
+
+
+def overrides_ctypes(recipe: dict) -> tuple:
+    """A null-terminated llama_model_tensor_override array for llama_model_quantize_params.tt_overrides (and the
+    pattern buffers it points into, to keep alive until the call returns)."""
+    import llama_cpp
+    from gguf.constants import GGMLQuantizationType
+
+    pairs = [(pattern.encode(), int(GGMLQuantizationType[t])) for pattern, t in overrides(recipe)]
+    arr = (llama_cpp.llama_model_tensor_override * (len(pairs) + 1))()
+    for i, (pattern, t) in enumerate(pairs):
+        arr[i].pattern, arr[i].type = pattern, t
+    arr[len(pairs)].pattern = None  # llama.cpp reads until a null pattern
+    return arr, pairs
+
+
+def written_types(path: Path) -> dict:
+    """{tensor: ggml type} as a GGUF holds them."""
+    from gguf import GGUFReader
+
+    return {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
+
+
+def verify(path: Path, recipe: dict) -> None:
+    """Every tensor of the recipe has the type it asked for (llama.cpp falls back silently on a row it cannot
+    pack)."""
+    got = written_types(path)
+    wrong = {k: (v, got.get(k)) for k, v in recipe.items() if got.get(k) != v}
+    if wrong:
+        name, (want, have) = next(iter(sorted(wrong.items())))
+        raise EdgeqError(
+            f"llama.cpp wrote {len(wrong)} tensors with another type than the recipe's (first: {name} {have}, "
+            f"asked {want})",
+            str(path),
+            "report it: the recipe should only hold types each tensor's rows can take",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# sensitivity
+
+
+def _weights(imatrix: dict | None, t: Tensor, tied: bool) -> np.ndarray | None:
+    """The per-column importance of t; None for a lookup-only embedding (every column counts once)."""
+    if imatrix is None:
+        return np.ones(t.shape[0], dtype=np.float64)
+    key = TIED_HEAD if tied and t.name == "token_embd.weight" else t.name
+    w = imatrix.get(key)
+    return None if w is None or w.shape != (t.shape[0],) else w.astype(np.float64)
+
+
+def tensor_error(w: np.ndarray, wq: np.ndarray, importance: np.ndarray | None) -> float:
+    """Σ_rows Σ_j importance_j (w − wq)²; without importance, the mean row's squared error (an embedding lookup
+    adds one row to the residual stream per token)."""
+    d2 = np.square(w.astype(np.float64) - wq.astype(np.float64))  # (rows, ne0)
+    return float(d2.sum() / d2.shape[0]) if importance is None else float(d2.sum(0) @ importance)
+
+
+def sensitivity(
+    float_gguf: Path, palette: list[str], imatrix: dict | None, work: Path, base_quant: str, update=None
+) -> dict:
+    """err[tensor][type] for every quantizable tensor and every palette type its rows can take."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from edgeq.runtime import quantize
+
+    tensors = quantizable(float_gguf)
+    tied = not any(t.name == "output.weight" for t in tensors)
+    reference = {t.name: t for t in GGUFReader(float_gguf).tensors}
+    err: dict[str, dict[str, float]] = {t.name: {} for t in tensors}
+    for i, q in enumerate(palette):
+        if update:
+            update(i, q)
+        recipe = {t.name: q for t in tensors if fits_rows(t, q)}
+        if not recipe:
+            continue
+        out = work / f"sensitivity.{q}.gguf"
+        quantize(float_gguf, out, base_quant, imatrix, recipe)
+        verify(out, recipe)
+        quantized = {t.name: t for t in GGUFReader(out).tensors}
+        for t in tensors:
+            if t.name not in recipe:
+                continue
+            ref = np.asarray(reference[t.name].data, dtype=np.float32)
+            qt = quantized[t.name]
+            wq = dequantize(qt.data, qt.tensor_type).reshape(ref.shape)
+            err[t.name][q] = tensor_error(ref, wq, _weights(imatrix, t, tied))
+        out.unlink()
+    return err
+
+
+# ---------------------------------------------------------------------------------------------
+# the solver
+
+
+def options_for(t: Tensor, errors: dict, resident: dict, forced: str | None = None) -> list[Option]:
+    """The types t may take, measured, each with its bytes and error; only `forced` when given."""
+    kinds = [forced] if forced else sorted(errors)
+    return [
+        Option(q, tensor_bytes(t, q), tensor_bytes(t, q) * resident.get(q, 1.0), errors.get(q, 0.0))
+        for q in kinds
+        if fits_rows(t, q)
+    ]
+
+
+def _hull(opts: list[Option], cost) -> list[Option]:
+    """The lower convex hull of (cost, error), cheapest first: every other option is dominated or never the
+    best trade at any price of a byte."""
+    pts = sorted(opts, key=lambda o: (cost(o), o.error))
+    hull: list[Option] = []
+    for o in pts:
+        if hull and o.error >= hull[-1].error:
+            continue  # costs more, no less error
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (b.error - a.error) * (cost(o) - cost(a)) >= (o.error - a.error) * (cost(b) - cost(a)):
+                hull.pop()  # b lies on or above the segment a–o
+            else:
+                break
+        hull.append(o)
+    return hull
+
+
+def solve(options: dict[str, list[Option]], max_storage: float, max_memory: float) -> Solution:
+    """The types that minimise Σ error with Σ storage ≤ max_storage and Σ memory ≤ max_memory (tensor bytes
+    only: the caller has taken the fixed terms off). BudgetError when even the smallest types miss."""
+
+    def cost(o: Option) -> float:  # a byte is priced by how much of each budget it uses
+        return o.storage / max_storage + o.memory / max_memory
+
+    for name, opts in options.items():
+        if not opts:
+            raise EdgeqError(f"tensor {name} has no type in the palette its rows can take")
+    smallest = {n: min(opts, key=cost) for n, opts in options.items()}
+    low_s = sum(o.storage for o in smallest.values())
+    low_m = sum(o.memory for o in smallest.values())
+    if low_s > max_storage or low_m > max_memory:
+        raise BudgetError(
+            f"no mixture of the palette fits: the smallest is {low_s / 2**20:.1f} MiB of tensors "
+            f"({low_m / 2**20:.1f} MiB resident), the budget leaves {max_storage / 2**20:.1f} MiB "
+            f"({max_memory / 2**20:.1f} MiB resident)",
+            None,
+            "raise the budget, allow smaller quant types, or shorten the context",
+        )
+    hulls = {n: _hull(opts, cost) for n, opts in options.items()}
+    pick = {n: len(h) - 1 for n, h in hulls.items()}  # the best type of each
+    s = sum(hulls[n][i].storage for n, i in pick.items())
+    m = sum(hulls[n][i].memory for n, i in pick.items())
+    while s > max_storage or m > max_memory:  # downgrade along the hulls, cheapest error per byte first
+        over_s, over_m = s > max_storage, m > max_memory
+
+        def rate(n):
+            cur, nxt = hulls[n][pick[n]], hulls[n][pick[n] - 1]
+            saved = over_s * (cur.storage - nxt.storage) / max_storage + over_m * (cur.memory - nxt.memory) / max_memory
+            return (nxt.error - cur.error) / saved if saved > 0 else float("inf")
+
+        n = min((n for n in pick if pick[n] > 0), key=rate)
+        cur, nxt = hulls[n][pick[n]], hulls[n][pick[n] - 1]
+        s, m, pick[n] = s - cur.storage + nxt.storage, m - cur.memory + nxt.memory, pick[n] - 1
+    chosen = {n: hulls[n][i] for n, i in pick.items()}
+    while True:  # spend the slack: the upgrade (any measured type) with the most error saved per byte
+        best, best_rate = None, 0.0
+        for n, cur in chosen.items():
+            for o in options[n]:
+                ds, dm, de = o.storage - cur.storage, o.memory - cur.memory, cur.error - o.error
+                if de <= 0 or s + ds > max_storage or m + dm > max_memory:
+                    continue
+                r = de / max(ds / max_storage + dm / max_memory, 1e-18)
+                if r > best_rate:
+                    best, best_rate = (n, o), r
+        if best is None:
+            break
+        n, o = best
+        s, m = s - chosen[n].storage + o.storage, m - chosen[n].memory + o.memory
+        chosen[n] = o
+    return Solution({n: o.type for n, o in chosen.items()}, s, m, sum(o.error for o in chosen.values()))
+
+
+def recipe_error(recipe: dict, errors: dict) -> float:
+    """Σ err of a recipe (a uniform type's dry-run types included); tensors or types not measured count 0."""
+    return sum(errors.get(n, {}).get(q, 0.0) for n, q in recipe.items())
