@@ -161,7 +161,7 @@ def stage_settings(job: Job) -> dict:
         "finetune": {"config": ft, "inputs": ["base", "data", "training_libraries"]},
         "merge": {"config": mg, "inputs": []},
         "plan": {
-            "config": {"imatrix": f"training data → {BUILD_IMATRIX}", "mixed": "per-tensor recipe where the budget binds"},
+            "config": {"imatrix": f"training data → {BUILD_IMATRIX}", "mixed": "recipe where the budget binds"},
             "inputs": ["profile", "calibration", "runtime_libraries", "data"],
         },
         "sweep": {"config": {"mode": job.cfg.sweep}, "inputs": []},

@@ -22,6 +22,7 @@ from edgeq.spec import (
     MERGE_DTYPES,
     MERGE_POLICIES,
     ONNX_EXECUTION_PROVIDERS,
+    QUANT_AUTO,
     QUANT_MODES,
     SWEEP_MODES,
     TASK_METRICS,
@@ -269,7 +270,7 @@ def merge(**kw) -> None:
         f"{fmt.upper()}: " + ", ".join(q + (" (default)" if q == DEFAULT_QUANT[fmt] else "") for q in quant_names(fmt))
         for fmt in FORMATS
     )
-    + ".",
+    + f". GGUF {QUANT_AUTO}: a per-tensor mixture sized to --max-size-mib / --max-rss-mib.",
 )
 @click.option("--out", required=True, type=click.Path(), help="Output artifact path (GGUF file or ONNX folder).")
 @click.option(
@@ -287,10 +288,45 @@ def merge(**kw) -> None:
     default=None,
     help="GGUF: calibration JSONL (e.g. the fine-tuning data) for an importance matrix.",
 )
-def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, imatrix_data) -> None:
+@click.option("--max-size-mib", type=click.FloatRange(min=1), default=None, help=f"--quant {QUANT_AUTO}: file size.")
+@click.option(
+    "--max-rss-mib", type=click.FloatRange(min=16), default=None, help=f"--quant {QUANT_AUTO}: peak RSS at --ctx."
+)
+@click.option(
+    "--ctx", type=click.IntRange(min=16), default=2048, show_default=True, help="Context --max-rss-mib is for."
+)
+@click.option(
+    "--tensor-type",
+    "tensor_types",
+    multiple=True,
+    metavar="NAME=TYPE",
+    help=f"--quant {QUANT_AUTO}: pin a tensor to a ggml type (e.g. token_embd.weight=Q8_0); repeatable.",
+)
+def export(
+    model_dir,
+    fmt,
+    quant,
+    out,
+    execution_provider,
+    force,
+    allow_pickle,
+    imatrix_data,
+    max_size_mib,
+    max_rss_mib,
+    ctx,
+    tensor_types,
+) -> None:
     """Export to GGUF or ONNX; gates (tokenizer, eos, chat template, fidelity) must pass first."""
     from edgeq import report
 
+    targets = max_size_mib is not None or max_rss_mib is not None
+    auto = quant == QUANT_AUTO
+    if auto != targets or (tensor_types and not auto):
+        raise UsageError(
+            f"--max-size-mib / --max-rss-mib / --tensor-type go with --quant {QUANT_AUTO}",
+            None,
+            f"pass --quant {QUANT_AUTO} with --max-size-mib and/or --max-rss-mib (GGUF)",
+        )
     if fmt == FORMAT_GGUF:
         from edgeq.export.gguf import GgufExport, export_gguf, export_table
 
@@ -302,6 +338,10 @@ def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, 
                 force=force,
                 allow_pickle=allow_pickle,
                 imatrix_data=imatrix_data,
+                max_size_mib=max_size_mib,
+                max_rss_mib=max_rss_mib,
+                ctx=ctx,
+                forced=parse_tensor_types(tensor_types),
             )
         )
     else:
@@ -321,6 +361,21 @@ def export(model_dir, fmt, quant, out, execution_provider, force, allow_pickle, 
             )
         )
     report.out.print(export_table(result))
+
+
+def parse_tensor_types(pairs: tuple[str, ...]) -> dict:
+    """NAME=TYPE pairs → {tensor: ggml type}, every pair checked."""
+    from gguf.constants import GGMLQuantizationType
+
+    out = {}
+    for pair in pairs:
+        name, _, kind = pair.partition("=")
+        if not name or kind.upper() not in GGMLQuantizationType.__members__:
+            raise UsageError(
+                f"--tensor-type {pair!r} is not NAME=TYPE with a ggml type", None, "e.g. token_embd.weight=Q8_0"
+            )
+        out[name] = kind.upper()
+    return out
 
 
 @cli.command("eval")
@@ -417,15 +472,20 @@ def bench(**kw) -> None:
 @MODEL_OPTION
 @click.option("--ctx", type=int, default=None, help="Context to plan for (default: the profile's).")
 @click.option("--measured-from", type=click.Path(), default=None, help="A build's --out: rank by its measured KLD.")
+@click.option(
+    "--data", type=click.Path(), default=None, help="Chat JSONL whose activations weigh a mixed recipe's errors."
+)
 @CALIBRATION_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plan(profile, model_dir, ctx, measured_from, calibration, as_json) -> None:
+def plan(profile, model_dir, ctx, measured_from, data, calibration, as_json) -> None:
     """Predict memory and size of every candidate the profile allows; pick the best that fits (exit 3: none)."""
     from edgeq import report
     from edgeq.plan import NoFitError, PlanConfig, render
     from edgeq.plan import plan as run
 
-    cfg = PlanConfig(profile=profile, model=model_dir, ctx=ctx, measured_from=measured_from, calibration=calibration)
+    cfg = PlanConfig(
+        profile=profile, model=model_dir, ctx=ctx, measured_from=measured_from, calibration=calibration, data=data
+    )
     try:
         result, error = run(cfg), None
     except NoFitError as e:  # the table still shows why each candidate misses

@@ -1,16 +1,16 @@
 """Mixed precision: one ggml type per tensor, chosen to fit a byte budget with the least damage (GGUF).
 
-  palette      the ggml types the allowed uniform types already write (so a device that runs those runs
-               the mixture); a tensor may take a type only if its row length is a multiple of the type's
-               block (K-quants pack 256 weights: a 576-wide row cannot take them)
-  sensitivity  err[t][q] = Σ_rows Σ_j imatrix_j · (W_ij − Ŵ_ij)², the output error quantizing tensor t to q
-               adds on the calibration activations (the quantity llama.cpp's quantizer minimises), measured
-               by quantizing the float GGUF to each palette type with llama.cpp and reading every tensor back
-  solver       a multiple-choice knapsack under a storage and a memory budget: every tensor starts at its best
-               type; while over budget, take the downgrade that gives up the least error per byte saved; then
-               spend what is left on the upgrades that buy the most error per byte
-  recipe       {tensor: type} for every quantizable tensor, passed to llama.cpp as anchored per-tensor
-               overrides; the types written are read back from the output and must be the ones asked for
+palette      the ggml types the allowed uniform types already write (so a device that runs those runs
+             the mixture); a tensor may take a type only if its row length is a multiple of the type's
+             block (K-quants pack 256 weights: a 576-wide row cannot take them)
+sensitivity  err[t][q] = Σ_rows Σ_j imatrix_j · (W_ij − Ŵ_ij)², the output error quantizing tensor t to q
+             adds on the calibration activations (the quantity llama.cpp's quantizer minimises), measured
+             by quantizing the float GGUF to each palette type with llama.cpp and reading every tensor back
+solver       a multiple-choice knapsack under a storage and a memory budget: every tensor starts at its best
+             type; while over budget, take the downgrade that gives up the least error per byte saved; then
+             spend what is left on the upgrades that buy the most error per byte
+recipe       {tensor: type} for every quantizable tensor, passed to llama.cpp as anchored per-tensor
+             overrides; the types written are read back from the output and must be the ones asked for
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import numpy as np
 
 from edgeq.errors import BudgetError, EdgeqError
 
+GGUF_ALIGNMENT = 32  # gguf-py's and llama.cpp's default general.alignment
+HEADER_SLACK = 4096  # bytes of metadata the quantizer may add to the float file's (general.quantization_version, …)
 TIED_HEAD = "output.weight"  # the imatrix entry of a tied head: token_embd's activations as the output matrix
 
 
@@ -66,6 +68,17 @@ def fits_rows(t: Tensor, type_name: str) -> bool:
 def tensor_bytes(t: Tensor, type_name: str) -> int:
     block, size = ggml_block(type_name)
     return t.n // block * size
+
+
+def file_bytes(t: Tensor, type_name: str) -> int:
+    """What the tensor takes in a GGUF file: its data padded to the file's alignment."""
+    n = tensor_bytes(t, type_name)
+    return n + (-n) % GGUF_ALIGNMENT
+
+
+def layout_bytes(types: dict[str, tuple[str, list[int]]]) -> int:
+    """Σ file_bytes over {tensor: (type, dims)}."""
+    return sum(file_bytes(Tensor(n, tuple(dims)), t) for n, (t, dims) in types.items())
 
 
 def quantizable(float_gguf: Path) -> list[Tensor]:
@@ -182,7 +195,7 @@ def options_for(t: Tensor, errors: dict, resident: dict, forced: str | None = No
     """The types t may take, measured, each with its bytes and error; only `forced` when given."""
     kinds = [forced] if forced else sorted(errors)
     return [
-        Option(q, tensor_bytes(t, q), tensor_bytes(t, q) * resident.get(q, 1.0), errors.get(q, 0.0))
+        Option(q, file_bytes(t, q), tensor_bytes(t, q) * resident.get(q, 1.0), errors.get(q, 0.0))
         for q in kinds
         if fits_rows(t, q)
     ]
@@ -206,6 +219,31 @@ def _hull(opts: list[Option], cost) -> list[Option]:
     return hull
 
 
+def _downgrade_rate(hull: list[Option], i: int, weights: tuple[float, float]) -> float:
+    """Error added per weighted byte saved by stepping from hull[i] to hull[i − 1]."""
+    cur, nxt = hull[i], hull[i - 1]
+    saved = weights[0] * (cur.storage - nxt.storage) + weights[1] * (cur.memory - nxt.memory)
+    return (nxt.error - cur.error) / saved if saved > 0 else float("inf")
+
+
+def check_reachable(options: dict[str, list[Option]], max_storage: float, max_memory: float) -> None:
+    """BudgetError, with the smallest reachable footprint, where even each tensor's smallest type misses (errors
+    play no part: this runs before the sensitivity is measured)."""
+    for name, opts in options.items():
+        if not opts:
+            raise EdgeqError(f"tensor {name} has no type in the palette its rows can take")
+    low_s = sum(min(o.storage for o in opts) for opts in options.values())
+    low_m = sum(min(o.memory for o in opts) for opts in options.values())
+    if low_s > max_storage or low_m > max_memory:
+        raise BudgetError(
+            f"no mixture of the palette fits: the smallest is {low_s / 2**20:.1f} MiB of tensors "
+            f"({low_m / 2**20:.1f} MiB resident), the budget leaves {max(max_storage, 0) / 2**20:.1f} MiB "
+            f"({max(max_memory, 0) / 2**20:.1f} MiB resident)",
+            None,
+            "raise the budget, allow smaller quant types, or shorten the context",
+        )
+
+
 def solve(options: dict[str, list[Option]], max_storage: float, max_memory: float) -> Solution:
     """The types that minimise Σ error with Σ storage ≤ max_storage and Σ memory ≤ max_memory (tensor bytes
     only: the caller has taken the fixed terms off). BudgetError when even the smallest types miss."""
@@ -213,33 +251,14 @@ def solve(options: dict[str, list[Option]], max_storage: float, max_memory: floa
     def cost(o: Option) -> float:  # a byte is priced by how much of each budget it uses
         return o.storage / max_storage + o.memory / max_memory
 
-    for name, opts in options.items():
-        if not opts:
-            raise EdgeqError(f"tensor {name} has no type in the palette its rows can take")
-    smallest = {n: min(opts, key=cost) for n, opts in options.items()}
-    low_s = sum(o.storage for o in smallest.values())
-    low_m = sum(o.memory for o in smallest.values())
-    if low_s > max_storage or low_m > max_memory:
-        raise BudgetError(
-            f"no mixture of the palette fits: the smallest is {low_s / 2**20:.1f} MiB of tensors "
-            f"({low_m / 2**20:.1f} MiB resident), the budget leaves {max_storage / 2**20:.1f} MiB "
-            f"({max_memory / 2**20:.1f} MiB resident)",
-            None,
-            "raise the budget, allow smaller quant types, or shorten the context",
-        )
+    check_reachable(options, max_storage, max_memory)
     hulls = {n: _hull(opts, cost) for n, opts in options.items()}
     pick = {n: len(h) - 1 for n, h in hulls.items()}  # the best type of each
     s = sum(hulls[n][i].storage for n, i in pick.items())
     m = sum(hulls[n][i].memory for n, i in pick.items())
     while s > max_storage or m > max_memory:  # downgrade along the hulls, cheapest error per byte first
-        over_s, over_m = s > max_storage, m > max_memory
-
-        def rate(n):
-            cur, nxt = hulls[n][pick[n]], hulls[n][pick[n] - 1]
-            saved = over_s * (cur.storage - nxt.storage) / max_storage + over_m * (cur.memory - nxt.memory) / max_memory
-            return (nxt.error - cur.error) / saved if saved > 0 else float("inf")
-
-        n = min((n for n in pick if pick[n] > 0), key=rate)
+        weights = (float(s > max_storage) / max_storage, float(m > max_memory) / max_memory)  # only what is over counts
+        n = min((n for n in pick if pick[n] > 0), key=lambda n: _downgrade_rate(hulls[n], pick[n], weights))
         cur, nxt = hulls[n][pick[n]], hulls[n][pick[n] - 1]
         s, m, pick[n] = s - cur.storage + nxt.storage, m - cur.memory + nxt.memory, pick[n] - 1
     chosen = {n: hulls[n][i] for n, i in pick.items()}

@@ -114,6 +114,25 @@ def load_calibration(path: Path) -> dict:
     return cal
 
 
+def machine_calibration(llama: dict | None = None) -> tuple[Path, dict]:
+    """The shipped calibration closest to this machine: its llama.cpp configuration first, then its CPU."""
+    from edgeq.machine import platform_info
+
+    if llama is None:
+        from edgeq.runtime import llama_config
+
+        llama = llama_config()
+    cpu = platform_info()["cpu"]
+    shipped = {p: load_calibration(p) for p in shipped_calibrations()}
+    return max(
+        shipped.items(),
+        key=lambda pc: (
+            pc[1]["runtime_config"]["llama_cpp"]["extra_buffer_types"] == llama["extra_buffer_types"],
+            pc[1]["measured_on"]["cpu"] == cpu,
+        ),
+    )
+
+
 def select_calibration(named: str | None, profile, llama: dict | None = None) -> tuple[Path, dict, list[str]]:
     """The calibration plan predicts with, and what the user should know about it.
 
@@ -141,15 +160,8 @@ def select_calibration(named: str | None, profile, llama: dict | None = None) ->
         from edgeq.runtime import llama_config
 
         llama = llama_config()
-    if not source:  # the same llama.cpp configuration first, then the same CPU
-        shipped = {p: load_calibration(p) for p in shipped_calibrations()}
-        path, cal = max(
-            shipped.items(),
-            key=lambda pc: (
-                pc[1]["runtime_config"]["llama_cpp"]["extra_buffer_types"] == llama["extra_buffer_types"],
-                pc[1]["measured_on"]["cpu"] == cpu,
-            ),
-        )
+    if not source:
+        path, cal = machine_calibration(llama)
     warnings = []
     on = cal["measured_on"]
     if not source:
@@ -381,38 +393,50 @@ def plan_mixed(
     imatrix: dict | None,
     work: Path,
     forced: dict | None = None,
+    errors: dict | None = None,
 ) -> tuple[Candidate, Prediction, dict]:
     """The per-tensor mixture of the types `quants` write that fits both budgets (file bytes, predicted peak RSS)
-    with the least importance-weighted error; BudgetError when none does. `forced` pins tensors to types."""
+    with the least importance-weighted error; BudgetError when none does. `forced` pins tensors to types;
+    `errors` is mixed.sensitivity() already measured on this float GGUF over (at least) the palette."""
     from edgeq import mixed
 
     d = Dims.from_config(model_dir)
     uniform = {q: dry_run_types(float_gguf, q) for q in quants}
     fixed, tensors = fixed_and_quantizable(next(iter(uniform.values())), float_gguf)
     forced = forced or {}
-    unknown = sorted(set(forced) - {t.name for t in tensors})
-    if unknown:
-        raise UsageError(f"no quantizable tensor named {unknown[0]!r}", str(float_gguf))
+    by_name = {t.name: t for t in tensors}
+    for name, q in sorted(forced.items()):
+        if name not in by_name:
+            raise UsageError(f"no quantizable tensor named {name!r}", str(float_gguf), "names as in the GGUF")
+        if not mixed.fits_rows(by_name[name], q):
+            raise UsageError(
+                f"{name} has rows of {by_name[name].shape[0]} weights: {q} packs {mixed.ggml_block(q)[0]} per block",
+                str(float_gguf),
+                "pin it to a type whose block divides the row (Q8_0, Q5_0, Q4_0 pack 32)",
+            )
     palette = sorted({uniform[q][t.name][0] for q in quants for t in tensors} | set(forced.values()))
-    with report.progress("sensitivity", len(palette)) as update:
-        errors = mixed.sensitivity(float_gguf, palette, imatrix, work, quants[0], update)
-        update(len(palette), "")
     layout = gguf_layout(float_gguf)
-    fixed_bytes = bytes_by_type(fixed)
-    fixed_rss = predict_gguf_rss(d, fixed_bytes, n_ctx, prompt_tokens, cal)["total"]
+    header = layout[0]
+    fixed_rss = predict_gguf_rss(d, bytes_by_type(fixed), n_ctx, prompt_tokens, cal)["total"]
+    max_storage = max_storage_mib * MIB - header - mixed.HEADER_SLACK - mixed.layout_bytes(fixed)
+    max_memory = max_memory_mib * MIB - fixed_rss
     resident = cal[FORMAT_GGUF]["resident_factor"]
-    options = {t.name: mixed.options_for(t, errors[t.name], resident, forced.get(t.name)) for t in tensors}
-    solution = mixed.solve(
-        options,
-        max_storage_mib * MIB - gguf_file_bytes(layout, fixed_bytes),
-        max_memory_mib * MIB - fixed_rss,
-    )
+
+    def options(errs: dict) -> dict:
+        return {t.name: mixed.options_for(t, errs.get(t.name, {}), resident, forced.get(t.name)) for t in tensors}
+
+    mixed.check_reachable(options({t.name: dict.fromkeys(palette, 0.0) for t in tensors}), max_storage, max_memory)
+    if errors is None:
+        with report.progress("sensitivity", len(palette)) as update:
+            errors = mixed.sensitivity(float_gguf, palette, imatrix, work, quants[0], update)
+            update(len(palette), "")
+    solution = mixed.solve(options(errors), max_storage, max_memory)
     written = dry_run_types(float_gguf, quants[0], solution.recipe)  # the quantizer's own account of the recipe
     wrong = [n for n, t in solution.recipe.items() if written[n][0] != t]
     if wrong:
         raise UsageError(f"llama.cpp would not write {wrong[0]} as {solution.recipe[wrong[0]]}", str(float_gguf))
     tensor_bytes = bytes_by_type(written)
-    size = gguf_file_bytes(layout, tensor_bytes)
+    size = header + mixed.layout_bytes(written)
     mem = predict_gguf_rss(d, tensor_bytes, n_ctx, prompt_tokens, cal)
     sizes = {q: gguf_file_bytes(layout, bytes_by_type(t)) for q, t in uniform.items()}
     base = min(quants, key=lambda q: abs(sizes[q] - size))  # the uniform type of nearest size names the file type
@@ -456,7 +480,8 @@ def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatr
     except BudgetError:
         return None  # nothing fits: no_fit_error names the smallest uniform candidate
     kld = info["kld_estimate"]
-    return Row(candidate, predicted, kld, KLD_PRIOR, tuple(rejections(predicted, kld, KLD_PRIOR, None, profile)), mixed=info)
+    reasons = tuple(rejections(predicted, kld, KLD_PRIOR, None, profile))
+    return Row(candidate, predicted, kld, KLD_PRIOR, reasons, mixed=info)
 
 
 def rejections(p: Prediction, kld: float, kld_source: str, decode_tok_s: float | None, profile) -> list[str]:
@@ -587,7 +612,8 @@ def make_plan(cfg: PlanConfig, float_gguf: Path | None = None, imatrix: dict | N
                 imatrix, _ = compute_imatrix(model_dir, cfg.data)
             row = mixed_row(model_dir, profile, n_ctx, float_gguf, rows, cal, imatrix, Path(scratch))
             if row is not None:
-                rows.append(with_measurement(row, measured[row.candidate.key], profile) if row.candidate.key in (measured or {}) else row)
+                m = (measured or {}).get(row.candidate.key)
+                rows.append(with_measurement(row, m, profile) if m else row)
     calibration = {
         "name": cal_path.stem,
         "path": str(cal_path),

@@ -295,9 +295,7 @@ def capture_llama_log(lines: list[str]):
         llama_cpp.llama_log_set(default, ctypes.c_void_p(0))
 
 
-def quantize_here(
-    src: str, dst: str | None, quant: str, imatrix: dict | None = None, dry_run: bool = False, recipe: dict | None = None
-):
+def quantize_here(src: str, dst: str | None, quant: str, imatrix=None, dry_run: bool = False, recipe=None):
     import llama_cpp
 
     from edgeq.export.imatrix import as_ctypes

@@ -113,6 +113,7 @@ QUANT_TYPES = {
     )
 }
 DEFAULT_QUANT = {FORMAT_GGUF: "Q4_K_M", FORMAT_ONNX: "int4-block32"}  # export's --quant when none is given
+QUANT_AUTO = "auto"  # GGUF export: a per-tensor mixture sized to --max-size-mib / --max-rss-mib (mixed.py)
 
 
 def quant_names(fmt: str, calibrated_only: bool = False) -> tuple[str, ...]:
@@ -262,7 +263,7 @@ BUILD_MANIFEST = "manifest.json"
 BUILD_REPORT = "report.md"
 BUILD_PLOT = "candidates.png"
 BUILD_MODELFILE = "Modelfile"
-BUILD_IMATRIX = "imatrix.safetensors"  # in the sweep's folder: the importance matrix the export quantizes with
+BUILD_IMATRIX = "imatrix.safetensors"  # in the plan's folder: the importance matrix the sweep and export quantize with
 # The build's sweep: `first-fit` builds candidates in order of expected quality (the profile's formats in order,
 # each by prior KLD) and stops at the first whose measurements meet every budget; `all` builds every candidate
 # predicted to fit memory and storage (a full table and plot, one build and bench per candidate).

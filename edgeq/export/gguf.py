@@ -24,7 +24,17 @@ from edgeq import __version__
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.io import atomic_path, check_free_disk
 from edgeq.runtime import ASSETS
-from edgeq.spec import DEFAULT_QUANT, FORMAT_GGUF, GATE_MIN_TOP1, GGUF_ARCHS, GGUF_FLOAT_TYPES, QUANT_TYPES, quant_names
+from edgeq.spec import (
+    DEFAULT_QUANT,
+    FORMAT_GGUF,
+    GATE_MIN_TOP1,
+    GGUF_ARCHS,
+    GGUF_FLOAT_TYPES,
+    LLAMA_CPP_MAX_BATCH,
+    QUANT_AUTO,
+    QUANT_TYPES,
+    quant_names,
+)
 
 
 @dataclass
@@ -35,7 +45,12 @@ class GgufExport:
     force: bool = False
     allow_pickle: bool = False
     imatrix_data: str | None = None  # calibration JSONL for an importance matrix
-    imatrix: str | None = None  # or the matrix itself, already computed (imatrix.save_imatrix; the build's sweep)
+    imatrix: str | None = None  # or the matrix itself, already computed (imatrix.save_imatrix; the build's plan)
+    recipe: dict | None = None  # {tensor: ggml type} for every quantizable tensor (mixed.py); quant names the file type
+    max_size_mib: float | None = None  # --quant auto: the file's size budget
+    max_rss_mib: float | None = None  # --quant auto: peak RSS budget of llama.cpp serving it at `ctx`
+    ctx: int = 2048  # --quant auto: the context the RSS budget is for
+    forced: dict | None = None  # --quant auto: {tensor: ggml type} the solver must keep
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -222,11 +237,45 @@ def _add_tensors(w, model_dir: Path, cfg, arch, ftype: str) -> int:
     return n_params
 
 
-def quantize_gguf(src: Path, dst: Path, quant: str, imatrix: dict | None = None) -> None:
-    """llama.cpp's own quantizer (in a child process) from a float GGUF, with an importance matrix if given."""
+def quantize_gguf(src: Path, dst: Path, quant: str, imatrix: dict | None = None, recipe: dict | None = None) -> None:
+    """llama.cpp's own quantizer (in a child process) from a float GGUF, with an importance matrix and a per-tensor
+    recipe if given; the recipe's types are read back from the file."""
+    from edgeq.mixed import verify
     from edgeq.runtime import quantize
 
-    quantize(src, dst, quant, imatrix)
+    quantize(src, dst, quant, imatrix, recipe)
+    if recipe:
+        verify(dst, recipe)
+
+
+def auto_recipe(cfg: GgufExport, model_dir: Path, flt: Path, imatrix: dict | None, work: Path) -> tuple:
+    """--quant auto: the mixture of llama.cpp's types that fits --max-size-mib / --max-rss-mib with the least
+    importance-weighted error. (file type, recipe, the solver's account with its predicted footprint)."""
+    from edgeq.plan import machine_calibration, plan_mixed
+
+    if cfg.max_size_mib is None and cfg.max_rss_mib is None:
+        raise UsageError(f"--quant {QUANT_AUTO} needs a target", None, "pass --max-size-mib and/or --max-rss-mib")
+    cal_path, cal = machine_calibration()
+    quants = [q for q in quant_names(FORMAT_GGUF, calibrated_only=True) if q not in GGUF_FLOAT_TYPES]
+    prompt = min(LLAMA_CPP_MAX_BATCH, cfg.ctx)  # the worst prompt a context of ctx is filled with in one batch
+    candidate, predicted, info = plan_mixed(
+        model_dir,
+        flt,
+        quants,
+        cfg.ctx,
+        prompt,
+        cal,
+        cfg.max_size_mib or float("inf"),
+        cfg.max_rss_mib or float("inf"),
+        imatrix,
+        work,
+        cfg.forced,
+    )
+    info |= {
+        "predicted": {"size_mib": predicted.storage_mib, "peak_rss_mib": predicted.memory_mib, "ctx": cfg.ctx},
+        "calibration": cal_path.stem,
+    }
+    return candidate.quant, dict(candidate.recipe), info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,8 +358,8 @@ def export_gguf(cfg: GgufExport) -> dict:
     from edgeq.basemodel import resolve_model, weights_bytes
     from edgeq.ggufcheck import check_gguf
 
-    if cfg.quant not in quant_names(FORMAT_GGUF):
-        valid = ", ".join(quant_names(FORMAT_GGUF))
+    if cfg.quant not in (*quant_names(FORMAT_GGUF), QUANT_AUTO):
+        valid = ", ".join((*quant_names(FORMAT_GGUF), QUANT_AUTO))
         raise UsageError(f"unknown GGUF quant type {cfg.quant!r}", None, f"valid: {valid}")
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
     out = Path(cfg.out)
@@ -330,6 +379,7 @@ def export_gguf(cfg: GgufExport) -> dict:
             "special_tokens": gate_special_tokens(flt, info),
             "fidelity": gate_fidelity(flt, model_dir, tok, float_type),
         }
+        quant, recipe, mixed = cfg.quant, None, None
         if cfg.quant in GGUF_FLOAT_TYPES:
             os.replace(flt, tmp)
         else:
@@ -343,14 +393,17 @@ def export_gguf(cfg: GgufExport) -> dict:
 
                 report.err.print(f"computing the importance matrix on {cfg.imatrix_data} …")
                 imatrix, gates["imatrix"] = compute_imatrix(model_dir, cfg.imatrix_data)
-            report.err.print(f"quantizing to {cfg.quant} with llama.cpp …")
-            quantize_gguf(flt, tmp, cfg.quant, imatrix)
+            quant, recipe = cfg.quant, cfg.recipe
+            if quant == QUANT_AUTO:
+                quant, recipe, mixed = auto_recipe(cfg, model_dir, flt, imatrix, Path(scratch))
+            report.err.print(f"quantizing to {quant}{' with a per-tensor recipe' if recipe else ''} with llama.cpp …")
+            quantize_gguf(flt, tmp, quant, imatrix, recipe)
             check_gguf(tmp)
             gates["tokenizer_quantized"] = gate_tokenizer(tmp, tok)
         size = tmp.stat().st_size
     result = {
         "format": "gguf",
-        "quant": cfg.quant,
+        "quant": quant,
         "out": str(out),
         "bytes": size,
         "bits_per_weight": size * 8 / info["params"],
@@ -361,6 +414,9 @@ def export_gguf(cfg: GgufExport) -> dict:
         "float_type": float_type,  # the GGUF the fidelity gate compared (a quantized type is made from it)
         "edgeq_version": __version__,
     }
+    if recipe:
+        result["recipe"] = recipe
+        result["mixed"] = mixed
     return result
 
 

@@ -1,0 +1,140 @@
+"""Mixed precision against llama.cpp's uniform types at equal size, in one run.
+
+    python benchmarks/mixed_vs_uniform.py [--model DIR] [--calib examples/drone/train.jsonl]
+                                          [--heldout examples/drone/test.jsonl] [--out benchmarks/mixed_vs_uniform]
+
+One F16 GGUF of the model; an importance matrix on the calibration data; the per-tensor sensitivity over every
+ggml type llama.cpp's uniform types write. Then, for each uniform type from Q3_K_M to Q6_K: the uniform file
+(llama.cpp's own mixture, with the same importance matrix) and edgeq's mixed recipe solved for that file's exact
+size. Both are compared with the HF float model on held-out task conversations (never seen by the imatrix) and
+on general text: mean KLD, top-1 agreement. The mixed file's size is predicted before it is built (the quantizer's
+dry run) and its peak RSS at --ctx is predicted (plan's calibration) and measured (bench's child, one run).
+
+Prints a table with the KLD ratio mixed/uniform, writes OUT.json and OUT.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+UNIFORM = ["Q3_K_M", "IQ4_XS", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K"]
+MIB = 2**20
+
+
+def main() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeq import mixed
+    from edgeq.basemodel import resolve_model
+    from edgeq.bench import measure_in_child
+    from edgeq.evaluate import TEXT_TOKENS, compare_logits, fidelity_ids, reference_logits
+    from edgeq.export.gguf import quantize_gguf
+    from edgeq.export.imatrix import compute_imatrix
+    from edgeq.machine import platform_info
+    from edgeq.plan import dry_run_types, float_gguf_for, machine_calibration, plan_mixed
+    from edgeq.spec import FORMAT_GGUF, GGUF_FLOAT_TYPES, quant_names
+    from edgeq.task import load_task
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="HF model dir; default: the embedded SmolLM2-135M-Instruct")
+    ap.add_argument("--calib", default="examples/drone/train.jsonl")
+    ap.add_argument("--heldout", default="examples/drone/test.jsonl")
+    ap.add_argument("--types", default=",".join(UNIFORM))
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--out", default="benchmarks/mixed_vs_uniform")
+    args = ap.parse_args()
+
+    model_dir = resolve_model(args.model, False)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    task_ids: list[int] = []
+    for convo in load_task(args.heldout).conversations():
+        task_ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
+    task_ids = task_ids[:1024]
+    text_ids = fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)
+    refs = {"task": reference_logits(model, task_ids), "text": reference_logits(model, text_ids)}
+    ids = {"task": task_ids, "text": text_ids}
+    del model
+    quants = [q for q in quant_names(FORMAT_GGUF, calibrated_only=True) if q not in GGUF_FLOAT_TYPES]
+    cal_path, cal = machine_calibration()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgeq-mixed-bench-") as scratch:
+        work = Path(scratch)
+        flt = float_gguf_for(model_dir, work)
+        imatrix, _ = compute_imatrix(model_dir, args.calib)
+        tensors = mixed.quantizable(flt)
+        palette = sorted({dry_run_types(flt, q)[t.name][0] for q in quants for t in tensors})
+        errors = mixed.sensitivity(flt, palette, imatrix, work, quants[0])
+
+        def measure(path: Path) -> dict:
+            r = {"bytes": path.stat().st_size}
+            for k in ("task", "text"):
+                c = compare_logits(path, refs[k], ids[k])
+                r[f"{k}_kld"], r[f"{k}_top1"] = c["mean_kld"], c["top1_agreement"]
+            return r
+
+        for u in args.types.split(","):
+            upath = work / f"{u}.gguf"
+            quantize_gguf(flt, upath, u, imatrix)
+            uni = measure(upath) | {"error": mixed.recipe_error(mixed.written_types(upath), errors)}
+            size_mib = uni["bytes"] / MIB
+            candidate, predicted, info = plan_mixed(
+                model_dir, flt, quants, args.ctx, 128, cal, size_mib, float("inf"), imatrix, work, errors=errors
+            )
+            mpath = work / f"mixed-{u}.gguf"
+            quantize_gguf(flt, mpath, candidate.quant, imatrix, dict(candidate.recipe))
+            mix = measure(mpath) | {"error": info["error"], "types": info["types"]}
+            run = measure_in_child(FORMAT_GGUF, mpath, 128, 8, 2, args.ctx)
+            mix |= {
+                "predicted_mib": predicted.storage_mib,
+                "predicted_rss_mib": predicted.memory_mib,
+                "peak_rss_mib": run["peak_rss_mib"],
+            }
+            rows.append({"uniform_type": u, "uniform": uni, "mixed": mix})
+            upath.unlink()
+            mpath.unlink()
+            print(
+                f"{u:7s} {size_mib:7.2f} MiB  task KLD {uni['task_kld']:.4f} → {mix['task_kld']:.4f} "
+                f"({mix['task_kld'] / uni['task_kld']:.2f}x)  text KLD {uni['text_kld']:.4f} → {mix['text_kld']:.4f} "
+                f"({mix['text_kld'] / uni['text_kld']:.2f}x)  size {mix['bytes'] / MIB:.2f} "
+                f"(pred {predicted.storage_mib:.2f})  RSS {run['peak_rss_mib']:.0f} (pred {predicted.memory_mib:.0f})",
+                flush=True,
+            )
+    result = {
+        "model": str(model_dir),
+        "cpu": platform_info()["cpu"],
+        "calibration": cal_path.stem,
+        "calib": args.calib,
+        "heldout": args.heldout,
+        "ctx": args.ctx,
+        "rows": rows,
+    }
+    Path(args.out + ".json").write_text(json.dumps(result, indent=1))
+    plot(rows, Path(args.out + ".png"))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in zip(axes, ("task_kld", "text_kld"), ("held-out task text", "general text"), strict=True):
+        for kind, marker in (("uniform", "o"), ("mixed", "s")):
+            xs = [r[kind]["bytes"] / MIB for r in rows]
+            ax.plot(xs, [r[kind][key] for r in rows], marker=marker, label=kind)
+        for r in rows:
+            ax.annotate(r["uniform_type"], (r["uniform"]["bytes"] / MIB, r["uniform"][key]), fontsize=7)
+        ax.set(xlabel="file size (MiB)", ylabel="mean KLD vs float", title=title, yscale="log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

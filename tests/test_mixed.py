@@ -1,0 +1,165 @@
+"""mixed: the solver lands on the budget, keeps pinned tensors, says how small it can get; llama.cpp writes the
+recipe's types (read back from the file); `edgeq export --quant auto` end to end on a tiny model."""
+
+import itertools
+import random
+
+import pytest
+
+from edgeq import mixed
+from edgeq.errors import BudgetError, EdgeqError
+from edgeq.mixed import Option, Tensor, options_for, solve
+from edgeq.spec import EXIT_BUDGET
+from tests.conftest import make_tiny_model, run_edgeq
+
+MIB = 2**20
+TYPES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"]
+
+
+def _problem(seed: int, n: int = 40) -> dict[str, list[Option]]:
+    """n tensors of assorted shapes; error halves per extra bit, scaled by a random sensitivity per tensor."""
+    rng = random.Random(seed)
+    bits = {"Q2_K": 2.6, "Q3_K": 3.4, "Q4_K": 4.5, "Q5_K": 5.5, "Q6_K": 6.6, "Q8_0": 8.5}
+    out = {}
+    for i in range(n):
+        t = Tensor(f"blk.{i}.w", (256 * rng.randint(1, 6), rng.randint(64, 512)))
+        s = rng.lognormvariate(0, 1.5)
+        out[t.name] = options_for(t, {q: s * t.n * 2 ** -bits[q] for q in TYPES}, {})
+    return out
+
+
+def _totals(problem, recipe):
+    chosen = [next(o for o in problem[n] if o.type == t) for n, t in recipe.items()]
+    return sum(o.storage for o in chosen), sum(o.error for o in chosen)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_solver_lands_on_the_budget_and_no_upgrade_is_left(seed):
+    problem = _problem(seed)
+    low = sum(min(o.storage for o in opts) for opts in problem.values())
+    high = sum(max(o.storage for o in opts) for opts in problem.values())
+    budget = low + (high - low) * (0.2 + 0.15 * seed)
+    sol = solve(problem, budget, float("inf"))
+    storage, error = _totals(problem, sol.recipe)
+    assert storage == sol.storage <= budget
+    assert error == pytest.approx(sol.error)
+    for n, t in sol.recipe.items():  # exact: not one tensor could take a better type within the budget
+        cur = next(o for o in problem[n] if o.type == t)
+        assert all(o.error >= cur.error or storage - cur.storage + o.storage > budget for o in problem[n])
+    # better than every uniform type that fits the same budget
+    for q in TYPES:
+        uniform = {n: q for n in problem}
+        s, e = _totals(problem, uniform)
+        if s <= budget:
+            assert sol.error <= e
+
+
+def test_solver_is_near_the_optimum_on_small_problems():
+    """Exhaustive search over 5 tensors × 6 types: the greedy hull walk gives up at most 5 % of error."""
+    for seed in range(6):
+        problem = _problem(100 + seed, n=5)
+        budget = sum(sorted(o.storage for o in opts)[2] for opts in problem.values())
+        best = min(
+            (
+                sum(o.error for o in combo)
+                for combo in itertools.product(*problem.values())
+                if sum(o.storage for o in combo) <= budget
+            ),
+        )
+        assert solve(problem, budget, float("inf")).error <= 1.05 * best
+
+
+def test_solver_respects_the_memory_budget_too():
+    problem = {
+        n: [Option(o.type, o.storage, o.storage * (2.0 if o.type == "Q4_K" else 1.0), o.error) for o in opts]
+        for n, opts in _problem(7).items()
+    }
+    high = sum(max(o.storage for o in opts) for opts in problem.values())
+    sol = solve(problem, high, 0.5 * high)
+    assert sol.memory <= 0.5 * high and sol.storage <= high
+
+
+def test_an_impossible_budget_is_exit_3_with_the_smallest_reachable_size():
+    problem = _problem(3)
+    low = sum(min(o.storage for o in opts) for opts in problem.values())
+    with pytest.raises(BudgetError) as e:
+        solve(problem, low - 1, float("inf"))
+    assert e.value.exit_code == EXIT_BUDGET
+    assert f"the smallest is {low / MIB:.1f} MiB" in str(e.value)
+
+
+def test_a_576_wide_row_cannot_take_k_quants():
+    t = Tensor("blk.0.attn_q.weight", (576, 576))
+    kinds = {o.type for o in options_for(t, {q: 1.0 for q in [*TYPES, "Q4_0", "Q5_0"]}, {})}
+    assert kinds == {"Q8_0", "Q4_0", "Q5_0"}
+    assert {o.type for o in options_for(t, {}, {}, forced="Q5_0")} == {"Q5_0"}
+
+
+def test_the_hull_drops_dominated_types():
+    opts = [Option("a", 10, 10, 5.0), Option("b", 20, 20, 6.0), Option("c", 30, 30, 1.0), Option("d", 15, 15, 4.9)]
+    # b costs more than a and loses more; d lies above the segment a–c
+    assert [o.type for o in mixed._hull(opts, lambda o: o.storage)] == ["a", "c"]
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp, end to end
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory, default_model):
+    """A random model whose rows are 256 wide (K-quants allowed) except ffn_down's 384 (not)."""
+    return make_tiny_model(
+        tmp_path_factory.mktemp("wide") / "model", default_model, hidden_size=256, intermediate_size=384
+    )
+
+
+def test_export_auto_hits_the_size_and_keeps_a_pinned_tensor(wide_model, tmp_path, small_data):
+    out = tmp_path / "auto.gguf"
+    r = run_edgeq(
+        "export",
+        "--model",
+        wide_model,
+        "--quant",
+        "auto",
+        "--max-size-mib",
+        "11",
+        "--imatrix-data",
+        small_data,
+        "--tensor-type",
+        "blk.0.attn_v.weight=Q2_K",
+        "--out",
+        out,
+    )
+    assert r.returncode == 0, r.stderr
+    size = out.stat().st_size
+    assert 0.99 * 11 * MIB <= size <= 11 * MIB
+    types = mixed.written_types(out)
+    assert types["blk.0.attn_v.weight"] == "Q2_K"
+    assert not any(t.endswith("_K") for n, t in types.items() if "ffn_down" in n)  # 384-wide rows
+    assert len({t for n, t in types.items() if "norm" not in n}) >= 2  # a mixture, not one type
+
+
+def test_export_auto_with_an_impossible_budget_is_exit_3_and_writes_nothing(wide_model, tmp_path):
+    out = tmp_path / "auto.gguf"
+    r = run_edgeq("export", "--model", wide_model, "--quant", "auto", "--max-size-mib", "2", "--out", out)
+    assert r.returncode == EXIT_BUDGET, r.stderr
+    assert "the smallest is" in r.stderr and "MiB" in r.stderr
+    assert not out.exists()
+
+
+def test_export_targets_need_auto(wide_model, tmp_path):
+    r = run_edgeq("export", "--model", wide_model, "--max-size-mib", "9", "--out", tmp_path / "x.gguf")
+    assert r.returncode == 2 and "--quant auto" in r.stderr
+    r = run_edgeq("export", "--model", wide_model, "--quant", "auto", "--out", tmp_path / "x.gguf")
+    assert r.returncode == 2
+
+
+def test_verify_catches_a_type_llama_cpp_did_not_write(wide_model, tmp_path):
+    from edgeq.export.gguf import quantize_gguf, write_float_gguf
+
+    flt = tmp_path / "f16.gguf"
+    write_float_gguf(wide_model, flt, "F16")
+    dst = tmp_path / "q.gguf"
+    quantize_gguf(flt, dst, "Q8_0")
+    with pytest.raises(EdgeqError, match="another type than the recipe"):
+        mixed.verify(dst, {"blk.0.attn_q.weight": "Q4_K"})
