@@ -337,6 +337,12 @@ def run_sweep(job: Job, work: Path) -> Plan:
             if job.cfg.sweep == "first-fit" and built[r.candidate].fits:
                 break
         update(len(todo), "")
+        won = next((c for c, r in built.items() if r.fits), None)
+        if won is not None and won.recipe:  # the report compares the mixture with the best uniform type that fits
+            uniform = next((r for r in todo if not r.candidate.recipe and r.candidate not in built), None)
+            if uniform is not None:
+                m = _measure_candidate(job, uniform.candidate, ref, ids, imatrix, work)
+                built[uniform.candidate] = with_measurement(uniform, m, job.profile)
     rows = [built.get(r.candidate, r) for r in planned.rows]
     measured = [r for r in rows if r.measured]
     if job.cfg.sweep == "first-fit":

@@ -263,7 +263,9 @@ def write_outputs(job, artifact: Path, quality: list) -> list[str]:
         "stages": {s: {"key": job.keys[s]} for s in job.keys},
         "finetune": res["finetune"],
         "merge": {"config": res["merge"]["config"], "verification": res["merge"]["verification"]},
-        "quant_recipe": chosen.as_dict() | {"imatrix_source": export.imatrix_source, "gates": export.gates},
+        "quant_recipe": chosen.as_dict()
+        | {"imatrix_source": export.imatrix_source, "gates": export.gates}
+        | mixed_record(sweep, chosen, export),
         "artifact": {
             "path": artifact.name,
             "sha256": bench.artifact_sha256,  # bench hashed these same bytes
@@ -311,6 +313,27 @@ def write_outputs(job, artifact: Path, quality: list) -> list[str]:
     write_text(out / BUILD_REPORT, markdown(job, manifest, [c.line() for c in bench.checks + quality if not c.passed]))
     published = [artifact.name, BUILD_MANIFEST, BUILD_REPORT, BUILD_PLOT]
     return published + ([BUILD_MODELFILE] if template_ok is not None else [])
+
+
+def mixed_record(sweep, chosen, export) -> dict:
+    """A mixed recipe's account for the manifest: the solver's (palette, predicted error, reference type), the
+    sensitivity's source and sha256, and the best uniform type that fits as measured beside it."""
+    if not chosen.recipe:
+        return {}
+    row = sweep.row(chosen)
+    imatrix = (export.gates or {}).get("imatrix", {})
+    uniform = [r for r in sweep.rows if r.measured and r.fits and not r.candidate.recipe]
+    best = min(uniform, key=lambda r: r.kld, default=None)
+    return {
+        "mixed": row.mixed
+        | {
+            "kld": row.kld,  # measured by the sweep, as the uniform candidates were
+            "sensitivity_source": imatrix.get("source"),
+            "sensitivity_sha256": imatrix.get("sha256"),
+            "best_uniform_that_fits": best
+            and {"candidate": best.candidate.as_dict(), "kld": best.kld, "storage_mib": best.predicted.storage_mib},
+        }
+    }
 
 
 def markdown(job, m: dict, breaches: list[str]) -> str:
@@ -415,12 +438,40 @@ def _candidates_section(job) -> list[str]:
     return lines + [""]
 
 
+def _mixed_lines(m: dict) -> list[str]:
+    """What the mixture is, how it was chosen, and what it gains over the best uniform type that fits."""
+    mx = m["quant_recipe"]["mixed"]
+    counts = ", ".join(f"{n} × {t}" for t, n in sorted(mx["types"].items(), key=lambda kv: -kv[1]) if n)
+    lines = [
+        f"- quantization: a per-tensor mixture ({counts}; file type {m['quant_recipe']['quant']}), chosen to fit "
+        f"the storage and memory budgets with the least {mx['sensitivity']} "
+        f"({mx['error_ratio']:.2f}× that of uniform {mx['reference']}); importance matrix from "
+        f"{mx['sensitivity_source'] or 'none'} (sha256 {str(mx['sensitivity_sha256'])[:12]}…); every tensor's type "
+        "is read back from the file (`quant_recipe.recipe` in manifest.json)",
+    ]
+    best, kld = mx["best_uniform_that_fits"], mx["kld"]
+    if best:
+        gain = 1 - kld / best["kld"] if best["kld"] > 0 else 0.0
+        lines.append(
+            f"- why mixed: mean KLD {kld:.4f} against {best['kld']:.4f} for {best['candidate']['quant']}, the best "
+            f"uniform type that fits ({best['storage_mib']:.1f} MiB): {gain:.0%} lower"
+        )
+    else:
+        lines.append("- why mixed: no uniform type the profile allows fits its budgets")
+    return lines
+
+
 def _recipe_section(m: dict, chosen) -> list[str]:
+    quant = (
+        _mixed_lines(m)
+        if chosen.recipe
+        else [f"- quantization: {chosen.quant}, importance matrix from {m['quant_recipe']['imatrix_source'] or 'none'}"]
+    )
     return [
         "## Recipe",
         "",
         f"- merge: into the {m['merge']['config']['merge_into']} base, saved as {m['merge']['config']['dtype']}",
-        f"- quantization: {chosen.quant}, importance matrix from {m['quant_recipe']['imatrix_source'] or 'none'}",
+        *quant,
         "- Ollama Modelfile: "
         + ("ChatML template checked against the model" if m["ollama_template"] else "template read from the GGUF"),
         "- full inputs, stage keys and versions: `manifest.json`",

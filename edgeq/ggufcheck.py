@@ -150,14 +150,27 @@ def check_metadata(path: Path, meta: dict, sigs: dict) -> None:
             raise _bad(path, f"{key} {meta[key]} is outside the vocabulary of {len(tokens)} tokens")
 
 
+_CHECKED: dict[tuple, dict] = {}  # (path, size, mtime_ns) → header: a file is read once while it is unchanged
+_CHECKED_MAX = 8
+
+
 def check_gguf(path: str | Path) -> dict:
     """Raise UsageError (one line) unless `path` is a structurally sound GGUF; return its header."""
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
     path = Path(path)
     if not path.is_file():
         raise UsageError("file not found", str(path), "check the path")
-    size = path.stat().st_size
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _CHECKED:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        _CHECKED[key] = _check(path, st.st_size)
+    return _CHECKED[key]
+
+
+def _check(path: Path, size: int) -> dict:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
     with open(path, "rb") as f:
         head = f.read(24)
         if len(head) < 24 or head[:4] != GGUF_MAGIC:
@@ -203,4 +216,15 @@ def check_gguf(path: str | Path) -> dict:
     for name, _dims, _t, offset, nbytes in tensors:
         if offset % alignment or data_start + offset + nbytes > size:
             raise _bad(path, f"tensor {name!r} (offset {offset}, {nbytes} bytes) lies past the end of the file")
-    return {"version": version, "metadata": meta, "tensors": len(tensors), "data_bytes": size - data_start}
+    infos = [
+        {"name": n, "dims": d, "type": GGMLQuantizationType(t).name, "start": data_start + o, "bytes": b}
+        for n, d, t, o, b in tensors
+    ]
+    return {
+        "version": version,
+        "metadata": meta,
+        "tensors": len(tensors),
+        "data_bytes": size - data_start,
+        "data_start": data_start,
+        "tensor_info": infos,  # name, dims (ggml order), type name, absolute start, bytes: checked to lie in the file
+    }

@@ -83,12 +83,12 @@ def layout_bytes(types: dict[str, tuple[str, list[int]]]) -> int:
 
 def quantizable(float_gguf: Path) -> list[Tensor]:
     """The tensors llama.cpp quantizes: 2-D weights other than norms."""
-    from gguf import GGUFReader
+    from edgeq.ggufcheck import check_gguf
 
     return [
-        Tensor(t.name, tuple(int(x) for x in t.shape))
-        for t in GGUFReader(float_gguf).tensors
-        if len(t.shape) == 2 and t.name.endswith(".weight") and "_norm" not in t.name
+        Tensor(t["name"], tuple(t["dims"]))
+        for t in check_gguf(float_gguf)["tensor_info"]
+        if len(t["dims"]) == 2 and t["name"].endswith(".weight") and "_norm" not in t["name"]
     ]
 
 
@@ -113,9 +113,28 @@ def overrides_ctypes(recipe: dict) -> tuple:
 
 def written_types(path: Path) -> dict:
     """{tensor: ggml type} as a GGUF holds them."""
-    from gguf import GGUFReader
+    from edgeq.ggufcheck import check_gguf
 
-    return {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
+    return {t["name"]: t["type"] for t in check_gguf(path)["tensor_info"]}
+
+
+def read_tensors(path: Path, names: set[str]) -> dict[str, np.ndarray]:
+    """The named tensors of a GGUF as float32 (rows, ne0), dequantized by gguf-py from a bounds-checked map of the
+    file (gguf-py's GGUFReader parses the whole vocabulary in Python: seconds per file)."""
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    from edgeq.ggufcheck import check_gguf
+
+    out = {}
+    for t in check_gguf(path)["tensor_info"]:
+        if t["name"] not in names:
+            continue
+        raw = np.memmap(path, dtype=np.uint8, mode="r", offset=t["start"], shape=(t["bytes"],))
+        rows = int(np.prod(t["dims"][1:]))
+        w = dequantize(raw.reshape(rows, -1), GGMLQuantizationType[t["type"]])
+        out[t["name"]] = np.asarray(w, dtype=np.float32).reshape(rows, t["dims"][0])
+    return out
 
 
 def verify(path: Path, recipe: dict) -> None:
@@ -157,14 +176,11 @@ def sensitivity(
     float_gguf: Path, palette: list[str], imatrix: dict | None, work: Path, base_quant: str, update=None
 ) -> dict:
     """err[tensor][type] for every quantizable tensor and every palette type its rows can take."""
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-
     from edgeq.runtime import quantize
 
     tensors = quantizable(float_gguf)
     tied = not any(t.name == "output.weight" for t in tensors)
-    reference = {t.name: t for t in GGUFReader(float_gguf).tensors}
+    reference = read_tensors(float_gguf, {t.name for t in tensors})
     err: dict[str, dict[str, float]] = {t.name: {} for t in tensors}
     for i, q in enumerate(palette):
         if update:
@@ -175,14 +191,10 @@ def sensitivity(
         out = work / f"sensitivity.{q}.gguf"
         quantize(float_gguf, out, base_quant, imatrix, recipe)
         verify(out, recipe)
-        quantized = {t.name: t for t in GGUFReader(out).tensors}
+        quantized = read_tensors(out, set(recipe))
         for t in tensors:
-            if t.name not in recipe:
-                continue
-            ref = np.asarray(reference[t.name].data, dtype=np.float32)
-            qt = quantized[t.name]
-            wq = dequantize(qt.data, qt.tensor_type).reshape(ref.shape)
-            err[t.name][q] = tensor_error(ref, wq, _weights(imatrix, t, tied))
+            if t.name in recipe:
+                err[t.name][q] = tensor_error(reference[t.name], quantized[t.name], _weights(imatrix, t, tied))
         out.unlink()
     return err
 

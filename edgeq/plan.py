@@ -212,11 +212,11 @@ def dry_run_types(float_gguf: Path, quant: str, recipe: dict | None = None) -> d
     from edgeq.runtime import quantize_plan
 
     if quant in GGUF_FLOAT_TYPES:
-        from gguf import GGUFReader
+        from edgeq.ggufcheck import check_gguf
 
         return {
-            t.name: ("F32" if quant == "F32" or len(t.shape) == 1 else quant, [int(x) for x in t.shape])
-            for t in GGUFReader(float_gguf).tensors
+            t["name"]: ("F32" if quant == "F32" or len(t["dims"]) == 1 else quant, t["dims"])
+            for t in check_gguf(float_gguf)["tensor_info"]
         }
     out = {}
     for line in "".join(quantize_plan(float_gguf, quant, recipe)).splitlines():
@@ -247,10 +247,10 @@ def gguf_tensor_types(float_gguf: Path, quant: str) -> dict[str, int]:
 
 def gguf_layout(float_gguf: Path) -> tuple[int, int]:
     """(bytes before the tensor data, tensor count) of a GGUF: the quantized file keeps both."""
-    from gguf import GGUFReader
+    from edgeq.ggufcheck import check_gguf
 
-    reader = GGUFReader(float_gguf)  # parses the whole vocabulary: read once per plan
-    return reader.data_offset, len(reader.tensors)
+    header = check_gguf(float_gguf)
+    return header["data_start"], header["tensors"]
 
 
 def gguf_file_bytes(layout: tuple[int, int], tensor_bytes: dict[str, int]) -> int:

@@ -3,6 +3,7 @@ recipe's types (read back from the file); `edgeq export --quant auto` end to end
 
 import itertools
 import random
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,33 @@ def test_verify_catches_a_type_llama_cpp_did_not_write(wide_model, tmp_path):
     quantize_gguf(flt, dst, "Q8_0")
     with pytest.raises(EdgeqError, match="another type than the recipe"):
         mixed.verify(dst, {"blk.0.attn_q.weight": "Q4_K"})
+
+
+def test_plan_adds_a_mixed_candidate_only_where_the_budget_binds(wide_model, tmp_path, small_data):
+    import json
+
+    import yaml
+
+    drone = yaml.safe_load((Path(__file__).parent.parent / "profiles" / "drone.yaml").read_text())
+    tight = drone | {"name": "tight", "storage_budget_mib": 11, "formats": ["gguf"]}
+    tight |= {
+        "allowed_quant_types": ["Q8_0", "Q6_K", "Q4_K_M", "Q4_0"],
+        "quality": {**drone["quality"], "max_mean_kld": 9},
+    }
+    path = tmp_path / "tight.yaml"
+    path.write_text(yaml.safe_dump(tight))
+    r = run_edgeq("plan", "--profile", path, "--model", wide_model, "--data", small_data, "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    rows = {(c["quant"], "recipe" in c): c for c in plan["candidates"]}
+    assert not rows[("Q8_0", False)]["fits"] and not rows[("Q6_K", False)]["fits"]
+    mixed = next(c for c in plan["candidates"] if "recipe" in c)
+    assert mixed["fits"] and mixed["storage_mib"] <= 11 and plan["chosen"]["recipe"] == mixed["recipe"]
+    assert set(mixed["recipe"].values()) <= set(mixed["mixed"]["palette"]) and len(set(mixed["recipe"].values())) > 1
+    assert mixed["mixed"]["sensitivity"] == "importance-weighted quantization error"
+
+    loose = path.with_name("loose.yaml")
+    loose.write_text(yaml.safe_dump(tight | {"name": "loose", "storage_budget_mib": 1024}))
+    r = run_edgeq("plan", "--profile", loose, "--model", wide_model, "--json")
+    assert r.returncode == 0, r.stderr
+    assert not any("recipe" in c for c in json.loads(r.stdout)["candidates"])  # Q8_0 fits: nothing to mix

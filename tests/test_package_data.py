@@ -52,7 +52,7 @@ def test_the_wheel_runs_profiles_and_a_dry_run_build(tmp_path):
     wide = {**os.environ, "COLUMNS": "200"}  # one table row per profile
     r = subprocess.run([edgeq, "profiles", "list"], capture_output=True, text=True, cwd=tmp_path, env=wide)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert all(name in r.stdout for name in ("drone", "phone", "jetson-orin-nano"))
+    assert all(name in r.stdout for name in ("drone", "phone", "jetson-orin-nano", "pi-zero-2w"))
     r = subprocess.run(
         [edgeq, "build", "--profile", "drone", "--out", tmp_path / "out", "--dry-run"],
         capture_output=True,

@@ -9,7 +9,7 @@ from edgeq.profiles import list_profiles, load_profile, validate
 from edgeq.spec import EXIT_USAGE, PROFILE_NUMERIC_FIELDS
 from tests.conftest import run_edgeq
 
-SHIPPED = {"drone", "phone", "jetson-orin-nano"}
+SHIPPED = {"drone", "phone", "jetson-orin-nano", "pi-zero-2w"}
 
 
 def _good() -> dict:

@@ -34,7 +34,7 @@ def _json(record):
 def _plan(chosen=Q8) -> Plan:
     rows = (
         Row(Q8, PREDICTED, MEASURED.kld, KLD_MEASURED, (), MEASURED),
-        Row(MIXED, PREDICTED, 0.07, KLD_PRIOR, ("KLD 0.071 > 0.05 (prior)",)),
+        Row(MIXED, PREDICTED, 0.07, KLD_PRIOR, ("KLD 0.071 > 0.05 (prior)",), mixed={"palette": ["Q6_K", "Q8_0"]}),
     )
     cal = {"name": "x", "path": "/x.json", "measured_on": {"cpu": "AMD EPYC"}, "runtime_config": None, "warnings": []}
     return Plan("drone", "/m", 1024, 128, 512, 1024, cal, rows, chosen)
@@ -42,7 +42,9 @@ def _plan(chosen=Q8) -> Plan:
 
 def test_candidate_keys_are_unique_and_name_the_recipe():
     assert Q8.key == "gguf:Q8_0" and Q8.label == "gguf Q8_0"
-    assert MIXED.key != Candidate("gguf", "Q4_K_M").key and "output.weight=Q6_K" in MIXED.key
+    assert MIXED.key != Candidate("gguf", "Q4_K_M").key and MIXED.key == f"gguf:Q4_K_M+mixed-{MIXED.recipe_id}"
+    other = Candidate("gguf", "Q4_K_M", (("blk.0.ffn_down.weight", "Q8_0"), ("output.weight", "Q5_K")))
+    assert other.key != MIXED.key and MIXED.label == "gguf mixed ≈Q4_K_M"
     assert Candidate.from_dict(_json(MIXED)) == MIXED and hash(Candidate.from_dict(_json(MIXED))) == hash(MIXED)
 
 
@@ -60,6 +62,7 @@ def test_a_plan_row_keeps_the_json_schema_of_edgeq_plan():
     assert {"format", "quant", "storage_mib", "memory_mib", "memory_terms_mib", "memory_note"} <= set(row)
     assert {"kld", "kld_source", "decode_tok_s", "reasons", "fits"} <= set(row) and "measured" not in row
     assert row["recipe"] == {"blk.0.ffn_down.weight": "Q8_0", "output.weight": "Q6_K"}
+    assert row["mixed"] == {"palette": ["Q6_K", "Q8_0"]}
 
 
 def test_stage_records_read_back():
