@@ -428,7 +428,7 @@ def export_table(r: dict):
     rows = [
         ["artifact", r["out"]],
         ["quant", r["quant"]],
-        ["size", f"{r['bytes'] / 2**20:.1f} MiB"],
+        ["size", f"{r['bytes'] / 2**20:.2f} MiB"],
         ["bits/weight", f"{r['bits_per_weight']:.2f}"],
         ["tokenizer parity", f"{g['tokenizer']['strings']} strings, 0 mismatches"],
         [
@@ -441,4 +441,11 @@ def export_table(r: dict):
             f"top-1 {g['fidelity']['top1']:.3f}, max |Δlogit| {g['fidelity']['max_abs_logit']:.3g}",
         ],
     ]
+    if r.get("mixed"):
+        mx, p = r["mixed"], r["mixed"]["predicted"]
+        counts = sorted(((n, t) for t, n in mx["types"].items() if n), reverse=True)
+        rows.insert(2, ["mixture", ", ".join(f"{n} × {t}" for n, t in counts)])
+        rows.insert(
+            4, ["predicted", f"size {p['size_mib']:.2f} MiB, peak RSS {p['peak_rss_mib']:.0f} MiB at ctx {p['ctx']}"]
+        )
     return report.table("export", ["", ""], rows)
