@@ -199,3 +199,48 @@ def test_plan_adds_a_mixed_candidate_only_where_the_budget_binds(wide_model, tmp
     r = run_edgeq("plan", "--profile", loose, "--model", wide_model, "--json")
     assert r.returncode == 0, r.stderr
     assert not any("recipe" in c for c in json.loads(r.stdout)["candidates"])  # Q8_0 fits: nothing to mix
+
+
+@pytest.mark.slow
+def test_a_build_whose_budget_binds_ships_the_mixture_and_says_why(wide_model, tmp_path, small_data):
+    """Storage 14 MiB: uniform Q8_0 (15.1 MiB) misses, Q4_K_M (12.0 MiB) fits; the mixture spends the rest."""
+    import json
+
+    import yaml
+
+    drone = yaml.safe_load((Path(__file__).parent.parent / "profiles" / "drone.yaml").read_text())
+    profile = drone | {"name": "binding", "storage_budget_mib": 14, "formats": ["gguf"], "max_context_tokens": 256}
+    profile |= {"allowed_quant_types": ["Q8_0", "Q4_K_M"], "quality": {**drone["quality"], "max_mean_kld": 9}}
+    profile["quality"]["max_task_accuracy_drop_points"] = 100
+    (tmp_path / "binding.yaml").write_text(yaml.safe_dump(profile))
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(small_data.read_text().splitlines(keepends=True)[:3]))
+    out = tmp_path / "out"
+    r = run_edgeq(
+        "build",
+        "--profile",
+        tmp_path / "binding.yaml",
+        "--base",
+        wide_model,
+        "--data",
+        small_data,
+        "--test-data",
+        test,
+        "--max-steps",
+        1,
+        "--reps",
+        1,
+        "--out",
+        out,
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    recipe = m["quant_recipe"]["recipe"]
+    assert recipe and mixed.written_types(out / m["artifact"]["path"]).items() >= recipe.items()
+    assert m["artifact"]["bytes"] <= 14 * MIB
+    mx = m["quant_recipe"]["mixed"]
+    assert len(mx["sensitivity_sha256"]) == 64 and mx["sensitivity_source"] == str(small_data)
+    assert mx["best_uniform_that_fits"]["candidate"]["quant"] == "Q4_K_M"  # measured beside it
+    report = (out / "report.md").read_text()
+    assert "per-tensor mixture" in report and "the best uniform type that fits" in report
