@@ -10,7 +10,8 @@ size. Both are compared with the HF float model on held-out task conversations (
 on general text: mean KLD, top-1 agreement. The mixed file's size is predicted before it is built (the quantizer's
 dry run) and its peak RSS at --ctx is predicted (plan's calibration) and measured (bench's child, one run).
 
-Prints a table with the KLD ratio mixed/uniform, writes OUT.json and OUT.png.
+Prints a table with the KLD ratio mixed/uniform and how well the sensitivity sum ranks the files' measured KLD
+(Spearman ρ over all of them), writes OUT.json and OUT.png. `--from-json OUT.json` prints the table again.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ def main() -> None:
     ap.add_argument("--types", default=",".join(UNIFORM))
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--out", default="benchmarks/mixed_vs_uniform")
+    ap.add_argument("--from-json", default=None, help="print the table of an earlier run's OUT.json")
     args = ap.parse_args()
+    if args.from_json:
+        summarize(json.loads(Path(args.from_json).read_text()))
+        return
 
     model_dir = resolve_model(args.model, False)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -115,6 +120,37 @@ def main() -> None:
     }
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))
     plot(rows, Path(args.out + ".png"))
+    summarize(result)
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    import numpy as np
+
+    rx, ry = np.argsort(np.argsort(xs)), np.argsort(np.argsort(ys))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def summarize(result: dict) -> None:
+    rows = result["rows"]
+    print(f"\n{result['model']} on {result['cpu']}; ctx {result['ctx']}; calibration {result['calibration']}")
+    print(
+        "| uniform | size MiB | task KLD uniform → mixed | ratio | text KLD uniform → mixed | ratio | "
+        "top-1 task (u / m) | mixed size: predicted / file | peak RSS: predicted / measured |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        u, m = r["uniform"], r["mixed"]
+        print(
+            f"| {r['uniform_type']} | {u['bytes'] / MIB:.2f} | {u['task_kld']:.4f} → {m['task_kld']:.4f} | "
+            f"{m['task_kld'] / u['task_kld']:.2f}× | {u['text_kld']:.4f} → {m['text_kld']:.4f} | "
+            f"{m['text_kld'] / u['text_kld']:.2f}× | {u['task_top1']:.3f} / {m['task_top1']:.3f} | "
+            f"{m['predicted_mib']:.2f} / {m['bytes'] / MIB:.2f} | "
+            f"{m['predicted_rss_mib']:.0f} / {m['peak_rss_mib']:.0f} ({m['predicted_rss_mib'] / m['peak_rss_mib'] - 1:+.1%}) |"
+        )
+    files = [r[k] for r in rows for k in ("uniform", "mixed")]
+    for key in ("task_kld", "text_kld"):
+        rho = spearman([f["error"] for f in files], [f[key] for f in files])
+        print(f"Spearman ρ (sensitivity sum vs measured {key}, {len(files)} files): {rho:.3f}")
 
 
 def plot(rows: list[dict], path: Path) -> None:
