@@ -140,12 +140,13 @@ def summarize(result: dict) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         u, m = r["uniform"], r["mixed"]
+        rss_error = m["predicted_rss_mib"] / m["peak_rss_mib"] - 1
         print(
             f"| {r['uniform_type']} | {u['bytes'] / MIB:.2f} | {u['task_kld']:.4f} → {m['task_kld']:.4f} | "
             f"{m['task_kld'] / u['task_kld']:.2f}× | {u['text_kld']:.4f} → {m['text_kld']:.4f} | "
             f"{m['text_kld'] / u['text_kld']:.2f}× | {u['task_top1']:.3f} / {m['task_top1']:.3f} | "
             f"{m['predicted_mib']:.2f} / {m['bytes'] / MIB:.2f} | "
-            f"{m['predicted_rss_mib']:.0f} / {m['peak_rss_mib']:.0f} ({m['predicted_rss_mib'] / m['peak_rss_mib'] - 1:+.1%}) |"
+            f"{m['predicted_rss_mib']:.0f} / {m['peak_rss_mib']:.0f} ({rss_error:+.1%}) |"
         )
     files = [r[k] for r in rows for k in ("uniform", "mixed")]
     for key in ("task_kld", "text_kld"):
