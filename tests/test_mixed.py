@@ -244,3 +244,33 @@ def test_a_build_whose_budget_binds_ships_the_mixture_and_says_why(wide_model, t
     assert mx["best_uniform_that_fits"]["candidate"]["quant"] == "Q4_K_M"  # measured beside it
     report = (out / "report.md").read_text()
     assert "per-tensor mixture" in report and "the best uniform type that fits" in report
+
+
+def test_a_bad_pin_is_a_usage_error_before_any_work(wide_model, tmp_path):
+    from edgeq.errors import UsageError
+    from edgeq.export.gguf import write_float_gguf
+    from edgeq.plan import machine_calibration, plan_mixed
+
+    r = run_edgeq(
+        "export",
+        "--model",
+        wide_model,
+        "--quant",
+        "auto",
+        "--max-size-mib",
+        "9",
+        "--tensor-type",
+        "token_embd.weight",
+        "--out",
+        tmp_path / "x.gguf",
+    )
+    assert r.returncode == 2 and "NAME=TYPE" in r.stderr
+    flt = tmp_path / "f16.gguf"
+    write_float_gguf(wide_model, flt, "F16")
+    _, cal = machine_calibration()
+    for pin, message in (
+        ({"blk.0.ffn_down.weight": "Q4_K"}, "rows of 384 weights: Q4_K packs 256"),
+        ({"blk.9.attn_q.weight": "Q8_0"}, "no quantizable tensor named"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            plan_mixed(wide_model, flt, ["Q8_0"], 256, 64, cal, 11, 1e6, None, tmp_path, forced=pin)
