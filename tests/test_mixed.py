@@ -115,16 +115,16 @@ def wide_model(tmp_path_factory, default_model):
     )
 
 
+def _export_auto(model, *args):
+    return run_edgeq("export", "--model", model, "--quant", "auto", *args)
+
+
 def test_export_auto_fits_the_size_as_predicted_and_keeps_a_pinned_tensor(wide_model, tmp_path, small_data):
     """The solver's exactness (no upgrade left that fits) is tested above; here the file llama.cpp writes has the
     predicted size and the recipe's types."""
     out = tmp_path / "auto.gguf"
-    r = run_edgeq(
-        "export",
-        "--model",
+    r = _export_auto(
         wide_model,
-        "--quant",
-        "auto",
         "--max-size-mib",
         "11",
         "--imatrix-data",
@@ -147,7 +147,7 @@ def test_export_auto_fits_the_size_as_predicted_and_keeps_a_pinned_tensor(wide_m
 
 def test_export_auto_with_an_impossible_budget_is_exit_3_and_writes_nothing(wide_model, tmp_path):
     out = tmp_path / "auto.gguf"
-    r = run_edgeq("export", "--model", wide_model, "--quant", "auto", "--max-size-mib", "2", "--out", out)
+    r = _export_auto(wide_model, "--max-size-mib", "2", "--out", out)
     assert r.returncode == EXIT_BUDGET, r.stderr
     assert "the smallest is" in r.stderr and "MiB" in r.stderr
     assert not out.exists()
@@ -156,7 +156,7 @@ def test_export_auto_with_an_impossible_budget_is_exit_3_and_writes_nothing(wide
 def test_export_targets_need_auto(wide_model, tmp_path):
     r = run_edgeq("export", "--model", wide_model, "--max-size-mib", "9", "--out", tmp_path / "x.gguf")
     assert r.returncode == 2 and "--quant auto" in r.stderr
-    r = run_edgeq("export", "--model", wide_model, "--quant", "auto", "--out", tmp_path / "x.gguf")
+    r = _export_auto(wide_model, "--out", tmp_path / "x.gguf")
     assert r.returncode == 2
 
 
@@ -251,12 +251,8 @@ def test_a_bad_pin_is_a_usage_error_before_any_work(wide_model, tmp_path):
     from edgeq.export.gguf import write_float_gguf
     from edgeq.plan import machine_calibration, plan_mixed
 
-    r = run_edgeq(
-        "export",
-        "--model",
+    r = _export_auto(
         wide_model,
-        "--quant",
-        "auto",
         "--max-size-mib",
         "9",
         "--tensor-type",
