@@ -4,11 +4,12 @@
                                           [--heldout examples/drone/test.jsonl] [--out benchmarks/mixed_vs_uniform]
 
 One F16 GGUF of the model; an importance matrix on the calibration data; the per-tensor sensitivity over every
-ggml type llama.cpp's uniform types write. Then, for each uniform type from Q3_K_M to Q6_K: the uniform file
-(llama.cpp's own mixture, with the same importance matrix) and edgeq's mixed recipe solved for that file's exact
-size. Both are compared with the HF float model on held-out task conversations (never seen by the imatrix) and
-on general text: mean KLD, top-1 agreement. The mixed file's size is predicted before it is built (the quantizer's
-dry run) and its peak RSS at --ctx is predicted (plan's calibration) and measured (bench's child, one run).
+ggml type llama.cpp's uniform types write, priced per tensor class by a measured KLD. Then, for each uniform
+type from Q3_K_M to Q6_K: the uniform file (llama.cpp's own mixture, with the same importance matrix) and
+edgeq's mixed recipe solved for that file's exact size. Both are compared with the HF float model on held-out
+task conversations (never seen by the imatrix) and on general text: mean KLD, top-1 agreement. The mixed
+file's size is predicted before it is built (the quantizer's dry run) and its peak RSS at --ctx is predicted
+(plan's calibration) and measured (bench's child, one run).
 
 Prints a table with the KLD ratio mixed/uniform and how well the sensitivity sum ranks the files' measured KLD
 (Spearman ρ over all of them), writes OUT.json and OUT.png. `--from-json OUT.json` prints the table again.
@@ -36,7 +37,7 @@ def main() -> None:
     from edgeq.export.gguf import quantize_gguf
     from edgeq.export.imatrix import compute_imatrix
     from edgeq.machine import platform_info
-    from edgeq.plan import dry_run_types, float_gguf_for, machine_calibration, plan_mixed
+    from edgeq.plan import dry_run_types, float_gguf_for, kld_probe, machine_calibration, plan_mixed
     from edgeq.spec import FORMAT_GGUF, GGUF_FLOAT_TYPES, quant_names
     from edgeq.task import load_task
 
@@ -74,6 +75,8 @@ def main() -> None:
         tensors = mixed.quantizable(flt)
         palette = sorted({dry_run_types(flt, q)[t.name][0] for q in quants for t in tensors})
         errors = mixed.sensitivity(flt, palette, imatrix, work, quants[0])
+        gains = mixed.class_gains(flt, errors, quants[0], imatrix, kld_probe(model_dir, args.calib), work)
+        priced = mixed.priced(errors, gains)
 
         def measure(path: Path) -> dict:
             r = {"bytes": path.stat().st_size}
@@ -85,10 +88,20 @@ def main() -> None:
         for u in args.types.split(","):
             upath = work / f"{u}.gguf"
             quantize_gguf(flt, upath, u, imatrix)
-            uni = measure(upath) | {"error": mixed.recipe_error(mixed.written_types(upath), errors)}
+            uni = measure(upath) | {"error": mixed.recipe_error(mixed.written_types(upath), priced)}
             size_mib = uni["bytes"] / MIB
             candidate, predicted, info = plan_mixed(
-                model_dir, flt, quants, args.ctx, 128, cal, size_mib, float("inf"), imatrix, work, errors=errors
+                model_dir,
+                flt,
+                quants,
+                args.ctx,
+                128,
+                cal,
+                size_mib,
+                float("inf"),
+                imatrix,
+                work,
+                measured=(errors, gains),
             )
             mpath = work / f"mixed-{u}.gguf"
             quantize_gguf(flt, mpath, candidate.quant, imatrix, dict(candidate.recipe))
@@ -116,6 +129,7 @@ def main() -> None:
         "calib": args.calib,
         "heldout": args.heldout,
         "ctx": args.ctx,
+        "gains": gains,
         "rows": rows,
     }
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))

@@ -261,7 +261,9 @@ def run_plan(job: Job, work: Path) -> Plan:
         flt = float_gguf_for(merged(job), work)
         imatrix, summary = compute_imatrix(merged(job), job.data)
         save_imatrix(imatrix, summary, work / BUILD_IMATRIX)
-    cfg = PlanConfig(profile=job.profile.source, model=str(merged(job)), calibration=str(job.calibration))
+    cfg = PlanConfig(
+        profile=job.profile.source, model=str(merged(job)), calibration=str(job.calibration), data=str(job.data)
+    )
     return make_plan(cfg, float_gguf=flt, imatrix=imatrix)
 
 

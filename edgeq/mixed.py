@@ -5,7 +5,10 @@ palette      the ggml types the allowed uniform types already write (so a device
              block (K-quants pack 256 weights: a 576-wide row cannot take them)
 sensitivity  err[t][q] = Σ_rows Σ_j imatrix_j · (W_ij − Ŵ_ij)², the output error quantizing tensor t to q
              adds on the calibration activations (the quantity llama.cpp's quantizer minimises), measured
-             by quantizing the float GGUF to each palette type with llama.cpp and reading every tensor back
+             by quantizing the float GGUF to each palette type with llama.cpp and reading every tensor back;
+             then priced in nats: per tensor class (attn_q, ffn_down, token_embd, …) the KLD measured with
+             only that class quantized, over the class's summed error (errors of different classes reach the
+             logits very differently: unpriced, they misrank a mixture against the uniform types)
 solver       a multiple-choice knapsack under a storage and a memory budget: every tensor starts at its best
              type; while over budget, take the downgrade that gives up the least error per byte saved; then
              spend what is left on the upgrades that buy the most error per byte
@@ -197,6 +200,39 @@ def sensitivity(
                 err[t.name][q] = tensor_error(reference[t.name], quantized[t.name], _weights(imatrix, t, tied))
         out.unlink()
     return err
+
+
+def tensor_class(name: str) -> str:
+    """blk.12.attn_q.weight → attn_q.weight: what a gain is measured for."""
+    return re.sub(r"^blk\.\d+\.", "", name)
+
+
+def class_gains(float_gguf: Path, errors: dict, base_quant: str, imatrix: dict | None, kld_of, work: Path) -> dict:
+    """{class: {type, kld, error, gain}}: each class quantized alone (to the palette type it loses most to, every
+    other tensor F16), its KLD against the float model measured by `kld_of(path)`, and gain = KLD / Σ error, the
+    nats one unit of the class's error costs."""
+    from edgeq.runtime import quantize
+
+    classes: dict[str, list[str]] = {}
+    for name in errors:
+        classes.setdefault(tensor_class(name), []).append(name)
+    out = {}
+    for c, members in sorted(classes.items()):
+        common = set.intersection(*(set(errors[n]) for n in members))
+        q = max(sorted(common), key=lambda q: sum(errors[n][q] for n in members))
+        recipe = {n: (q if tensor_class(n) == c else "F16") for n in errors}
+        path = work / "gain.gguf"
+        quantize(float_gguf, path, base_quant, imatrix, recipe)
+        kld = kld_of(path)
+        path.unlink()
+        error = sum(errors[n][q] for n in members)
+        out[c] = {"type": q, "kld": kld, "error": error, "gain": kld / error if error > 0 else 0.0}
+    return out
+
+
+def priced(errors: dict, gains: dict) -> dict:
+    """err[t][q] in nats of KLD: each tensor's errors times its class's gain."""
+    return {n: {q: e * gains[tensor_class(n)]["gain"] for q, e in qs.items()} for n, qs in errors.items()}
 
 
 # ---------------------------------------------------------------------------------------------

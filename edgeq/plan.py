@@ -43,6 +43,7 @@ from edgeq.spec import (
 )
 
 MIB = 2**20
+GAIN_TOKENS = 512  # positions a mixed recipe's per-class KLD is measured on
 FLOAT_GGUF = "model.F16.gguf"  # what the quantizer plans (and build's sweep quantizes) from
 
 
@@ -393,11 +394,13 @@ def plan_mixed(
     imatrix: dict | None,
     work: Path,
     forced: dict | None = None,
-    errors: dict | None = None,
+    data: str | None = None,
+    measured: tuple[dict, dict] | None = None,
 ) -> tuple[Candidate, Prediction, dict]:
     """The per-tensor mixture of the types `quants` write that fits both budgets (file bytes, predicted peak RSS)
-    with the least importance-weighted error; BudgetError when none does. `forced` pins tensors to types;
-    `errors` is mixed.sensitivity() already measured on this float GGUF over (at least) the palette."""
+    with the least predicted KLD; BudgetError when none does. `forced` pins tensors to types; `data` is the text
+    the per-class gains are measured on (default: the fidelity text); `measured` is (mixed.sensitivity,
+    mixed.class_gains) already measured on this float GGUF over (at least) the palette."""
     from edgeq import mixed
 
     d = Dims.from_config(model_dir)
@@ -426,10 +429,14 @@ def plan_mixed(
         return {t.name: mixed.options_for(t, errs.get(t.name, {}), resident, forced.get(t.name)) for t in tensors}
 
     mixed.check_reachable(options({t.name: dict.fromkeys(palette, 0.0) for t in tensors}), max_storage, max_memory)
-    if errors is None:
+    if measured is None:
         with report.progress("sensitivity", len(palette)) as update:
             errors = mixed.sensitivity(float_gguf, palette, imatrix, work, quants[0], update)
             update(len(palette), "")
+        gains = mixed.class_gains(float_gguf, errors, quants[0], imatrix, kld_probe(model_dir, data), work)
+    else:
+        errors, gains = measured
+    errors = mixed.priced(errors, gains)
     solution = mixed.solve(options(errors), max_storage, max_memory)
     written = dry_run_types(float_gguf, quants[0], solution.recipe)  # the quantizer's own account of the recipe
     wrong = [n for n, t in solution.recipe.items() if written[n][0] != t]
@@ -448,9 +455,10 @@ def plan_mixed(
         "reference": base,
         "reference_error": base_error,
         "error_ratio": ratio,
-        "kld_estimate": QUANT_TYPES[base].prior_kld * ratio,
+        "kld_estimate": solution.error,
+        "gains": gains,
         "forced": forced,
-        "sensitivity": "importance-weighted quantization error" if imatrix else "squared quantization error",
+        "sensitivity": ("importance-weighted" if imatrix else "squared") + " quantization error, priced per class",
         "types": {t: sum(1 for v in solution.recipe.values() if v == t) for t in palette},
     }
     terms = {k: v / MIB for k, v in mem.items() if k != "total"}
@@ -458,7 +466,29 @@ def plan_mixed(
     return candidate, Prediction(size / MIB, mem["total"] / MIB, terms), info
 
 
-def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatrix, work: Path) -> Row | None:
+def kld_probe(model_dir: Path, data: str | None):
+    """path → the artifact's mean KLD against the HF float model on GAIN_TOKENS positions of `data`'s
+    conversations (else of the fidelity text)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeq.data import read_jsonl
+    from edgeq.evaluate import compare_logits, fidelity_ids, reference_logits
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids: list[int] = []
+    for msgs in read_jsonl(data) if data else ():
+        if len(ids) >= GAIN_TOKENS:
+            break
+        ids += tok.encode(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)
+    ids = ids[:GAIN_TOKENS] or fidelity_ids(tok, GAIN_TOKENS, model.config.max_position_embeddings)
+    ref = reference_logits(model, ids)
+    del model
+    return lambda path: compare_logits(path, ref, ids)["mean_kld"]
+
+
+def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatrix, data, work: Path) -> Row | None:
     """Where the best uniform GGUF type the profile allows does not fit, a mixture sized to its budgets."""
     gguf = [r for r in rows if r.candidate.fmt == FORMAT_GGUF and not QUANT_TYPES[r.candidate.quant].is_float_gguf]
     if not gguf or footprint_fits(min(gguf, key=lambda r: r.kld), profile):
@@ -476,6 +506,7 @@ def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatr
             profile.memory_budget_mib * (1 - PLAN_MARGIN),
             imatrix,
             work,
+            data=data,
         )
     except BudgetError:
         return None  # nothing fits: no_fit_error names the smallest uniform candidate
@@ -610,7 +641,7 @@ def make_plan(cfg: PlanConfig, float_gguf: Path | None = None, imatrix: dict | N
                 from edgeq.export.imatrix import compute_imatrix
 
                 imatrix, _ = compute_imatrix(model_dir, cfg.data)
-            row = mixed_row(model_dir, profile, n_ctx, float_gguf, rows, cal, imatrix, Path(scratch))
+            row = mixed_row(model_dir, profile, n_ctx, float_gguf, rows, cal, imatrix, cfg.data, Path(scratch))
             if row is not None:
                 m = (measured or {}).get(row.candidate.key)
                 rows.append(with_measurement(row, m, profile) if m else row)

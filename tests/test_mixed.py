@@ -192,7 +192,9 @@ def test_plan_adds_a_mixed_candidate_only_where_the_budget_binds(wide_model, tmp
     mixed = next(c for c in plan["candidates"] if "recipe" in c)
     assert mixed["fits"] and mixed["storage_mib"] <= 11 and plan["chosen"]["recipe"] == mixed["recipe"]
     assert set(mixed["recipe"].values()) <= set(mixed["mixed"]["palette"]) and len(set(mixed["recipe"].values())) > 1
-    assert mixed["mixed"]["sensitivity"] == "importance-weighted quantization error"
+    assert mixed["mixed"]["sensitivity"] == "importance-weighted quantization error, priced per class"
+    gains = mixed["mixed"]["gains"]  # one measured KLD per tensor class: token_embd and the 7 linears of a block
+    assert len(gains) == 8 and all(g["kld"] >= 0 and g["gain"] >= 0 for g in gains.values())
 
     loose = path.with_name("loose.yaml")
     loose.write_text(yaml.safe_dump(tight | {"name": "loose", "storage_budget_mib": 1024}))

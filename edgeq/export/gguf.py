@@ -270,6 +270,7 @@ def auto_recipe(cfg: GgufExport, model_dir: Path, flt: Path, imatrix: dict | Non
         imatrix,
         work,
         cfg.forced,
+        cfg.imatrix_data,
     )
     info |= {
         "predicted": {"size_mib": predicted.storage_mib, "peak_rss_mib": predicted.memory_mib, "ctx": cfg.ctx},
