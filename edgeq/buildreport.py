@@ -444,8 +444,9 @@ def _mixed_lines(m: dict) -> list[str]:
     counts = ", ".join(f"{n} × {t}" for t, n in sorted(mx["types"].items(), key=lambda kv: -kv[1]) if n)
     lines = [
         f"- quantization: a per-tensor mixture ({counts}; file type {m['quant_recipe']['quant']}), chosen to fit "
-        f"the storage and memory budgets with the least predicted KLD ({mx['sensitivity']}: {mx['kld_estimate']:.4f}, "
-        f"uniform {mx['reference']} {mx['reference_error']:.4f} predicted the same way); importance matrix from "
+        f"the storage and memory budgets with the least predicted KLD ({mx['sensitivity']}: "
+        f"{mx['kld_predicted']:.4f}; uniform {mx['reference']}: {mx['uniform_kld_predicted'][mx['reference']]:.4f} "
+        "predicted the same way); importance matrix from "
         f"{mx['sensitivity_source'] or 'none'} (sha256 {str(mx['sensitivity_sha256'])[:12]}…); every tensor's type "
         "is read back from the file (`quant_recipe.recipe` in manifest.json)",
     ]

@@ -447,15 +447,12 @@ def plan_mixed(
     mem = predict_gguf_rss(d, tensor_bytes, n_ctx, prompt_tokens, cal)
     sizes = {q: gguf_file_bytes(layout, bytes_by_type(t)) for q, t in uniform.items()}
     base = min(quants, key=lambda q: abs(sizes[q] - size))  # the uniform type of nearest size names the file type
-    base_error = mixed.recipe_error({n: t for n, (t, _) in uniform[base].items()}, errors)
-    ratio = solution.error / base_error if base_error > 0 else 1.0
     info = {
         "palette": palette,
-        "error": solution.error,
-        "reference": base,
-        "reference_error": base_error,
-        "error_ratio": ratio,
-        "kld_estimate": solution.error,
+        "kld_predicted": solution.error,
+        "uniform_kld_predicted": {  # each uniform type's own tensors, priced the same way
+            q: mixed.recipe_error({n: t for n, (t, _) in uniform[q].items()}, errors) for q in quants
+        },
         "gains": gains,
         "forced": forced,
         "sensitivity": ("importance-weighted" if imatrix else "squared") + " quantization error, priced per class",
@@ -510,7 +507,16 @@ def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatr
         )
     except BudgetError:
         return None  # nothing fits: no_fit_error names the smallest uniform candidate
-    kld = info["kld_estimate"]
+    # On the priors' scale, against what it competes with: the best uniform type that fits (else the nearest size).
+    fitting = [r for r in gguf if footprint_fits(r, profile)]
+    ref = (
+        min(fitting, key=lambda r: r.kld)
+        if fitting
+        else min(gguf, key=lambda r: abs(r.predicted.storage_mib - predicted.storage_mib))
+    )
+    ref_predicted = info["uniform_kld_predicted"][ref.candidate.quant]
+    kld = ref.kld * (info["kld_predicted"] / ref_predicted if ref_predicted > 0 else 1.0)
+    info |= {"reference": ref.candidate.quant}
     reasons = tuple(rejections(predicted, kld, KLD_PRIOR, None, profile))
     return Row(candidate, predicted, kld, KLD_PRIOR, reasons, mixed=info)
 

@@ -214,6 +214,7 @@ def test_a_build_whose_budget_binds_ships_the_mixture_and_says_why(wide_model, t
     profile = drone | {"name": "binding", "storage_budget_mib": 14, "formats": ["gguf"], "max_context_tokens": 256}
     profile |= {"allowed_quant_types": ["Q8_0", "Q4_K_M"], "quality": {**drone["quality"], "max_mean_kld": 9}}
     profile["quality"]["max_task_accuracy_drop_points"] = 100
+    profile["latency"] = {**drone["latency"], "ttft_ms": 600000, "min_decode_tok_s": 0.1}  # speed is not under test
     (tmp_path / "binding.yaml").write_text(yaml.safe_dump(profile))
     test = tmp_path / "test.jsonl"
     test.write_text("".join(small_data.read_text().splitlines(keepends=True)[:3]))
