@@ -682,8 +682,6 @@ def plan(cfg: PlanConfig) -> Plan:
 
 
 def render(result: Plan):
-    from edgeq import report
-
     rows = []
     for r in result.rows:
         p = r.predicted
