@@ -9,10 +9,12 @@ type from Q3_K_M to Q6_K: the uniform file (llama.cpp's own mixture, with the sa
 edgeq's mixed recipe solved for that file's exact size. Both are compared with the HF float model on held-out
 task conversations (never seen by the imatrix) and on general text: mean KLD, top-1 agreement. The mixed
 file's size is predicted before it is built (the quantizer's dry run) and its peak RSS at --ctx is predicted
-(plan's calibration) and measured (bench's child, one run).
+(plan's calibration) and measured (bench's child, one run). Task exact match: greedy answers to every held-out
+prompt through llama.cpp, scored with the task's metric.
 
-Prints a table with the KLD ratio mixed/uniform and how well the sensitivity sum ranks the files' measured KLD
-(Spearman ρ over all of them), writes OUT.json and OUT.png. `--from-json OUT.json` prints the table again.
+Prints a table with the KLD ratio mixed/uniform and how well each sensitivity ranks the files' measured KLD
+(Spearman ρ over all of them): the raw importance-weighted error sum and the same errors priced per tensor class
+(the solver's). Writes OUT.json and OUT.png. `--from-json OUT.json` prints the table again.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ def main() -> None:
     from edgeq import mixed
     from edgeq.basemodel import resolve_model
     from edgeq.bench import measure_in_child
-    from edgeq.evaluate import TEXT_TOKENS, compare_logits, fidelity_ids, reference_logits
+    from edgeq.evaluate import (
+        TEXT_TOKENS,
+        answer_budget,
+        artifact_answers,
+        compare_logits,
+        fidelity_ids,
+        reference_logits,
+    )
     from edgeq.export.gguf import quantize_gguf
     from edgeq.export.imatrix import compute_imatrix
     from edgeq.machine import platform_info
@@ -57,8 +66,10 @@ def main() -> None:
     model_dir = resolve_model(args.model, False)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    task = load_task(args.heldout)
+    budget = answer_budget(tok, task)
     task_ids: list[int] = []
-    for convo in load_task(args.heldout).conversations():
+    for convo in task.conversations():
         task_ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
     task_ids = task_ids[:1024]
     text_ids = fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)
@@ -83,12 +94,18 @@ def main() -> None:
             for k in ("task", "text"):
                 c = compare_logits(path, refs[k], ids[k])
                 r[f"{k}_kld"], r[f"{k}_top1"] = c["mean_kld"], c["top1_agreement"]
+            answers, _ = artifact_answers(path, tok, task.prompts, budget)
+            r["task_score"] = task.score(answers)["score"]
             return r
+
+        def errors_of(path: Path) -> dict:
+            types = mixed.written_types(path)
+            return {"error": mixed.recipe_error(types, priced), "raw_error": mixed.recipe_error(types, errors)}
 
         for u in args.types.split(","):
             upath = work / f"{u}.gguf"
             quantize_gguf(flt, upath, u, imatrix)
-            uni = measure(upath) | {"error": mixed.recipe_error(mixed.written_types(upath), priced)}
+            uni = measure(upath) | errors_of(upath)
             size_mib = uni["bytes"] / MIB
             candidate, predicted, info = plan_mixed(
                 model_dir,
@@ -105,7 +122,7 @@ def main() -> None:
             )
             mpath = work / f"mixed-{u}.gguf"
             quantize_gguf(flt, mpath, candidate.quant, imatrix, dict(candidate.recipe))
-            mix = measure(mpath) | {"error": info["error"], "types": info["types"]}
+            mix = measure(mpath) | errors_of(mpath) | {"types": info["types"]}
             run = measure_in_child(FORMAT_GGUF, mpath, 128, 8, 2, args.ctx)
             mix |= {
                 "predicted_mib": predicted.storage_mib,
@@ -129,6 +146,7 @@ def main() -> None:
         "calib": args.calib,
         "heldout": args.heldout,
         "ctx": args.ctx,
+        "metric": task.metric,
         "gains": gains,
         "rows": rows,
     }
@@ -149,9 +167,9 @@ def summarize(result: dict) -> None:
     print(f"\n{result['model']} on {result['cpu']}; ctx {result['ctx']}; calibration {result['calibration']}")
     print(
         "| uniform | size MiB | task KLD uniform → mixed | ratio | text KLD uniform → mixed | ratio | "
-        "top-1 task (u / m) | mixed size: predicted / file | peak RSS: predicted / measured |"
+        "top-1 task (u / m) | task score (u / m) | mixed size: predicted / file | peak RSS: predicted / measured |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         u, m = r["uniform"], r["mixed"]
         rss_error = m["predicted_rss_mib"] / m["peak_rss_mib"] - 1
@@ -159,13 +177,20 @@ def summarize(result: dict) -> None:
             f"| {r['uniform_type']} | {u['bytes'] / MIB:.2f} | {u['task_kld']:.4f} → {m['task_kld']:.4f} | "
             f"{m['task_kld'] / u['task_kld']:.2f}× | {u['text_kld']:.4f} → {m['text_kld']:.4f} | "
             f"{m['text_kld'] / u['text_kld']:.2f}× | {u['task_top1']:.3f} / {m['task_top1']:.3f} | "
+            f"{score(u)} / {score(m)} | "
             f"{m['predicted_mib']:.2f} / {m['bytes'] / MIB:.2f} | "
             f"{m['predicted_rss_mib']:.0f} / {m['peak_rss_mib']:.0f} ({rss_error:+.1%}) |"
         )
     files = [r[k] for r in rows for k in ("uniform", "mixed")]
-    for key in ("task_kld", "text_kld"):
-        rho = spearman([f["error"] for f in files], [f[key] for f in files])
-        print(f"Spearman ρ (sensitivity sum vs measured {key}, {len(files)} files): {rho:.3f}")
+    for source, name in (("raw_error", "raw error sum"), ("error", "priced error sum")):
+        if all(source in f for f in files):  # runs before the raw sum was recorded have only the priced one
+            for key in ("task_kld", "text_kld"):
+                rho = spearman([f[source] for f in files], [f[key] for f in files])
+                print(f"Spearman ρ ({name} vs measured {key}, {len(files)} files): {rho:.3f}")
+
+
+def score(r: dict) -> str:
+    return f"{r['task_score']:.1f}" if "task_score" in r else "–"
 
 
 def plot(rows: list[dict], path: Path) -> None:
