@@ -56,6 +56,7 @@ from edgeq.spec import (
     BUILD_STAGES,
     BUILD_STATE_DIR,
     FORMAT_GGUF,
+    QUANT_TYPES,
     SWEEP_MODES,
 )
 
@@ -251,16 +252,14 @@ def planned_gguf(job: Job) -> Path:
 
 def run_plan(job: Job, work: Path) -> Plan:
     """Every candidate predicted from the merged model; a plan with no fitting candidate is a result here (the
-    sweep decides with measured quality, and reports no fit itself). For GGUF, the importance matrix of the
-    training data, saved for the sweep and the export, weighs a mixed recipe's errors."""
+    sweep decides with measured quality, and reports no fit itself). The importance matrix of the training data is
+    saved for the sweep and the export (GGUF and ONNX int4 quantize with it) and weighs a mixed recipe's errors."""
     from edgeq.export.imatrix import compute_imatrix, save_imatrix
     from edgeq.plan import PlanConfig, float_gguf_for, make_plan
 
-    flt, imatrix = None, None
-    if FORMAT_GGUF in job.profile.formats:
-        flt = float_gguf_for(merged(job), work)
-        imatrix, summary = compute_imatrix(merged(job), job.data)
-        save_imatrix(imatrix, summary, work / BUILD_IMATRIX)
+    imatrix, summary = compute_imatrix(merged(job), job.data)  # GGUF's quantizer and ONNX int4's weigh by it
+    save_imatrix(imatrix, summary, work / BUILD_IMATRIX)
+    flt = float_gguf_for(merged(job), work) if FORMAT_GGUF in job.profile.formats else None
     cfg = PlanConfig(
         profile=job.profile.source, model=str(merged(job)), calibration=str(job.calibration), data=str(job.data)
     )
@@ -282,7 +281,7 @@ def _measure_candidate(job: Job, c: Candidate, ref, ids, imatrix, work: Path) ->
     if c.fmt == FORMAT_GGUF:
         quantize_gguf(planned_gguf(job), path, c.quant, imatrix, dict(c.recipe) or None)
     else:
-        export_onnx(OnnxExport(model=str(merged(job)), out=str(path), quant=c.quant))
+        export_onnx(OnnxExport(str(merged(job)), str(path), c.quant, imatrix=str(planned_imatrix(job))))
     fidelity = compare_logits(path, ref, ids)
     p = job.profile
     run = measure_in_child(c.fmt, path, p.prompt_tokens, 32, p.threads, p.max_context_tokens)
@@ -327,9 +326,7 @@ def run_sweep(job: Job, work: Path) -> Plan:
     ids = fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)
     ref = reference_logits(model, ids)
     del model
-    imatrix = None
-    if any(r.candidate.fmt == FORMAT_GGUF for r in todo):
-        imatrix, _ = load_imatrix(planned_imatrix(job))  # the export quantizes with this same matrix
+    imatrix, _ = load_imatrix(planned_imatrix(job))  # the export quantizes with this same matrix
     built: dict[Candidate, Row] = {}
     with report.progress("sweep", len(todo)) as update:
         for i, r in enumerate(todo):
@@ -360,19 +357,13 @@ def run_export(job: Job, work: Path) -> ExportResult:
 
     c = job.results["sweep"].chosen
     name = f"model.{c.quant}" + ("-mixed" if c.recipe else "") + (".gguf" if c.fmt == FORMAT_GGUF else "")
-    imatrix = None
+    out, weights = str(work / name), str(planned_imatrix(job))
     if c.fmt == FORMAT_GGUF:
-        imatrix = str(job.data)
-        cfg = GgufExport(
-            model=str(merged(job)),
-            out=str(work / name),
-            quant=c.quant,
-            imatrix=str(planned_imatrix(job)),
-            recipe=dict(c.recipe) or None,
-        )
-        r = export_gguf(cfg)
+        r = export_gguf(GgufExport(str(merged(job)), out, c.quant, imatrix=weights, recipe=dict(c.recipe) or None))
     else:
-        r = export_onnx(OnnxExport(model=str(merged(job)), out=str(work / name), quant=c.quant))
+        r = export_onnx(OnnxExport(str(merged(job)), out, c.quant, imatrix=weights))
+    weighted = c.fmt == FORMAT_GGUF or QUANT_TYPES[c.quant].onnx_precision == "int4"
+    imatrix = str(job.data) if weighted else None  # the data the artifact's quantizer was weighted by
     details = {k: v for k, v in r.items() if k not in ("bytes", "gates", "format", "quant")}
     return ExportResult(name, c, r["bytes"], r["gates"], imatrix, details)
 

@@ -286,7 +286,7 @@ def merge(**kw) -> None:
     "--imatrix-data",
     type=click.Path(),
     default=None,
-    help="GGUF: calibration JSONL (e.g. the fine-tuning data) for an importance matrix.",
+    help="GGUF, ONNX int4: calibration JSONL (e.g. the fine-tuning data) for an importance matrix.",
 )
 @click.option("--max-size-mib", type=click.FloatRange(min=1), default=None, help=f"--quant {QUANT_AUTO}: file size.")
 @click.option(
@@ -347,9 +347,6 @@ def export(
     else:
         from edgeq.export.onnx import OnnxExport, export_onnx, export_table
 
-        if imatrix_data:
-            raise UsageError("--imatrix-data applies to GGUF only", None, "drop it for --format onnx")
-
         result = export_onnx(
             OnnxExport(
                 model=model_dir,
@@ -358,6 +355,7 @@ def export(
                 execution_provider=execution_provider,
                 force=force,
                 allow_pickle=allow_pickle,
+                imatrix_data=imatrix_data,
             )
         )
     report.out.print(export_table(result))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from edgeq import report
 from edgeq.errors import BudgetError, UsageError
+from edgeq.export import onnxquant
 from edgeq.records import KLD_MEASURED, KLD_PRIOR, Candidate, Measurement, Plan, Prediction, Row
 from edgeq.runtime import ASSETS
 from edgeq.spec import (
@@ -260,12 +261,14 @@ def gguf_file_bytes(layout: tuple[int, int], tensor_bytes: dict[str, int]) -> in
     return header + sum(tensor_bytes.values()) + 16 * n_tensors
 
 
-def _matrix_bytes(rows: int, cols: int, quant: str) -> int:
+def _matrix_bytes(rows: int, cols: int, quant: str, bits: int = 4) -> int:
+    """int4: onnxquant's layout at `bits` (levels, fp32 scales, zero points); int8: the builder's blocks of 32 with
+    fp32 scales; float: dense."""
     precision, block = QUANT_TYPES[quant].onnx_precision, QUANT_TYPES[quant].block_size
-    if precision in ("int4", "int8"):
-        block = block or 32  # the builder quantizes int8 in blocks of 32 too, fp32 scales
-        n_blocks = -(-cols // block)
-        return rows * n_blocks * (block * (4 if precision == "int4" else 8) // 8 + 4)
+    if precision == "int4":
+        return onnxquant.nbytes(rows, cols, bits, block)
+    if precision == "int8":
+        return rows * -(-cols // 32) * (32 + 4)
     return rows * cols * (4 if precision == "fp32" else 2)
 
 
@@ -278,7 +281,8 @@ def onnx_bytes(d: Dims, quant: str) -> dict[str, int]:
         + 2 * _matrix_bytes(d.intermediate, d.hidden, quant)  # gate, up
         + _matrix_bytes(d.hidden, d.intermediate, quant)  # down
     )
-    matmul = d.layers * per_layer + _matrix_bytes(d.vocab, d.hidden, quant)  # + lm_head
+    head = _matrix_bytes(d.vocab, d.hidden, quant, onnxquant.default_bits()[onnxquant.HEAD])
+    matmul = d.layers * per_layer + head
     precision = QUANT_TYPES[quant].onnx_precision
     float_bytes = 2 if precision == "fp16" else 4
     # Tied models gather from lm_head's own weights (int4: GatherBlockQuantized; float: shared);

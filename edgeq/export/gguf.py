@@ -384,16 +384,11 @@ def export_gguf(cfg: GgufExport) -> dict:
         if cfg.quant in GGUF_FLOAT_TYPES:
             os.replace(flt, tmp)
         else:
-            imatrix = None
-            if cfg.imatrix:
-                from edgeq.export.imatrix import load_imatrix
+            from edgeq.export.imatrix import imatrix_for
 
-                imatrix, gates["imatrix"] = load_imatrix(Path(cfg.imatrix))
-            elif cfg.imatrix_data:
-                from edgeq.export.imatrix import compute_imatrix
-
-                report.err.print(f"computing the importance matrix on {cfg.imatrix_data} …")
-                imatrix, gates["imatrix"] = compute_imatrix(model_dir, cfg.imatrix_data)
+            imatrix, summary = imatrix_for(model_dir, cfg.imatrix, cfg.imatrix_data)
+            if summary:
+                gates["imatrix"] = summary
             quant, recipe = cfg.quant, cfg.recipe
             if quant == QUANT_AUTO:
                 quant, recipe, mixed = auto_recipe(cfg, model_dir, flt, imatrix, Path(scratch))

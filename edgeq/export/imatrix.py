@@ -69,6 +69,19 @@ def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) 
     }
 
 
+def imatrix_for(model_dir: Path, path: str | None, data: str | None) -> tuple[dict | None, dict | None]:
+    """An export's importance matrix: the saved file (the build's plan), else computed on the calibration data,
+    else none. The matrix and its summary."""
+    from edgeq import report
+
+    if path:
+        return load_imatrix(Path(path))
+    if data:
+        report.err.print(f"computing the importance matrix on {data} …")
+        return compute_imatrix(model_dir, data)
+    return None, None
+
+
 def save_imatrix(matrix: dict, summary: dict, path: Path) -> None:
     """safetensors: one float32 (in_features,) tensor per GGUF tensor name, the summary as string metadata."""
     from safetensors.numpy import save_file

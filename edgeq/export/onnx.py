@@ -5,6 +5,10 @@ faster. The builder runs in a subprocess (its memory is returned when it exits; 
 out of ours). Gates before anything reaches --out: genai_config.json present, onnxruntime-genai
 loads the model and greedy-generates, and for fp32 the ONNX logits agree with HF float32
 (top-1 >= GATE_MIN_TOP1). A miss fails the export; optimum only warns.
+
+int4: the builder's graph is kept and its weights are quantized again by onnxquant (importance-weighted blocks
+with zero points, the tied embedding/head at 8 bits, as llama.cpp's Q4_K_M keeps token_embd at 8 bits): on the
+drone fine-tune mean KLD falls from the builder's 0.55 (benchmarks/RESULTS.md, "ONNX 4-bit").
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class OnnxExport:
     execution_provider: str = "cpu"
     force: bool = False
     allow_pickle: bool = False
+    imatrix_data: str | None = None  # int4: calibration JSONL for an importance matrix
+    imatrix: str | None = None  # or the matrix itself, already computed (the build's plan)
 
 
 def builder_args(model_dir: Path, out: Path, cache: Path, quant: str, ep: str) -> list[str]:
@@ -98,6 +104,8 @@ def export_onnx(cfg: OnnxExport) -> dict:
 
     if cfg.quant not in quant_names(FORMAT_ONNX):
         raise UsageError(f"unknown ONNX precision {cfg.quant!r}", None, f"valid: {', '.join(quant_names(FORMAT_ONNX))}")
+    if (cfg.imatrix_data or cfg.imatrix) and QUANT_TYPES[cfg.quant].onnx_precision != "int4":
+        raise UsageError(f"an importance matrix applies to GGUF and ONNX int4, not {cfg.quant}", None, "drop it")
     if cfg.quant == "fp16" and cfg.execution_provider == "cpu":
         raise UsageError("fp16 ONNX targets GPUs", None, "use --execution-provider cuda, or int8/int4/fp32 on CPU")
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
@@ -116,6 +124,9 @@ def export_onnx(cfg: OnnxExport) -> dict:
         )
         if not (tmp / "genai_config.json").is_file():
             raise EdgeqError("the builder wrote no genai_config.json", str(tmp))
+        recipe = None
+        if QUANT_TYPES[cfg.quant].onnx_precision == "int4":
+            recipe = requantize_int4(tmp, model_dir, cfg)
         for name in TOKENIZER_FILES:  # the chat template and tokenizer travel with the artifact
             if (model_dir / name).is_file() and not (tmp / name).exists():
                 shutil.copyfile(model_dir / name, tmp / name)
@@ -133,7 +144,28 @@ def export_onnx(cfg: OnnxExport) -> dict:
         "gates": gates,
         "nominal_bits_per_weight": QUANT_TYPES[cfg.quant].bits_per_weight,
     }
+    if recipe:
+        result["quant_recipe"] = recipe
     return result
+
+
+def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport) -> dict:
+    """The builder's int4 weights quantized again (onnxquant); what was done, for the manifest."""
+    from edgeq import report
+    from edgeq.export import onnxquant
+    from edgeq.export.imatrix import imatrix_for
+
+    imatrix, summary = imatrix_for(model_dir, cfg.imatrix, cfg.imatrix_data)
+    bits = onnxquant.default_bits()
+    report.err.print(f"quantizing {cfg.quant} weights (importance-weighted blocks, zero points) …")
+    account = onnxquant.requantize(onnx_dir, model_dir, imatrix, bits, QUANT_TYPES[cfg.quant].block_size)
+    return {
+        "method": onnxquant.METHOD,
+        "block_size": QUANT_TYPES[cfg.quant].block_size,
+        "bits": {stem: a["bits"] for stem, a in account.items() if a["bits"] != 4},
+        "default_bits": 4,
+        "importance": summary or "none: every input column weighted alike (pass --imatrix-data)",
+    }
 
 
 def export_table(r: dict):
@@ -144,8 +176,18 @@ def export_table(r: dict):
         ["artifact", r["out"]],
         ["precision", r["quant"]],
         ["size", f"{r['bytes'] / 2**20:.1f} MiB"],
+        *_recipe_rows(r.get("quant_recipe")),
         ["generates", str(r["gates"]["generates"])],
     ]
     if "fidelity" in r["gates"]:
         rows.append(["fp32 vs HF float32", f"top-1 {r['gates']['fidelity']['top1']:.3f}"])
     return report.table("export", ["", ""], rows)
+
+
+def _recipe_rows(recipe: dict | None) -> list[list[str]]:
+    if not recipe:
+        return []
+    eight = ", ".join(recipe["bits"]) or "none"
+    imp = recipe["importance"]
+    source = f"importance matrix of {imp['source']}" if isinstance(imp, dict) else "no importance matrix"
+    return [["weights", f"4-bit blocks of {recipe['block_size']}, 8-bit: {eight}; {source}"]]
