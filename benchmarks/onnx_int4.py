@@ -1,0 +1,150 @@
+"""ONNX 4-bit against GGUF Q4_K_M on one model, in one run: the builder's weights and edgeq's, side by side.
+
+    python benchmarks/onnx_int4.py --model builds/drone/.edgeq/merge/merged [--calib examples/drone/train.jsonl]
+                                   [--heldout examples/drone/test.jsonl] [--limit 40] [--out benchmarks/onnx_int4]
+
+Artifacts, all from the same float model:
+  builder RTN        onnxruntime-genai's builder, int4 block 32 as it writes it (what `edgeq export` shipped before)
+  edgeq, no imatrix  onnxquant's block fit with every input column weighted alike, head at 8 bits
+  edgeq              the same weighted by the importance matrix of --calib (what `edgeq build` exports)
+  edgeq mixed        + 8-bit layers chosen by onnxquant.solve_bits up to 1.2× the Q4_K_M file's size
+  GGUF Q4_K_M        llama.cpp's quantizer with the same importance matrix (the bar: ≤ 1.2× its size, ≤ 1.5× its KLD)
+Each is compared with the HF float model on held-out task conversations and on general text (mean KLD, top-1),
+and greedy-answers the first --limit held-out prompts through its own runtime (task score). Prints a Markdown
+table with size and KLD as ratios to Q4_K_M; writes OUT.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+MIB = 2**20
+
+
+def main() -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeq.basemodel import resolve_model
+    from edgeq.child import run_process
+    from edgeq.evaluate import (
+        TEXT_TOKENS,
+        answer_budget,
+        artifact_answers,
+        compare_logits,
+        fidelity_ids,
+        reference_logits,
+    )
+    from edgeq.export import onnxquant
+    from edgeq.export.gguf import quantize_gguf
+    from edgeq.export.imatrix import compute_imatrix
+    from edgeq.export.onnx import builder_args
+    from edgeq.machine import platform_info
+    from edgeq.plan import float_gguf_for
+    from edgeq.runtime import artifact_bytes
+    from edgeq.spec import TOKENIZER_FILES
+    from edgeq.task import load_task
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="HF model dir; default: the embedded SmolLM2-135M-Instruct")
+    ap.add_argument("--calib", default="examples/drone/train.jsonl")
+    ap.add_argument("--heldout", default="examples/drone/test.jsonl")
+    ap.add_argument("--limit", type=int, default=40, help="held-out prompts answered per artifact")
+    ap.add_argument("--size-ratio", type=float, default=1.2, help="the mixed recipe's size, × the Q4_K_M file")
+    ap.add_argument("--out", default="benchmarks/onnx_int4")
+    ap.add_argument("--from-json", default=None, help="print the table of an earlier run's OUT.json")
+    args = ap.parse_args()
+    if args.from_json:
+        summarize(json.loads(Path(args.from_json).read_text()))
+        return
+
+    model_dir = resolve_model(args.model, False)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    task = load_task(args.heldout)
+    short = load_task(args.heldout, args.limit)
+    budget = answer_budget(tok, short)
+    task_ids: list[int] = []
+    for convo in task.conversations():
+        task_ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
+    ids = {"task": task_ids[:1024], "text": fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)}
+    refs = {k: reference_logits(model, v) for k, v in ids.items()}
+    del model
+    imatrix, _ = compute_imatrix(model_dir, args.calib)
+
+    def measure(name: str, path: Path, extra: dict | None = None) -> dict:
+        r = {"name": name, "bytes": artifact_bytes(path), **(extra or {})}
+        for k in ("task", "text"):
+            c = compare_logits(path, refs[k], ids[k])
+            r[f"{k}_kld"], r[f"{k}_top1"] = c["mean_kld"], c["top1_agreement"]
+        answers, _ = artifact_answers(path, tok, short.prompts, budget)
+        r["task_score"] = short.score(answers)["score"]
+        print(
+            f"{name:18s} {r['bytes'] / MIB:7.1f} MiB  task KLD {r['task_kld']:.4f}  text KLD {r['text_kld']:.4f}  "
+            f"task {r['task_score']:.1f}",
+            flush=True,
+        )
+        return r
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgeq-onnx-int4-") as scratch:
+        work = Path(scratch)
+        flt = float_gguf_for(model_dir, work)
+        quantize_gguf(flt, work / "q4km.gguf", "Q4_K_M", imatrix)
+        q4km = measure("GGUF Q4_K_M", work / "q4km.gguf")
+        built = work / "builder"
+        run_process(builder_args(model_dir, built, work / "cache", "int4-block32", "cpu"), "the builder", "")
+        for name in TOKENIZER_FILES:
+            if (model_dir / name).is_file() and not (built / name).exists():
+                shutil.copyfile(model_dir / name, built / name)
+        rows.append(measure("builder RTN", built))
+        fits = onnxquant.fit_all(built, model_dir, imatrix, 32, (4, 8))
+        flat = onnxquant.fit_all(built, model_dir, None, 32, lambda stem: (onnxquant.default_bits().get(stem, 4),))
+        fixed = work / "fixed"
+
+        def build(name: str, f: dict, bits: dict) -> int:
+            """The variant measured; returns the bytes of the artifact that are not MatMulNBits weights."""
+            shutil.rmtree(fixed, ignore_errors=True)
+            shutil.copytree(built, fixed)
+            account = onnxquant.requantize(fixed, f, bits)
+            rows.append(measure(name, fixed, {"eight_bit": sorted(s for s, b in bits.items() if b == 8)}))
+            return artifact_bytes(fixed) - sum(a["bytes"] for a in account.values())
+
+        build("edgeq, no imatrix", flat, onnxquant.default_bits())
+        other = build("edgeq", fits, onnxquant.default_bits())
+        mixed_bits = onnxquant.solve_bits(fits, args.size_ratio * q4km["bytes"] - other)
+        build(f"edgeq mixed ≤ {args.size_ratio}× Q4_K_M", fits, mixed_bits)
+    rows.append(q4km)
+    result = {
+        "model": str(model_dir),
+        "cpu": platform_info()["cpu"],
+        "calib": args.calib,
+        "heldout": args.heldout,
+        "limit": args.limit,
+        "rows": rows,
+    }
+    Path(args.out + ".json").write_text(json.dumps(result, indent=1))
+    summarize(result)
+
+
+def summarize(result: dict) -> None:
+    rows = result["rows"]
+    ref = next(r for r in rows if r["name"] == "GGUF Q4_K_M")
+    print(f"\n{result['model']} on {result['cpu']}; task score on the first {result['limit']} held-out prompts")
+    print("| artifact | size MiB | × Q4_K_M | task KLD | × Q4_K_M | top-1 task | text KLD | task score | 8-bit |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        eight = r.get("eight_bit")
+        print(
+            f"| {r['name']} | {r['bytes'] / MIB:.1f} | {r['bytes'] / ref['bytes']:.2f} | {r['task_kld']:.4f} | "
+            f"{r['task_kld'] / ref['task_kld']:.2f} | {r['task_top1']:.3f} | {r['text_kld']:.4f} | "
+            f"{r['task_score']:.1f} | {len(eight) if eight is not None else '–'} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
