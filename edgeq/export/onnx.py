@@ -156,9 +156,10 @@ def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport) -> dict:
     from edgeq.export.imatrix import imatrix_for
 
     imatrix, summary = imatrix_for(model_dir, cfg.imatrix, cfg.imatrix_data)
-    bits = onnxquant.default_bits()
+    bits, block = onnxquant.default_bits(), QUANT_TYPES[cfg.quant].block_size
     report.err.print(f"quantizing {cfg.quant} weights (importance-weighted blocks, zero points) …")
-    account = onnxquant.requantize(onnx_dir, model_dir, imatrix, bits, QUANT_TYPES[cfg.quant].block_size)
+    fits = onnxquant.fit_all(onnx_dir, model_dir, imatrix, block, lambda stem: (bits.get(stem, 4),))
+    account = onnxquant.requantize(onnx_dir, fits, bits)
     return {
         "method": onnxquant.METHOD,
         "block_size": QUANT_TYPES[cfg.quant].block_size,

@@ -61,12 +61,14 @@ def nbytes(n: int, k: int, bits: int, block: int) -> int:
 
 
 def fit_blocks(w: np.ndarray, a: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """w (n, k) float32, a (k,) importance → levels uint8 (n, k/block, block), scales float32 (n, k/block),
-    zero points uint8 (n, k/block) minimising Σ a (w − ŵ)² over the SHRINK grid, each refit by least squares."""
+    """w (n, k) float32, a (k,) importance → levels uint8 (n, blocks, block), scales float32 (n, blocks), zero
+    points uint8 (n, blocks), blocks = ⌈k / block⌉, minimising Σ a (w − ŵ)² over the SHRINK grid, each refit by
+    least squares."""
     n, k = w.shape
-    qmax = 2**bits - 1
-    x = w.reshape(n, k // block, block).astype(np.float32)  # (n, blocks, block)
-    aw = (a + 1e-6 * max(float(a.mean()), 1e-12)).reshape(1, k // block, block).astype(np.float32)
+    qmax, blocks = 2**bits - 1, -(-k // block)
+    pad = blocks * block - k  # a last partial block is padded with zeros, as the builder does (576 = 4.5 × 128)
+    x = np.pad(w.astype(np.float32), ((0, 0), (0, pad))).reshape(n, blocks, block)  # (n, blocks, block)
+    aw = np.pad(a + 1e-6 * max(float(a.mean()), 1e-12), (0, pad)).reshape(1, blocks, block).astype(np.float32)
     lo, hi = x.min(-1), x.max(-1)
     mid, span = (hi + lo) / 2, np.maximum(hi - lo, 1e-12)
     best_err = np.full(lo.shape, np.inf, np.float32)
@@ -91,9 +93,10 @@ def fit_blocks(w: np.ndarray, a: np.ndarray, bits: int, block: int) -> tuple[np.
     return best_q, best_s.astype(np.float32), best_z
 
 
-def dequantize(q: np.ndarray, s: np.ndarray, z: np.ndarray) -> np.ndarray:
+def dequantize(q: np.ndarray, s: np.ndarray, z: np.ndarray, k: int | None = None) -> np.ndarray:
+    """(n, k): the weights the levels stand for, the padding of a last partial block cut off."""
     n, blocks, block = q.shape
-    return ((q.astype(np.float32) - z[..., None]) * s[..., None]).reshape(n, blocks * block)
+    return ((q.astype(np.float32) - z[..., None]) * s[..., None]).reshape(n, blocks * block)[:, :k]
 
 
 def error(w: np.ndarray, wq: np.ndarray, a: np.ndarray) -> float:
@@ -181,31 +184,59 @@ def _set_bits(node, bits: int) -> None:
             attr.i = bits
 
 
-def requantize(onnx_dir: Path, model_dir: Path, imatrix: dict | None, bits: dict[str, int], block: int) -> dict:
-    """Rewrite onnx_dir/model.onnx(.data): every MatMulNBits weight at bits[stem] (default 4), fit to the float
-    model's tensors; the embedding gather follows the head it shares. {stem: {"bits", "bytes", "error"}}."""
+@dataclass(frozen=True)
+class Fit:
+    q: np.ndarray  # levels (n, blocks, block)
+    s: np.ndarray  # scales (n, blocks)
+    z: np.ndarray  # zero points (n, blocks)
+    bytes: int
+    error: float  # Σ a (w − ŵ)²
+
+
+def fit_all(onnx_dir: Path, model_dir: Path, imatrix: dict | None, block: int, widths) -> dict[tuple[str, int], Fit]:
+    """Every MatMulNBits weight of the builder's graph fit at every bit width in `widths`, keyed (stem, bits)."""
     import onnx
     from transformers import AutoConfig
+
+    graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
+    tensors = float_tensors(model_dir)
+    fits = {}
+    for w in weights_of(graph, AutoConfig.from_pretrained(model_dir)):
+        fw, a = float_weight(tensors, w), importance(imatrix, w)
+        for b in widths(w.stem) if callable(widths) else widths:
+            q, s, z = fit_blocks(fw, a, b, block)
+            fits[w.stem, b] = Fit(q, s, z, nbytes(w.n, w.k, b, block), error(fw, dequantize(q, s, z, w.k), a[None, :]))
+    return fits
+
+
+def solve_bits(fits: dict[tuple[str, int], Fit], max_bytes: float) -> dict[str, int]:
+    """The bit width of every weight that minimises Σ error with Σ bytes ≤ max_bytes (mixed.solve's knapsack);
+    BudgetError with the smallest reachable size when even all-4-bit misses."""
+    from edgeq.mixed import Option, solve
+
+    options: dict[str, list[Option]] = {}
+    for (stem, b), f in fits.items():
+        options.setdefault(stem, []).append(Option(str(b), f.bytes, f.bytes, f.error))
+    return {stem: int(t) for stem, t in solve(options, max_bytes, float("inf")).recipe.items()}
+
+
+def requantize(onnx_dir: Path, fits: dict[tuple[str, int], Fit], bits: dict[str, int]) -> dict:
+    """Rewrite onnx_dir/model.onnx(.data): every MatMulNBits weight at bits[stem] (default 4), from its fit; the
+    embedding gather follows the head it shares. {stem: {"bits", "bytes", "error"}}."""
+    import onnx
 
     path = onnx_dir / "model.onnx"
     model = onnx.load(str(path))
     graph = model.graph
     init = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
-    tensors = float_tensors(model_dir)
     account = {}
-    for w in weights_of(graph, AutoConfig.from_pretrained(model_dir)):
-        b = bits.get(w.stem, 4)
-        if w.k % block:
-            raise EdgeqError(f"{w.stem}: {w.k} input columns are not a multiple of block {block}", None, "report it")
-        fw, a = float_weight(tensors, w), importance(imatrix, w)
-        q, s, z = fit_blocks(fw, a, b, block)
-        account[w.stem] = {
-            "bits": b,
-            "bytes": nbytes(w.n, w.k, b, block),
-            "error": error(fw, dequantize(q, s, z), a[None, :]),
-        }
-        data, scales, zp = (f"{w.stem}.MatMul.weight_{x}" for x in ("Q4", "scales", "zero_points"))
+    for stem in sorted({stem for stem, _ in fits}):
+        b = bits.get(stem, 4)
+        f = fits[stem, b]
+        q, s, z = f.q, f.s, f.z
+        account[stem] = {"bits": b, "bytes": f.bytes, "error": f.error}
+        data, scales, zp = (f"{stem}.MatMul.weight_{x}" for x in ("Q4", "scales", "zero_points"))
         _set_input(graph, init, data, pack(q, b))
         _set_input(graph, init, scales, s)
         _set_input(graph, init, zp, pack(z, b).reshape(-1))
@@ -215,8 +246,8 @@ def requantize(onnx_dir: Path, model_dir: Path, imatrix: dict | None, bits: dict
                 _set_bits(node, b)
             elif node.op_type == GATHER and (reshape := producers.get(node.input[0])) and reshape.input[0] == data:
                 # the tied embedding: the head's levels seen as a (vocab, hidden·bits/8) table
-                _set_input(graph, init, f"{w.stem}.gather_shape", np.array([w.n, w.k * b // 8], np.int64))
-                reshape.input[1] = f"{w.stem}.gather_shape"
+                _set_input(graph, init, f"{stem}.gather_shape", np.array([q.shape[0], q[0].size * b // 8], np.int64))
+                reshape.input[1] = f"{stem}.gather_shape"
                 _set_input(graph, init, f"{zp}_gather", pack(z, b))  # (vocab, ⌈blocks·bits/8⌉): the scales' rows
                 node.input[:] = [node.input[0], node.input[1], scales, f"{zp}_gather"]
                 _set_bits(node, b)

@@ -82,3 +82,14 @@ def test_int4_export_is_the_requantized_graph_and_runs(tmp_path, tiny_model):
         if t.name.endswith(("weight_Q4", "weight_scales", "weight_zero_points"))
     )
     assert weights == onnx_bytes(Dims.from_config(tiny_model), "int4-block32")["matmul"]
+
+
+def test_a_partial_last_block_is_padded_like_the_builders():
+    # 576 columns in blocks of 128 (int4-block128 on SmolLM2): 5 blocks, the last half padding
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(4, 96)).astype(np.float32)
+    q, s, z = onnxquant.fit_blocks(w, np.ones(96, np.float32), 4, 64)
+    assert q.shape == (4, 2, 64) and s.shape == (4, 2)
+    wq = onnxquant.dequantize(q, s, z, 96)
+    assert wq.shape == w.shape and np.abs(w - wq).max() < 0.5 * (w.max() - w.min())
+    assert onnxquant.nbytes(4, 96, 4, 64) == 4 * 2 * 32 + 4 * 2 * 4 + 4 * 1
