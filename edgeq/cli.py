@@ -270,7 +270,8 @@ def merge(**kw) -> None:
         f"{fmt.upper()}: " + ", ".join(q + (" (default)" if q == DEFAULT_QUANT[fmt] else "") for q in quant_names(fmt))
         for fmt in FORMATS
     )
-    + f". GGUF {QUANT_AUTO}: a per-tensor mixture sized to --max-size-mib / --max-rss-mib.",
+    + f". GGUF {QUANT_AUTO}: a per-tensor mixture sized to --max-size-mib / --max-rss-mib; ONNX {QUANT_AUTO}: "
+    "4- and 8-bit weights sized to --max-size-mib.",
 )
 @click.option("--out", required=True, type=click.Path(), help="Output artifact path (GGUF file or ONNX folder).")
 @click.option(
@@ -325,7 +326,7 @@ def export(
         raise UsageError(
             f"--max-size-mib / --max-rss-mib / --tensor-type go with --quant {QUANT_AUTO}",
             None,
-            f"pass --quant {QUANT_AUTO} with --max-size-mib and/or --max-rss-mib (GGUF)",
+            f"pass --quant {QUANT_AUTO} with --max-size-mib and/or --max-rss-mib (GGUF; ONNX: --max-size-mib)",
         )
     if fmt == FORMAT_GGUF:
         from edgeq.export.gguf import GgufExport, export_gguf, export_table
@@ -347,6 +348,10 @@ def export(
     else:
         from edgeq.export.onnx import OnnxExport, export_onnx, export_table
 
+        if max_rss_mib is not None or tensor_types:
+            raise UsageError(
+                "--max-rss-mib and --tensor-type are GGUF only", None, "ONNX --quant auto takes --max-size-mib"
+            )
         result = export_onnx(
             OnnxExport(
                 model=model_dir,
@@ -356,6 +361,7 @@ def export(
                 force=force,
                 allow_pickle=allow_pickle,
                 imatrix_data=imatrix_data,
+                max_size_mib=max_size_mib,
             )
         )
     report.out.print(export_table(result))

@@ -114,7 +114,8 @@ QUANT_TYPES = {
     )
 }
 DEFAULT_QUANT = {FORMAT_GGUF: "Q4_K_M", FORMAT_ONNX: "int4-block32"}  # export's --quant when none is given
-QUANT_AUTO = "auto"  # GGUF export: a per-tensor mixture sized to --max-size-mib / --max-rss-mib (mixed.py)
+QUANT_AUTO = "auto"  # export: GGUF, a per-tensor mixture sized to --max-size-mib / --max-rss-mib (mixed.py);
+# ONNX, 4- and 8-bit weights sized to --max-size-mib (onnxquant.solve_bits)
 
 
 def quant_names(fmt: str, calibrated_only: bool = False) -> tuple[str, ...]:

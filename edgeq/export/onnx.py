@@ -22,7 +22,17 @@ from edgeq.child import run_process
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.io import atomic_dir, check_free_disk
 from edgeq.runtime import artifact_bytes
-from edgeq.spec import DEFAULT_QUANT, FORMAT_ONNX, GATE_MIN_TOP1, QUANT_TYPES, TOKENIZER_FILES, quant_names
+from edgeq.spec import (
+    DEFAULT_QUANT,
+    FORMAT_ONNX,
+    GATE_MIN_TOP1,
+    QUANT_AUTO,
+    QUANT_TYPES,
+    TOKENIZER_FILES,
+    quant_names,
+)
+
+AUTO_LAYOUT = "int4-block32"  # --quant auto: 4- and 8-bit weights in this type's blocks, the solver choosing
 
 
 @dataclass
@@ -35,6 +45,7 @@ class OnnxExport:
     allow_pickle: bool = False
     imatrix_data: str | None = None  # int4: calibration JSONL for an importance matrix
     imatrix: str | None = None  # or the matrix itself, already computed (the build's plan)
+    max_size_mib: float | None = None  # --quant auto: the artifact's size budget (the folder, tokenizer included)
 
 
 def builder_args(model_dir: Path, out: Path, cache: Path, quant: str, ep: str) -> list[str]:
@@ -102,9 +113,13 @@ def export_onnx(cfg: OnnxExport) -> dict:
     from edgeq import report
     from edgeq.basemodel import resolve_model, weights_bytes
 
-    if cfg.quant not in quant_names(FORMAT_ONNX):
-        raise UsageError(f"unknown ONNX precision {cfg.quant!r}", None, f"valid: {', '.join(quant_names(FORMAT_ONNX))}")
-    if (cfg.imatrix_data or cfg.imatrix) and QUANT_TYPES[cfg.quant].onnx_precision != "int4":
+    if cfg.quant not in (*quant_names(FORMAT_ONNX), QUANT_AUTO):
+        valid = ", ".join((*quant_names(FORMAT_ONNX), QUANT_AUTO))
+        raise UsageError(f"unknown ONNX precision {cfg.quant!r}", None, f"valid: {valid}")
+    if (cfg.quant == QUANT_AUTO) != (cfg.max_size_mib is not None):
+        raise UsageError(f"--quant {QUANT_AUTO} and --max-size-mib go together", None, "pass both, or neither")
+    kind = AUTO_LAYOUT if cfg.quant == QUANT_AUTO else cfg.quant  # the builder's precision and block
+    if (cfg.imatrix_data or cfg.imatrix) and QUANT_TYPES[kind].onnx_precision != "int4":
         raise UsageError(f"an importance matrix applies to GGUF and ONNX int4, not {cfg.quant}", None, "drop it")
     if cfg.quant == "fp16" and cfg.execution_provider == "cpu":
         raise UsageError("fp16 ONNX targets GPUs", None, "use --execution-provider cuda, or int8/int4/fp32 on CPU")
@@ -116,23 +131,23 @@ def export_onnx(cfg: OnnxExport) -> dict:
         atomic_dir(out, force=cfg.force, protect=[model_dir]) as tmp,
         tempfile.TemporaryDirectory(prefix=".edgeq-tmp-", dir=out.parent) as cache,
     ):
-        report.err.print(f"building {cfg.quant} ONNX with onnxruntime-genai's model builder …")
+        report.err.print(f"building {kind} ONNX with onnxruntime-genai's model builder …")
         run_process(
-            builder_args(model_dir, tmp, Path(cache), cfg.quant, cfg.execution_provider),
+            builder_args(model_dir, tmp, Path(cache), kind, cfg.execution_provider),
             "onnxruntime-genai's model builder",
             str(model_dir),
         )
         if not (tmp / "genai_config.json").is_file():
             raise EdgeqError("the builder wrote no genai_config.json", str(tmp))
-        recipe = None
-        if QUANT_TYPES[cfg.quant].onnx_precision == "int4":
-            recipe = requantize_int4(tmp, model_dir, cfg)
         for name in TOKENIZER_FILES:  # the chat template and tokenizer travel with the artifact
             if (model_dir / name).is_file() and not (tmp / name).exists():
                 shutil.copyfile(model_dir / name, tmp / name)
+        recipe = None
+        if QUANT_TYPES[kind].onnx_precision == "int4":
+            recipe = requantize_int4(tmp, model_dir, cfg, kind)
         runnable = cfg.execution_provider == "cpu" or "CUDAExecutionProvider" in ort_providers()
         gates = {"generates": gate_generates(tmp, tok) if runnable else "skipped: no CUDA execution provider here"}
-        if cfg.quant == "fp32":
+        if kind == "fp32":
             gates["fidelity"] = gate_fidelity(tmp, model_dir, tok)
         size = artifact_bytes(tmp)
     result = {
@@ -142,30 +157,53 @@ def export_onnx(cfg: OnnxExport) -> dict:
         "bytes": size,
         "execution_provider": cfg.execution_provider,
         "gates": gates,
-        "nominal_bits_per_weight": QUANT_TYPES[cfg.quant].bits_per_weight,
+        "nominal_bits_per_weight": QUANT_TYPES[kind].bits_per_weight,
     }
     if recipe:
         result["quant_recipe"] = recipe
     return result
 
 
-def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport) -> dict:
-    """The builder's int4 weights quantized again (onnxquant); what was done, for the manifest."""
+def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport, kind: str) -> dict:
+    """The builder's int4 weights quantized again (onnxquant): the default bits, or with --quant auto the 4/8-bit
+    mix the solver picks for --max-size-mib. What was done, for the manifest."""
     from edgeq import report
+    from edgeq.errors import BudgetError
     from edgeq.export import onnxquant
     from edgeq.export.imatrix import imatrix_for
 
+    auto = cfg.quant == QUANT_AUTO
     imatrix, summary = imatrix_for(model_dir, cfg.imatrix, cfg.imatrix_data)
-    bits, block = onnxquant.default_bits(), QUANT_TYPES[cfg.quant].block_size
-    report.err.print(f"quantizing {cfg.quant} weights (importance-weighted blocks, zero points) …")
-    fits = onnxquant.fit_all(onnx_dir, model_dir, imatrix, block, lambda stem: (bits.get(stem, 4),))
+    bits, block = onnxquant.default_bits(), QUANT_TYPES[kind].block_size
+    report.err.print(f"quantizing {kind} weights (importance-weighted blocks, zero points) …")
+    widths = (4, 8) if auto else (lambda stem: (bits.get(stem, 4),))
+    fits = onnxquant.fit_all(onnx_dir, model_dir, imatrix, block, widths)
     account = onnxquant.requantize(onnx_dir, fits, bits)
+    solved = None
+    if auto:
+        budget = cfg.max_size_mib * 2**20
+        other = artifact_bytes(onnx_dir) - sum(a["bytes"] for a in account.values())  # norms, caches, tokenizer
+        smallest = other + sum(f.bytes for (_, b), f in fits.items() if b == 4)
+        if smallest > budget:
+            raise BudgetError(
+                f"the smallest 4-bit ONNX artifact of this model is {smallest / 2**20:.1f} MiB; "
+                f"--max-size-mib is {cfg.max_size_mib:g}",
+                str(model_dir),
+                f"raise --max-size-mib to {smallest / 2**20:.1f} or more, or export GGUF",
+            )
+        bits = onnxquant.solve_bits(fits, budget - other)
+        account = onnxquant.requantize(onnx_dir, fits, bits)
+        size = artifact_bytes(onnx_dir)
+        if size > budget:  # the layout is exact: a miss is a defect, not a budget problem
+            raise EdgeqError(f"the solved ONNX artifact is {size / 2**20:.2f} MiB, over its budget", str(onnx_dir))
+        solved = {"max_size_mib": cfg.max_size_mib, "error": sum(a["error"] for a in account.values())}
     return {
         "method": onnxquant.METHOD,
-        "block_size": QUANT_TYPES[cfg.quant].block_size,
+        "block_size": block,
         "bits": {stem: a["bits"] for stem, a in account.items() if a["bits"] != 4},
         "default_bits": 4,
         "importance": summary or "none: every input column weighted alike (pass --imatrix-data)",
+        **({"solver": solved} if solved else {}),
     }
 
 
@@ -188,7 +226,11 @@ def export_table(r: dict):
 def _recipe_rows(recipe: dict | None) -> list[list[str]]:
     if not recipe:
         return []
-    eight = ", ".join(recipe["bits"]) or "none"
+    eight = sorted(recipe["bits"])
+    named = ", ".join(eight) if len(eight) <= 3 else f"{len(eight)} weights ({', '.join(eight[:2])}, …)"
     imp = recipe["importance"]
     source = f"importance matrix of {imp['source']}" if isinstance(imp, dict) else "no importance matrix"
-    return [["weights", f"4-bit blocks of {recipe['block_size']}, 8-bit: {eight}; {source}"]]
+    rows = [["weights", f"4-bit blocks of {recipe['block_size']}, 8-bit: {named or 'none'}; {source}"]]
+    if "solver" in recipe:
+        rows.append(["size budget", f"{recipe['solver']['max_size_mib']:g} MiB (the 4/8-bit mix solved for it)"])
+    return rows

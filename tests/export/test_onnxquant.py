@@ -93,3 +93,32 @@ def test_a_partial_last_block_is_padded_like_the_builders():
     wq = onnxquant.dequantize(q, s, z, 96)
     assert wq.shape == w.shape and np.abs(w - wq).max() < 0.5 * (w.max() - w.min())
     assert onnxquant.nbytes(4, 96, 4, 64) == 4 * 2 * 32 + 4 * 2 * 4 + 4 * 1
+
+
+def test_auto_spends_a_size_budget_on_8_bit_weights(tmp_path, tiny_model):
+    """Halfway between the all-4-bit and the all-8-bit size, --quant auto lands under the budget with some
+    weights at 8 bits and some at 4; the result runs (the export's generate gate)."""
+    from edgeq.export.onnx import OnnxExport, export_onnx
+
+    def export(name: str, budget: float | None) -> dict:
+        quant = "int4-block32" if budget is None else "auto"
+        return export_onnx(OnnxExport(str(tiny_model), str(tmp_path / name), quant, max_size_mib=budget))
+
+    small, large = export("small", None), export("large", 1e6)
+    n = len(large["quant_recipe"]["bits"])  # every weight at 8 bits
+    budget = (small["bytes"] + large["bytes"]) / 2 / 2**20
+    r = export("auto", budget)
+    assert small["bytes"] < r["bytes"] <= budget * 2**20 < large["bytes"]
+    assert 1 < len(r["quant_recipe"]["bits"]) < n and r["quant_recipe"]["solver"]["max_size_mib"] == budget
+    assert r["gates"]["generates"]["generated_tokens"] > 0
+
+
+def test_auto_below_the_smallest_artifact_is_exit_3_and_writes_nothing(tmp_path, tiny_model):
+    from tests.conftest import run_edgeq
+
+    out = tmp_path / "o"
+    r = run_edgeq(
+        "export", "--model", tiny_model, "--format", "onnx", "--quant", "auto", "--max-size-mib", 1, "--out", out
+    )
+    assert r.returncode == 3 and "smallest 4-bit ONNX artifact" in r.stderr and not out.exists()
+    assert "Traceback" not in r.stderr
