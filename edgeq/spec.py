@@ -89,6 +89,7 @@ class QuantType:
 # is edgeq's own measurement: the default model fine-tuned on the drone task (benchmarks/RESULTS.md,
 # "Every export type"). Larger models lose less at every type; the order is what the prior is for.
 _DRONE = "measured: drone fine-tune of the default model (benchmarks/RESULTS.md, Every export type)"
+_DRONE_ONNX4 = "measured: drone fine-tune, edgeq's int4 without an imatrix (benchmarks/RESULTS.md, ONNX 4-bit)"
 _GUESS = "not measured: placed between the float types and the 8-bit ones"
 QUANT_TYPES = {
     q.name: q
@@ -106,8 +107,8 @@ QUANT_TYPES = {
         QuantType("IQ4_XS", FORMAT_GGUF, 4.25, 0.1949, _DRONE, "MOSTLY_IQ4_XS"),
         QuantType("Q3_K_M", FORMAT_GGUF, 3.9, 0.2536, _DRONE, "MOSTLY_Q3_K_M"),
         QuantType("Q2_K", FORMAT_GGUF, 3.35, 0.7421, _DRONE, "MOSTLY_Q2_K"),
-        QuantType("int4-block32", FORMAT_ONNX, 5.125, 0.5645, _DRONE, onnx_precision="int4", block_size=32),
-        QuantType("int4-block128", FORMAT_ONNX, 4.28, 1.0482, _DRONE, onnx_precision="int4", block_size=128),
+        QuantType("int4-block32", FORMAT_ONNX, 5.125, 0.2845, _DRONE_ONNX4, onnx_precision="int4", block_size=32),
+        QuantType("int4-block128", FORMAT_ONNX, 4.28, 0.6202, _DRONE_ONNX4, onnx_precision="int4", block_size=128),
         QuantType("int8", FORMAT_ONNX, 8.0, 0.0047, _DRONE, onnx_precision="int8"),
         QuantType("fp16", FORMAT_ONNX, 16.0, 0.0005, _GUESS + " (CUDA only)", onnx_precision="fp16", calibrated=False),
         QuantType("fp32", FORMAT_ONNX, 32.0, 0.0, "exact", onnx_precision="fp32"),
