@@ -29,19 +29,15 @@ MIB = 2**20
 
 
 def main() -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from common import references
 
     from edgeq import mixed
     from edgeq.basemodel import resolve_model
     from edgeq.bench import measure_in_child
     from edgeq.evaluate import (
-        TEXT_TOKENS,
         answer_budget,
         artifact_answers,
         compare_logits,
-        fidelity_ids,
-        reference_logits,
     )
     from edgeq.export.gguf import quantize_gguf
     from edgeq.export.imatrix import compute_imatrix
@@ -64,18 +60,9 @@ def main() -> None:
         return
 
     model_dir = resolve_model(args.model, False)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     task = load_task(args.heldout)
+    tok, ids, refs = references(model_dir, task)
     budget = answer_budget(tok, task)
-    task_ids: list[int] = []
-    for convo in task.conversations():
-        task_ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
-    task_ids = task_ids[:1024]
-    text_ids = fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)
-    refs = {"task": reference_logits(model, task_ids), "text": reference_logits(model, text_ids)}
-    ids = {"task": task_ids, "text": text_ids}
-    del model
     quants = [q for q in quant_names(FORMAT_GGUF, calibrated_only=True) if q not in GGUF_FLOAT_TYPES]
     cal_path, cal = machine_calibration()
     rows = []
@@ -182,8 +169,9 @@ def summarize(result: dict) -> None:
             f"{m['predicted_rss_mib']:.0f} / {m['peak_rss_mib']:.0f} ({rss_error:+.1%}) |"
         )
     files = [r[k] for r in rows for k in ("uniform", "mixed")]
-    for source, name in (("raw_error", "raw error sum"), ("error", "priced error sum")):
-        if all(source in f for f in files):  # runs before the raw sum was recorded have only the priced one
+    priced = all("raw_error" in f for f in files)  # earlier runs recorded one sum: their solver's, raw at 7eae720
+    for source, name in (("raw_error", "raw error sum"), ("error", "priced error sum" if priced else "error sum")):
+        if all(source in f for f in files):
             for key in ("task_kld", "text_kld"):
                 rho = spearman([f[source] for f in files], [f[key] for f in files])
                 print(f"Spearman ρ ({name} vs measured {key}, {len(files)} files): {rho:.3f}")

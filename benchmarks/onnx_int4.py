@@ -26,18 +26,14 @@ MIB = 2**20
 
 
 def main() -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from common import references
 
     from edgeq.basemodel import resolve_model
     from edgeq.child import run_process
     from edgeq.evaluate import (
-        TEXT_TOKENS,
         answer_budget,
         artifact_answers,
         compare_logits,
-        fidelity_ids,
-        reference_logits,
     )
     from edgeq.export import onnxquant
     from edgeq.export.gguf import quantize_gguf
@@ -63,17 +59,9 @@ def main() -> None:
         return
 
     model_dir = resolve_model(args.model, False)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    task = load_task(args.heldout)
+    tok, ids, refs = references(model_dir, load_task(args.heldout))
     short = load_task(args.heldout, args.limit)
     budget = answer_budget(tok, short)
-    task_ids: list[int] = []
-    for convo in task.conversations():
-        task_ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
-    ids = {"task": task_ids[:1024], "text": fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)}
-    refs = {k: reference_logits(model, v) for k, v in ids.items()}
-    del model
     imatrix, _ = compute_imatrix(model_dir, args.calib)
 
     def measure(name: str, path: Path, extra: dict | None = None) -> dict:

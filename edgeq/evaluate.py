@@ -117,6 +117,17 @@ def served_answers(path: Path, prompts: list[list[dict]], max_new_tokens: int = 
     return chat(path, [user_only(p) for p in prompts], max_new_tokens)
 
 
+def task_text_ids(tok, task, n: int) -> list[int]:
+    """The first n tokens of the held-out conversations (prompt and reference answer), each rendered with the
+    chat template as in training: where the task's KLD is measured."""
+    ids: list[int] = []
+    for convo in task.conversations():
+        if len(ids) >= n:
+            break
+        ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
+    return ids[:n]
+
+
 def answer_positions(tok, task) -> tuple[list[list[int]], list[int]]:
     """Each held-out conversation's ids and where its reference answer starts (after the generation prompt)."""
     seqs, starts = [], []
@@ -245,12 +256,7 @@ def evaluate(
         "text": compare_logits(artifact, reference_logits(model, text_ids), text_ids),
     }
     if task:
-        task_ids: list[int] = []
-        for convo in task.conversations():  # whole conversations, until TASK_TOKENS are reached
-            if len(task_ids) >= TASK_TOKENS:
-                break
-            task_ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
-        task_ids = task_ids[: min(TASK_TOKENS, positions)]
+        task_ids = task_text_ids(tok, task, min(TASK_TOKENS, positions))
         result["task_text"] = compare_logits(artifact, reference_logits(model, task_ids), task_ids)
         budget = answer_budget(tok, task)
         chats = served_answers(artifact, task.prompts, budget) if served else None
