@@ -272,8 +272,9 @@ def _matrix_bytes(rows: int, cols: int, quant: str, bits: int = 4) -> int:
     return rows * cols * (4 if precision == "fp32" else 2)
 
 
-def onnx_bytes(d: Dims, quant: str) -> dict[str, int]:
-    """The builder's initializers: matmul weights, a gather-only embedding, norms and RoPE caches."""
+def onnx_bytes(d: Dims, quant: str, head_bits: int | None = None) -> dict[str, int]:
+    """The builder's initializers: matmul weights, a gather-only embedding, norms and RoPE caches. int4: the head
+    at head_bits (default: onnxquant's recipe), every other weight at 4 bits."""
     q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
     per_layer = (
         _matrix_bytes(q + 2 * kv, d.hidden, quant)  # fused q/k/v
@@ -281,7 +282,7 @@ def onnx_bytes(d: Dims, quant: str) -> dict[str, int]:
         + 2 * _matrix_bytes(d.intermediate, d.hidden, quant)  # gate, up
         + _matrix_bytes(d.hidden, d.intermediate, quant)  # down
     )
-    head = _matrix_bytes(d.vocab, d.hidden, quant, onnxquant.default_bits()[onnxquant.HEAD])
+    head = _matrix_bytes(d.vocab, d.hidden, quant, head_bits or onnxquant.default_bits()[onnxquant.HEAD])
     matmul = d.layers * per_layer + head
     precision = QUANT_TYPES[quant].onnx_precision
     float_bytes = 2 if precision == "fp16" else 4

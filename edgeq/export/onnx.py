@@ -124,6 +124,8 @@ def export_onnx(cfg: OnnxExport) -> dict:
     if cfg.quant == "fp16" and cfg.execution_provider == "cpu":
         raise UsageError("fp16 ONNX targets GPUs", None, "use --execution-provider cuda, or int8/int4/fp32 on CPU")
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
+    if cfg.quant == QUANT_AUTO:
+        check_reachable(model_dir, cfg.max_size_mib)
     out = Path(cfg.out)
     check_free_disk(out.parent, 2 * weights_bytes(model_dir), "the ONNX export")
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -162,6 +164,24 @@ def export_onnx(cfg: OnnxExport) -> dict:
     if recipe:
         result["quant_recipe"] = recipe
     return result
+
+
+def check_reachable(model_dir: Path, max_size_mib: float) -> None:
+    """Exit 3 before anything is built where even every weight at 4 bits misses --max-size-mib: the weights, norms
+    and RoPE caches (plan's layout) and the tokenizer files alone are larger."""
+    from edgeq.errors import BudgetError
+    from edgeq.plan import Dims, onnx_bytes
+
+    sizes = onnx_bytes(Dims.from_config(model_dir), AUTO_LAYOUT, head_bits=4)
+    tokenizer = sum((model_dir / n).stat().st_size for n in TOKENIZER_FILES if (model_dir / n).is_file())
+    smallest = sum(sizes.values()) + tokenizer
+    if smallest > max_size_mib * 2**20:
+        raise BudgetError(
+            f"the smallest 4-bit ONNX artifact of this model is over {smallest / 2**20:.1f} MiB; "
+            f"--max-size-mib is {max_size_mib:g}",
+            str(model_dir),
+            f"raise --max-size-mib above {smallest / 2**20:.1f}, or export GGUF",
+        )
 
 
 def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport, kind: str) -> dict:
