@@ -3,6 +3,7 @@
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -301,7 +302,10 @@ def test_a_budget_breached_at_bench_exits_3_with_the_report_written(setup, built
     )  # tiny: ~19 ms
     assert r.returncode == 3, r.stderr[-2000:]
     assert "ttft" in r.stderr and "report.md" in r.stderr and "Traceback" not in r.stderr
-    assert "budget breached** — ttft" in (out / "report.md").read_text()
+    result = next(ln for ln in (out / "report.md").read_text().splitlines() if ln.startswith("**Result:"))
+    # another budget may breach too on a slower or busier machine (the test shares it): ttft must be among them
+    assert result.startswith("**Result: budget breached** — "), result
+    assert re.search(r"ttft [0-9.]+ ms vs max 1\b", result), result
     m = json.loads((out / "manifest.json").read_text())
     assert m["profile"]["ttft_ms"] == 1  # the outputs are this build's, breach and all (the sweep does not judge TTFT)
 
