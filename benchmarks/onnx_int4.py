@@ -7,11 +7,14 @@ Artifacts, all from the same float model:
   builder RTN        onnxruntime-genai's builder, int4 block 32 as it writes it (what `edgeq export` shipped before)
   edgeq, no imatrix  onnxquant's block fit with every input column weighted alike, head at 8 bits
   edgeq              the same weighted by the importance matrix of --calib (what `edgeq build` exports)
-  edgeq mixed        + 8-bit layers chosen by onnxquant.solve_bits up to 1.2× the Q4_K_M file's size
+  edgeq 4/8 b32      + 8-bit weights chosen by the solver up to 1.2× the Q4_K_M file's size, all in blocks of 32
+  edgeq auto         `--quant auto`: bits (4, 8) and block size (16–128) chosen per weight by the solver, at 1.2×
+                     and at 1.0× the Q4_K_M file's size
   GGUF Q4_K_M        llama.cpp's quantizer with the same importance matrix (the bar: ≤ 1.2× its size, ≤ 1.5× its KLD)
 Each is compared with the HF float model on held-out task conversations and on general text (mean KLD, top-1),
-and greedy-answers the first --limit held-out prompts through its own runtime (task score). Prints a Markdown
-table with size and KLD as ratios to Q4_K_M; writes OUT.json.
+greedy-answers the first --limit held-out prompts through its own runtime (task score), and is timed once
+(edgeq bench's measurement: 128 prompt + 64 generated tokens, 2 threads; decode tok/s and peak RSS). Prints a
+Markdown table with size and KLD as ratios to Q4_K_M; writes OUT.json.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 MIB = 2**20
@@ -29,6 +33,7 @@ def main() -> None:
     from common import references
 
     from edgeq.basemodel import resolve_model
+    from edgeq.bench import measure_in_child
     from edgeq.child import run_process
     from edgeq.evaluate import (
         answer_budget,
@@ -71,9 +76,12 @@ def main() -> None:
             r[f"{k}_kld"], r[f"{k}_top1"] = c["mean_kld"], c["top1_agreement"]
         answers, _ = artifact_answers(path, tok, short.prompts, budget)
         r["task_score"] = short.score(answers)["score"]
+        fmt = "gguf" if path.suffix == ".gguf" else "onnx"
+        speed = measure_in_child(fmt, path, 128, 64, 2, 256)
+        r["decode_tok_s"], r["peak_rss_mib"] = speed["decode_tok_s"], speed["peak_rss_mib"]
         print(
             f"{name:18s} {r['bytes'] / MIB:7.1f} MiB  task KLD {r['task_kld']:.4f}  text KLD {r['text_kld']:.4f}  "
-            f"task {r['task_score']:.1f}",
+            f"task {r['task_score']:.1f}  {r['decode_tok_s']:.1f} tok/s  {r['peak_rss_mib']:.0f} MiB RSS",
             flush=True,
         )
         return r
@@ -90,22 +98,29 @@ def main() -> None:
             if (model_dir / name).is_file() and not (built / name).exists():
                 shutil.copyfile(model_dir / name, built / name)
         rows.append(measure("builder RTN", built))
-        fits = onnxquant.fit_all(built, model_dir, imatrix, 32, (4, 8))
-        flat = onnxquant.fit_all(built, model_dir, None, 32, lambda stem: (onnxquant.default_bits().get(stem, 4),))
+        fits = onnxquant.fit_all(built, model_dir, imatrix, onnxquant.auto_palette)
+        flat = onnxquant.fit_all(built, model_dir, None, onnxquant.default_palette(32))
         fixed = work / "fixed"
 
-        def build(name: str, f: dict, bits: dict) -> int:
-            """The variant measured; returns the bytes of the artifact that are not MatMulNBits weights."""
+        def build(name: str, f: dict, layout: dict | None = None, size_ratio: float | None = None) -> None:
+            """The variant measured: `layout`, or the one solve_layout picks from `f` at size_ratio × Q4_K_M."""
             shutil.rmtree(fixed, ignore_errors=True)
             shutil.copytree(built, fixed)
-            account = onnxquant.requantize(fixed, f, bits)
-            rows.append(measure(name, fixed, {"eight_bit": sorted(s for s, b in bits.items() if b == 8)}))
-            return artifact_bytes(fixed) - sum(a["bytes"] for a in account.values())
+            if layout is None:  # written once at the smallest layout to measure the bytes that are not weights
+                account = onnxquant.requantize(fixed, f, {s: onnxquant.smallest(f, s) for s, _, _ in f})
+                other = artifact_bytes(fixed) - sum(a["bytes"] for a in account.values())
+                layout = onnxquant.solve_layout(f, size_ratio * q4km["bytes"] - other)
+            onnxquant.requantize(fixed, f, layout)
+            counts = Counter(f"{b}/{blk}" for b, blk in layout.values())
+            rows.append(measure(name, fixed, {"layout": dict(sorted(counts.items()))}))
 
-        build("edgeq, no imatrix", flat, onnxquant.default_bits())
-        other = build("edgeq", fits, onnxquant.default_bits())
-        mixed_bits = onnxquant.solve_bits(fits, args.size_ratio * q4km["bytes"] - other)
-        build(f"edgeq mixed ≤ {args.size_ratio}× Q4_K_M", fits, mixed_bits)
+        build("edgeq, no imatrix", flat, {s: (b, blk) for s, b, blk in flat})
+        default = onnxquant.default_palette(32)
+        build("edgeq", fits, {s: (b, blk) for s, b, blk in fits if (b, blk) == default(s, 0)[0]})
+        b32 = {k: f for k, f in fits.items() if f.block == 32}
+        build(f"edgeq 4/8 b32 ≤ {args.size_ratio}×", b32, size_ratio=args.size_ratio)
+        build(f"edgeq auto ≤ {args.size_ratio}×", fits, size_ratio=args.size_ratio)
+        build("edgeq auto ≤ 1.0×", fits, size_ratio=1.0)
     rows.append(q4km)
     result = {
         "model": str(model_dir),
@@ -123,14 +138,18 @@ def summarize(result: dict) -> None:
     rows = result["rows"]
     ref = next(r for r in rows if r["name"] == "GGUF Q4_K_M")
     print(f"\n{result['model']} on {result['cpu']}; task score on the first {result['limit']} held-out prompts")
-    print("| artifact | size MiB | × Q4_K_M | task KLD | × Q4_K_M | top-1 task | text KLD | task score | 8-bit |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| artifact | size MiB | × Q4_K_M | text KLD | × Q4_K_M | task KLD | × Q4_K_M | top-1 task | task score "
+        "| decode tok/s | peak RSS MiB | bits/block: weights |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        eight = r.get("eight_bit")
+        layout = ", ".join(f"{k}: {n}" for k, n in r.get("layout", {}).items()) or "–"
         print(
-            f"| {r['name']} | {r['bytes'] / MIB:.1f} | {r['bytes'] / ref['bytes']:.2f} | {r['task_kld']:.4f} | "
-            f"{r['task_kld'] / ref['task_kld']:.2f} | {r['task_top1']:.3f} | {r['text_kld']:.4f} | "
-            f"{r['task_score']:.1f} | {len(eight) if eight is not None else '–'} |"
+            f"| {r['name']} | {r['bytes'] / MIB:.1f} | {r['bytes'] / ref['bytes']:.2f} | {r['text_kld']:.4f} | "
+            f"{r['text_kld'] / ref['text_kld']:.2f} | {r['task_kld']:.4f} | {r['task_kld'] / ref['task_kld']:.2f} | "
+            f"{r['task_top1']:.3f} | {r['task_score']:.1f} | {r.get('decode_tok_s', float('nan')):.1f} | "
+            f"{r.get('peak_rss_mib', float('nan')):.0f} | {layout} |"
         )
 
 

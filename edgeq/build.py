@@ -56,6 +56,7 @@ from edgeq.spec import (
     BUILD_STAGES,
     BUILD_STATE_DIR,
     FORMAT_GGUF,
+    QUANT_AUTO,
     QUANT_TYPES,
     SWEEP_MODES,
 )
@@ -274,14 +275,14 @@ def _measure_candidate(job: Job, c: Candidate, ref, ids, imatrix, work: Path) ->
     from edgeq.bench import measure_in_child
     from edgeq.evaluate import compare_logits
     from edgeq.export.gguf import quantize_gguf
-    from edgeq.export.onnx import OnnxExport, export_onnx
+    from edgeq.export.onnx import export_onnx
     from edgeq.runtime import artifact_bytes
 
     path = work / (f"{c.key.split(':', 1)[1]}.gguf" if c.fmt == FORMAT_GGUF else c.quant)
     if c.fmt == FORMAT_GGUF:
         quantize_gguf(planned_gguf(job), path, c.quant, imatrix, dict(c.recipe) or None)
     else:
-        export_onnx(OnnxExport(str(merged(job)), str(path), c.quant, imatrix=str(planned_imatrix(job))))
+        export_onnx(onnx_export(job, c, path))
     fidelity = compare_logits(path, ref, ids)
     p = job.profile
     run = measure_in_child(c.fmt, path, p.prompt_tokens, 32, p.threads, p.max_context_tokens)
@@ -295,6 +296,15 @@ def _measure_candidate(job: Job, c: Candidate, ref, ids, imatrix, work: Path) ->
         peak_rss_mib=run["peak_rss_mib"],
         storage_mib=size / 2**20,
     )
+
+
+def onnx_export(job: Job, c: Candidate, out: Path):
+    """The ONNX export of a candidate: its precision, or --quant auto at the size an ONNX mixture names."""
+    from edgeq.export.onnx import OnnxExport
+
+    size = float(dict(c.recipe)["max_size_mib"]) if c.recipe else None
+    quant = QUANT_AUTO if c.recipe else c.quant
+    return OnnxExport(str(merged(job)), str(out), quant, max_size_mib=size, imatrix=str(planned_imatrix(job)))
 
 
 def sweep_order(rows: list[Row], profile) -> list[Row]:
@@ -353,7 +363,7 @@ def run_sweep(job: Job, work: Path) -> Plan:
 
 def run_export(job: Job, work: Path) -> ExportResult:
     from edgeq.export.gguf import GgufExport, export_gguf
-    from edgeq.export.onnx import OnnxExport, export_onnx
+    from edgeq.export.onnx import export_onnx
 
     c = job.results["sweep"].chosen
     name = f"model.{c.quant}" + ("-mixed" if c.recipe else "") + (".gguf" if c.fmt == FORMAT_GGUF else "")
@@ -361,7 +371,7 @@ def run_export(job: Job, work: Path) -> ExportResult:
     if c.fmt == FORMAT_GGUF:
         r = export_gguf(GgufExport(str(merged(job)), out, c.quant, imatrix=weights, recipe=dict(c.recipe) or None))
     else:
-        r = export_onnx(OnnxExport(str(merged(job)), out, c.quant, imatrix=weights))
+        r = export_onnx(onnx_export(job, c, Path(out)))
     weighted = c.fmt == FORMAT_GGUF or QUANT_TYPES[c.quant].onnx_precision == "int4"
     imatrix = str(job.data) if weighted else None  # the data the artifact's quantizer was weighted by
     details = {k: v for k, v in r.items() if k not in ("bytes", "gates", "format", "quant")}

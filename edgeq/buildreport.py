@@ -16,6 +16,7 @@ from edgeq.spec import (
     BUILD_PLOT,
     BUILD_REPORT,
     FORMAT_GGUF,
+    FORMAT_ONNX,
     MANIFEST_SCHEMA,
     PLAN_MARGIN,
     SERVED_GAP_POINTS,
@@ -265,7 +266,8 @@ def write_outputs(job, artifact: Path, quality: list) -> list[str]:
         "merge": {"config": res["merge"]["config"], "verification": res["merge"]["verification"]},
         "quant_recipe": chosen.as_dict()
         | {"imatrix_source": export.imatrix_source, "gates": export.gates}
-        | mixed_record(sweep, chosen, export),
+        | mixed_record(sweep, chosen, export)
+        | ({"onnx": export.details["quant_recipe"]} if "quant_recipe" in export.details else {}),
         "artifact": {
             "path": artifact.name,
             "sha256": bench.artifact_sha256,  # bench hashed these same bytes
@@ -321,7 +323,9 @@ def mixed_record(sweep, chosen, export) -> dict:
     if not chosen.recipe:
         return {}
     row = sweep.row(chosen)
-    imatrix = (export.gates or {}).get("imatrix", {})
+    # GGUF's export reports its importance matrix with the gates, ONNX's with the layout it wrote
+    imatrix = (export.gates or {}).get("imatrix") or export.details.get("quant_recipe", {}).get("importance")
+    imatrix = imatrix if isinstance(imatrix, dict) else {}
     uniform = [r for r in sweep.rows if r.measured and r.fits and not r.candidate.recipe]
     best = min(uniform, key=lambda r: r.kld, default=None)
     return {
@@ -462,12 +466,35 @@ def _mixed_lines(m: dict) -> list[str]:
     return lines
 
 
+def _onnx_mixed_lines(m: dict) -> list[str]:
+    """The ONNX mixture: the size it was solved for, the layout the export wrote, and what it gains."""
+    qr = m["quant_recipe"]
+    mx, onnx = qr["mixed"], qr["onnx"]
+    counts = ", ".join(f"{n} at {layout}" for layout, n in onnx["counts"].items())
+    lines = [
+        f"- quantization: ONNX 4/8-bit mixture solved for {qr['recipe']['max_size_mib']} MiB, the largest file "
+        f"plan predicts within the storage and memory budgets: weights (bits/block) {counts}; importance-weighted "
+        f"block fits (onnxquant), importance matrix from {mx['sensitivity_source'] or 'none'}; every weight's bits "
+        "and block are in `quant_recipe.onnx.layout` of manifest.json",
+    ]
+    best = mx["best_uniform_that_fits"]
+    if best:
+        gain = 1 - mx["kld"] / best["kld"] if best["kld"] > 0 else 0.0
+        lines.append(
+            f"- why mixed: mean KLD {mx['kld']:.4f} against {best['kld']:.4f} for {best['candidate']['quant']}, the "
+            f"best uniform type that fits ({best['storage_mib']:.1f} MiB): {gain:.0%} lower"
+        )
+    else:
+        lines.append("- why mixed: no uniform ONNX type the profile allows fits its budgets")
+    return lines
+
+
 def _recipe_section(m: dict, chosen) -> list[str]:
-    quant = (
-        _mixed_lines(m)
-        if chosen.recipe
-        else [f"- quantization: {chosen.quant}, importance matrix from {m['quant_recipe']['imatrix_source'] or 'none'}"]
-    )
+    if chosen.recipe:
+        quant = _onnx_mixed_lines(m) if chosen.fmt == FORMAT_ONNX else _mixed_lines(m)
+    else:
+        source = m["quant_recipe"]["imatrix_source"] or "none"
+        quant = [f"- quantization: {chosen.quant}, importance matrix from {source}"]
     return [
         "## Recipe",
         "",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ from edgeq.spec import (
     FORMAT_ONNX,
     GGUF_FLOAT_TYPES,
     LLAMA_CPP_MAX_BATCH,
+    ONNX_AUTO_KLD_PRIOR,
+    ONNX_AUTO_LAYOUT,
+    ONNX_AUTO_PRIOR_SOURCE,
     PLAN_MARGIN,
     QUANT_TYPES,
     TOKENIZER_FILES,
@@ -261,37 +265,45 @@ def gguf_file_bytes(layout: tuple[int, int], tensor_bytes: dict[str, int]) -> in
     return header + sum(tensor_bytes.values()) + 16 * n_tensors
 
 
-def _matrix_bytes(rows: int, cols: int, quant: str, bits: int = 4) -> int:
-    """int4: onnxquant's layout at `bits` (levels, fp32 scales, zero points); int8: the builder's blocks of 32 with
-    fp32 scales; float: dense."""
+def _matrix_bytes(rows: int, cols: int, quant: str, bits: int = 4, auto=None, gathered: bool = False) -> int:
+    """int4: onnxquant's layout at `bits` (levels, fp32 scales, zero points; auto=min or max: the fewest or most
+    bytes --quant auto can choose); int8: the builder's blocks of 32 with fp32 scales; float: dense."""
     precision, block = QUANT_TYPES[quant].onnx_precision, QUANT_TYPES[quant].block_size
     if precision == "int4":
-        return onnxquant.nbytes(rows, cols, bits, block)
+        if auto:
+            return onnxquant.auto_bytes(rows, cols, gathered, auto)
+        return onnxquant.nbytes(rows, cols, bits, block, gathered)
     if precision == "int8":
         return rows * -(-cols // 32) * (32 + 4)
     return rows * cols * (4 if precision == "fp32" else 2)
 
 
-def onnx_bytes(d: Dims, quant: str, head_bits: int | None = None) -> dict[str, int]:
-    """The builder's initializers: matmul weights, a gather-only embedding, norms and RoPE caches. int4: the head
-    at head_bits (default: onnxquant's recipe), every other weight at 4 bits."""
+def onnx_bytes(d: Dims, quant: str, auto=None) -> dict[str, int]:
+    """The builder's initializers: matmul weights, a gather-only embedding, norms and RoPE caches. int4: onnxquant's
+    recipe (default_bits), or with auto=min (max) the smallest (largest) artifact --quant auto can write."""
     q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+
+    def matrix(rows: int, cols: int, bits: int = 4, gathered: bool = False) -> int:
+        return _matrix_bytes(rows, cols, quant, bits, auto, gathered)
+
     per_layer = (
-        _matrix_bytes(q + 2 * kv, d.hidden, quant)  # fused q/k/v
-        + _matrix_bytes(d.hidden, q, quant)  # o
-        + 2 * _matrix_bytes(d.intermediate, d.hidden, quant)  # gate, up
-        + _matrix_bytes(d.hidden, d.intermediate, quant)  # down
+        matrix(q + 2 * kv, d.hidden)  # fused q/k/v
+        + matrix(d.hidden, q)  # o
+        + 2 * matrix(d.intermediate, d.hidden)  # gate, up
+        + matrix(d.hidden, d.intermediate)  # down
     )
-    head = _matrix_bytes(d.vocab, d.hidden, quant, head_bits or onnxquant.default_bits()[onnxquant.HEAD])
-    matmul = d.layers * per_layer + head
     precision = QUANT_TYPES[quant].onnx_precision
     float_bytes = 2 if precision == "fp16" else 4
-    # Tied models gather from lm_head's own weights (int4: GatherBlockQuantized; float: shared);
-    # int8 keeps a float embedding, as does any untied model.
+    # Tied models gather from lm_head's own weights (int4: GatherBlockQuantized, which takes the zero points
+    # again; float: shared); int8 keeps a float embedding, as does any untied model.
     shared = d.tied and precision in ("int4", "fp32", "fp16")
+    head_bits = onnxquant.default_bits()[onnxquant.HEAD]
+    head = matrix(d.vocab, d.hidden, head_bits)
     gather = 0 if shared else d.vocab * d.hidden * float_bytes
+    if shared and precision == "int4":
+        gather = matrix(d.vocab, d.hidden, head_bits, gathered=True) - head
     other = (2 * d.layers + 1) * d.hidden * 4 + 2 * d.max_positions * (d.head_dim // 2) * float_bytes
-    return {"matmul": matmul, "gather": gather, "other": other}
+    return {"matmul": d.layers * per_layer + head, "gather": gather, "other": other}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,9 +323,10 @@ def predict_gguf_rss(d: Dims, tensor_bytes: dict[str, int], n_ctx: int, prompt: 
     return {"base": base, "weights": weights, "kv_cache": kv, "compute": compute, "total": total}
 
 
-def predict_onnx_rss(d: Dims, quant: str, n_ctx: int, prompt: int, cal: dict) -> dict:
+def predict_onnx_rss(d: Dims, quant: str, n_ctx: int, prompt: int, cal: dict, sizes: dict | None = None) -> dict:
+    """`sizes`: onnx_bytes of another layout of quant's graph (--quant auto's), else quant's own."""
     o = cal["onnx"]
-    sizes = onnx_bytes(d, quant)
+    sizes = sizes or onnx_bytes(d, quant)
     base = o["base_mib"] * MIB
     weights = o["resident_factor"][quant] * sizes["matmul"] + sizes["other"]  # see calibrated() for others
     kv = kv_cache_bytes(d, n_ctx, o["kv_bytes_per_element"])
@@ -526,6 +539,80 @@ def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatr
     return Row(candidate, predicted, kld, KLD_PRIOR, reasons, mixed=info)
 
 
+def onnx_mixed_row(model_dir: Path, profile, n_ctx: int, rows: list[Row], cal: dict) -> Row | None:
+    """Where the best ONNX type the profile allows does not fit, --quant auto's layout (bits and block size per
+    weight, onnxquant) sized to the budgets: the largest file under the storage budget whose predicted peak RSS
+    stays under the memory budget. Its KLD is a prior read off the measured curve (spec.ONNX_AUTO_KLD_PRIOR);
+    the export solves the layout and the sweep measures it."""
+    onnx = [
+        r
+        for r in rows
+        if r.candidate.fmt == FORMAT_ONNX and QUANT_TYPES[r.candidate.quant].onnx_precision in ("int4", "int8")
+    ]
+    if not onnx or footprint_fits(min(onnx, key=lambda r: r.kld), profile):
+        return None
+    d, quant = Dims.from_config(model_dir), ONNX_AUTO_LAYOUT
+    terms, note = calibrated(cal, FORMAT_ONNX, quant)
+    tokenizer = sum((model_dir / f).stat().st_size for f in TOKENIZER_FILES if (model_dir / f).is_file())
+    least, most = onnx_bytes(d, quant, auto=min), onnx_bytes(d, quant, auto=max)
+    weights = sum(onnx_quantized_weights(d))
+
+    def at(matmul: float) -> tuple[dict, dict]:
+        """The layout's sizes with `matmul` bytes of weights (gather: its share of the extremes) and its RSS."""
+        f = (matmul - least["matmul"]) / max(most["matmul"] - least["matmul"], 1)
+        sizes = least | {"matmul": matmul, "gather": least["gather"] + f * (most["gather"] - least["gather"])}
+        return sizes, predict_onnx_rss(d, quant, n_ctx, profile.prompt_tokens, {FORMAT_ONNX: terms}, sizes)
+
+    def fits(matmul: float) -> bool:
+        sizes, mem = at(matmul)
+        storage = sum(sizes.values()) + tokenizer
+        return (
+            storage <= profile.storage_budget_mib * MIB
+            and mem["total"] <= profile.memory_budget_mib * (1 - PLAN_MARGIN) * MIB
+        )
+
+    lo, hi = float(least["matmul"]), float(most["matmul"])
+    if not fits(lo):
+        return None
+    if not fits(hi):
+        for _ in range(40):  # bisection to well under a kilobyte
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    sizes, mem = at(lo)
+    storage = (sum(sizes.values()) + tokenizer) / MIB
+    max_size_mib = math.floor(storage * 100) / 100  # the export's --max-size-mib, as recorded in the candidate
+    bpw = 8 * (sizes["matmul"] + sizes["gather"]) / weights
+    kld = interpolate_prior(bpw)
+    candidate = Candidate(FORMAT_ONNX, quant, (("max_size_mib", f"{max_size_mib:.2f}"),))
+    predicted = Prediction(max_size_mib, mem["total"] / MIB, {k: v / MIB for k, v in mem.items() if k != "total"}, note)
+    info = {
+        "rule": f"--quant auto --max-size-mib {max_size_mib:.2f}: bits (4, 8) and block size per weight",
+        "bits_per_weight": bpw,
+        "kld_prior": kld,
+        "kld_prior_source": ONNX_AUTO_PRIOR_SOURCE,
+    }
+    reasons = tuple(rejections(predicted, kld, KLD_PRIOR, None, profile))
+    return Row(candidate, predicted, kld, KLD_PRIOR, reasons, mixed=info)
+
+
+def onnx_quantized_weights(d: Dims) -> tuple[int, int]:
+    """(weights in the layers' matmuls, weights in the head): what ONNX's bits per weight divide by."""
+    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    per_layer = (q + 2 * kv) * d.hidden + d.hidden * q + 3 * d.intermediate * d.hidden
+    return d.layers * per_layer, d.vocab * d.hidden
+
+
+def interpolate_prior(bpw: float) -> float:
+    """Mean KLD at `bpw` bits per weight on the measured curve, log-linear between its points, flat beyond."""
+    pts = sorted(ONNX_AUTO_KLD_PRIOR)
+    if bpw <= pts[0][0]:
+        return pts[0][1]
+    for (b0, k0), (b1, k1) in zip(pts, pts[1:], strict=False):
+        if bpw <= b1:
+            return math.exp(math.log(k0) + (bpw - b0) / (b1 - b0) * (math.log(k1) - math.log(k0)))
+    return pts[-1][1]
+
+
 def rejections(p: Prediction, kld: float, kld_source: str, decode_tok_s: float | None, profile) -> list[str]:
     """Why a candidate does not fit: memory (with the plan's margin), storage, latency, quality."""
     reasons = []
@@ -656,6 +743,9 @@ def make_plan(cfg: PlanConfig, float_gguf: Path | None = None, imatrix: dict | N
             if row is not None:
                 m = (measured or {}).get(row.candidate.key)
                 rows.append(with_measurement(row, m, profile) if m else row)
+        if FORMAT_ONNX in profile.formats and (row := onnx_mixed_row(model_dir, profile, n_ctx, rows, cal)):
+            m = (measured or {}).get(row.candidate.key)
+            rows.append(with_measurement(row, m, profile) if m else row)
     calibration = {
         "name": cal_path.stem,
         "path": str(cal_path),

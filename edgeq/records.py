@@ -14,13 +14,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from edgeq.checks import Check
+from edgeq.spec import FORMAT_ONNX
 
 
 @dataclass(frozen=True)
 class Candidate:
     fmt: str  # spec.FORMATS
     quant: str  # the base type: a spec.QUANT_TYPES name
-    recipe: tuple[tuple[str, str], ...] = ()  # per-tensor (name, type) overrides of the base type; () = uniform
+    # GGUF: per-tensor (name, type) overrides of the base type; ONNX: (("max_size_mib", "…"),), the size the export
+    # solves the layout for (onnxquant); () = uniform
+    recipe: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -35,6 +38,8 @@ class Candidate:
 
     @property
     def label(self) -> str:
+        if self.recipe and self.fmt == FORMAT_ONNX:  # the rule: the export solves the layout for this size
+            return f"onnx mixed 4/8-bit ≤ {dict(self.recipe)['max_size_mib']} MiB"
         return f"{self.fmt} mixed ≈{self.quant}" if self.recipe else f"{self.fmt} {self.quant}"
 
     def as_dict(self) -> dict:

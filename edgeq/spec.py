@@ -116,7 +116,15 @@ QUANT_TYPES = {
 }
 DEFAULT_QUANT = {FORMAT_GGUF: "Q4_K_M", FORMAT_ONNX: "int4-block32"}  # export's --quant when none is given
 QUANT_AUTO = "auto"  # export: GGUF, a per-tensor mixture sized to --max-size-mib / --max-rss-mib (mixed.py);
-# ONNX, 4- and 8-bit weights sized to --max-size-mib (onnxquant.solve_bits)
+# ONNX, 4- or 8-bit weights in blocks of 16 to 128 sized to --max-size-mib (onnxquant.solve_layout)
+ONNX_AUTO_LAYOUT = "int4-block32"  # ONNX --quant auto: the builder writes this graph; the solver picks bits and blocks
+# Mean KLD of ONNX --quant auto against bits per quantized weight (layers and head, scales and zero points counted):
+# plan's prior for an ONNX mixture, log-linear between the points.
+ONNX_AUTO_PRIOR_SOURCE = (
+    "measured: drone fine-tune, edgeq's int4 and --quant auto with the training data's imatrix, and the builder's "
+    "int8 (benchmarks/RESULTS.md, ONNX 4-bit)"
+)
+ONNX_AUTO_KLD_PRIOR = ((5.99, 0.1411), (7.16, 0.0572), (9.0, 0.0047))
 
 
 def quant_names(fmt: str, calibrated_only: bool = False) -> tuple[str, ...]:

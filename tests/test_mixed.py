@@ -11,7 +11,7 @@ import pytest
 from edgeq import mixed
 from edgeq.errors import BudgetError, EdgeqError
 from edgeq.mixed import Option, Tensor, options_for, solve
-from edgeq.spec import EXIT_BUDGET
+from edgeq.spec import EXIT_BUDGET, QUANT_TYPES
 from tests.conftest import make_tiny_model, run_edgeq
 
 MIB = 2**20
@@ -273,3 +273,73 @@ def test_a_bad_pin_is_a_usage_error_before_any_work(wide_model, tmp_path):
     ):
         with pytest.raises(UsageError, match=message):
             plan_mixed(wide_model, flt, ["Q8_0"], 256, 64, cal, 11, 1e6, None, tmp_path, forced=pin)
+
+
+def _onnx_profile(tmp_path: Path, storage_mib: float) -> Path:
+    """Drone budgets on ONNX alone, speed and quality out of the way: only storage can bind."""
+    import yaml
+
+    drone = yaml.safe_load((Path(__file__).parent.parent / "profiles" / "drone.yaml").read_text())
+    profile = drone | {"name": f"onnx{storage_mib:g}", "storage_budget_mib": storage_mib, "formats": ["onnx"]}
+    profile |= {"allowed_quant_types": ["int4-block32", "int4-block128", "int8"], "max_context_tokens": 256}
+    profile["quality"] = {"max_mean_kld": 9, "max_task_accuracy_drop_points": 100}
+    profile["latency"] = {**drone["latency"], "ttft_ms": 600000, "min_decode_tok_s": 0.1}
+    path = tmp_path / f"onnx{storage_mib:g}.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+def test_plan_adds_an_onnx_mixture_sized_to_the_budget_only_where_it_binds(wide_model, tmp_path):
+    """The wide model's ONNX files: int8 65.6 MiB (its embedding stays float), int4-block32 18.1, --quant auto
+    from 10.2 (every weight at its smallest choice) to 20.8 (all 8-bit in blocks of 16). At 15 MiB int8 and
+    int4-block32 miss; the mixture takes the whole budget, its KLD a prior between int4's and int8's."""
+    import json
+
+    r = run_edgeq("plan", "--profile", _onnx_profile(tmp_path, 15), "--model", wide_model, "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    rows = {c["quant"] + ("+mixed" if "recipe" in c else ""): c for c in plan["candidates"]}
+    assert not rows["int8"]["fits"] and not rows["int4-block32"]["fits"]
+    mixed = rows["int4-block32+mixed"]
+    size = float(mixed["recipe"]["max_size_mib"])
+    assert 14.9 < size <= 15 and mixed["storage_mib"] == size and mixed["fits"]
+    assert "--quant auto --max-size-mib" in mixed["mixed"]["rule"]
+    assert "ONNX 4-bit" in mixed["mixed"]["kld_prior_source"]
+    assert QUANT_TYPES["int8"].prior_kld < mixed["kld"] < QUANT_TYPES["int4-block32"].prior_kld
+    assert plan["chosen"] == {"format": "onnx", "quant": "int4-block32", "recipe": mixed["recipe"]}
+
+    r = run_edgeq("plan", "--profile", _onnx_profile(tmp_path, 100), "--model", wide_model, "--json")
+    assert r.returncode == 0, r.stderr
+    assert not any("recipe" in c for c in json.loads(r.stdout)["candidates"])  # int8 fits: nothing to mix
+
+
+@pytest.mark.slow
+def test_a_build_whose_onnx_budget_binds_ships_the_solved_layout(wide_model, tmp_path, small_data):
+    """At 17 MiB only int4-block128 (16.3 MiB) of the uniform types fits; the build exports --quant auto for the
+    planned size: the artifact fits, the manifest records every weight's bits and block as the graph has them, and
+    the report says what it gained over int4-block128, measured beside it."""
+    import json
+
+    import onnx
+
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(small_data.read_text().splitlines(keepends=True)[:3]))
+    out = tmp_path / "out"
+    args = ["--base", wide_model, "--data", small_data, "--test-data", test, "--max-steps", 1, "--reps", 1]
+    r = run_edgeq("build", "--profile", _onnx_profile(tmp_path, 17), *args, "--out", out, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    qr = m["quant_recipe"]
+    assert qr["format"] == "onnx" and m["artifact"]["bytes"] <= float(qr["recipe"]["max_size_mib"]) * MIB
+    layout = qr["onnx"]["layout"]
+    graph = onnx.load(str(out / m["artifact"]["path"] / "model.onnx"), load_external_data=False).graph
+    written = {
+        n.input[1].split(".MatMul.")[0]: "{bits}/{block_size}".format(**{a.name: a.i for a in n.attribute})
+        for n in graph.node
+        if n.op_type == "MatMulNBits"
+    }
+    assert written == layout and len(set(layout.values())) > 1
+    assert qr["mixed"]["sensitivity_source"] == str(small_data)
+    assert qr["mixed"]["best_uniform_that_fits"]["candidate"]["quant"] == "int4-block128"  # measured beside it
+    report = (out / "report.md").read_text()
+    assert "ONNX 4/8-bit mixture solved for" in report and "the best uniform type that fits" in report

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +27,12 @@ from edgeq.spec import (
     DEFAULT_QUANT,
     FORMAT_ONNX,
     GATE_MIN_TOP1,
+    ONNX_AUTO_LAYOUT,
     QUANT_AUTO,
     QUANT_TYPES,
     TOKENIZER_FILES,
     quant_names,
 )
-
-AUTO_LAYOUT = "int4-block32"  # --quant auto: 4- and 8-bit weights in this type's blocks, the solver choosing
 
 
 @dataclass
@@ -118,7 +118,7 @@ def export_onnx(cfg: OnnxExport) -> dict:
         raise UsageError(f"unknown ONNX precision {cfg.quant!r}", None, f"valid: {valid}")
     if (cfg.quant == QUANT_AUTO) != (cfg.max_size_mib is not None):
         raise UsageError(f"--quant {QUANT_AUTO} and --max-size-mib go together", None, "pass both, or neither")
-    kind = AUTO_LAYOUT if cfg.quant == QUANT_AUTO else cfg.quant  # the builder's precision and block
+    kind = ONNX_AUTO_LAYOUT if cfg.quant == QUANT_AUTO else cfg.quant  # the builder's precision and block
     if (cfg.imatrix_data or cfg.imatrix) and QUANT_TYPES[kind].onnx_precision != "int4":
         raise UsageError(f"an importance matrix applies to GGUF and ONNX int4, not {cfg.quant}", None, "drop it")
     if cfg.quant == "fp16" and cfg.execution_provider == "cpu":
@@ -172,7 +172,7 @@ def check_reachable(model_dir: Path, max_size_mib: float) -> None:
     from edgeq.errors import BudgetError
     from edgeq.plan import Dims, onnx_bytes
 
-    sizes = onnx_bytes(Dims.from_config(model_dir), AUTO_LAYOUT, head_bits=4)
+    sizes = onnx_bytes(Dims.from_config(model_dir), ONNX_AUTO_LAYOUT, auto=min)
     tokenizer = sum((model_dir / n).stat().st_size for n in TOKENIZER_FILES if (model_dir / n).is_file())
     smallest = sum(sizes.values()) + tokenizer
     if smallest > max_size_mib * 2**20:
@@ -185,8 +185,8 @@ def check_reachable(model_dir: Path, max_size_mib: float) -> None:
 
 
 def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport, kind: str) -> dict:
-    """The builder's int4 weights quantized again (onnxquant): the default bits, or with --quant auto the 4/8-bit
-    mix the solver picks for --max-size-mib. What was done, for the manifest."""
+    """The builder's int4 weights quantized again (onnxquant): the default bits, or with --quant auto the bits and
+    block sizes the solver picks for --max-size-mib. What was done, for the manifest."""
     from edgeq import report
     from edgeq.errors import BudgetError
     from edgeq.export import onnxquant
@@ -194,16 +194,16 @@ def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport, kind: str)
 
     auto = cfg.quant == QUANT_AUTO
     imatrix, summary = imatrix_for(model_dir, cfg.imatrix, cfg.imatrix_data)
-    bits, block = onnxquant.default_bits(), QUANT_TYPES[kind].block_size
+    block = QUANT_TYPES[kind].block_size
+    default_palette = onnxquant.default_palette(block)
     report.err.print(f"quantizing {kind} weights (importance-weighted blocks, zero points) …")
-    widths = (4, 8) if auto else (lambda stem: (bits.get(stem, 4),))
-    fits = onnxquant.fit_all(onnx_dir, model_dir, imatrix, block, widths)
-    account = onnxquant.requantize(onnx_dir, fits, bits)
+    fits = onnxquant.fit_all(onnx_dir, model_dir, imatrix, onnxquant.auto_palette if auto else default_palette)
+    # auto: written first with every weight at its smallest choice, which measures the bytes that are not weights
+    layout = {stem: onnxquant.smallest(fits, stem) for stem, _, _ in fits}
+    account = onnxquant.requantize(onnx_dir, fits, layout)
     solved = None
     if auto:
-        budget = cfg.max_size_mib * 2**20
-        other = artifact_bytes(onnx_dir) - sum(a["bytes"] for a in account.values())  # norms, caches, tokenizer
-        smallest = other + sum(f.bytes for (_, b), f in fits.items() if b == 4)
+        budget, smallest = cfg.max_size_mib * 2**20, artifact_bytes(onnx_dir)
         if smallest > budget:
             raise BudgetError(
                 f"the smallest 4-bit ONNX artifact of this model is {smallest / 2**20:.1f} MiB; "
@@ -211,17 +211,18 @@ def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport, kind: str)
                 str(model_dir),
                 f"raise --max-size-mib to {smallest / 2**20:.1f} or more, or export GGUF",
             )
-        bits = onnxquant.solve_bits(fits, budget - other)
-        account = onnxquant.requantize(onnx_dir, fits, bits)
+        other = smallest - sum(a["bytes"] for a in account.values())  # norms, caches, tokenizer
+        layout = onnxquant.solve_layout(fits, budget - other)
+        account = onnxquant.requantize(onnx_dir, fits, layout)
         size = artifact_bytes(onnx_dir)
         if size > budget:  # the layout is exact: a miss is a defect, not a budget problem
             raise EdgeqError(f"the solved ONNX artifact is {size / 2**20:.2f} MiB, over its budget", str(onnx_dir))
         solved = {"max_size_mib": cfg.max_size_mib, "error": sum(a["error"] for a in account.values())}
+    layout = {stem: f"{a['bits']}/{a['block']}" for stem, a in account.items()}  # bits/block of every weight
     return {
         "method": onnxquant.METHOD,
-        "block_size": block,
-        "bits": {stem: a["bits"] for stem, a in account.items() if a["bits"] != 4},
-        "default_bits": 4,
+        "layout": layout,
+        "counts": dict(sorted(Counter(layout.values()).items())),
         "importance": summary or "none: every input column weighted alike (pass --imatrix-data)",
         **({"solver": solved} if solved else {}),
     }
@@ -246,11 +247,10 @@ def export_table(r: dict):
 def _recipe_rows(recipe: dict | None) -> list[list[str]]:
     if not recipe:
         return []
-    eight = sorted(recipe["bits"])
-    named = ", ".join(eight) if len(eight) <= 3 else f"{len(eight)} weights ({', '.join(eight[:2])}, …)"
+    counts = ", ".join(f"{n} at {layout}" for layout, n in recipe["counts"].items())
     imp = recipe["importance"]
     source = f"importance matrix of {imp['source']}" if isinstance(imp, dict) else "no importance matrix"
-    rows = [["weights", f"4-bit blocks of {recipe['block_size']}, 8-bit: {named or 'none'}; {source}"]]
+    rows = [["weights (bits/block)", f"{counts}; {source}"]]
     if "solver" in recipe:
-        rows.append(["size budget", f"{recipe['solver']['max_size_mib']:g} MiB (the 4/8-bit mix solved for it)"])
+        rows.append(["size budget", f"{recipe['solver']['max_size_mib']:g} MiB (bits and blocks solved for it)"])
     return rows

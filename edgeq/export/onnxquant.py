@@ -28,6 +28,7 @@ import numpy as np
 from edgeq.errors import EdgeqError
 
 METHOD = "edgeq: importance-weighted blocks with zero points (onnxquant)"
+AUTO_BLOCKS = (16, 32, 64, 128)  # MatMulNBits block sizes --quant auto chooses among (powers of two, ≥ 16)
 SHRINK = {4: np.linspace(0.70, 1.0, 13), 8: np.linspace(0.94, 1.0, 4)}  # ranges tried, × (max − min) of the block
 MATMUL = "MatMulNBits"
 GATHER = "GatherBlockQuantized"
@@ -54,10 +55,12 @@ def default_bits() -> dict[str, int]:
     return {HEAD: 8}
 
 
-def nbytes(n: int, k: int, bits: int, block: int) -> int:
-    """Bytes of one MatMulNBits weight: packed levels, float32 scales, packed zero points."""
+def nbytes(n: int, k: int, bits: int, block: int, gathered: bool = False) -> int:
+    """Bytes of one MatMulNBits weight: packed levels, float32 scales, packed zero points; a weight the embedding
+    gathers from too has its zero points twice (GatherBlockQuantized wants them 2-D, MatMulNBits flat)."""
     blocks = -(-k // block)
-    return n * blocks * block * bits // 8 + n * blocks * 4 + n * -(-blocks * bits // 8)
+    zero_points = n * -(-blocks * bits // 8)
+    return n * blocks * block * bits // 8 + n * blocks * 4 + zero_points * (1 + gathered)
 
 
 def fit_blocks(w: np.ndarray, a: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,14 +181,10 @@ def _set_input(graph, init: dict, name: str, arr: np.ndarray) -> None:
     graph.initializer.append(init[name])
 
 
-def _set_bits(node, bits: int) -> None:
-    for attr in node.attribute:
-        if attr.name == "bits":
-            attr.i = bits
-
-
 @dataclass(frozen=True)
 class Fit:
+    bits: int
+    block: int
     q: np.ndarray  # levels (n, blocks, block)
     s: np.ndarray  # scales (n, blocks)
     z: np.ndarray  # zero points (n, blocks)
@@ -193,36 +192,73 @@ class Fit:
     error: float  # Σ a (w − ŵ)²
 
 
-def fit_all(onnx_dir: Path, model_dir: Path, imatrix: dict | None, block: int, widths) -> dict[tuple[str, int], Fit]:
-    """Every MatMulNBits weight of the builder's graph fit at every bit width in `widths`, keyed (stem, bits)."""
+Layout = dict[str, tuple[int, int]]  # initializer stem → (bits, block): what every weight is written as
+
+
+def default_palette(block: int):
+    """int4-block*: one choice per weight, 4 bits but the head's default_bits()."""
+    return lambda stem, k: ((default_bits().get(stem, 4), block),)
+
+
+def auto_palette(stem: str, k: int) -> list[tuple[int, int]]:
+    """--quant auto: 4 or 8 bits in blocks of 16 to 128 (MatMulNBits' power-of-two sizes) that divide the row,
+    so no bytes go to padding; finer blocks cost scale bytes and buy accuracy where the solver finds it worth it."""
+    return [(b, blk) for b in (4, 8) for blk in AUTO_BLOCKS if k % blk == 0] or [(4, 32), (8, 32)]
+
+
+def auto_bytes(n: int, k: int, gathered: bool = False, pick=min) -> int:
+    """The fewest (pick=max: the most) bytes an (n, k) weight can take under --quant auto."""
+    return pick(nbytes(n, k, b, blk, gathered) for b, blk in auto_palette("", k))
+
+
+def fit_all(onnx_dir: Path, model_dir: Path, imatrix: dict | None, palette) -> dict[tuple[str, int, int], Fit]:
+    """Every MatMulNBits weight of the builder's graph fit at every (bits, block) of `palette` (or of
+    palette(stem, k)), keyed (stem, bits, block)."""
     import onnx
     from transformers import AutoConfig
 
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    gathered = {producers[n.input[0]].input[0] for n in graph.node if n.op_type == GATHER and n.input[0] in producers}
     tensors = float_tensors(model_dir)
     fits = {}
     for w in weights_of(graph, AutoConfig.from_pretrained(model_dir)):
         fw, a = float_weight(tensors, w), importance(imatrix, w)
-        for b in widths(w.stem) if callable(widths) else widths:
-            q, s, z = fit_blocks(fw, a, b, block)
-            fits[w.stem, b] = Fit(q, s, z, nbytes(w.n, w.k, b, block), error(fw, dequantize(q, s, z, w.k), a[None, :]))
+        shared = f"{w.stem}.MatMul.weight_Q4" in gathered
+        for b, blk in palette(w.stem, w.k) if callable(palette) else palette:
+            q, s, z = fit_blocks(fw, a, b, blk)
+            size = nbytes(w.n, w.k, b, blk, shared)
+            fits[w.stem, b, blk] = Fit(b, blk, q, s, z, size, error(fw, dequantize(q, s, z, w.k), a[None, :]))
     return fits
 
 
-def solve_bits(fits: dict[tuple[str, int], Fit], max_bytes: float) -> dict[str, int]:
-    """The bit width of every weight that minimises Σ error with Σ bytes ≤ max_bytes (mixed.solve's knapsack);
-    BudgetError with the smallest reachable size when even all-4-bit misses."""
+def smallest(fits: dict[tuple[str, int, int], Fit], stem: str) -> tuple[int, int]:
+    """The (bits, block) of `stem`'s fit with the fewest bytes."""
+    f = min((f for (s, _, _), f in fits.items() if s == stem), key=lambda f: f.bytes)
+    return f.bits, f.block
+
+
+def solve_layout(fits: dict[tuple[str, int, int], Fit], max_bytes: float) -> Layout:
+    """The (bits, block) of every weight that minimises Σ error with Σ bytes ≤ max_bytes (mixed.solve's
+    knapsack); BudgetError with the smallest reachable size when even the smallest choices miss."""
     from edgeq.mixed import Option, solve
 
     options: dict[str, list[Option]] = {}
-    for (stem, b), f in fits.items():
-        options.setdefault(stem, []).append(Option(str(b), f.bytes, f.bytes, f.error))
-    return {stem: int(t) for stem, t in solve(options, max_bytes, float("inf")).recipe.items()}
+    for (stem, b, blk), f in fits.items():
+        options.setdefault(stem, []).append(Option(f"{b}:{blk}", f.bytes, f.bytes, f.error))
+    recipe = solve(options, max_bytes, float("inf")).recipe
+    return {stem: tuple(int(x) for x in t.split(":")) for stem, t in recipe.items()}
 
 
-def requantize(onnx_dir: Path, fits: dict[tuple[str, int], Fit], bits: dict[str, int]) -> dict:
-    """Rewrite onnx_dir/model.onnx(.data): every MatMulNBits weight at bits[stem] (default 4), from its fit; the
-    embedding gather follows the head it shares. {stem: {"bits", "bytes", "error"}}."""
+def _set_attrs(node, **values: int) -> None:
+    for attr in node.attribute:
+        if attr.name in values:
+            attr.i = values[attr.name]
+
+
+def requantize(onnx_dir: Path, fits: dict[tuple[str, int, int], Fit], layout: Layout) -> dict:
+    """Rewrite onnx_dir/model.onnx(.data): every MatMulNBits weight as layout[stem] says, from its fit; the
+    embedding gather follows the head it shares. {stem: {"bits", "block", "bytes", "error"}}."""
     import onnx
 
     path = onnx_dir / "model.onnx"
@@ -231,11 +267,10 @@ def requantize(onnx_dir: Path, fits: dict[tuple[str, int], Fit], bits: dict[str,
     init = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     account = {}
-    for stem in sorted({stem for stem, _ in fits}):
-        b = bits.get(stem, 4)
-        f = fits[stem, b]
+    for stem, (b, blk) in sorted(layout.items()):
+        f = fits[stem, b, blk]
         q, s, z = f.q, f.s, f.z
-        account[stem] = {"bits": b, "bytes": f.bytes, "error": f.error}
+        account[stem] = {"bits": b, "block": blk, "bytes": f.bytes, "error": f.error}
         data, scales, zp = (f"{stem}.MatMul.weight_{x}" for x in ("Q4", "scales", "zero_points"))
         _set_input(graph, init, data, pack(q, b))
         _set_input(graph, init, scales, s)
@@ -243,14 +278,14 @@ def requantize(onnx_dir: Path, fits: dict[tuple[str, int], Fit], bits: dict[str,
         for node in graph.node:
             if node.op_type == MATMUL and node.input[1] == data:
                 node.input[:] = [node.input[0], data, scales, zp]
-                _set_bits(node, b)
+                _set_attrs(node, bits=b, block_size=blk)
             elif node.op_type == GATHER and (reshape := producers.get(node.input[0])) and reshape.input[0] == data:
                 # the tied embedding: the head's levels seen as a (vocab, hidden·bits/8) table
                 _set_input(graph, init, f"{stem}.gather_shape", np.array([q.shape[0], q[0].size * b // 8], np.int64))
                 reshape.input[1] = f"{stem}.gather_shape"
                 _set_input(graph, init, f"{zp}_gather", pack(z, b))  # (vocab, ⌈blocks·bits/8⌉): the scales' rows
                 node.input[:] = [node.input[0], node.input[1], scales, f"{zp}_gather"]
-                _set_bits(node, b)
+                _set_attrs(node, bits=b, block_size=blk)
     (onnx_dir / "model.onnx.data").unlink()  # onnx appends to an existing data file; every tensor is in memory
     onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data", all_tensors_to_one_file=True)
     return account

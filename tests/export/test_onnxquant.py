@@ -57,6 +57,9 @@ def test_nbytes_counts_levels_scales_and_zero_points():
     # 10 rows × 96 columns = 3 blocks of 32: 4-bit levels 10·3·16, fp32 scales 10·3·4, zero points 10·⌈3/2⌉
     assert onnxquant.nbytes(10, 96, 4, 32) == 480 + 120 + 20
     assert onnxquant.nbytes(10, 96, 8, 32) == 960 + 120 + 30
+    assert onnxquant.nbytes(10, 96, 4, 32, gathered=True) == 480 + 120 + 2 * 20  # zero points 2-D for the gather
+    assert onnxquant.auto_bytes(10, 96) == onnxquant.nbytes(10, 96, 4, 32)  # 96 is not a multiple of 64
+    assert onnxquant.auto_bytes(10, 96, pick=max) == onnxquant.nbytes(10, 96, 8, 16)
 
 
 def test_int4_export_is_the_requantized_graph_and_runs(tmp_path, tiny_model):
@@ -69,7 +72,8 @@ def test_int4_export_is_the_requantized_graph_and_runs(tmp_path, tiny_model):
 
     r = export_onnx(OnnxExport(model=str(tiny_model), out=str(tmp_path / "o"), quant="int4-block32"))
     assert r["gates"]["generates"]["generated_tokens"] > 0
-    assert r["quant_recipe"]["bits"] == {onnxquant.HEAD: 8}
+    layout = r["quant_recipe"]["layout"]
+    assert layout.pop(onnxquant.HEAD) == "8/32" and set(layout.values()) == {"4/32"}
     graph = onnx.load(str(tmp_path / "o" / "model.onnx")).graph
     bits = {
         n.input[1]: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"
@@ -81,7 +85,10 @@ def test_int4_export_is_the_requantized_graph_and_runs(tmp_path, tiny_model):
         for t in graph.initializer
         if t.name.endswith(("weight_Q4", "weight_scales", "weight_zero_points"))
     )
-    assert weights == onnx_bytes(Dims.from_config(tiny_model), "int4-block32")["matmul"]
+    planned = onnx_bytes(Dims.from_config(tiny_model), "int4-block32")
+    assert weights == planned["matmul"]
+    gather = next(t for t in graph.initializer if t.name.endswith("zero_points_gather"))
+    assert onnx.numpy_helper.to_array(gather).nbytes == planned["gather"]
 
 
 def test_a_partial_last_block_is_padded_like_the_builders():
@@ -95,9 +102,12 @@ def test_a_partial_last_block_is_padded_like_the_builders():
     assert onnxquant.nbytes(4, 96, 4, 64) == 4 * 2 * 32 + 4 * 2 * 4 + 4 * 1
 
 
-def test_auto_spends_a_size_budget_on_8_bit_weights(tmp_path, tiny_model):
-    """Halfway between the all-4-bit and the all-8-bit size, --quant auto lands under the budget with some
-    weights at 8 bits and some at 4; the result runs (the export's generate gate)."""
+def test_auto_spends_a_size_budget_on_bits_and_blocks_and_the_graph_says_so(tmp_path, tiny_model):
+    """Halfway between the smallest and the largest auto layout, --quant auto lands under the budget with a mix of
+    bits and block sizes; every MatMulNBits node and the embedding gather carry the bits and block of the layout
+    the manifest records, and the result runs (the export's generate gate)."""
+    import onnx
+
     from edgeq.export.onnx import OnnxExport, export_onnx
 
     def export(name: str, budget: float | None) -> dict:
@@ -105,12 +115,19 @@ def test_auto_spends_a_size_budget_on_8_bit_weights(tmp_path, tiny_model):
         return export_onnx(OnnxExport(str(tiny_model), str(tmp_path / name), quant, max_size_mib=budget))
 
     small, large = export("small", None), export("large", 1e6)
-    n = len(large["quant_recipe"]["bits"])  # every weight at 8 bits
+    assert set(large["quant_recipe"]["layout"].values()) == {"8/16"}  # the finest choice: least error
     budget = (small["bytes"] + large["bytes"]) / 2 / 2**20
     r = export("auto", budget)
     assert small["bytes"] < r["bytes"] <= budget * 2**20 < large["bytes"]
-    assert 1 < len(r["quant_recipe"]["bits"]) < n and r["quant_recipe"]["solver"]["max_size_mib"] == budget
+    layout = r["quant_recipe"]["layout"]
+    assert len(set(layout.values())) > 1 and r["quant_recipe"]["solver"]["max_size_mib"] == budget
     assert r["gates"]["generates"]["generated_tokens"] > 0
+    graph = onnx.load(str(tmp_path / "auto" / "model.onnx"), load_external_data=False).graph
+    for node in graph.node:
+        if node.op_type in (onnxquant.MATMUL, onnxquant.GATHER):
+            attrs = {a.name: a.i for a in node.attribute}
+            stem = onnxquant.HEAD if node.op_type == onnxquant.GATHER else node.input[1].split(".MatMul.")[0]
+            assert f"{attrs['bits']}/{attrs['block_size']}" == layout[stem], node.name
 
 
 def test_auto_below_the_smallest_artifact_is_exit_3_and_writes_nothing(tmp_path, tiny_model):
