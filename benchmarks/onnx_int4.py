@@ -14,7 +14,7 @@ Artifacts, all from the same float model:
 Each is compared with the HF float model on held-out task conversations and on general text (mean KLD, top-1),
 greedy-answers the first --limit held-out prompts through its own runtime (task score), and is timed once
 (edgeq bench's measurement: 128 prompt + 64 generated tokens, 2 threads; decode tok/s and peak RSS). Prints a
-Markdown table with size and KLD as ratios to Q4_K_M; writes OUT.json.
+Markdown table with size and KLD as ratios to Q4_K_M; writes OUT.json and a plot, OUT.png.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def main() -> None:
     ap.add_argument("--from-json", default=None, help="print the table of an earlier run's OUT.json")
     args = ap.parse_args()
     if args.from_json:
-        summarize(json.loads(Path(args.from_json).read_text()))
+        result = json.loads(Path(args.from_json).read_text())
+        summarize(result)
+        plot(result, Path(args.out + ".png"))
         return
 
     model_dir = resolve_model(args.model, False)
@@ -132,6 +134,7 @@ def main() -> None:
     }
     Path(args.out + ".json").write_text(json.dumps(result, indent=1))
     summarize(result)
+    plot(result, Path(args.out + ".png"))
 
 
 def summarize(result: dict) -> None:
@@ -151,6 +154,31 @@ def summarize(result: dict) -> None:
             f"{r['task_top1']:.3f} | {r['task_score']:.1f} | {r.get('decode_tok_s', float('nan')):.1f} | "
             f"{r.get('peak_rss_mib', float('nan')):.0f} | {layout} |"
         )
+
+
+def plot(result: dict, path: Path) -> None:
+    """General-text KLD against size, log scale, with the goal's box: ≤ 1.2× Q4_K_M's size, ≤ 1.5× its KLD."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    ref = next(r for r in rows if r["name"] == "GGUF Q4_K_M")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    size, kld = ref["bytes"] / MIB, ref["text_kld"]
+    ax.fill_between([0, 1.2 * size], 0, 1.5 * kld, color="tab:green", alpha=0.12, label="goal: ≤ 1.2× size, ≤ 1.5× KLD")
+    for r in rows:
+        gguf = r["name"].startswith("GGUF")
+        ax.scatter(
+            r["bytes"] / MIB, r["text_kld"], marker="s" if gguf else "o", color="tab:red" if gguf else "tab:blue"
+        )
+        ax.annotate(r["name"], (r["bytes"] / MIB, r["text_kld"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set(xlabel="artifact size (MiB)", ylabel="mean KLD vs float, general text", yscale="log", xlim=(80, 135))
+    ax.set_title(f"ONNX 4-bit on {result['cpu']}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

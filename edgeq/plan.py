@@ -323,6 +323,11 @@ def predict_gguf_rss(d: Dims, tensor_bytes: dict[str, int], n_ctx: int, prompt: 
     return {"base": base, "weights": weights, "kv_cache": kv, "compute": compute, "total": total}
 
 
+def tokenizer_bytes(model_dir: Path) -> int:
+    """The tokenizer files the builder copies next to the ONNX graph."""
+    return sum((model_dir / f).stat().st_size for f in TOKENIZER_FILES if (model_dir / f).is_file())
+
+
 def predict_onnx_rss(d: Dims, quant: str, n_ctx: int, prompt: int, cal: dict, sizes: dict | None = None) -> dict:
     """`sizes`: onnx_bytes of another layout of quant's graph (--quant auto's), else quant's own."""
     o = cal["onnx"]
@@ -365,7 +370,7 @@ def predict(
         )
     measured = measured or {}
     layout = None
-    tokenizer_bytes = sum((model_dir / f).stat().st_size for f in TOKENIZER_FILES if (model_dir / f).is_file())
+    tokenizer = tokenizer_bytes(model_dir)
     rows = []
     for c in candidates(profile):
         terms, note = calibrated(cal, c.fmt, c.quant)
@@ -377,7 +382,7 @@ def predict(
             size = gguf_file_bytes(layout, types)
             mem = predict_gguf_rss(d, types, n_ctx, profile.prompt_tokens, {FORMAT_GGUF: terms})
         else:  # the builder copies the tokenizer files next to the graph
-            size = sum(onnx_bytes(d, c.quant).values()) + tokenizer_bytes
+            size = sum(onnx_bytes(d, c.quant).values()) + tokenizer
             mem = predict_onnx_rss(d, c.quant, n_ctx, profile.prompt_tokens, {FORMAT_ONNX: terms})
         terms_mib = {k: v / MIB for k, v in mem.items() if k != "total"}
         predicted = Prediction(size / MIB, mem["total"] / MIB, terms_mib, note)
@@ -553,7 +558,7 @@ def onnx_mixed_row(model_dir: Path, profile, n_ctx: int, rows: list[Row], cal: d
         return None
     d, quant = Dims.from_config(model_dir), ONNX_AUTO_LAYOUT
     terms, note = calibrated(cal, FORMAT_ONNX, quant)
-    tokenizer = sum((model_dir / f).stat().st_size for f in TOKENIZER_FILES if (model_dir / f).is_file())
+    tokenizer = tokenizer_bytes(model_dir)
     least, most = onnx_bytes(d, quant, auto=min), onnx_bytes(d, quant, auto=max)
     weights = sum(onnx_quantized_weights(d))
 
@@ -574,10 +579,11 @@ def onnx_mixed_row(model_dir: Path, profile, n_ctx: int, rows: list[Row], cal: d
     lo, hi = float(least["matmul"]), float(most["matmul"])
     if not fits(lo):
         return None
-    if not fits(hi):
-        for _ in range(40):  # bisection to well under a kilobyte
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    if fits(hi):  # room for every weight's largest choice: no need to spend more
+        lo = hi
+    for _ in range(40 if lo < hi else 0):  # bisection to well under a kilobyte
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     sizes, mem = at(lo)
     storage = (sum(sizes.values()) + tokenizer) / MIB
     max_size_mib = math.floor(storage * 100) / 100  # the export's --max-size-mib, as recorded in the candidate

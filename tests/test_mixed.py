@@ -292,7 +292,8 @@ def _onnx_profile(tmp_path: Path, storage_mib: float) -> Path:
 def test_plan_adds_an_onnx_mixture_sized_to_the_budget_only_where_it_binds(wide_model, tmp_path):
     """The wide model's ONNX files: int8 65.6 MiB (its embedding stays float), int4-block32 18.1, --quant auto
     from 10.2 (every weight at its smallest choice) to 20.8 (all 8-bit in blocks of 16). At 15 MiB int8 and
-    int4-block32 miss; the mixture takes the whole budget, its KLD a prior between int4's and int8's."""
+    int4-block32 miss; the mixture takes the whole budget, its KLD a prior between int4's and int8's. At 50 MiB
+    it stops at the largest layout; at 100 MiB int8 fits and there is no mixture."""
     import json
 
     r = run_edgeq("plan", "--profile", _onnx_profile(tmp_path, 15), "--model", wide_model, "--json")
@@ -307,6 +308,11 @@ def test_plan_adds_an_onnx_mixture_sized_to_the_budget_only_where_it_binds(wide_
     assert "ONNX 4-bit" in mixed["mixed"]["kld_prior_source"]
     assert QUANT_TYPES["int8"].prior_kld < mixed["kld"] < QUANT_TYPES["int4-block32"].prior_kld
     assert plan["chosen"] == {"format": "onnx", "quant": "int4-block32", "recipe": mixed["recipe"]}
+
+    r = run_edgeq("plan", "--profile", _onnx_profile(tmp_path, 50), "--model", wide_model, "--json")
+    assert r.returncode == 0, r.stderr
+    mixed = next(c for c in json.loads(r.stdout)["candidates"] if "recipe" in c)
+    assert 20.6 < float(mixed["recipe"]["max_size_mib"]) < 20.8  # every weight's largest choice: no need for more
 
     r = run_edgeq("plan", "--profile", _onnx_profile(tmp_path, 100), "--model", wide_model, "--json")
     assert r.returncode == 0, r.stderr

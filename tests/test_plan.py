@@ -146,3 +146,16 @@ def test_plan_names_its_calibration_and_a_missing_one_is_a_usage_error(tiny_plan
     assert any("names no calibration" in w for w in tiny_plan["calibration"]["warnings"])
     r, _ = _plan("--profile", "drone", "--model", tiny_model, "--ctx", 256, "--calibration", "nowhere.json")
     assert r.returncode == 2 and "calibration 'nowhere.json' not found" in r.stderr
+
+
+def test_the_onnx_mixture_prior_follows_the_measured_curve():
+    from edgeq.plan import interpolate_prior
+    from edgeq.spec import ONNX_AUTO_KLD_PRIOR
+
+    pts = sorted(ONNX_AUTO_KLD_PRIOR)
+    assert all(abs(interpolate_prior(b) - k) < 1e-12 for b, k in pts)
+    (b0, k0), (b1, k1) = pts[-2:]
+    assert interpolate_prior((b0 + b1) / 2) == pytest.approx((k0 * k1) ** 0.5)  # log-linear: the geometric mean
+    assert interpolate_prior(pts[0][0] - 1) == pts[0][1] and interpolate_prior(pts[-1][0] + 1) == pts[-1][1]
+    klds = [interpolate_prior(b / 10) for b in range(40, 120)]
+    assert all(a >= b * (1 - 1e-12) for a, b in zip(klds, klds[1:], strict=False))  # more bits: never more drift

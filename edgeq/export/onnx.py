@@ -170,11 +170,10 @@ def check_reachable(model_dir: Path, max_size_mib: float) -> None:
     """Exit 3 before anything is built where even every weight at 4 bits misses --max-size-mib: the weights, norms
     and RoPE caches (plan's layout) and the tokenizer files alone are larger."""
     from edgeq.errors import BudgetError
-    from edgeq.plan import Dims, onnx_bytes
+    from edgeq.plan import Dims, onnx_bytes, tokenizer_bytes
 
     sizes = onnx_bytes(Dims.from_config(model_dir), ONNX_AUTO_LAYOUT, auto=min)
-    tokenizer = sum((model_dir / n).stat().st_size for n in TOKENIZER_FILES if (model_dir / n).is_file())
-    smallest = sum(sizes.values()) + tokenizer
+    smallest = sum(sizes.values()) + tokenizer_bytes(model_dir)
     if smallest > max_size_mib * 2**20:
         raise BudgetError(
             f"the smallest 4-bit ONNX artifact of this model is over {smallest / 2**20:.1f} MiB; "

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeq import report
 from edgeq.errors import EdgeqError
 
 METHOD = "edgeq: importance-weighted blocks with zero points (onnxquant)"
@@ -221,14 +222,18 @@ def fit_all(onnx_dir: Path, model_dir: Path, imatrix: dict | None, palette) -> d
     producers = {o: n for n in graph.node for o in n.output}
     gathered = {producers[n.input[0]].input[0] for n in graph.node if n.op_type == GATHER and n.input[0] in producers}
     tensors = float_tensors(model_dir)
+    weights = weights_of(graph, AutoConfig.from_pretrained(model_dir))
     fits = {}
-    for w in weights_of(graph, AutoConfig.from_pretrained(model_dir)):
-        fw, a = float_weight(tensors, w), importance(imatrix, w)
-        shared = f"{w.stem}.MatMul.weight_Q4" in gathered
-        for b, blk in palette(w.stem, w.k) if callable(palette) else palette:
-            q, s, z = fit_blocks(fw, a, b, blk)
-            size = nbytes(w.n, w.k, b, blk, shared)
-            fits[w.stem, b, blk] = Fit(b, blk, q, s, z, size, error(fw, dequantize(q, s, z, w.k), a[None, :]))
+    with report.progress("fitting blocks", len(weights)) as update:
+        for i, w in enumerate(weights):
+            update(i, w.stem)
+            fw, a = float_weight(tensors, w), importance(imatrix, w)
+            shared = f"{w.stem}.MatMul.weight_Q4" in gathered
+            for b, blk in palette(w.stem, w.k) if callable(palette) else palette:
+                q, s, z = fit_blocks(fw, a, b, blk)
+                size = nbytes(w.n, w.k, b, blk, shared)
+                fits[w.stem, b, blk] = Fit(b, blk, q, s, z, size, error(fw, dequantize(q, s, z, w.k), a[None, :]))
+        update(len(weights))
     return fits
 
 
