@@ -167,8 +167,8 @@ def export_onnx(cfg: OnnxExport) -> dict:
 
 
 def check_reachable(model_dir: Path, max_size_mib: float) -> None:
-    """Exit 3 before anything is built where even every weight at 4 bits misses --max-size-mib: the weights, norms
-    and RoPE caches (plan's layout) and the tokenizer files alone are larger."""
+    """Exit 3 before anything is built where even every weight at its smallest choice misses --max-size-mib: the
+    weights, norms and RoPE caches (plan's layout) and the tokenizer files alone are larger."""
     from edgeq.errors import BudgetError
     from edgeq.plan import Dims, onnx_bytes, tokenizer_bytes
 
@@ -217,11 +217,11 @@ def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport, kind: str)
         if size > budget:  # the layout is exact: a miss is a defect, not a budget problem
             raise EdgeqError(f"the solved ONNX artifact is {size / 2**20:.2f} MiB, over its budget", str(onnx_dir))
         solved = {"max_size_mib": cfg.max_size_mib, "error": sum(a["error"] for a in account.values())}
-    layout = {stem: f"{a['bits']}/{a['block']}" for stem, a in account.items()}  # bits/block of every weight
+    written = {stem: f"{a['bits']}/{a['block']}" for stem, a in account.items()}  # bits/block of every weight
     return {
         "method": onnxquant.METHOD,
-        "layout": layout,
-        "counts": dict(sorted(Counter(layout.values()).items())),
+        "layout": written,
+        "counts": dict(sorted(Counter(written.values()).items())),
         "importance": summary or "none: every input column weighted alike (pass --imatrix-data)",
         **({"solver": solved} if solved else {}),
     }

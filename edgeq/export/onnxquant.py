@@ -10,7 +10,8 @@ block   levels q ∈ [0, 2^bits − 1], ŵ = scale · (q − zero_point): scale 
         `block` input columns, chosen from a grid of ranges and refit by least squares to minimise
         Σ_j a_j (w_j − ŵ_j)², a_j the mean of x_j² over the fine-tune's data (the importance matrix llama.cpp's
         quantizer reads, named by the GGUF tensor the weight becomes)
-tensor  4 or 8 bits (`bits`: initializer stem → bits), the mixed-precision solver's choice for a size budget
+tensor  4 or 8 bits and a block of 16–128 columns (a `Layout`: initializer stem → (bits, block)): int4-block*
+        fixes both, --quant auto lets the mixed-precision solver choose them for a size budget
 
 MatMulNBits layout (ONNX Runtime's contrib op): B uint8 (N, n_blocks, block·bits/8), two 4-bit values per byte,
 low nibble first; scales float32 (N, n_blocks); zero points uint8 (N · ⌈n_blocks·bits/8⌉), packed the same way.
