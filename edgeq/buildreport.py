@@ -454,16 +454,19 @@ def _mixed_lines(m: dict) -> list[str]:
         f"{mx['sensitivity_source'] or 'none'} (sha256 {str(mx['sensitivity_sha256'])[:12]}…); every tensor's type "
         "is read back from the file (`quant_recipe.recipe` in manifest.json)",
     ]
+    return lines + [_why_mixed(mx)]
+
+
+def _why_mixed(mx: dict) -> str:
+    """A mixture (GGUF or ONNX) against the best uniform type that fits, both measured by the sweep."""
     best, kld = mx["best_uniform_that_fits"], mx["kld"]
-    if best:
-        gain = 1 - kld / best["kld"] if best["kld"] > 0 else 0.0
-        lines.append(
-            f"- why mixed: mean KLD {kld:.4f} against {best['kld']:.4f} for {best['candidate']['quant']}, the best "
-            f"uniform type that fits ({best['storage_mib']:.1f} MiB): {gain:.0%} lower"
-        )
-    else:
-        lines.append("- why mixed: no uniform type the profile allows fits its budgets")
-    return lines
+    if not best:
+        return "- why mixed: no uniform type the profile allows fits its budgets"
+    gain = 1 - kld / best["kld"] if best["kld"] > 0 else 0.0
+    return (
+        f"- why mixed: mean KLD {kld:.4f} against {best['kld']:.4f} for {best['candidate']['quant']}, the best "
+        f"uniform type that fits ({best['storage_mib']:.1f} MiB): {gain:.0%} lower"
+    )
 
 
 def _onnx_mixed_lines(m: dict) -> list[str]:
@@ -477,16 +480,7 @@ def _onnx_mixed_lines(m: dict) -> list[str]:
         f"block fits (onnxquant), importance matrix from {mx['sensitivity_source'] or 'none'}; every weight's bits "
         "and block are in `quant_recipe.onnx.layout` of manifest.json",
     ]
-    best = mx["best_uniform_that_fits"]
-    if best:
-        gain = 1 - mx["kld"] / best["kld"] if best["kld"] > 0 else 0.0
-        lines.append(
-            f"- why mixed: mean KLD {mx['kld']:.4f} against {best['kld']:.4f} for {best['candidate']['quant']}, the "
-            f"best uniform type that fits ({best['storage_mib']:.1f} MiB): {gain:.0%} lower"
-        )
-    else:
-        lines.append("- why mixed: no uniform ONNX type the profile allows fits its budgets")
-    return lines
+    return lines + [_why_mixed(mx)]
 
 
 def _recipe_section(m: dict, chosen) -> list[str]:

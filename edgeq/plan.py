@@ -560,7 +560,7 @@ def onnx_mixed_row(model_dir: Path, profile, n_ctx: int, rows: list[Row], cal: d
     terms, note = calibrated(cal, FORMAT_ONNX, quant)
     tokenizer = tokenizer_bytes(model_dir)
     least, most = onnx_bytes(d, quant, auto=min), onnx_bytes(d, quant, auto=max)
-    weights = sum(onnx_quantized_weights(d))
+    weights = onnx_quantized_weights(d)
 
     def at(matmul: float) -> tuple[dict, dict]:
         """The layout's sizes with `matmul` bytes of weights (gather: its share of the extremes) and its RSS."""
@@ -601,11 +601,11 @@ def onnx_mixed_row(model_dir: Path, profile, n_ctx: int, rows: list[Row], cal: d
     return Row(candidate, predicted, kld, KLD_PRIOR, reasons, mixed=info)
 
 
-def onnx_quantized_weights(d: Dims) -> tuple[int, int]:
-    """(weights in the layers' matmuls, weights in the head): what ONNX's bits per weight divide by."""
+def onnx_quantized_weights(d: Dims) -> int:
+    """Weights in the layers' matmuls and the head: what ONNX's bits per weight divide by."""
     q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
     per_layer = (q + 2 * kv) * d.hidden + d.hidden * q + 3 * d.intermediate * d.hidden
-    return d.layers * per_layer, d.vocab * d.hidden
+    return d.layers * per_layer + d.vocab * d.hidden
 
 
 def interpolate_prior(bpw: float) -> float:
@@ -740,18 +740,18 @@ def make_plan(cfg: PlanConfig, float_gguf: Path | None = None, imatrix: dict | N
         if needs_gguf and FORMAT_GGUF in profile.formats and float_gguf is None:
             float_gguf = float_gguf_for(model_dir, Path(scratch))
         rows = predict(model_dir, profile, n_ctx, float_gguf, measured, cal)
+        mixed: list[Row | None] = []
         if float_gguf is not None and FORMAT_GGUF in profile.formats:
             if imatrix is None and cfg.data:
                 from edgeq.export.imatrix import compute_imatrix
 
                 imatrix, _ = compute_imatrix(model_dir, cfg.data)
-            row = mixed_row(model_dir, profile, n_ctx, float_gguf, rows, cal, imatrix, cfg.data, Path(scratch))
-            if row is not None:
-                m = (measured or {}).get(row.candidate.key)
-                rows.append(with_measurement(row, m, profile) if m else row)
-        if FORMAT_ONNX in profile.formats and (row := onnx_mixed_row(model_dir, profile, n_ctx, rows, cal)):
-            m = (measured or {}).get(row.candidate.key)
-            rows.append(with_measurement(row, m, profile) if m else row)
+            mixed.append(mixed_row(model_dir, profile, n_ctx, float_gguf, rows, cal, imatrix, cfg.data, Path(scratch)))
+        if FORMAT_ONNX in profile.formats:
+            mixed.append(onnx_mixed_row(model_dir, profile, n_ctx, rows, cal))
+    for row in filter(None, mixed):  # a mixture the build's sweep measured reads back as measured, like the rest
+        m = (measured or {}).get(row.candidate.key)
+        rows.append(with_measurement(row, m, profile) if m else row)
     calibration = {
         "name": cal_path.stem,
         "path": str(cal_path),
