@@ -46,16 +46,21 @@ def test_markdown_csv_and_junit(tiny_gguf, tmp_path):
     assert cs.returncode == 0, cs.stderr
     rows = list(csv.DictReader(io.StringIO(cs.stdout)))
     assert {r["metric"] for r in rows} >= {"decode_tok_s", "peak_rss_mib"}
-    jx = run_edgeq("bench", tiny_gguf, *FAST, "--output", "junit", "--profile", "drone")
-    assert jx.returncode == 0, jx.stderr  # a tiny model fits the drone with room to spare
+    jx = run_edgeq("bench", tiny_gguf, *FAST, "--output", "junit", "--profile", _profile(tmp_path))
+    assert jx.returncode == 0, jx.stderr  # a tiny model fits the drone's memory and storage with room to spare
     suite = ET.fromstring(jx.stdout)
     assert {c.get("name") for c in suite.iter("testcase")} == {"memory", "storage", "decode"}  # ttft: other length
     assert suite.get("failures") == "0" and not list(suite.iter("failure"))
 
 
-def _tight_profile(tmp_path, **changes):
-    """The drone profile with some budgets replaced (nested sections merged, not replaced)."""
+def _profile(tmp_path, **changes):
+    """The drone profile with some budgets replaced (nested sections merged, not replaced).
+
+    Its latency budgets start out of reach: on a loaded CI machine one 8-token decode of the tiny model
+    has measured below the drone's 10 tok/s, and a test of one gate must not fail on another's timing.
+    """
     d = yaml.safe_load(Path(load_profile("drone").source).read_text())
+    d["latency"] |= {"ttft_ms": 3_600_000, "min_decode_tok_s": 0.01}  # the sane extremes
     for key, value in changes.items():
         d[key] = {**d[key], **value} if isinstance(value, dict) else value
     p = tmp_path / "tight.yaml"
@@ -64,7 +69,7 @@ def _tight_profile(tmp_path, **changes):
 
 
 def test_memory_breach_exits_3_and_names_the_limit(tiny_gguf, tmp_path):
-    profile = _tight_profile(tmp_path, memory_budget_mib=16)
+    profile = _profile(tmp_path, memory_budget_mib=16)
     r = run_edgeq("bench", tiny_gguf, *FAST, "--profile", profile, "--output", "junit", "--out", tmp_path / "j.xml")
     assert r.returncode == EXIT_BUDGET
     assert "memory" in r.stderr and "memory" in r.stderr and "vs max 16" in r.stderr and "Traceback" not in r.stderr
@@ -90,7 +95,7 @@ def test_baseline_regression_exits_3(tiny_gguf, tmp_path):
     ],
 )
 def test_each_budget_breach_exits_3_and_fails_only_its_check(budget, changes, prompt, tiny_gguf, tmp_path):
-    profile = _tight_profile(tmp_path, **changes)
+    profile = _profile(tmp_path, **changes)
     args = ("--reps", 1, "--prompt-tokens", prompt, "--gen-tokens", 8, "--profile", profile)
     r = run_edgeq("bench", tiny_gguf, *args, "--output", "junit", "--out", tmp_path / "j.xml")
     assert r.returncode == EXIT_BUDGET, r.stderr
