@@ -214,6 +214,11 @@ def model_info(model_dir: str | None) -> None:
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
 @click.option("--force", is_flag=True, help="Replace an existing adapter in --out.")
 @click.option(
+    "--gradient-checkpointing/--no-gradient-checkpointing",
+    default=None,
+    help="Recompute activations in backward [default: on CUDA; on a CPU only where memory is short].",
+)
+@click.option(
     "--optim-bits",
     type=click.Choice(["8", "32"]),
     default="8",

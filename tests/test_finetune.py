@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from edgeq.errors import ConfigError, UsageError
-from edgeq.finetune import CKPT_DIR, CKPT_MARKER, FinetuneConfig, finetune, latest_checkpoint
+from edgeq.finetune import CKPT_DIR, CKPT_MARKER, FinetuneConfig, checkpointing, finetune, latest_checkpoint
 from edgeq.spec import EXIT_USAGE, FINETUNE_MANIFEST
 from tests.conftest import run_edgeq
 
@@ -49,6 +49,21 @@ def test_qlora_run_writes_adapter_manifest_and_checkpoints(tiny_model, small_dat
     ckpts = sorted(p.name for p in (tmp_path / "ft" / CKPT_DIR).glob("step-*"))
     assert ckpts == ["step-000002", "step-000004", "step-000006"]
     assert all((tmp_path / "ft" / CKPT_DIR / c / CKPT_MARKER).is_file() for c in ckpts)
+
+
+def test_activations_are_recomputed_only_where_memory_would_bind(monkeypatch):
+    import types
+
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=16 << 30))
+    smol = types.SimpleNamespace(num_hidden_layers=30, hidden_size=576)  # SmolLM2-135M
+    cfg = FinetuneConfig(data="d", out="o")
+    assert not checkpointing(cfg, smol, 128, "cpu")  # 8 x 128 tokens keep ~2.3 GB of 16 GiB available: kept
+    assert checkpointing(cfg, smol, 512, "cpu")  # 8 x 512 would keep ~9 GB, over a quarter: recomputed
+    assert checkpointing(cfg, smol, 256, "cuda")  # the QLoRA recipe on a GPU, where memory binds
+    assert checkpointing(FinetuneConfig(data="d", out="o", gradient_checkpointing=True), smol, 8, "cpu")
+    assert not checkpointing(FinetuneConfig(data="d", out="o", gradient_checkpointing=False), smol, 8192, "cuda")
 
 
 def test_incomplete_checkpoint_is_never_resumed(tmp_path):
