@@ -483,6 +483,12 @@ def _onnx_mixed_lines(m: dict) -> list[str]:
     return lines + [_why_mixed(mx)]
 
 
+def _modelfile_note(template_ok: bool | None, fmt: str) -> str:
+    if fmt == FORMAT_ONNX:  # no Modelfile is written: Ollama serves GGUF only
+        return "none for an ONNX artifact; its folder's chat_template.jinja carries the served template"
+    return "ChatML template checked against the model" if template_ok else "template read from the GGUF"
+
+
 def _recipe_section(m: dict, chosen) -> list[str]:
     if chosen.recipe:
         quant = _onnx_mixed_lines(m) if chosen.fmt == FORMAT_ONNX else _mixed_lines(m)
@@ -494,8 +500,7 @@ def _recipe_section(m: dict, chosen) -> list[str]:
         "",
         f"- merge: into the {m['merge']['config']['merge_into']} base, saved as {m['merge']['config']['dtype']}",
         *quant,
-        "- Ollama Modelfile: "
-        + ("ChatML template checked against the model" if m["ollama_template"] else "template read from the GGUF"),
+        "- Ollama Modelfile: " + _modelfile_note(m["ollama_template"], chosen.fmt),
         "- full inputs, stage keys and versions: `manifest.json`",
         "",
     ]

@@ -278,20 +278,26 @@ def _matrix_bytes(rows: int, cols: int, quant: str, bits: int = 4, auto=None, ga
     return rows * cols * (4 if precision == "fp32" else 2)
 
 
+def onnx_layer_matmuls(d: Dims) -> list[tuple[int, int]]:
+    """(rows, cols) of each layer's quantized matmuls in the builder's graph: fused q/k/v, o, gate, up, down."""
+    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    return [
+        (q + 2 * kv, d.hidden),
+        (d.hidden, q),
+        (d.intermediate, d.hidden),
+        (d.intermediate, d.hidden),
+        (d.hidden, d.intermediate),
+    ]
+
+
 def onnx_bytes(d: Dims, quant: str, auto=None) -> dict[str, int]:
     """The builder's initializers: matmul weights, a gather-only embedding, norms and RoPE caches. int4: onnxquant's
     recipe (default_bits), or with auto=min (max) the smallest (largest) artifact --quant auto can write."""
-    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
 
     def matrix(rows: int, cols: int, bits: int = 4, gathered: bool = False) -> int:
         return _matrix_bytes(rows, cols, quant, bits, auto, gathered)
 
-    per_layer = (
-        matrix(q + 2 * kv, d.hidden)  # fused q/k/v
-        + matrix(d.hidden, q)  # o
-        + 2 * matrix(d.intermediate, d.hidden)  # gate, up
-        + matrix(d.hidden, d.intermediate)  # down
-    )
+    per_layer = sum(matrix(rows, cols) for rows, cols in onnx_layer_matmuls(d))
     precision = QUANT_TYPES[quant].onnx_precision
     float_bytes = 2 if precision == "fp16" else 4
     # Tied models gather from lm_head's own weights (int4: GatherBlockQuantized, which takes the zero points
@@ -603,9 +609,7 @@ def onnx_mixed_row(model_dir: Path, profile, n_ctx: int, rows: list[Row], cal: d
 
 def onnx_quantized_weights(d: Dims) -> int:
     """Weights in the layers' matmuls and the head: what ONNX's bits per weight divide by."""
-    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
-    per_layer = (q + 2 * kv) * d.hidden + d.hidden * q + 3 * d.intermediate * d.hidden
-    return d.layers * per_layer + d.vocab * d.hidden
+    return d.layers * sum(rows * cols for rows, cols in onnx_layer_matmuls(d)) + d.vocab * d.hidden
 
 
 def interpolate_prior(bpw: float) -> float:

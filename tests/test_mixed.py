@@ -11,7 +11,7 @@ import pytest
 from edgeq import mixed
 from edgeq.errors import BudgetError, EdgeqError
 from edgeq.mixed import Option, Tensor, options_for, solve
-from edgeq.spec import EXIT_BUDGET, QUANT_TYPES
+from edgeq.spec import BUILD_MODELFILE, EXIT_BUDGET, QUANT_TYPES
 from tests.conftest import make_tiny_model, run_edgeq
 
 MIB = 2**20
@@ -349,3 +349,4 @@ def test_a_build_whose_onnx_budget_binds_ships_the_solved_layout(wide_model, tmp
     assert qr["mixed"]["best_uniform_that_fits"]["candidate"]["quant"] == "int4-block128"  # measured beside it
     report = (out / "report.md").read_text()
     assert "ONNX 4/8-bit mixture solved for" in report and "the best uniform type that fits" in report
+    assert "Ollama Modelfile: none for an ONNX artifact" in report and not (out / BUILD_MODELFILE).exists()
