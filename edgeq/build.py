@@ -52,6 +52,7 @@ from edgeq.spec import (
     BUILD_EXAMPLE_TEST,
     BUILD_IMATRIX,
     BUILD_REPORT,
+    BUILD_SCORES_DIR,
     BUILD_STAGE_RECORD,
     BUILD_STAGES,
     BUILD_STATE_DIR,
@@ -387,14 +388,14 @@ def run_eval(job: Job, work: Path) -> EvalResult:
     answer NLL; the artifact's agreement with the merged model's answers."""
     from transformers import AutoTokenizer
 
-    from edgeq.evaluate import agreement, evaluate, float_task_score
+    from edgeq.evaluate import agreement, evaluate
     from edgeq.task import load_task
 
     limit, metric = job.cfg.eval_limit, job.cfg.metric
     task = load_task(job.test_data, limit, metric)
     art = evaluate(artifact(job), merged(job), job.test_data, limit, served=True, metric=metric)
-    merged_score = Score.from_dict(float_task_score(merged(job), task))
-    base_score = Score.from_dict(float_task_score(job.base, task))
+    merged_score = float_score(job, "merged", merged(job), task)
+    base_score = float_score(job, "base", job.base, task)
     tok = AutoTokenizer.from_pretrained(merged(job))
     return EvalResult(
         text=art["text"],
@@ -405,6 +406,35 @@ def run_eval(job: Job, work: Path) -> EvalResult:
         base=base_score,
         agreement=agreement(list(art["task"]["answers"]), list(merged_score.answers), tok),
     )
+
+
+def float_score(job: Job, which: str, model_dir: Path, task) -> Score:
+    """A float model's task score, kept in OUT/.edgeq/scores/ under the hash of what it depends on: minutes of
+    HF generation on a CPU that a rebuild need not repeat. The base's serves every fine-tune and profile of one
+    base and held-out set; the merged model's every profile of one fine-tune (the merge key covers it)."""
+    from edgeq.evaluate import float_task_score
+
+    model = {"merged": job.keys["merge"], "base": job.hashes["base"]}[which]
+    key = _hash(
+        {
+            "model": model,
+            "test_data": job.hashes["test_data"],
+            "limit": job.cfg.eval_limit,
+            "metric": job.cfg.metric,
+            "libraries": job.hashes["training_libraries"],  # edgeq's version and HF's: how it is scored
+        }
+    )
+    path = job.state / BUILD_SCORES_DIR / f"{which}-{key}.json"
+    try:
+        score = Score.from_dict(json.loads(path.read_text()))
+        report.err.print(f"  {which} model's task score: kept from an earlier build ({path.name})")
+        return score
+    except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: scored again
+        pass
+    result = float_task_score(model_dir, task)
+    path.parent.mkdir(exist_ok=True)
+    write_json(path, result)
+    return Score.from_dict(result)
 
 
 def run_bench(job: Job, work: Path) -> BenchResult:

@@ -269,6 +269,7 @@ LLAMA_CPP_MAX_BATCH = 512  # n_batch edgeq bench and the Modelfile use: min(512,
 # Build: the stages in order, and what the output directory holds.
 BUILD_STAGES = ("finetune", "merge", "plan", "sweep", "export", "eval", "bench", "report")
 BUILD_STATE_DIR = ".edgeq"  # inside --out: stage caches, the lock
+BUILD_SCORES_DIR = "scores"  # inside the state dir: float models' task scores, kept across rebuilds
 BUILD_STAGE_RECORD = "stage.json"  # written last inside a finished stage directory: key, seconds, result
 BUILD_MANIFEST = "manifest.json"
 BUILD_REPORT = "report.md"

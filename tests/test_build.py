@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from edgeq.profiles import load_profile
-from edgeq.spec import FORMATS, QUANT_TYPES
+from edgeq.spec import BUILD_SCORES_DIR, BUILD_STATE_DIR, FORMATS, QUANT_TYPES
 from tests.conftest import make_tiny_model, run_edgeq
 
 pytestmark = pytest.mark.slow
@@ -152,11 +152,19 @@ def test_changed_profile_reruns_from_plan(setup, built, tmp_path):
 
     out = tmp_path / "out"
     shutil.copytree(built, out)
+    scores = out / BUILD_STATE_DIR / BUILD_SCORES_DIR
+    (base_memo,) = scores.glob("base-*.json")
+    base_memo.write_text('{"metric": "json", "why"')  # a torn cache entry is scored again, not trusted
     r = run_edgeq(*_args(setup, out, _profile(tmp_path / "mini.yaml", memory=600)))
     assert r.returncode == 0, r.stderr[-2000:]
     states = _states(r.stdout)
     assert states["finetune"] == states["merge"] == "cached"
     assert all(states[s] == "done" for s in ("plan", "sweep", "export", "eval", "bench", "report"))
+    # the float models do not depend on the profile: the merged model's score is kept, the torn one redone
+    assert "merged model's task score: kept" in r.stderr and "base model's task score: kept" not in r.stderr
+    before, after = (json.loads((d / "manifest.json").read_text())["task"] for d in (built, out))
+    assert after["merged"] == before["merged"] and after["base"] == before["base"]
+    assert after["answer_nll"]["merged"] == before["answer_nll"]["merged"]
 
 
 def test_second_build_into_the_same_directory_is_refused(setup, built):
