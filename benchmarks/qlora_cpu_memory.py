@@ -86,7 +86,7 @@ def child(recipe: str, steps: int) -> dict:
     else:
         # checkpointing as recorded in RESULTS (the recipe's memory-lean setting; the CPU default is off)
         cfg = FinetuneConfig(data="examples/drone/train.jsonl", out="-", lr=1e-4, gradient_checkpointing=True)
-        model = load_model(base, cfg, "cpu", 128)
+        model = load_model(base, cfg, "cpu")
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
         def step(b):

@@ -20,7 +20,7 @@ import os
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from edgeq import __version__
@@ -193,9 +193,8 @@ def checkpointing(cfg: FinetuneConfig, model_config, longest: int, device: str) 
     return need > psutil.virtual_memory().available / 4
 
 
-def load_model(base_dir: Path, cfg: FinetuneConfig, device: str, longest: int):
-    """The frozen base (quantized unless --quant none) with LoRA adapters attached; longest: the longest
-    example's tokens (whether to checkpoint activations)."""
+def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
+    """The frozen base (quantized unless --quant none) with LoRA adapters attached."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -229,7 +228,7 @@ def load_model(base_dir: Path, cfg: FinetuneConfig, device: str, longest: int):
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
-    if checkpointing(cfg, model.config, longest, device):
+    if cfg.gradient_checkpointing:
         inner = model.get_base_model()
         # transformers 5.x renamed gradient_checkpointing_enable; support both names in our range
         if hasattr(inner, "activation_checkpointing_enable"):
@@ -445,7 +444,7 @@ class Run:
 def setup(cfg: FinetuneConfig) -> Run:
     """Refusals first (nothing is written), then the data, the split, the model and the optimizer."""
     import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from edgeq import report
     from edgeq.basemodel import resolve_model
@@ -476,8 +475,10 @@ def setup(cfg: FinetuneConfig) -> Run:
     steps_per_epoch = max(1, (len(examples) - n_eval) // (cfg.batch_size * cfg.grad_accum * world))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
+    longest = max(len(e.input_ids) for e in examples)
+    cfg = replace(cfg, gradient_checkpointing=checkpointing(cfg, AutoConfig.from_pretrained(base_dir), longest, device))
     torch.manual_seed(cfg.seed)
-    model = load_model(base_dir, cfg, device, max(len(e.input_ids) for e in examples))
+    model = load_model(base_dir, cfg, device)  # the manifest's config records the checkpointing decided here
     frozen_base = quantized_bits_per_param(model) if cfg.quant != "none" else None  # before any eval-mode repacking
     trainable = [p for _, p in _trainable(model)]
     if device == "cuda":
@@ -634,7 +635,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     steps_run = train_loop(run, start_step, losses)
     summary = summarize(run, start_step, steps_run, losses, time.time() - t0)
     if run.rank == 0:
-        _write_adapter(run.out, run.model, cfg, run.base_dir, run.base_sha, run.structure, losses, summary)
+        _write_adapter(run.out, run.model, run.cfg, run.base_dir, run.base_sha, run.structure, losses, summary)
     return summary
 
 

@@ -43,6 +43,7 @@ def test_qlora_run_writes_adapter_manifest_and_checkpoints(tiny_model, small_dat
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
     manifest = json.loads((adapter / FINETUNE_MANIFEST).read_text())
     assert manifest["quantization"] == {"quant": "nf4", "double_quant": True, "blocksize": 64}
+    assert manifest["config"]["gradient_checkpointing"] is False  # decided, and recorded: a tiny model on a CPU
     assert len(manifest["losses"]) == 6 and manifest["losses"][-1] < manifest["losses"][0]
     assert 4.1 < summary["frozen_base"]["bits_per_param"] < 4.14  # NF4 + double quant
     assert summary["trainable_params"] > 0 and summary["eval_loss"] is not None
