@@ -71,7 +71,8 @@ def main() -> None:
         flt = float_gguf_for(model_dir, work)
         imatrix, _ = compute_imatrix(model_dir, args.calib)
         tensors = mixed.quantizable(flt)
-        palette = sorted({dry_run_types(flt, q)[t.name][0] for q in quants for t in tensors})
+        written = {q: dry_run_types(flt, q) for q in quants}  # one dry run per type
+        palette = sorted({written[q][t.name][0] for q in quants for t in tensors})
         errors = mixed.sensitivity(flt, palette, imatrix, work, quants[0])
         gains = mixed.class_gains(flt, errors, quants[0], imatrix, kld_probe(model_dir, args.calib), work)
         priced = mixed.priced(errors, gains)
