@@ -4,8 +4,8 @@
                                           [--heldout examples/drone/test.jsonl] [--out benchmarks/mixed_vs_uniform]
 
 One F16 GGUF of the model; an importance matrix on the calibration data; the per-tensor sensitivity over every
-ggml type llama.cpp's uniform types write, priced per tensor class by a measured KLD. Then, for each uniform
-type from Q3_K_M to Q6_K: the uniform file (llama.cpp's own mixture, with the same importance matrix) and
+ggml type llama.cpp's uniform types write, priced per tensor class and layer band by a measured KLD. Then, for
+each uniform type from Q3_K_M to Q6_K: the uniform file (llama.cpp's own mixture, with the same importance matrix) and
 edgeq's mixed recipe solved for that file's exact size. Both are compared with the HF float model on held-out
 task conversations (never seen by the imatrix) and on general text: mean KLD, top-1 agreement. The mixed
 file's size is predicted before it is built (the quantizer's dry run) and its peak RSS at --ctx is predicted
@@ -13,7 +13,7 @@ file's size is predicted before it is built (the quantizer's dry run) and its pe
 prompt through llama.cpp, scored with the task's metric.
 
 Prints a table with the KLD ratio mixed/uniform and how well each sensitivity ranks the files' measured KLD
-(Spearman ρ over all of them): the raw importance-weighted error sum and the same errors priced per tensor class
+(Spearman ρ over all of them): the raw importance-weighted error sum and the same errors priced per class and band
 (the solver's). Writes OUT.json and OUT.png. `--from-json OUT.json` prints the table again.
 """
 
@@ -74,7 +74,7 @@ def main() -> None:
         written = {q: dry_run_types(flt, q) for q in quants}  # one dry run per type
         palette = sorted({written[q][t.name][0] for q in quants for t in tensors})
         errors = mixed.sensitivity(flt, palette, imatrix, work, quants[0])
-        gains = mixed.class_gains(flt, errors, quants[0], imatrix, kld_probe(model_dir, args.calib), work)
+        gains = mixed.group_gains(flt, errors, quants[0], imatrix, kld_probe(model_dir, args.calib), work)
         priced = mixed.priced(errors, gains)
 
         def measure(path: Path) -> dict:

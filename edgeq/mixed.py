@@ -6,9 +6,10 @@ palette      the ggml types the allowed uniform types already write (so a device
 sensitivity  err[t][q] = Σ_rows Σ_j imatrix_j · (W_ij − Ŵ_ij)², the output error quantizing tensor t to q
              adds on the calibration activations (the quantity llama.cpp's quantizer minimises), measured
              by quantizing the float GGUF to each palette type with llama.cpp and reading every tensor back;
-             then priced in nats: per tensor class (attn_q, ffn_down, token_embd, …) the KLD measured with
-             only that class quantized, over the class's summed error (errors of different classes reach the
-             logits very differently: unpriced, they misrank a mixture against the uniform types)
+             then priced in nats: per gain group (a tensor class in a band of layers: attn_q.weight[0-5], …,
+             token_embd.weight) the KLD measured with only that group quantized, over the group's summed error
+             (errors of different classes and depths reach the logits very differently: unpriced, they
+             misrank a mixture against the uniform types)
 solver       a multiple-choice knapsack under a storage and a memory budget: every tensor starts at its best
              type; while over budget, take the downgrade that gives up the least error per byte saved; then
              spend what is left on the upgrades that buy the most error per byte
@@ -28,6 +29,7 @@ from edgeq.errors import BudgetError, EdgeqError
 
 GGUF_ALIGNMENT = 32  # gguf-py's and llama.cpp's default general.alignment
 HEADER_SLACK = 4096  # bytes of metadata the quantizer may add to the float file's (general.quantization_version, …)
+GAIN_BANDS = 5  # layer bands per tensor class that a KLD price is measured for (gain_groups)
 TIED_HEAD = "output.weight"  # the imatrix entry of a tied head: token_embd's activations as the output matrix
 
 
@@ -203,36 +205,62 @@ def sensitivity(
 
 
 def tensor_class(name: str) -> str:
-    """blk.12.attn_q.weight → attn_q.weight: what a gain is measured for."""
+    """blk.12.attn_q.weight → attn_q.weight."""
     return re.sub(r"^blk\.\d+\.", "", name)
 
 
-def class_gains(float_gguf: Path, errors: dict, base_quant: str, imatrix: dict | None, kld_of, work: Path) -> dict:
-    """{class: {type, kld, error, gain}}: each class quantized alone (to the palette type it loses most to, every
-    other tensor F16), its KLD against the float model measured by `kld_of(path)`, and gain = KLD / Σ error, the
-    nats one unit of the class's error costs."""
+def gain_groups(names) -> dict[str, str]:
+    """{tensor: group}: its class and, in a block, its band of GAIN_BANDS consecutive layers (blk.12.attn_q.weight →
+    attn_q.weight[12-17] in a 30-layer model). What a gain is measured for: one unit of importance-weighted error
+    costs very different nats in the first and the last layers (measured on the drone fine-tune: 86× apart for
+    attn_output, 32× for attn_v), so one price per class misranks the tensors within it."""
+    layer = {n: int(m.group(1)) for n in names if (m := re.match(r"blk\.(\d+)\.", n))}
+    n_layers = 1 + max(layer.values(), default=0)
+    bands = min(GAIN_BANDS, n_layers)
+    out = {}
+    for n in names:
+        if n not in layer:
+            out[n] = tensor_class(n)
+            continue
+        b = layer[n] * bands // n_layers
+        lo, hi = -(-b * n_layers // bands), -(-(b + 1) * n_layers // bands) - 1  # the band's first and last layer
+        out[n] = f"{tensor_class(n)}[{lo}-{hi}]"
+    return out
+
+
+def group_gains(float_gguf: Path, errors: dict, base_quant: str, imatrix: dict | None, kld_of, work: Path) -> dict:
+    """{group: {type, kld, error, gain}}: each gain group quantized alone (to the palette type its class loses most
+    to, every other tensor F16), its KLD against the float model measured by `kld_of(path)`, and gain = KLD /
+    Σ error, the nats one unit of the group's error costs."""
     from edgeq.runtime import quantize
 
+    groups: dict[str, list[str]] = {}
+    for name, g in gain_groups(errors).items():
+        groups.setdefault(g, []).append(name)
     classes: dict[str, list[str]] = {}
     for name in errors:
         classes.setdefault(tensor_class(name), []).append(name)
+    worst = {  # one type per class, so that the bands of a class are priced at the same precision
+        c: max(sorted(set.intersection(*(set(errors[n]) for n in ns))), key=lambda q: sum(errors[n][q] for n in ns))
+        for c, ns in classes.items()
+    }
     out = {}
-    for c, members in sorted(classes.items()):
-        common = set.intersection(*(set(errors[n]) for n in members))
-        q = max(sorted(common), key=lambda q: sum(errors[n][q] for n in members))
-        recipe = {n: (q if tensor_class(n) == c else "F16") for n in errors}
+    for g, members in sorted(groups.items()):
+        q = worst[tensor_class(members[0])]
+        recipe = {n: (q if n in members else "F16") for n in errors}
         path = work / "gain.gguf"
         quantize(float_gguf, path, base_quant, imatrix, recipe)
         kld = kld_of(path)
         path.unlink()
         error = sum(errors[n][q] for n in members)
-        out[c] = {"type": q, "kld": kld, "error": error, "gain": kld / error if error > 0 else 0.0}
+        out[g] = {"type": q, "kld": kld, "error": error, "gain": kld / error if error > 0 else 0.0}
     return out
 
 
 def priced(errors: dict, gains: dict) -> dict:
-    """err[t][q] in nats of KLD: each tensor's errors times its class's gain."""
-    return {n: {q: e * gains[tensor_class(n)]["gain"] for q, e in qs.items()} for n, qs in errors.items()}
+    """err[t][q] in nats of KLD: each tensor's errors times its group's gain."""
+    group = gain_groups(errors)
+    return {n: {q: e * gains[group[n]]["gain"] for q, e in qs.items()} for n, qs in errors.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -429,7 +429,7 @@ def plan_mixed(
     """The per-tensor mixture of the types `quants` write that fits both budgets (file bytes, predicted peak RSS)
     with the least predicted KLD; BudgetError when none does. `forced` pins tensors to types; `data` is the text
     the per-class gains are measured on (default: the fidelity text); `measured` is (mixed.sensitivity,
-    mixed.class_gains) already measured on this float GGUF over (at least) the palette."""
+    mixed.group_gains) already measured on this float GGUF over (at least) the palette."""
     from edgeq import mixed
 
     d = Dims.from_config(model_dir)
@@ -462,7 +462,7 @@ def plan_mixed(
         with report.progress("sensitivity", len(palette)) as update:
             errors = mixed.sensitivity(float_gguf, palette, imatrix, work, quants[0], update)
             update(len(palette), "")
-        gains = mixed.class_gains(float_gguf, errors, quants[0], imatrix, kld_probe(model_dir, data), work)
+        gains = mixed.group_gains(float_gguf, errors, quants[0], imatrix, kld_probe(model_dir, data), work)
     else:
         errors, gains = measured
     errors = mixed.priced(errors, gains)
@@ -484,7 +484,8 @@ def plan_mixed(
         },
         "gains": gains,
         "forced": forced,
-        "sensitivity": ("importance-weighted" if imatrix else "squared") + " quantization error, priced per class",
+        "sensitivity": ("importance-weighted" if imatrix else "squared")
+        + " quantization error, priced per class and layer band",
         "types": {t: sum(1 for v in solution.recipe.values() if v == t) for t in palette},
     }
     terms = {k: v / MIB for k, v in mem.items() if k != "total"}

@@ -10,7 +10,7 @@ import pytest
 
 from edgeq import mixed
 from edgeq.errors import BudgetError, EdgeqError
-from edgeq.mixed import Option, Tensor, options_for, solve
+from edgeq.mixed import GAIN_BANDS, Option, Tensor, gain_groups, options_for, solve
 from edgeq.spec import BUILD_MODELFILE, EXIT_BUDGET, QUANT_TYPES
 from tests.conftest import make_tiny_model, run_edgeq
 
@@ -103,6 +103,24 @@ def test_the_hull_drops_dominated_types():
     assert [o.type for o in mixed._hull(opts, lambda o: o.storage)] == ["a", "c"]
 
 
+def test_gain_groups_split_each_class_into_contiguous_layer_bands():
+    names = [f"blk.{i}.{c}.weight" for i in range(30) for c in ("attn_q", "ffn_down")] + ["token_embd.weight"]
+    groups = gain_groups(names)
+    assert groups["token_embd.weight"] == "token_embd.weight"
+    assert groups["blk.0.attn_q.weight"] == groups["blk.5.attn_q.weight"] == "attn_q.weight[0-5]"
+    assert groups["blk.6.ffn_down.weight"] == "ffn_down.weight[6-11]" and groups["blk.29.attn_q.weight"].endswith(
+        "[24-29]"
+    )
+    assert len(set(groups.values())) == 1 + 2 * GAIN_BANDS
+    for layers in (1, 3, 7, 31):  # uneven splits: every layer in exactly the band its label names
+        for i, g in gain_groups([f"blk.{i}.attn_k.weight" for i in range(layers)]).items():
+            lo, hi = map(int, re.search(r"\[(\d+)-(\d+)\]", g).groups())
+            assert lo <= int(i.split(".")[1]) <= hi
+        assert len(set(gain_groups([f"blk.{i}.attn_k.weight" for i in range(layers)]).values())) == min(
+            layers, GAIN_BANDS
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # llama.cpp, end to end
 
@@ -192,9 +210,12 @@ def test_plan_adds_a_mixed_candidate_only_where_the_budget_binds(wide_model, tmp
     mixed = next(c for c in plan["candidates"] if "recipe" in c)
     assert mixed["fits"] and mixed["storage_mib"] <= 11 and plan["chosen"]["recipe"] == mixed["recipe"]
     assert set(mixed["recipe"].values()) <= set(mixed["mixed"]["palette"]) and len(set(mixed["recipe"].values())) > 1
-    assert mixed["mixed"]["sensitivity"] == "importance-weighted quantization error, priced per class"
-    gains = mixed["mixed"]["gains"]  # one measured KLD per tensor class: token_embd and the 7 linears of a block
-    assert len(gains) == 8 and all(g["kld"] >= 0 and g["gain"] >= 0 for g in gains.values())
+    assert mixed["mixed"]["sensitivity"] == "importance-weighted quantization error, priced per class and layer band"
+    gains = mixed["mixed"]["gains"]  # one measured KLD per group: token_embd, and the 7 linears of a block per band
+    layers = json.loads((wide_model / "config.json").read_text())["num_hidden_layers"]
+    assert layers <= GAIN_BANDS  # so each layer is a band of its own
+    assert len(gains) == 1 + 7 * layers and all(g["kld"] >= 0 and g["gain"] >= 0 for g in gains.values())
+    assert {g for g in gains if g.startswith("attn_v.")} == {f"attn_v.weight[{b}-{b}]" for b in range(layers)}
 
     loose = path.with_name("loose.yaml")
     loose.write_text(yaml.safe_dump(tight | {"name": "loose", "storage_budget_mib": 1024}))
