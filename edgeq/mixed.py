@@ -228,7 +228,9 @@ def gain_groups(names) -> dict[str, str]:
     return out
 
 
-def group_gains(float_gguf: Path, errors: dict, base_quant: str, imatrix: dict | None, kld_of, work: Path) -> dict:
+def group_gains(
+    float_gguf: Path, errors: dict, base_quant: str, imatrix: dict | None, kld_of, work: Path, update=None
+) -> dict:
     """{group: {type, kld, error, gain}}: each gain group quantized alone (to the palette type its class loses most
     to, every other tensor F16), its KLD against the float model measured by `kld_of(path)`, and gain = KLD /
     Σ error, the nats one unit of the group's error costs."""
@@ -245,7 +247,9 @@ def group_gains(float_gguf: Path, errors: dict, base_quant: str, imatrix: dict |
         for c, ns in classes.items()
     }
     out = {}
-    for g, members in sorted(groups.items()):
+    for i, (g, members) in enumerate(sorted(groups.items())):
+        if update:
+            update(i, g)
         q = worst[tensor_class(members[0])]
         recipe = {n: (q if n in members else "F16") for n in errors}
         path = work / "gain.gguf"

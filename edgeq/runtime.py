@@ -29,6 +29,12 @@ def fidelity_text() -> str:
     return (ASSETS / "fidelity_text.txt").read_text(encoding="utf-8")
 
 
+def pricing_text() -> str:
+    """Other English prose (everyday topics, a dialogue), which a mixed recipe's per-group KLD is measured on
+    beside the task data: never the fidelity text, so that what chooses a mixture is not what scores it."""
+    return (ASSETS / "pricing_text.txt").read_text(encoding="utf-8")
+
+
 def artifact_format(path: str | Path) -> str:
     """gguf for a .gguf file, onnx for an ONNX Runtime GenAI folder; anything else is a usage error."""
     path = Path(path)
