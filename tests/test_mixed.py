@@ -113,12 +113,11 @@ def test_gain_groups_split_each_class_into_contiguous_layer_bands():
     )
     assert len(set(groups.values())) == 1 + 2 * GAIN_BANDS
     for layers in (1, 3, 7, 31):  # uneven splits: every layer in exactly the band its label names
-        for i, g in gain_groups([f"blk.{i}.attn_k.weight" for i in range(layers)]).items():
+        banded = gain_groups([f"blk.{i}.attn_k.weight" for i in range(layers)])
+        for name, g in banded.items():
             lo, hi = map(int, re.search(r"\[(\d+)-(\d+)\]", g).groups())
-            assert lo <= int(i.split(".")[1]) <= hi
-        assert len(set(gain_groups([f"blk.{i}.attn_k.weight" for i in range(layers)]).values())) == min(
-            layers, GAIN_BANDS
-        )
+            assert lo <= int(name.split(".")[1]) <= hi
+        assert len(set(banded.values())) == min(layers, GAIN_BANDS)
 
 
 # ---------------------------------------------------------------------------------------------
