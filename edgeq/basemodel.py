@@ -19,7 +19,17 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError, UsageError
-from edgeq.io import atomic_dir, check_free_disk, check_safetensors, file_lock, sha256_file, write_json, write_text
+from edgeq.io import (
+    atomic_dir,
+    check_folder,
+    check_free_disk,
+    check_safetensors,
+    file_lock,
+    read_json,
+    sha256_file,
+    write_json,
+    write_text,
+)
 from edgeq.spec import (
     CACHE_SUBDIR_MODELS,
     DEFAULT_MODEL_GGUF,
@@ -81,18 +91,10 @@ def resolve_model(path: str | os.PathLike | None, allow_pickle: bool = False) ->
             str(path),
             "point --model/--base at the folder that holds config.json",
         )
-    root = path.resolve()
-    for f in sorted(path.iterdir()):  # a link could carry any readable file into the artifact's metadata
-        if f.is_symlink() and not f.resolve().is_relative_to(root):
-            raise UsageError(
-                f"{f.name} is a link out of the model folder (to {f.resolve()})",
-                str(path),
-                "copy the file into the folder: edgeq never follows links out of a model",
-            )
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UsageError("config.json is not valid JSON", str(path)) from None
+    check_folder(path)  # a link could carry any readable file into the artifact's metadata
+    config = read_json(path / "config.json", "config.json", "fix or re-download the model's config.json", 4 << 20)
+    if not isinstance(config, dict):
+        raise UsageError("config.json is not a JSON object", str(path), "fix or re-download the model's config.json")
     if "auto_map" in config:
         raise UsageError(
             "this model needs trust_remote_code (its config maps to custom Python code)",
@@ -134,7 +136,12 @@ def _from_pickle(path: Path, pickles: list[Path]) -> Path:
     import torch
     from safetensors.torch import save_file
 
+    # the key covers every file the copy carries (config, tokenizer, chat template) by content, and the pickles
+    # by size and time: an edited template is a new conversion, not the old one reused
     key = hashlib.sha256("".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in pickles).encode())
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix not in _PICKLE_SUFFIXES:
+            key.update(f"{f.relative_to(path)}:{sha256_file(f)}".encode())
     out = cache_root() / CACHE_SUBDIR_MODELS / f"from-pickle-{path.name}-{key.hexdigest()[:12]}"
     if (out / SOURCE_RECORD).is_file():
         return out
@@ -150,9 +157,10 @@ def _from_pickle(path: Path, pickles: list[Path]) -> Path:
             ) from None
     with atomic_dir(out, force=True) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
-        for f in path.iterdir():
+        for f in sorted(path.rglob("*")):  # the tree checked by check_folder: regular files inside it
             if f.is_file() and f.suffix not in _PICKLE_SUFFIXES:
-                shutil.copyfile(f, tmp / f.name)
+                (tmp / f.relative_to(path)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, tmp / f.relative_to(path))
         write_json(
             tmp / SOURCE_RECORD,
             {

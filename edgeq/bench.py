@@ -8,7 +8,6 @@ each process comes before the timed one. Statistics over --reps: mean ± sd, min
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -20,6 +19,8 @@ from pathlib import Path
 from edgeq import __version__
 from edgeq.checks import MAX, MIN, Check
 from edgeq.errors import BudgetError, UsageError
+from edgeq.io import claim_output, read_json
+from edgeq.onnxcheck import check_onnx_folder
 from edgeq.runtime import artifact_bytes, artifact_format, fidelity_text
 from edgeq.spec import BENCH_OUTPUTS, BENCH_SCHEMA, FORMAT_GGUF
 
@@ -38,6 +39,7 @@ class BenchConfig:
     ctx: int | None = None  # default: the profile's max_context_tokens, else prompt + generated tokens
     output: str = "md"
     out: str | None = None
+    force: bool = False  # replace an existing --out that edgeq wrote
     baseline: str | None = None
     regression_pct: float = 5.0
     gpu_layers: int = 0  # GGUF: layers offloaded to a GPU build of llama.cpp (then device memory is counted)
@@ -139,9 +141,9 @@ def peak_rss_mib() -> float:
 
 def onnx_uses_gpu(path: str | Path) -> bool:
     """Whether the GenAI folder asks for a GPU execution provider (the builder writes it into the config)."""
-    cfg = json.loads((Path(path) / "genai_config.json").read_text())
+    cfg = check_onnx_folder(Path(path)) and read_json(Path(path) / "genai_config.json", "genai_config.json")
     options = cfg["model"]["decoder"].get("session_options", {}).get("provider_options", [])
-    return any(k.lower() in ("cuda", "dml", "webgpu", "nvtensorrtrtx") for o in options for k in o)
+    return any(k.lower() in ("cuda", "dml", "webgpu") for o in options if isinstance(o, dict) for k in o)
 
 
 def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int = 0) -> dict:
@@ -245,11 +247,12 @@ def check_budgets(results: dict, env: dict, profile, n_prompt: int) -> list[Chec
 
 def load_baseline(path: str) -> dict:
     """The results of an earlier `edgeq bench --output json`, checked before any measuring starts."""
+    fix = "pass a file written by edgeq bench --output json"
+    base = read_json(path, "baseline", fix, 16 << 20)
     try:
-        base = json.loads(Path(path).read_text())
         values = {m: float(base["results"][m]["median"]) for m in ("decode_tok_s", "prefill_tok_s", "peak_rss_mib")}
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError, ValueError):
-        raise UsageError("not an edgeq bench JSON", path, "pass a file written by edgeq bench --output json") from None
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise UsageError("not an edgeq bench JSON", path, fix) from None
     bad = [m for m, v in values.items() if not (math.isfinite(v) and v > 0)]
     if bad:  # a NaN baseline would make every comparison false, and the gate pass
         raise UsageError(
@@ -277,6 +280,9 @@ def bench(cfg: BenchConfig) -> dict:
     if cfg.output not in BENCH_OUTPUTS:
         raise UsageError(f"unknown --output {cfg.output!r}", None, f"use one of {', '.join(BENCH_OUTPUTS)}")
     artifact = Path(cfg.artifact)
+    if cfg.out:
+        profile_file = cfg.profile if cfg.profile and Path(cfg.profile).is_file() else None
+        claim_output(cfg.out, [artifact, cfg.baseline, profile_file], cfg.force)
     fmt = artifact_format(artifact)
     if fmt == FORMAT_GGUF:
         check_gguf(artifact)

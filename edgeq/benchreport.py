@@ -7,13 +7,33 @@ import io
 import json
 from xml.sax.saxutils import quoteattr
 
+from edgeq import __version__
+from edgeq.io import FILE_MARK
+
 
 def render(record: dict, output: str) -> str:
     return {"md": markdown, "json": as_json, "csv": as_csv, "junit": junit}[output](record)
 
 
+def marked(record: dict, output: str) -> str:
+    """The render of a file edgeq writes: it carries FILE_MARK, in the form its format allows (io.claim_output
+    lets `--force` replace only a file so marked)."""
+    mark = f"{FILE_MARK} {__version__}"
+    if output == "json":
+        return as_json({"provenance": mark, **record})
+    if output == "csv":  # a column: a comment line would break CSV readers
+        rows = as_csv(record).splitlines(keepends=True)
+        return rows[0].rstrip("\r\n") + ",provenance\r\n" + "".join(r.rstrip("\r\n") + f",{mark}\r\n" for r in rows[1:])
+    text = render(record, output)
+    if output == "junit":
+        head, _, rest = text.partition("\n")
+        return f"{head}\n<!-- {mark} -->\n{rest}"
+    return f"<!-- {mark} -->\n{text}"
+
+
 def publish(record: dict, output: str, out: str | None) -> None:
-    """The record in its output format, to the file (atomically) or stdout; one ok/BREACH line per check on stderr."""
+    """The record in its output format, to the file (atomically, marked as edgeq's) or stdout; one ok/BREACH line
+    per check on stderr. bench claimed the file before measuring (io.claim_output)."""
     import sys
 
     from edgeq import report
@@ -23,7 +43,7 @@ def publish(record: dict, output: str, out: str | None) -> None:
     if out:
         from edgeq.io import write_text
 
-        write_text(out, text)
+        write_text(out, marked(record, output))
     else:
         sys.stdout.write(text)
     for c in map(Check.from_dict, record["checks"]):

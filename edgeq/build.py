@@ -35,7 +35,7 @@ from pathlib import Path
 from edgeq import __version__, report
 from edgeq.checks import MAX, Check
 from edgeq.errors import BudgetError, UsageError
-from edgeq.io import check_free_disk, sha256_file, write_json
+from edgeq.io import check_free_disk, check_not_input, parse_json, sha256_file, write_json
 from edgeq.records import (
     BenchResult,
     BuildResult,
@@ -133,9 +133,9 @@ def input_hashes(job: Job, memo: dict) -> dict:
     from edgeq.machine import versions
     from edgeq.runtime import llama_config
 
-    base_files = sorted(f for f in job.base.iterdir() if f.is_file())
+    base_files = sorted(f for f in job.base.rglob("*") if f.is_file())  # templates may sit in a subfolder
     return {
-        "base": {f.name: file_sha(f, memo) for f in base_files},
+        "base": {str(f.relative_to(job.base)): file_sha(f, memo) for f in base_files},
         "data": file_sha(job.data, memo),
         "test_data": file_sha(job.test_data, memo) if job.test_data else None,
         "profile": _hash({k: v for k, v in job.profile.as_dict().items() if k != "source"}),
@@ -185,15 +185,18 @@ def compute_keys(job: Job, hashes: dict) -> dict:
 
 
 def cached(job: Job, stage: str) -> dict | None:
-    """The finished stage's record if its key matches and every file it left is still as it left it."""
+    """The finished stage's record if its key matches, it reads back as its record, and every file it left is still
+    as it left it. A record cut short or edited by hand is not a cache hit: the stage runs again."""
     done = job.dir(stage) / BUILD_STAGE_RECORD
     if not done.is_file():
         return None
     try:
-        record = json.loads(done.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if record.get("key") != job.keys[stage] or record.get("files") != stage_files(job, stage, record["result"]):
+        record = json.loads(done.read_bytes())
+        if record.get("key") != job.keys[stage] or record.get("files") != stage_files(job, stage, record["result"]):
+            return None
+        _record_of(stage, record["result"])
+        float(record["seconds"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError):
         return None
     return record
 
@@ -592,6 +595,31 @@ def hold_out(job: Job, where: Path) -> None:
     job.data, job.test_data = train, test
 
 
+def claim_build_dir(job: Job) -> None:
+    """A build writes into OUT only where OUT is new, empty, or a build folder edgeq made (its state folder is
+    there), and never where OUT is, holds or lies inside an input."""
+    profile = Path(job.profile.source)
+    inputs = [job.cfg.base, job.data, job.test_data, job.calibration, profile if profile.is_file() else None]
+    check_not_input(job.out, inputs)
+    own = (job.out / BUILD_STATE_DIR).is_dir()
+    if job.out.exists() and not own and (not job.out.is_dir() or any(job.out.iterdir())):
+        raise UsageError(
+            f"not an edgeq build folder (no {BUILD_STATE_DIR}/ inside): a build writes only into its own folder",
+            str(job.out),
+            "choose a new or empty --out",
+        )
+
+
+def read_memo(path: Path) -> dict:
+    """file_sha's memo: a file cut short or edited by hand is dropped (the hashes are computed again)."""
+    try:
+        memo = parse_json(path.read_bytes()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    ok = isinstance(memo, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in memo.items())
+    return memo if ok else {}
+
+
 @contextlib.contextmanager
 def prepared(cfg: BuildConfig):
     """The job with its inputs resolved and hashed and its stage keys computed. Task data is read now, so bad
@@ -600,12 +628,14 @@ def prepared(cfg: BuildConfig):
 
     job = resolve(cfg)
     with contextlib.ExitStack() as scratch:
+        if not cfg.dry_run:  # nothing is written into OUT before its lock is held
+            claim_build_dir(job)
+            scratch.enter_context(build_lock(job.state))
         if job.test_data is None:
             where = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if cfg.dry_run else job.state / "split"
             hold_out(job, where)
         load_task(job.test_data, cfg.eval_limit, cfg.metric)
-        memo_path = job.state / "sha-memo.json"
-        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+        memo = read_memo(job.state / "sha-memo.json")
         job.hashes = input_hashes(job, memo)
         job.keys = compute_keys(job, job.hashes)
         job.memo = memo
@@ -635,7 +665,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     No candidate fitting at the sweep raises NoFitError, with previous outputs left as they were."""
     from edgeq.buildreport import StageView
 
-    with prepared(cfg) as job, build_lock(job.state):
+    with prepared(cfg) as job:
         write_json(job.state / "sha-memo.json", job.memo)
         view = StageView(BUILD_STAGES)
         with view.live():

@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from edgeq import __version__, report
+from edgeq import __version__, report, templates
 from edgeq.errors import UsageError
 from edgeq.spec import (
     BUILD_MANIFEST,
@@ -121,7 +121,7 @@ def modelfile(gguf_name: str, tok, profile, system=None) -> tuple[str, bool]:
         {"role": "user", "content": "U2"},
     ]
     try:
-        chatml = tok.apply_chat_template(convo, tokenize=False, add_generation_prompt=True) == _chatml(convo)
+        chatml = templates.render(tok, convo, True) == _chatml(convo)
         default = default_system(tok.chat_template, tok)
     except Exception:  # noqa: BLE001 - templates are arbitrary Jinja; any failure means "not ChatML"
         chatml, default = False, None

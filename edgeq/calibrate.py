@@ -20,15 +20,17 @@ it by --calibration FILE or the profile's `calibration:` key.
 from __future__ import annotations
 
 import datetime
-import json
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from edgeq import __version__
 from edgeq.errors import UsageError
+from edgeq.io import FILE_MARK, claim_output, read_json, write_json
 from edgeq.spec import CALIBRATION_SCHEMA, FORMAT_GGUF, FORMAT_ONNX, LLAMA_CPP_MAX_BATCH, quant_names
+from edgeq.validate import Fields
 
 MIB = 2**20
 GGUF_TYPES = quant_names(FORMAT_GGUF, calibrated_only=True)
@@ -218,16 +220,47 @@ def measure(threads: int, onnx: bool, model: str | None) -> list[dict]:
     return points
 
 
-def save_points(points: list[dict], path: Path) -> None:
-    from edgeq.io import write_json
+POINTS_SCHEMA = "edgeq.calibration-points/1"
+_POINTS_FIX = "pass a --points file written by edgeq calibrate, or a new path to measure again"
 
-    write_json(path, [{**p, "path": str(p["path"]), "dims": asdict(p["dims"])} for p in points])
+
+def save_points(points: list[dict], path: Path) -> None:
+    rows = [{**p, "path": str(p["path"]), "dims": asdict(p["dims"])} for p in points]
+    write_json(path, {"provenance": f"{FILE_MARK} {__version__}", "schema": POINTS_SCHEMA, "points": rows})
 
 
 def load_points(path: Path) -> list[dict]:
+    """Raw measurements read back: each point's format, type, sizes and measured RSS checked before a fit."""
     from edgeq.plan import Dims
 
-    return [{**p, "dims": Dims(**p["dims"])} for p in json.loads(path.read_text())]
+    f = Fields(read_json(path, "points file", _POINTS_FIX), str(path), _POINTS_FIX, "points file")
+    if f.obj.get("schema") != POINTS_SCHEMA:
+        raise f.bad("schema", f"is {str(f.obj.get('schema'))[:40]!r}, not {POINTS_SCHEMA!r}")
+    points = []
+    for i, p in enumerate(f.listing("points", max_items=10_000)):
+        at = f"points[{i}]"
+        f.mapping(at, p)
+        fmt = p.get("fmt")
+        if fmt not in (FORMAT_GGUF, FORMAT_ONNX) or p.get("quant") not in quant_names(fmt):
+            raise f.bad(at, "names no format and quant type edgeq calibrates")
+        for key, lo in (("ctx", 16), ("prompt", 1)):
+            f.number(f"{at}.{key}", p.get(key), lo=lo, hi=1 << 20, integer=True)
+        f.number(f"{at}.rss", p.get("rss"), lo=1, hi=1 << 50)
+        dims = f.mapping(f"{at}.dims", p.get("dims"))
+        for name in (d.name for d in fields(Dims)):
+            if name == "tied":
+                continue
+            f.number(f"{at}.dims.{name}", dims.get(name), lo=1, hi=1 << 24, integer=True)
+        table = "types" if fmt == FORMAT_GGUF else "sizes"
+        sizes = f.mapping(f"{at}.{table}", p.get(table))
+        for k, v in sizes.items():
+            f.number(f"{at}.{table}.{k}", v, lo=0, hi=1 << 50)
+        if fmt == FORMAT_ONNX and not {"matmul", "other"} <= set(sizes):
+            raise f.bad(f"{at}.sizes", "needs matmul and other")
+        points.append({**p, "dims": Dims(**{d.name: dims.get(d.name) for d in fields(Dims)})})
+    if not points:
+        raise f.bad("points", "is empty")
+    return points
 
 
 def calibrate(cfg: CalibrateConfig) -> dict:
@@ -238,17 +271,21 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     from edgeq.machine import package_version, platform_info
     from edgeq.runtime import llama_config
 
-    out = Path(cfg.out)
-    if out.exists() and not cfg.force:
-        raise UsageError("output exists", str(out), "pass --force to replace it, or choose another --out")
+    saved = Path(cfg.points) if cfg.points else None
+    reuse = saved is not None and saved.exists()
+    if saved is not None and saved.resolve() == Path(cfg.out).resolve():
+        raise UsageError("--points and --out name the same file", str(saved), "give the measurements their own path")
+    inputs = [cfg.model, saved if reuse else None]
+    out = claim_output(cfg.out, inputs, cfg.force)
+    if saved is not None and not reuse:
+        claim_output(saved, [cfg.model], option="--points")
     onnx = _onnx_builder_available() if cfg.onnx is None else cfg.onnx
     if onnx and not _onnx_builder_available():
         raise UsageError(
             "--onnx needs the ONNX builder (the full toolchain)", None, 'pip install "edgeq[full]", or pass --no-onnx'
         )
     threads = cfg.threads or os.cpu_count() or 1
-    saved = Path(cfg.points) if cfg.points else None
-    if saved and saved.is_file():
+    if reuse:
         points = load_points(saved)
         onnx = any(p["fmt"] == FORMAT_ONNX for p in points)
     else:
@@ -289,5 +326,5 @@ def calibrate(cfg: CalibrateConfig) -> dict:
                 "error": pred / p["rss"] - 1,
             }
         )
-    write_json(out, cal)
+    write_json(out, {"provenance": f"{FILE_MARK} {__version__}", **cal})
     return {"calibration": cal, "points": rows, "out": str(out)}

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeq.errors import UsageError
 from edgeq.spec import FORMAT_GGUF
 
 
@@ -30,11 +31,10 @@ class RunConfig:
 
 def run(cfg: RunConfig) -> None:
     from edgeq import child
-    from edgeq.errors import UsageError
     from edgeq.runtime import checked_artifact, llama_setup
 
-    if cfg.max_tokens < 1 or cfg.temperature < 0 or cfg.ctx < 16:
-        raise UsageError("need --max-tokens >= 1, --temperature >= 0 and --ctx >= 16")
+    if not (1 <= cfg.max_tokens <= 1 << 20 and 0 <= cfg.temperature <= 100 and 16 <= cfg.ctx <= 1 << 20):
+        raise UsageError("need --max-tokens in [1, 2^20], --temperature in [0, 100] and --ctx in [16, 2^20]")
     path, fmt = checked_artifact(Path(cfg.artifact))
     child.call_attached(
         "edgeq.chat:session_here",
@@ -68,18 +68,29 @@ def _turns(prompt: str | None):
             yield line
 
 
+def _too_long(detail: str, path: str, ctx: int) -> UsageError:
+    return UsageError(f"the conversation does not fit the context ({detail})", path, f"raise --ctx above {ctx}")
+
+
 def _gguf_stream(path: str, ctx: int, max_tokens: int, temperature: float):
     from edgeq.runtime import load_gguf_here
 
     llm = load_gguf_here(Path(path), n_ctx=ctx)
 
     def answer(messages):
-        for chunk in llm.create_chat_completion(
-            messages, max_tokens=max_tokens, temperature=temperature, top_k=1 if temperature == 0 else 40, stream=True
-        ):
-            text = chunk["choices"][0]["delta"].get("content")
-            if text:
-                yield text
+        try:
+            top_k = 1 if temperature == 0 else 40
+            chunks = llm.create_chat_completion(
+                messages, max_tokens=max_tokens, temperature=temperature, top_k=top_k, stream=True
+            )
+            for chunk in chunks:
+                text = chunk["choices"][0]["delta"].get("content")
+                if text:
+                    yield text
+        except ValueError as e:  # llama-cpp-python: "Requested tokens (N) exceed context window of M"
+            if "context window" not in str(e):
+                raise
+            raise _too_long(str(e), path, ctx) from None
 
     return answer
 
@@ -92,6 +103,8 @@ def _onnx_stream(path: str, ctx: int, max_tokens: int, temperature: float):
 
     def answer(messages):
         ids = tok.encode(tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True))
+        if len(ids) >= ctx:
+            raise _too_long(f"{len(ids)} tokens", path, ctx)
         params = og.GeneratorParams(model)
         params.set_search_options(
             max_length=min(ctx, len(ids) + max_tokens), do_sample=temperature > 0, temperature=temperature or 1.0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edgeq import errors
 from edgeq.errors import EdgeqError
-from edgeq.spec import CHILD_TIMEOUT_S, ENV_CHILD_TIMEOUT
+from edgeq.spec import CHILD_TIMEOUT_MAX_S, CHILD_TIMEOUT_S, ENV_CHILD_TIMEOUT
 
 # What a dead child's signal most likely means, and what to do next.
 _SIGNAL_HINTS = {
@@ -54,8 +54,12 @@ def timeout_s() -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise errors.UsageError(f"{ENV_CHILD_TIMEOUT}={raw!r} is not a positive number of seconds", None, "unset it")
+    if not 0 < value <= CHILD_TIMEOUT_MAX_S:  # also refuses nan and inf, which subprocess cannot wait for
+        raise errors.UsageError(
+            f"{ENV_CHILD_TIMEOUT}={raw[:40]!r} is not a number of seconds in (0, {CHILD_TIMEOUT_MAX_S:g}]",
+            None,
+            "unset it, or set a finite limit",
+        )
     return value
 
 
@@ -119,7 +123,7 @@ def call_attached(op: str, what: str, where: str, setup: tuple[str, dict] | None
     limit; a crash is still one line here."""
     with tempfile.TemporaryDirectory(prefix="edgeq-job-") as work:
         job = Path(work) / "job.json"
-        job.write_text(json.dumps(_job(op, work, setup, kwargs)))
+        job.write_text(json.dumps({**_job(op, work, setup, kwargs), "attached": True}))
         cmd = python_command("-c", f"from edgeq.child import serve; serve({str(job)!r})")
         p = subprocess.run(cmd, cwd=work)
         if p.returncode < 0:
@@ -186,6 +190,7 @@ def serve(job_file: str | None = None) -> None:
         what = e.what if not isinstance(e, errors.ConfigError) else "; ".join(e.problems)
         result = {"error": {"class": type(e).__name__, "what": what, "where": e.where, "fix": e.fix}}
     except Exception as e:  # a bug or a backend error: the parent renders it as one line
-        traceback.print_exc()
+        if not job.get("attached"):  # a detached child's stderr is kept for the parent; an attached one's is the user's
+            traceback.print_exc()
         result = {"error": {"class": "EdgeqError", "what": f"{type(e).__name__}: {e}".splitlines()[0], "where": None}}
     (work / "result.json").write_text(json.dumps(result))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import traceback
@@ -30,6 +31,21 @@ from edgeq.spec import (
 )
 
 _state = {"debug": False}
+
+
+class Finite(click.FloatRange):
+    """A float option: a finite number in range (click's own FLOAT and FloatRange let nan and inf through)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+FINITE = Finite()
 METRIC_OPTION = click.option(
     "--metric",
     type=click.Choice(TASK_METRICS),
@@ -199,16 +215,16 @@ def model_info(model_dir: str | None) -> None:
 @click.option("--double-quant/--no-double-quant", default=True, show_default=True)
 @click.option("--lora-r", type=int, default=16, show_default=True)
 @click.option("--lora-alpha", type=int, default=32, show_default=True)
-@click.option("--lora-dropout", type=float, default=0.0, show_default=True)
+@click.option("--lora-dropout", type=FINITE, default=0.0, show_default=True)
 @click.option("--target-modules", default=None, help="Comma-separated linear names (default: all decoder linears).")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--lr", type=FINITE, default=1e-3, show_default=True)
+@click.option("--epochs", type=FINITE, default=1.0, show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps (overrides --epochs).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--grad-accum", type=int, default=1, show_default=True)
 @click.option("--seq-len", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--eval-split", type=float, default=0.05, show_default=True)
+@click.option("--eval-split", type=FINITE, default=0.05, show_default=True)
 @click.option("--save-every", type=int, default=25, show_default=True, help="Checkpoint every N steps.")
 @click.option("--strict", is_flag=True, help="Reject examples longer than --seq-len instead of truncating.")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
@@ -294,10 +310,8 @@ def merge(**kw) -> None:
     default=None,
     help="GGUF, ONNX int4: calibration JSONL (e.g. the fine-tuning data) for an importance matrix.",
 )
-@click.option("--max-size-mib", type=click.FloatRange(min=1), default=None, help=f"--quant {QUANT_AUTO}: file size.")
-@click.option(
-    "--max-rss-mib", type=click.FloatRange(min=16), default=None, help=f"--quant {QUANT_AUTO}: peak RSS at --ctx."
-)
+@click.option("--max-size-mib", type=Finite(min=1), default=None, help=f"--quant {QUANT_AUTO}: file size.")
+@click.option("--max-rss-mib", type=Finite(min=16), default=None, help=f"--quant {QUANT_AUTO}: peak RSS at --ctx.")
 @click.option(
     "--ctx", type=click.IntRange(min=16), default=2048, show_default=True, help="Context --max-rss-mib is for."
 )
@@ -449,10 +463,11 @@ def eval_artifact(artifact, reference, data, limit, served, metric, as_json) -> 
 @click.option("--ctx", type=int, default=None, help="Default: the profile's context, else prompt + generated.")
 @click.option("--output", type=click.Choice(BENCH_OUTPUTS), default=BENCH_OUTPUTS[0], show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="Write the output here instead of stdout.")
+@click.option("--force", is_flag=True, help="Replace an existing --out that edgeq wrote.")
 @click.option("--baseline", type=click.Path(), default=None, help="Earlier bench JSON: exit 3 on regression.")
 @click.option(
     "--regression-pct",
-    type=float,
+    type=FINITE,
     default=5.0,
     show_default=True,
     help="Allowed regression vs --baseline on tok/s and peak memory.",
@@ -600,7 +615,7 @@ def calibrate(out, threads, onnx, model_dir, points, force) -> None:
 @click.argument("prompt", required=False)
 @click.option("--system", default=None, help="System prompt (default: the one the artifact's template carries).")
 @click.option("--max-tokens", type=int, default=256, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy, as edgeq scores it.")
+@click.option("--temperature", type=FINITE, default=0.0, show_default=True, help="0 = greedy, as edgeq scores it.")
 @click.option("--ctx", type=int, default=2048, show_default=True, help="Context window in tokens.")
 def run_artifact(**kw) -> None:
     """Talk to an artifact as it is served: one PROMPT, or an interactive loop (Ctrl-D quits)."""

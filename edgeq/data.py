@@ -7,11 +7,12 @@ Conversations are rendered with the base model's own chat template; only the ass
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeq import templates
 from edgeq.errors import ConfigError, UsageError
+from edgeq.io import parse_json, write_text
 
 ROLES = ("system", "user", "assistant")
 IGNORE = -100  # label value that cross-entropy skips
@@ -86,8 +87,7 @@ def split_holdout(path: str | Path, out_dir: Path) -> tuple[Path, Path, int, int
     order = list(range(len(examples)))
     random.Random(HOLDOUT_SEED).shuffle(order)
     held = set(order[:n_test])
-    lines = path.read_bytes().splitlines(keepends=True)
-    from edgeq.io import write_text
+    lines = path.read_bytes().split(b"\n")  # the lines read_jsonl_lines numbered: split at \n only, never at \r
 
     train_path, test_path = out_dir / "train.jsonl", out_dir / "test.jsonl"
     pick = [(i in held, lines[n - 1].decode("utf-8").rstrip("\r\n") + "\n") for i, (n, _) in enumerate(examples)]
@@ -105,11 +105,9 @@ def _parse_line(raw: bytes) -> tuple[list[dict] | None, str | None]:
     if not text.strip():
         return None, None
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return None, f"invalid JSON ({e.msg} at column {e.colno})"
-    except RecursionError:
-        return None, "JSON nested too deeply"
+        obj = parse_json(text)
+    except ValueError as e:
+        return None, f"invalid JSON ({e})"
     return _messages(obj)
 
 
@@ -142,10 +140,10 @@ def tokenize_conversation(tokenizer, msgs: list[dict]) -> Example:
     rendered = ""
     for i, m in enumerate(msgs):
         if m["role"] == "assistant":
-            prompt = tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True)
+            prompt = templates.render(tokenizer, msgs[:i], True)
             _extend(tokenizer, ids, labels, prompt[len(rendered) :], train=False)
             rendered = prompt
-        full = tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False)
+        full = templates.render(tokenizer, msgs[: i + 1])
         if not full.startswith(rendered):
             raise UsageError(
                 "the chat template does not render conversations incrementally",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeq import templates
 from edgeq.errors import EdgeqError
 from edgeq.runtime import artifact_format, fidelity_text
 from edgeq.spec import FORMAT_GGUF
@@ -97,10 +98,7 @@ def artifact_answers(path: Path, tok, prompts: list[list[dict]], budget: int, se
     twice."""
     from edgeq.runtime import generate
 
-    ids = [
-        tok.encode(tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True), add_special_tokens=False)
-        for m in prompts
-    ]
+    ids = [tok.encode(templates.render(tok, m, True), add_special_tokens=False) for m in prompts]
     same = [bool(served) and served[i]["prompt_ids"] == x for i, x in enumerate(ids)]
     todo = [x for x, s in zip(ids, same, strict=True) if not s]
     new = iter(generate(path, todo, budget, [tok.eos_token_id]) if todo else [])
@@ -124,7 +122,7 @@ def task_text_ids(tok, task, n: int) -> list[int]:
     for convo in task.conversations():
         if len(ids) >= n:
             break
-        ids += tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
+        ids += tok.encode(templates.render(tok, convo), add_special_tokens=False)
     return ids[:n]
 
 
@@ -132,9 +130,9 @@ def answer_positions(tok, task) -> tuple[list[list[int]], list[int]]:
     """Each held-out conversation's ids and where its reference answer starts (after the generation prompt)."""
     seqs, starts = [], []
     for prompt, convo in zip(task.prompts, task.conversations(), strict=True):
-        text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        text = templates.render(tok, prompt, True)
         head = tok.encode(text, add_special_tokens=False)
-        full = tok.encode(tok.apply_chat_template(convo, tokenize=False), add_special_tokens=False)
+        full = tok.encode(templates.render(tok, convo), add_special_tokens=False)
         if full[: len(head)] == head and len(full) > len(head):  # the answer continues the prompt token for token
             seqs.append(full)
             starts.append(len(head))

@@ -70,25 +70,25 @@ class FinetuneConfig:
         p = []
         if self.quant not in QUANT_MODES:
             p.append(f"--quant {self.quant!r}: expected one of {', '.join(QUANT_MODES)}")
-        for name, lo in (
-            ("lora_r", 1),
-            ("lora_alpha", 1),
-            ("batch_size", 1),
-            ("grad_accum", 1),
-            ("seq_len", 8),
-            ("save_every", 1),
-            ("loss_chunk", 1),
+        for name, lo, hi in (
+            ("lora_r", 1, 1 << 12),
+            ("lora_alpha", 1, 1 << 16),
+            ("batch_size", 1, 1 << 12),
+            ("grad_accum", 1, 1 << 12),
+            ("seq_len", 8, 1 << 20),
+            ("save_every", 1, 1 << 30),
+            ("loss_chunk", 1, 1 << 20),
         ):
-            if getattr(self, name) < lo:
-                p.append(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= {lo}")
+            if not lo <= getattr(self, name) <= hi:
+                p.append(f"--{name.replace('_', '-')} {getattr(self, name)}: must be in [{lo}, {hi}]")
         if not 0 <= self.lora_dropout < 1:
             p.append(f"--lora-dropout {self.lora_dropout}: must be in [0, 1)")
         if not 0 < self.lr < 1:
             p.append(f"--lr {self.lr}: must be in (0, 1)")
-        if self.epochs <= 0:
-            p.append(f"--epochs {self.epochs}: must be > 0")
-        if self.max_steps is not None and self.max_steps < 1:
-            p.append(f"--max-steps {self.max_steps}: must be >= 1")
+        if not 0 < self.epochs <= 1000:  # also refuses nan
+            p.append(f"--epochs {self.epochs}: must be in (0, 1000]")
+        if self.max_steps is not None and not 1 <= self.max_steps <= 1 << 30:
+            p.append(f"--max-steps {self.max_steps}: must be in [1, {1 << 30}]")
         if not 0 <= self.eval_split < 0.5:
             p.append(f"--eval-split {self.eval_split}: must be in [0, 0.5)")
         if self.optim_bits not in (8, 32):

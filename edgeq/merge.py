@@ -18,7 +18,17 @@ from pathlib import Path
 
 from edgeq import __version__
 from edgeq.errors import ConfigError, EdgeqError, UsageError
-from edgeq.io import atomic_dir, check_free_disk, check_replaceable, sha256_file, write_json, write_text
+from edgeq.io import (
+    atomic_dir,
+    check_folder,
+    check_free_disk,
+    check_safetensors,
+    claim_output,
+    read_json,
+    sha256_file,
+    write_json,
+    write_text,
+)
 from edgeq.machine import versions
 from edgeq.spec import (
     FINETUNE_MANIFEST,
@@ -28,8 +38,10 @@ from edgeq.spec import (
     MERGE_POLICIES,
     MERGE_TOLERANCE,
     NF4_BLOCKSIZE,
+    QUANT_MODES,
     TOKENIZER_FILES,
 )
+from edgeq.validate import Fields
 
 # Fixed verification inputs: a chat turn, numbers, code and prose.
 VERIFY_TEXTS = (
@@ -62,12 +74,50 @@ class MergeConfig:
             raise ConfigError(p, "merge options")
 
 
+_ADAPTER_FIX = "pass the adapter directory that edgeq finetune wrote"
+
+
 def find_adapter(path: str | Path) -> Path:
+    """The adapter folder (or the finetune --out holding it), contained and with a readable config and weights."""
     path = Path(path)
     for cand in (path, path / "adapter"):
         if (cand / "adapter_config.json").is_file():
+            check_folder(cand, "adapter folder")
+            adapter_config(cand)
+            weights = cand / "adapter_model.safetensors"
+            if not weights.is_file():
+                raise UsageError("no adapter_model.safetensors", str(cand), _ADAPTER_FIX)
+            check_safetensors(weights)
             return cand
-    raise UsageError("no adapter_config.json", str(path), "pass the adapter directory that edgeq finetune wrote")
+    raise UsageError("no adapter_config.json", str(path), _ADAPTER_FIX)
+
+
+def adapter_config(adapter_dir: Path) -> dict:
+    """adapter_config.json with the fields merge reads checked: rank, scale and target modules."""
+    path = adapter_dir / "adapter_config.json"
+    f = Fields(read_json(path, "adapter_config.json", _ADAPTER_FIX, 1 << 20), str(path), _ADAPTER_FIX, "adapter config")
+    f.number("r", lo=1, hi=1 << 12, integer=True)
+    f.number("lora_alpha", lo=0, hi=1 << 16)
+    targets = f.listing("target_modules", max_items=1024)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise f.bad("target_modules", "must list module names")
+    return f.obj
+
+
+def trained_manifest(adapter_dir: Path) -> dict | None:
+    """edgeq finetune's manifest beside the adapter (None for an adapter from elsewhere), with the fields merge reads
+    checked: the base it was trained on and the 4-bit storage it saw."""
+    path = adapter_dir / FINETUNE_MANIFEST
+    if not path.exists():
+        return None
+    f = Fields(read_json(path, FINETUNE_MANIFEST, _ADAPTER_FIX, 4 << 20), str(path), _ADAPTER_FIX, FINETUNE_MANIFEST)
+    f.text("inputs.base_sha256")
+    f.text("inputs.base")
+    if f.text("quantization.quant") not in QUANT_MODES:
+        raise f.bad("quantization.quant", f"must be one of {', '.join(QUANT_MODES)}")
+    if not isinstance(f.get("quantization.double_quant"), bool):
+        raise f.bad("quantization.double_quant", "must be true or false")
+    return f.obj
 
 
 def round_trip(weight, quant: str, double_quant: bool):
@@ -84,9 +134,9 @@ def check_adapter_fits(model, adapter_dir: Path, base_dir: Path) -> None:
     """Every adapter tensor must land on a module of this base with the right shape, and vice versa."""
     from safetensors import safe_open
 
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    targets = set(cfg.get("target_modules") or [])
-    r = int(cfg["r"])
+    cfg = adapter_config(adapter_dir)
+    targets = set(cfg["target_modules"])
+    r = cfg["r"]
     expected = {}
     for name, mod in model.named_modules():
         if name.split(".")[-1] in targets and hasattr(mod, "in_features"):
@@ -144,15 +194,11 @@ def provenance(cfg: MergeConfig) -> Provenance:
     from edgeq.finetune import base_fingerprint
 
     cfg.check()
-    out = Path(cfg.out)
-    if out.exists() and not cfg.force:
-        raise UsageError("output exists", str(out), "pass --force to replace it, or choose another --out")
+    out = claim_output(cfg.out, [cfg.adapter, cfg.base], cfg.force)  # refused before the work, not after it
     adapter_dir = find_adapter(cfg.adapter)
     base_dir = resolve_model(cfg.base)
-    if out.exists():  # refused before the work, not after it
-        check_replaceable(out, [adapter_dir, base_dir])
-    manifest_path = adapter_dir / FINETUNE_MANIFEST
-    trained = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    claim_output(out, [adapter_dir, base_dir], cfg.force)
+    trained = trained_manifest(adapter_dir)
     base_sha = base_fingerprint(base_dir)
     if trained and trained["inputs"]["base_sha256"] != base_sha:
         raise UsageError(
@@ -178,7 +224,7 @@ def load_base(p: Provenance):
 
     model = AutoModelForCausalLM.from_pretrained(p.base_dir, dtype=torch.float64)
     check_adapter_fits(model, p.adapter_dir, p.base_dir)
-    targets = set(json.loads((p.adapter_dir / "adapter_config.json").read_text())["target_modules"])
+    targets = set(adapter_config(p.adapter_dir)["target_modules"])
     if p.policy == "dequantized":
         with torch.no_grad():
             for name, mod in model.named_modules():

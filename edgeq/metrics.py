@@ -31,16 +31,21 @@ def parse_json_value(text: str):
         if ch in "{[":
             try:
                 return decoder.raw_decode(text[start:])[0]
-            except (json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # ValueError: also an integer past Python's digit limit
                 continue
     return None
 
 
-def _is_structured(ref: str):
+def _reference(ref: str):
+    """A reference as JSON, or None where it is not JSON (a forced --metric json on free text)."""
     try:
-        return isinstance(json.loads(ref), (dict, list))
-    except (json.JSONDecodeError, RecursionError):
-        return False
+        return json.loads(ref)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _is_structured(ref: str):
+    return isinstance(_reference(ref), (dict, list))
 
 
 def normalise(text: str) -> str:
@@ -83,7 +88,7 @@ def score(answers: list[str], refs: list[str], metric: str) -> dict:
     n = len(refs)
     if metric == "json":
         got = [parse_json_value(a) for a in answers]
-        exact = sum(g is not None and g == json.loads(r) for g, r in zip(got, refs, strict=True))
+        exact = sum(g is not None and g == _reference(r) for g, r in zip(got, refs, strict=True))
         unparseable = sum(g is None for g in got)
         return {"metric": metric, "score": 100.0 * exact / n, "n": n, "unparseable_pct": 100.0 * unparseable / n}
     if metric == "exact":

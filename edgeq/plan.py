@@ -22,15 +22,15 @@ says by how much the smallest misses and what would make it fit.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeq import report
+from edgeq import report, templates
 from edgeq.errors import BudgetError, UsageError
 from edgeq.export import onnxquant
+from edgeq.io import read_json
 from edgeq.records import KLD_MEASURED, KLD_PRIOR, Candidate, Measurement, Plan, Prediction, Row
 from edgeq.runtime import ASSETS
 from edgeq.spec import (
@@ -46,6 +46,7 @@ from edgeq.spec import (
     QUANT_TYPES,
     TOKENIZER_FILES,
 )
+from edgeq.validate import Fields
 
 MIB = 2**20
 GAIN_TOKENS = 512  # positions of each text a mixed recipe's per-group KLD is measured on
@@ -82,18 +83,26 @@ class Dims:
 
     @classmethod
     def from_config(cls, model_dir: Path) -> Dims:
-        c = json.loads((model_dir / "config.json").read_text())
-        heads = c["num_attention_heads"]
+        path = model_dir / "config.json"
+        fix = "fix the model's config.json"
+        f = Fields(read_json(path, "config.json", fix, 4 << 20), str(path), fix, "config.json")
+
+        def size(key: str, default=None, hi: int = 1 << 24) -> int:
+            if default is not None and f.obj.get(key) is None:
+                return default
+            return f.number(key, lo=1, hi=hi, integer=True)
+
+        heads, hidden = size("num_attention_heads"), size("hidden_size")
         return cls(
-            layers=c["num_hidden_layers"],
-            hidden=c["hidden_size"],
+            layers=size("num_hidden_layers", hi=1 << 12),
+            hidden=hidden,
             heads=heads,
-            kv_heads=c.get("num_key_value_heads") or heads,
-            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
-            intermediate=c["intermediate_size"],
-            vocab=c["vocab_size"],
-            max_positions=c.get("max_position_embeddings", 2048),
-            tied=bool(c.get("tie_word_embeddings", False)),
+            kv_heads=size("num_key_value_heads", heads),
+            head_dim=size("head_dim", max(1, hidden // heads)),
+            intermediate=size("intermediate_size"),
+            vocab=size("vocab_size", hi=1 << 22),
+            max_positions=size("max_position_embeddings", 2048, hi=1 << 24),
+            tied=bool(f.obj.get("tie_word_embeddings", False)),
         )
 
 
@@ -110,14 +119,36 @@ def shipped_calibrations() -> list[Path]:
     return sorted((ASSETS / CALIBRATIONS_DIR).glob("*.json"))
 
 
+CALIBRATION_FIX = "pass a file written by edgeq calibrate, or run it again"
+_MIB_TERM = 1 << 20  # MiB: no runtime's base is a tebibyte
+_BYTES_TERM = 1 << 20  # bytes per token per hidden unit (or per vocab entry): far above any runtime's
+_FACTOR = 64.0  # weights resident this many times over: beyond any runtime
+
+
 def load_calibration(path: Path) -> dict:
-    """A calibration file (written by `edgeq calibrate`), checked for the keys plan reads."""
-    try:
-        cal = json.loads(Path(path).read_text(encoding="utf-8"))
-        cal["gguf"]["base_mib"], cal["measured_on"]["cpu"]  # noqa: B018 - the keys plan needs
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise UsageError("not an edgeq calibration file", str(path), "pass a file written by edgeq calibrate") from None
-    return cal
+    """A calibration file (written by `edgeq calibrate`): every term plan reads is there, finite, and in range
+    (a negative memory term would let a model that fits nothing look small)."""
+    f = Fields(read_json(path, "calibration", CALIBRATION_FIX, 1 << 20), str(path), CALIBRATION_FIX, "calibration")
+    f.text("measured_on.cpu")
+    f.mapping("runtime_config.llama_cpp")
+    if not isinstance(f.get("runtime_config.llama_cpp.extra_buffer_types"), bool):
+        raise f.bad("runtime_config.llama_cpp.extra_buffer_types", "must be true or false")
+    f.number("gguf.base_mib", lo=0, hi=_MIB_TERM)
+    for term in ("compute_bytes_per_prompt_token_per_hidden", "compute_bytes_per_batch_token_per_hidden"):
+        f.number(f"gguf.{term}", lo=0, hi=_BYTES_TERM)
+    f.number("gguf.kv_bytes_per_element", lo=0.5, hi=8)
+    for t, v in f.mapping("gguf.resident_factor").items():
+        f.number(f"gguf.resident_factor.{t}", v, lo=0, hi=_FACTOR)
+    if f.obj.get("onnx") is not None:
+        f.number("onnx.base_mib", lo=0, hi=_MIB_TERM)
+        f.number("onnx.kv_bytes_per_element", lo=0.5, hi=8)
+        per_token = f.get("onnx.prompt_bytes_per_token_per_vocab")
+        for q, v in per_token.items() if isinstance(per_token, dict) else [("", per_token)]:
+            f.number(f"onnx.prompt_bytes_per_token_per_vocab{'.' + q if q else ''}", v, lo=0, hi=_BYTES_TERM)
+        for table in ("resident_factor", "load_factor"):
+            for q, v in f.mapping(f"onnx.{table}").items():
+                f.number(f"onnx.{table}.{q}", v, lo=0, hi=_FACTOR)
+    return f.obj
 
 
 def machine_calibration(llama: dict | None = None) -> tuple[Path, dict]:
@@ -515,7 +546,7 @@ def kld_probe(model_dir: Path, data: str | None):
     for msgs in read_jsonl(data) if data else ():
         if len(task) >= n:
             break
-        task += tok.encode(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)
+        task += tok.encode(templates.render(tok, msgs), add_special_tokens=False)
     texts = [ids for ids in (task[:n], tok.encode(pricing_text(), add_special_tokens=False)[:n]) if ids]
     refs = [reference_logits(model, ids) for ids in texts]
     del model
@@ -724,12 +755,13 @@ def measurements(build_out: str | Path) -> dict[str, Measurement]:
     from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR
 
     path = Path(build_out) / BUILD_STATE_DIR / "sweep" / BUILD_STAGE_RECORD
+    fix = "pass the --out of a finished edgeq build"
+    if not path.is_file():
+        raise UsageError("no finished candidate sweep here", str(path), fix)
     try:
-        rows = Plan.from_dict(json.loads(path.read_text())["result"]).rows
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise UsageError(
-            "no finished candidate sweep here", str(path), "pass the --out of a finished edgeq build"
-        ) from None
+        rows = Plan.from_dict(read_json(path, "the sweep's record", fix)["result"]).rows
+    except (KeyError, TypeError, ValueError) as e:  # Measurement.from_dict refuses what is not a finite measurement
+        raise UsageError(f"the sweep's record is damaged ({type(e).__name__}: {e})", str(path), fix) from None
     return {r.candidate.key: r.measured for r in rows if r.measured}
 
 

@@ -162,6 +162,18 @@ def machine_key() -> str:
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
 
+def _cached_decision(path: Path) -> LlamaConfig | None:
+    """The probe's recorded decision; None when absent, cut short or not a decision (then the probe runs again)."""
+    try:
+        d = json.loads(path.read_bytes())
+        shape_ok = isinstance(d, dict) and set(d) == {"extra_buffer_types", "reason"}
+        if shape_ok and isinstance(d["extra_buffer_types"], bool) and isinstance(d["reason"], str):
+            return LlamaConfig(**d)
+    except (OSError, ValueError, RecursionError):
+        pass
+    return None
+
+
 def llama_config() -> LlamaConfig:
     """This machine's configuration: forced by $EDGEQ_LLAMA_EXTRA_BUFTS, else the cached probe decision."""
     forced = os.environ.get(ENV_LLAMA_EXTRA_BUFTS)
@@ -173,13 +185,11 @@ def llama_config() -> LlamaConfig:
     from edgeq.io import file_lock, write_json
 
     path = cache_root() / "runtime" / f"llama-{machine_key()}.json"
-    if path.is_file():
-        with open(path) as f:
-            return LlamaConfig(**json.load(f))
+    if (known := _cached_decision(path)) is not None:
+        return known
     with file_lock(path.with_suffix(".lock")):
-        if path.is_file():  # another process probed while we waited
-            with open(path) as f:
-                return LlamaConfig(**json.load(f))
+        if (known := _cached_decision(path)) is not None:  # another process probed while we waited
+            return known
         default = probe(True)
         cfg = decide(default, None if default["ok"] else probe(False))
         if not cfg.extra_buffer_types:

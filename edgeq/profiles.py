@@ -72,6 +72,8 @@ def load_profile(name_or_path: str) -> Profile:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # safe_load without aliases
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UsageError(f"not valid YAML ({str(e).splitlines()[0]})", str(path), "fix the syntax") from None
+    except (ValueError, RecursionError) as e:  # an integer past Python's digit limit; nesting past the stack
+        raise UsageError(f"not a device profile ({str(e).splitlines()[0][:120]})", str(path), "fix the value") from None
     return validate(data, str(path))
 
 

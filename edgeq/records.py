@@ -11,6 +11,7 @@ OUT/.edgeq/, `edgeq plan --json`, the manifest), so a cached stage comes back as
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from edgeq.checks import Check
@@ -74,7 +75,13 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, d: dict) -> Measurement:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        """Read back from a build's record: a value that is not a finite, non-negative number is refused (a NaN
+        would pass every comparison a plan makes against a budget)."""
+        values = {f.name: d[f.name] for f in fields(cls)}
+        for name, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"measured {name} {v!r} is not a finite non-negative number")
+        return cls(**values)
 
 
 KLD_MEASURED, KLD_PRIOR = "measured", "prior"

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+from edgeq import templates
 from edgeq.errors import UsageError
 
 DOMINANT_SHARE = 0.5
@@ -55,7 +56,7 @@ def from_training(conversations: list[list[dict]], override: str | None = None) 
 
 
 def _render(template: str, messages: list[dict], tok) -> str:
-    return tok.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+    return templates.render(tok, messages, True, template)
 
 
 def default_system(template: str, tok) -> str | None:

@@ -31,6 +31,7 @@ SOURCE_RECORD = "edgeq_source.json"  # written inside every model directory edge
 # Native code runs in child processes (child.py), each with a time limit.
 CHILD_TIMEOUT_S = 1800.0  # a hung llama.cpp / ONNX Runtime call never hangs a build or CI for longer
 ENV_CHILD_TIMEOUT = "EDGEQ_CHILD_TIMEOUT_S"  # overrides CHILD_TIMEOUT_S
+CHILD_TIMEOUT_MAX_S = 7 * 24 * 3600.0  # the largest limit $EDGEQ_CHILD_TIMEOUT_S may set: a week
 ENV_LLAMA_EXTRA_BUFTS = "EDGEQ_LLAMA_EXTRA_BUFTS"  # 1/0: force llama.cpp's extra buffer types on/off (no probe)
 PROBE_ONNX = "probe_onnx"  # in edgeq/assets: a 96 KiB int4 ONNX GenAI model (random weights) doctor decodes
 
@@ -213,6 +214,7 @@ GGUF_ARCHS = {
 # Export gates (F32/F16 GGUF vs the HF float32 model on a fixed text).
 GATE_MIN_TOP1 = 0.99  # and max |Δlogit| ≤ the type's gate_max_abs_logit
 GGUF_MAGIC = b"GGUF"
+GGUF_PROVENANCE_KEY = "edgeq.provenance"  # io.FILE_MARK and edgeq's version: a GGUF edgeq wrote
 GGUF_VERSIONS = (2, 3)
 
 BENCH_SCHEMA = "edgeq.bench/1"  # versioned JSON of edgeq bench

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq import metrics
+from edgeq import metrics, templates
 from edgeq.data import read_jsonl_lines
 from edgeq.errors import ConfigError
 
@@ -60,7 +60,7 @@ def generate_hf(
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     answers: dict[int, str] = {}
-    texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = [templates.render(tok, p, True) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(tok.encode(texts[i], add_special_tokens=False)))
     with torch.no_grad():
         for b in range(0, len(order), batch_size):

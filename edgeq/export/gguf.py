@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError, UsageError
-from edgeq.io import atomic_path, check_free_disk
+from edgeq.io import FILE_MARK, atomic_path, check_free_disk, claim_output
 from edgeq.runtime import ASSETS
 from edgeq.spec import (
     DEFAULT_QUANT,
@@ -30,6 +30,7 @@ from edgeq.spec import (
     GATE_MIN_TOP1,
     GGUF_ARCHS,
     GGUF_FLOAT_TYPES,
+    GGUF_PROVENANCE_KEY,
     LLAMA_CPP_MAX_BATCH,
     QUANT_AUTO,
     QUANT_TYPES,
@@ -140,6 +141,8 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
         )
     meta = tokenizer_metadata(AutoTokenizer.from_pretrained(model_dir), cfg.vocab_size)
     w = GGUFWriter(str(path), arch.gguf_arch)
+    # second key, in the file's first bytes: what lets `--force` replace this file later (io.edgeq_wrote)
+    w.add_string(GGUF_PROVENANCE_KEY, f"{FILE_MARK} {__version__}")
     w.add_name(model_dir.name)
     w.add_file_type(QUANT_TYPES[ftype].ftype)
     _add_model_metadata(w, cfg)
@@ -362,13 +365,14 @@ def export_gguf(cfg: GgufExport) -> dict:
     if cfg.quant not in (*quant_names(FORMAT_GGUF), QUANT_AUTO):
         valid = ", ".join((*quant_names(FORMAT_GGUF), QUANT_AUTO))
         raise UsageError(f"unknown GGUF quant type {cfg.quant!r}", None, f"valid: {valid}")
+    inputs = [cfg.model, cfg.imatrix_data, cfg.imatrix]
+    out = claim_output(cfg.out, inputs, cfg.force)
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
-    out = Path(cfg.out)
     check_free_disk(out.parent, 2 * weights_bytes(model_dir), "the GGUF export")
     tok = AutoTokenizer.from_pretrained(model_dir)
     float_type = cfg.quant if cfg.quant in GGUF_FLOAT_TYPES else "F16"
     with (
-        atomic_path(out, force=cfg.force, protect=[model_dir]) as tmp,
+        atomic_path(out, force=cfg.force, protect=[model_dir, *inputs]) as tmp,
         tempfile.TemporaryDirectory(prefix=".edgeq-tmp-", dir=out.parent) as scratch,
     ):
         flt = Path(scratch) / f"model.{float_type}.gguf"

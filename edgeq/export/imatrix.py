@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeq import templates
+
 CHUNK_TOKENS = 512
 
 
@@ -35,7 +37,7 @@ def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) 
     for msgs in read_jsonl(data):
         if len(ids) >= max_tokens:
             break
-        ids += tok.encode(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)
+        ids += tok.encode(templates.render(tok, msgs), add_special_tokens=False)
     ids = ids[:max_tokens]
 
     sums: dict[str, torch.Tensor] = {}

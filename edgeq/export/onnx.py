@@ -19,9 +19,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeq import templates
 from edgeq.child import run_process
 from edgeq.errors import EdgeqError, UsageError
-from edgeq.io import atomic_dir, check_free_disk
+from edgeq.io import atomic_dir, check_free_disk, claim_output
 from edgeq.runtime import artifact_bytes
 from edgeq.spec import (
     DEFAULT_QUANT,
@@ -82,9 +83,7 @@ def gate_generates(model_dir: Path, tok) -> dict:
     """onnxruntime-genai loads the folder and greedy-decodes a chat prompt."""
     from edgeq.runtime import generate
 
-    prompt = tok.apply_chat_template(
-        [{"role": "user", "content": "Say hello."}], tokenize=False, add_generation_prompt=True
-    )
+    prompt = templates.render(tok, [{"role": "user", "content": "Say hello."}], True)
     ids = generate(model_dir, [tok.encode(prompt, add_special_tokens=False)], 16, [])[0]
     if not ids:
         raise EdgeqError("onnxruntime-genai generated no tokens", str(model_dir))
@@ -123,14 +122,15 @@ def export_onnx(cfg: OnnxExport) -> dict:
         raise UsageError(f"an importance matrix applies to GGUF and ONNX int4, not {cfg.quant}", None, "drop it")
     if cfg.quant == "fp16" and cfg.execution_provider == "cpu":
         raise UsageError("fp16 ONNX targets GPUs", None, "use --execution-provider cuda, or int8/int4/fp32 on CPU")
+    inputs = [cfg.model, cfg.imatrix_data, cfg.imatrix]
+    out = claim_output(cfg.out, inputs, cfg.force)
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
     if cfg.quant == QUANT_AUTO:
         check_reachable(model_dir, cfg.max_size_mib)
-    out = Path(cfg.out)
     check_free_disk(out.parent, 2 * weights_bytes(model_dir), "the ONNX export")
     tok = AutoTokenizer.from_pretrained(model_dir)
     with (
-        atomic_dir(out, force=cfg.force, protect=[model_dir]) as tmp,
+        atomic_dir(out, force=cfg.force, protect=[model_dir, *inputs]) as tmp,
         tempfile.TemporaryDirectory(prefix=".edgeq-tmp-", dir=out.parent) as cache,
     ):
         report.err.print(f"building {kind} ONNX with onnxruntime-genai's model builder …")
