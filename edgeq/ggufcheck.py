@@ -11,14 +11,23 @@ no numpy; the format's names and types come from gguf-py's constants.
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
 from pathlib import Path
 
 from edgeq.errors import UsageError
 from edgeq.spec import GGUF_MAGIC, GGUF_VERSIONS
 
 _MAX_DIMS = 4
-_MAX_COUNT = 1 << 24  # tensors, keys or array items: far beyond any real model
+_MAX_TENSORS = 1 << 18  # the largest real models have a few thousand tensors
+_MAX_KEYS = 1 << 16  # and a few hundred metadata keys
+# Strings in all metadata arrays together: a 262k-token vocabulary and its merges are under a million. Each
+# string costs a Python step, so this bounds the check's time on a crafted file (a few seconds at most); every
+# other array is read in one step however long it is.
+_MAX_STRINGS = 1 << 22
+_ARRAY_CODES = {"<B": "B", "<b": "b", "<H": "H", "<h": "h", "<I": "I", "<i": "i", "<f": "f", "<?": "B"}
+_ARRAY_CODES |= {"<Q": "Q", "<q": "q", "<d": "d"}
 _DEFAULT_ALIGNMENT = 32
 
 
@@ -87,6 +96,7 @@ class _Reader:
     def __init__(self, path: Path, data: bytes, size: int):
         self.path, self.data, self.size, self.pos = path, data, size, 0
         self.T, self.scalars = _types()
+        self.strings_left = _MAX_STRINGS
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -115,9 +125,38 @@ class _Reader:
             itype, count = self.unpack("<I"), self.unpack("<Q")
             if count > self.size:
                 raise _bad(self.path, f"array of {count} items exceeds the file size")
-            items = [self.value(itype, depth + 1)[1] for _ in range(count)]
-            return (T.ARRAY, T(itype)), items
+            if itype in self.scalars:
+                return (T.ARRAY, T(itype)), self.scalar_array(self.scalars[T(itype)], count)
+            if itype == T.STRING:
+                return (T.ARRAY, T.STRING), self.string_array(count)
+            raise _bad(self.path, f"array of unknown or nested type {itype}")
         raise _bad(self.path, f"unknown metadata value type {vtype}")
+
+    def scalar_array(self, fmt: str, count: int) -> array.array:
+        """`count` numbers in one read (an array of a billion bytes costs what reading them costs)."""
+        out = array.array(_ARRAY_CODES[fmt])
+        out.frombytes(self.take(count * out.itemsize))
+        if sys.byteorder == "big":
+            out.byteswap()
+        return out
+
+    def string_array(self, count: int) -> list[str]:
+        self.strings_left -= count
+        if self.strings_left < 0:
+            raise _bad(self.path, f"more than {_MAX_STRINGS} strings in the metadata")
+        data, pos, end, out = self.data, self.pos, len(self.data), []
+        length = struct.Struct("<Q").unpack_from
+        for _ in range(count):
+            if pos + 8 > end:
+                raise _bad(self.path, f"header runs past the end of the file at byte {pos}")
+            (n,) = length(data, pos)
+            pos += 8
+            if n > end - pos:
+                raise _bad(self.path, f"string length {n} runs past the end of the file at byte {pos}")
+            out.append(data[pos : pos + n].decode("utf-8", errors="replace"))
+            pos += n
+        self.pos = pos
+        return out
 
 
 def _type_name(sig: tuple) -> str:
@@ -178,7 +217,7 @@ def _check(path: Path, size: int) -> dict:
         version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
         if version not in GGUF_VERSIONS:
             raise _bad(path, f"unsupported version {version} (supported: {', '.join(map(str, GGUF_VERSIONS))})")
-        if n_tensors > _MAX_COUNT or n_kv > _MAX_COUNT:
+        if n_tensors > _MAX_TENSORS or n_kv > _MAX_KEYS:
             raise _bad(path, f"absurd counts ({n_tensors} tensors, {n_kv} metadata keys)")
         f.seek(0)
         # The header of a real model is a few MB (vocabularies); read at most 256 MiB of it.
