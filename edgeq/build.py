@@ -627,24 +627,31 @@ def prepared(cfg: BuildConfig):
     from edgeq.task import load_task
 
     job = resolve(cfg)
+    new_out = not cfg.dry_run and not job.out.exists()
     with contextlib.ExitStack() as scratch:
-        if not cfg.dry_run:  # nothing is written into OUT before its lock is held
-            claim_build_dir(job)
-            scratch.enter_context(build_lock(job.state))
-        if job.test_data is None:
-            where = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if cfg.dry_run else job.state / "split"
-            hold_out(job, where)
-        load_task(job.test_data, cfg.eval_limit, cfg.metric)
-        memo = read_memo(job.state / "sha-memo.json")
-        job.hashes = input_hashes(job, memo)
-        job.keys = compute_keys(job, job.hashes)
-        job.memo = memo
-        # before any stage runs (a Modelfile that cannot be written fails now, not after the fine-tune); a build
-        # with every stage cached writes nothing, and skips the seconds of importing a tokenizer library
-        if FORMAT_GGUF in job.profile.formats and any(cached(job, s) is None for s in job.keys):
-            from edgeq.buildreport import check_modelfile
+        try:
+            if not cfg.dry_run:  # nothing is written into OUT before its lock is held
+                claim_build_dir(job)
+                scratch.enter_context(build_lock(job.state))
+            if job.test_data is None:
+                dry = cfg.dry_run
+                where = Path(scratch.enter_context(tempfile.TemporaryDirectory())) if dry else job.state / "split"
+                hold_out(job, where)
+            load_task(job.test_data, cfg.eval_limit, cfg.metric)
+            memo = read_memo(job.state / "sha-memo.json")
+            job.hashes = input_hashes(job, memo)
+            job.keys = compute_keys(job, job.hashes)
+            job.memo = memo
+            # before any stage runs (a Modelfile that cannot be written fails now, not after the fine-tune); a
+            # build with every stage cached writes nothing, and skips the seconds of importing a tokenizer library
+            if FORMAT_GGUF in job.profile.formats and any(cached(job, s) is None for s in job.keys):
+                from edgeq.buildreport import check_modelfile
 
-            check_modelfile(job.base, job.profile, job.system)
+                check_modelfile(job.base, job.profile, job.system)
+        except BaseException:
+            if new_out:  # refused before any stage: the folder this run made (its lock, its split) goes again
+                shutil.rmtree(job.out, ignore_errors=True)
+            raise
         yield job
 
 

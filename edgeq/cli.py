@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -663,6 +664,20 @@ def _missing_toolchain(e: Exception) -> BackendError | None:
     return None
 
 
+# A path the user named is wrong: a usage error. Anything else (a full disk, an I/O error) is a runtime one.
+_PATH_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ELOOP, errno.EROFS}
+)
+
+
+def _os_error(e: OSError) -> EdgeqError:
+    where = os.fsdecode(e.filename) if e.filename is not None else None
+    what = e.strerror or str(e)
+    if e.errno in _PATH_ERRNOS:
+        return UsageError(what, where[:300] if where else None, "check the path and its permissions")
+    return EdgeqError(what, where[:300] if where else None, "check the disk and the path")
+
+
 def main() -> None:
     """Console entry point: one line per error, documented exit codes, tracebacks only with --debug."""
     try:
@@ -683,6 +698,12 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         code = 130
+    except OSError as e:  # a path the system refuses (a name over 255 bytes, no permission, a full disk)
+        if _state["debug"]:
+            traceback.print_exc()
+        error = _os_error(e)
+        click.echo(error.line(), err=True)
+        code = error.exit_code
     except Exception as e:  # a bug in edgeq or a backend: still one line unless --debug
         if _state["debug"]:
             traceback.print_exc()

@@ -63,9 +63,9 @@ def _inside(folder: Path, name: str) -> bool:
 
 def _walk(obj, key_path=""):
     if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _walk(v, f"{key_path}.{k}" if key_path else k)
+        for k, v in obj.items():  # a key before what it holds: session_options is judged as a whole first
             yield key_path, k, v
+            yield from _walk(v, f"{key_path}.{k}" if key_path else k)
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             yield from _walk(v, f"{key_path}[{i}]")

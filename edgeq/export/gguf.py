@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq import __version__
+from edgeq.data import read_jsonl
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.io import FILE_MARK, atomic_path, check_free_disk, claim_output
 from edgeq.runtime import ASSETS
@@ -367,6 +368,8 @@ def export_gguf(cfg: GgufExport) -> dict:
         raise UsageError(f"unknown GGUF quant type {cfg.quant!r}", None, f"valid: {valid}")
     inputs = [cfg.model, cfg.imatrix_data, cfg.imatrix]
     out = claim_output(cfg.out, inputs, cfg.force)
+    if cfg.imatrix_data:  # read now: a bad file fails before the minutes of export, not after them
+        read_jsonl(cfg.imatrix_data)
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
     check_free_disk(out.parent, 2 * weights_bytes(model_dir), "the GGUF export")
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from edgeq import templates
 from edgeq.child import run_process
+from edgeq.data import read_jsonl
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.io import atomic_dir, check_free_disk, claim_output
 from edgeq.runtime import artifact_bytes
@@ -124,6 +125,8 @@ def export_onnx(cfg: OnnxExport) -> dict:
         raise UsageError("fp16 ONNX targets GPUs", None, "use --execution-provider cuda, or int8/int4/fp32 on CPU")
     inputs = [cfg.model, cfg.imatrix_data, cfg.imatrix]
     out = claim_output(cfg.out, inputs, cfg.force)
+    if cfg.imatrix_data:  # read now: a bad file fails before the minutes of export, not after them
+        read_jsonl(cfg.imatrix_data)
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
     if cfg.quant == QUANT_AUTO:
         check_reachable(model_dir, cfg.max_size_mib)

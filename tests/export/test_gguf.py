@@ -10,6 +10,7 @@ from edgeq.export import gguf as export_mod
 from edgeq.export.gguf import GgufExport, export_gguf
 from edgeq.export.imatrix import compute_imatrix, load_imatrix, save_imatrix
 from edgeq.ggufcheck import check_gguf
+from edgeq.io import FILE_MARK
 from edgeq.spec import EXIT_USAGE, QUANT_TYPES, TOKENIZER_FILES
 from tests.conftest import TINY, make_tiny_model, run_edgeq
 
@@ -79,7 +80,8 @@ def test_unknown_quant_lists_valid_types(tmp_path):
 
 def test_failed_gate_keeps_previous_artifact_and_leaves_no_temp(tmp_path, tiny_model, monkeypatch):
     out = tmp_path / "m.gguf"
-    out.write_bytes(b"previous artifact")
+    previous = b"previous artifact " + FILE_MARK.encode()  # what edgeq wrote: --force may replace it
+    out.write_bytes(previous)
     with pytest.raises(UsageError, match="output exists"):
         export_gguf(GgufExport(model=str(tiny_model), out=str(out), quant="F32"))
 
@@ -89,7 +91,7 @@ def test_failed_gate_keeps_previous_artifact_and_leaves_no_temp(tmp_path, tiny_m
     monkeypatch.setattr(export_mod, "gate_tokenizer", broken)
     with pytest.raises(EdgeqError, match="parity"):
         export_gguf(GgufExport(model=str(tiny_model), out=str(out), quant="F32", force=True))
-    assert out.read_bytes() == b"previous artifact"
+    assert out.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
 
 

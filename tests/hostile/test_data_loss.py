@@ -30,7 +30,7 @@ def test_an_input_is_never_replaced(tmp_path, case):
     model.mkdir()
     (model / "w.safetensors").write_bytes(b"weights")
     target = {"is": model, "holds": tmp_path, "inside": model / "w.safetensors"}[case]
-    with pytest.raises(UsageError, match="would replace an input"):
+    with pytest.raises(UsageError, match="would replace, hold or lie inside an input"):
         check_replaceable(target, [model])
 
 
@@ -66,7 +66,7 @@ def test_merge_into_its_own_adapter_folder_is_refused_before_any_work(tiny_model
     )
     before = sorted(p.name for p in ft.rglob("*"))
     r = run_edgeq("merge", *base, "--adapter", ft, "--out", ft, "--force")
-    assert r.returncode == EXIT_USAGE and "would replace an input" in r.stderr
+    assert r.returncode == EXIT_USAGE and "would replace, hold or lie inside an input" in r.stderr
     assert sorted(p.name for p in ft.rglob("*")) == before
 
 
@@ -74,5 +74,5 @@ def test_export_over_the_model_weights_is_refused(tiny_model, tmp_path):
     model = shutil.copytree(tiny_model, tmp_path / "model")
     weights = (model / "model.safetensors").read_bytes()
     r = run_edgeq("export", "--model", model, "--quant", "F32", "--out", model / "model.safetensors", "--force")
-    assert r.returncode == EXIT_USAGE and "would replace an input" in r.stderr
+    assert r.returncode == EXIT_USAGE and "would replace, hold or lie inside an input" in r.stderr
     assert (model / "model.safetensors").read_bytes() == weights

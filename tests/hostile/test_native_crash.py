@@ -63,7 +63,7 @@ def test_a_hung_child_is_stopped_at_its_limit(monkeypatch):
 
 def test_a_bad_time_limit_is_a_usage_error(monkeypatch):
     monkeypatch.setenv(ENV_CHILD_TIMEOUT, "soon")
-    with pytest.raises(UsageError, match="not a positive number"):
+    with pytest.raises(UsageError, match="is not a number of seconds in"):
         child.timeout_s()
 
 

@@ -67,12 +67,20 @@ def test_an_oversized_profile_is_refused(tmp_path):
         load_profile(str(tmp_path / "p.yaml"))
 
 
-@pytest.mark.parametrize("bad", [float("nan"), 0.0, -5.0, float("inf")])
-def test_a_baseline_with_a_non_finite_or_zero_median_is_refused(tmp_path, bad):
+@pytest.mark.parametrize(
+    "bad, said",
+    [
+        (float("nan"), "NaN is not a number JSON allows"),  # refused as it is parsed, wherever it stands
+        (0.0, "decode_tok_s is not a positive finite number"),
+        (-5.0, "decode_tok_s is not a positive finite number"),
+        (float("inf"), "Infinity is not a number JSON allows"),
+    ],
+)
+def test_a_baseline_with_a_non_finite_or_zero_median_is_refused(tmp_path, bad, said):
     from edgeq.bench import load_baseline
 
     record = {"results": {m: {"median": 10.0} for m in ("decode_tok_s", "prefill_tok_s", "peak_rss_mib")}}
     record["results"]["decode_tok_s"]["median"] = bad
     (tmp_path / "b.json").write_text(json.dumps(record))
-    with pytest.raises(UsageError, match="decode_tok_s is not a positive finite number"):
+    with pytest.raises(UsageError, match=said):
         load_baseline(str(tmp_path / "b.json"))

@@ -29,7 +29,7 @@ def test_deeply_nested_json_names_its_line(tmp_path):
     p = _file(tmp_path, [b"[" * 100_000 + b"]" * 100_000])
     with pytest.raises(ConfigError) as e:
         read_jsonl(p)
-    assert e.value.problems == [f"{p}:1: JSON nested too deeply"]
+    assert e.value.problems == [f"{p}:1: invalid JSON (nested too deeply)"]
 
 
 def test_plain_text_references_get_a_text_metric_not_a_crash(tmp_path):
