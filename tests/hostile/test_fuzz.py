@@ -81,7 +81,8 @@ def _clean(call):
 def gguf_seed(tmp_path_factory):
     from edgeq.probe import tiny_gguf
 
-    return tiny_gguf(tmp_path_factory.mktemp("seed") / "t.gguf", dims={"hidden": 32, "ffn": 64, "heads": 2, "kv_heads": 1}).read_bytes()
+    dims = {"hidden": 32, "ffn": 64, "heads": 2, "kv_heads": 1}
+    return tiny_gguf(tmp_path_factory.mktemp("seed") / "t.gguf", dims=dims).read_bytes()
 
 
 def _onnx_seed() -> bytes:
