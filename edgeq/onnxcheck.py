@@ -166,10 +166,20 @@ def external_locations(onnx_file: Path) -> list[str]:
 # genai_config.json
 
 
+def _custom_ops(cfg_path: Path, name: str, value) -> UsageError:
+    return _refuse(
+        cfg_path,
+        f"{name} asks ONNX Runtime to load a native library ({str(value)[:80]!r}); edgeq never loads code from a model",
+        "remove the key, or use a model without custom operators",
+    )
+
+
 def _check_session_options(cfg_path: Path, name: str, options) -> None:
     if not isinstance(options, dict):
         raise _refuse(cfg_path, f"{name} must be a mapping")
     for key, value in options.items():
+        if key == "custom_ops_library":
+            raise _custom_ops(cfg_path, f"{name}.{key}", value)
         if key not in SESSION_OPTIONS:
             raise _refuse(
                 cfg_path,
@@ -217,12 +227,7 @@ def check_onnx_folder(folder: Path) -> Path:
     for where, key, value in _walk(cfg):
         name = f"{where}.{key}" if where else key
         if key == "custom_ops_library":
-            raise _refuse(
-                cfg_path,
-                f"{name} asks ONNX Runtime to load a native library ({str(value)[:80]!r}); edgeq never loads code "
-                "from a model",
-                "remove the key, or use a model without custom operators",
-            )
+            raise _custom_ops(cfg_path, name, value)
         if key == "session_options":
             _check_session_options(cfg_path, name, value)
         elif _FILE_KEY.search(key):
