@@ -34,15 +34,17 @@ def main() -> None:
     from edgeq import mixed
     from edgeq.basemodel import resolve_model
     from edgeq.bench import measure_in_child
+    from edgeq.calibration import machine_calibration
     from edgeq.evaluate import (
         answer_budget,
         artifact_answers,
         compare_logits,
     )
-    from edgeq.export.gguf import quantize_gguf
+    from edgeq.export.gguf import quantize_gguf, write_f16_gguf
     from edgeq.export.imatrix import compute_imatrix
+    from edgeq.footprint import dry_run_types
     from edgeq.machine import platform_info
-    from edgeq.plan import dry_run_types, float_gguf_for, kld_probe, machine_calibration, plan_mixed
+    from edgeq.pricing import kld_probe, plan_mixed
     from edgeq.spec import FORMAT_GGUF, GGUF_FLOAT_TYPES, quant_names
     from edgeq.task import load_task
 
@@ -68,7 +70,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeq-mixed-bench-") as scratch:
         work = Path(scratch)
-        flt = float_gguf_for(model_dir, work)
+        flt = work / "model.F16.gguf"
+        write_f16_gguf(model_dir, flt)
         imatrix, _ = compute_imatrix(model_dir, args.calib)
         tensors = mixed.quantizable(flt)
         written = {q: dry_run_types(flt, q) for q in quants}  # one dry run per type

@@ -41,11 +41,10 @@ def main() -> None:
         compare_logits,
     )
     from edgeq.export import onnxquant
-    from edgeq.export.gguf import quantize_gguf
+    from edgeq.export.gguf import quantize_gguf, write_f16_gguf
     from edgeq.export.imatrix import compute_imatrix
     from edgeq.export.onnx import builder_args
     from edgeq.machine import platform_info
-    from edgeq.plan import float_gguf_for
     from edgeq.runtime import artifact_bytes
     from edgeq.spec import TOKENIZER_FILES
     from edgeq.task import load_task
@@ -91,7 +90,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeq-onnx-int4-") as scratch:
         work = Path(scratch)
-        flt = float_gguf_for(model_dir, work)
+        flt = work / "model.F16.gguf"
+        write_f16_gguf(model_dir, flt)
         quantize_gguf(flt, work / "q4km.gguf", "Q4_K_M", imatrix)
         q4km = measure("GGUF Q4_K_M", work / "q4km.gguf")
         built = work / "builder"

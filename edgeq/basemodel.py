@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,6 @@ def weights_bytes(model_dir: Path) -> int:
 
 def _from_pickle(path: Path, pickles: list[Path]) -> Path:
     """Opted-in pickle weights → a safetensors copy in the cache (torch.load with weights_only=True only)."""
-    import shutil
 
     import torch
     from safetensors.torch import save_file
@@ -381,7 +381,6 @@ RANDOM_MODEL_DIMS = {
 def random_model(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
     """A random-weight Llama (tied embedding) with another model's tokenizer files: small enough to train
     in a test, and the narrow shape that separates a runtime's base memory from its per-weight terms."""
-    import shutil
 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -416,3 +415,13 @@ def model_summary(model_dir: Path) -> dict:
             "vocab_size",
         )
     }
+
+
+def base_fingerprint(base_dir: Path) -> str:
+    """sha256 of the base weights (safetensors files, in name order)."""
+    files = sorted(base_dir.glob("*.safetensors"))
+    if not files:
+        raise UsageError(
+            "no .safetensors weights in the base model", str(base_dir), "convert the checkpoint to safetensors first"
+        )
+    return sha256_file(files[0]) if len(files) == 1 else "+".join(sha256_file(f) for f in files)

@@ -16,12 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq import __version__
+from edgeq import __version__, child, devicemem, report
 from edgeq.checks import MAX, MIN, Check
 from edgeq.errors import BudgetError, UsageError
-from edgeq.io import claim_output, read_json
+from edgeq.ggufcheck import check_gguf
+from edgeq.io import claim_output, read_json, sha256_file
+from edgeq.machine import package_version, platform_info
 from edgeq.onnxcheck import check_onnx_folder
-from edgeq.runtime import artifact_bytes, artifact_format, fidelity_text
+from edgeq.profiles import load_profile
+from edgeq.runtime import artifact_bytes, artifact_format, fidelity_text, llama_config, llama_setup
 from edgeq.spec import BENCH_OUTPUTS, BENCH_SCHEMA, FORMAT_GGUF
 
 METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib", "device_mib", "memory_mib")
@@ -148,7 +151,6 @@ def onnx_uses_gpu(path: str | Path) -> bool:
 
 def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int = 0) -> dict:
     """One repetition, in the child. Memory = peak RSS + device memory (devicemem.py) where a GPU is used."""
-    from edgeq import devicemem
 
     uses_gpu = gpu_layers > 0 if fmt == FORMAT_GGUF else onnx_uses_gpu(path)
     method, read = devicemem.reader(uses_gpu)
@@ -174,8 +176,6 @@ def measure_in_child(
 ) -> dict:
     """One repetition in a fresh, isolated Python process (child.py): nothing loaded before it counts in its
     peak RSS, and a crash of the runtime is a message."""
-    from edgeq import child
-    from edgeq.runtime import llama_setup
 
     return child.call(
         "edgeq.bench:measure",
@@ -209,10 +209,6 @@ def _stats(values: list[float]) -> dict:
 
 def environment(artifact: Path) -> dict:
     import psutil
-
-    from edgeq.io import sha256_file
-    from edgeq.machine import package_version, platform_info
-    from edgeq.runtime import llama_config
 
     plat = platform_info()
     size = artifact_bytes(artifact)
@@ -273,9 +269,6 @@ def check_baseline(results: dict, base: dict, pct: float) -> list[Check]:
 
 
 def bench(cfg: BenchConfig) -> dict:
-    from edgeq import report
-    from edgeq.ggufcheck import check_gguf
-    from edgeq.profiles import load_profile
 
     if cfg.output not in BENCH_OUTPUTS:
         raise UsageError(f"unknown --output {cfg.output!r}", None, f"use one of {', '.join(BENCH_OUTPUTS)}")

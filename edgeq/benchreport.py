@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from xml.sax.saxutils import quoteattr
 
-from edgeq import __version__
-from edgeq.io import FILE_MARK
+from edgeq import __version__, report
+from edgeq.checks import Check
+from edgeq.io import FILE_MARK, write_text
 
 
 def render(record: dict, output: str) -> str:
@@ -34,15 +36,9 @@ def marked(record: dict, output: str) -> str:
 def publish(record: dict, output: str, out: str | None) -> None:
     """The record in its output format, to the file (atomically, marked as edgeq's) or stdout; one ok/BREACH line
     per check on stderr. bench claimed the file before measuring (io.claim_output)."""
-    import sys
-
-    from edgeq import report
-    from edgeq.checks import Check
 
     text = render(record, output)
     if out:
-        from edgeq.io import write_text
-
         write_text(out, marked(record, output))
     else:
         sys.stdout.write(text)

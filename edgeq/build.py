@@ -33,23 +33,37 @@ from importlib.resources import files
 from pathlib import Path
 
 from edgeq import __version__, report
+from edgeq.basemodel import resolve_model, weights_bytes
+from edgeq.bench import BenchConfig, bench
+from edgeq.buildreport import StageView, check_modelfile, write_outputs
+from edgeq.calibration import select_calibration
 from edgeq.checks import MAX, Check
+from edgeq.data import HOLDOUT_SEED, read_jsonl, split_holdout
 from edgeq.errors import BudgetError, UsageError
-from edgeq.io import check_free_disk, check_not_input, parse_json, sha256_file, write_json
+from edgeq.evaluate import agreement, evaluate, float_task_score
+from edgeq.export.gguf import GgufExport, export_gguf, write_f16_gguf
+from edgeq.export.imatrix import compute_imatrix, save_imatrix
+from edgeq.export.onnx import export_onnx
+from edgeq.finetune import FinetuneConfig, finetune, latest_checkpoint
+from edgeq.io import atomic_path, check_free_disk, check_not_input, parse_json, sha256_file, write_json
+from edgeq.machine import versions
+from edgeq.merge import MergeConfig, merge
+from edgeq.plan import PlanConfig, make_plan, no_fit_error
+from edgeq.profiles import load_profile
 from edgeq.records import (
     BenchResult,
     BuildResult,
-    Candidate,
     EvalResult,
     ExportResult,
-    Measurement,
     Plan,
-    Row,
     Score,
 )
+from edgeq.runtime import llama_config
+from edgeq.serving import from_training
 from edgeq.spec import (
     BUILD_EXAMPLE_DATA,
     BUILD_EXAMPLE_TEST,
+    BUILD_FLOAT_GGUF,
     BUILD_IMATRIX,
     BUILD_REPORT,
     BUILD_SCORES_DIR,
@@ -57,10 +71,11 @@ from edgeq.spec import (
     BUILD_STAGES,
     BUILD_STATE_DIR,
     FORMAT_GGUF,
-    QUANT_AUTO,
     QUANT_TYPES,
     SWEEP_MODES,
 )
+from edgeq.sweep import SweepInputs, onnx_export, sweep
+from edgeq.task import load_task
 
 
 @dataclass
@@ -130,8 +145,6 @@ def file_sha(path: Path, memo: dict) -> str:
 def input_hashes(job: Job, memo: dict) -> dict:
     """Every input a stage may read: the whole base folder (weights, config, tokenizer, chat template), the
     data, the profile, the calibration, the library versions and llama.cpp's configuration on this machine."""
-    from edgeq.machine import versions
-    from edgeq.runtime import llama_config
 
     base_files = sorted(f for f in job.base.rglob("*") if f.is_file())  # templates may sit in a subfolder
     return {
@@ -151,8 +164,6 @@ RUNTIME_LIBRARIES = ("llama_cpp", "gguf", "onnxruntime", "onnxruntime_genai", "t
 
 def stage_settings(job: Job) -> dict:
     """Everything each stage's output depends on besides the stages before it."""
-    from edgeq.finetune import FinetuneConfig
-    from edgeq.merge import MergeConfig
 
     ft = dataclasses.asdict(FinetuneConfig(data="", out="", max_steps=job.cfg.max_steps))
     for k in ("data", "out", "base", "resume", "force"):
@@ -221,7 +232,6 @@ def stage_files(job: Job, stage: str, result: dict) -> dict:
 
 
 def run_finetune(job: Job, work: Path) -> dict:
-    from edgeq.finetune import FinetuneConfig, finetune, latest_checkpoint
 
     resume = latest_checkpoint(work) is not None
     return finetune(
@@ -237,7 +247,6 @@ def run_finetune(job: Job, work: Path) -> dict:
 
 
 def run_merge(job: Job, work: Path) -> dict:
-    from edgeq.merge import MergeConfig, merge
 
     cfg = MergeConfig(
         adapter=str(job.dir("finetune")), out=str(work / "model"), base=str(job.base), system_prompt=job.system.text
@@ -250,21 +259,20 @@ def merged(job: Job) -> Path:
 
 
 def planned_gguf(job: Job) -> Path:
-    from edgeq.plan import FLOAT_GGUF
-
-    return job.dir("plan") / FLOAT_GGUF
+    return job.dir("plan") / BUILD_FLOAT_GGUF
 
 
 def run_plan(job: Job, work: Path) -> Plan:
     """Every candidate predicted from the merged model; a plan with no fitting candidate is a result here (the
     sweep decides with measured quality, and reports no fit itself). The importance matrix of the training data is
     saved for the sweep and the export (GGUF and ONNX int4 quantize with it) and weighs a mixed recipe's errors."""
-    from edgeq.export.imatrix import compute_imatrix, save_imatrix
-    from edgeq.plan import PlanConfig, float_gguf_for, make_plan
-
     imatrix, summary = compute_imatrix(merged(job), job.data)  # GGUF's quantizer and ONNX int4's weigh by it
     save_imatrix(imatrix, summary, work / BUILD_IMATRIX)
-    flt = float_gguf_for(merged(job), work) if FORMAT_GGUF in job.profile.formats else None
+    flt = None
+    if FORMAT_GGUF in job.profile.formats:  # what the quantizer plans from, and the sweep and export quantize
+        flt = work / BUILD_FLOAT_GGUF
+        with atomic_path(flt) as tmp:
+            write_f16_gguf(merged(job), tmp)
     cfg = PlanConfig(
         profile=job.profile.source, model=str(merged(job)), calibration=str(job.calibration), data=str(job.data)
     )
@@ -275,107 +283,22 @@ def planned_imatrix(job: Job) -> Path:
     return job.dir("plan") / BUILD_IMATRIX
 
 
-def _measure_candidate(job: Job, c: Candidate, ref, ids, imatrix, work: Path) -> Measurement:
-    from edgeq.bench import measure_in_child
-    from edgeq.evaluate import compare_logits
-    from edgeq.export.gguf import quantize_gguf
-    from edgeq.export.onnx import export_onnx
-    from edgeq.runtime import artifact_bytes
-
-    path = work / (f"{c.key.split(':', 1)[1]}.gguf" if c.fmt == FORMAT_GGUF else c.quant)
-    if c.fmt == FORMAT_GGUF:
-        quantize_gguf(planned_gguf(job), path, c.quant, imatrix, dict(c.recipe) or None)
-    else:
-        export_onnx(onnx_export(job, c, path))
-    fidelity = compare_logits(path, ref, ids)
-    p = job.profile
-    run = measure_in_child(c.fmt, path, p.prompt_tokens, 32, p.threads, p.max_context_tokens)
-    size = artifact_bytes(path)
-    shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return Measurement(
-        kld=fidelity["mean_kld"],
-        top1=fidelity["top1_agreement"],
-        decode_tok_s=run["decode_tok_s"],
-        ttft_ms=run["ttft_ms"],
-        peak_rss_mib=run["peak_rss_mib"],
-        storage_mib=size / 2**20,
-    )
-
-
-def onnx_export(job: Job, c: Candidate, out: Path):
-    """The ONNX export of a candidate: its precision, or --quant auto at the size an ONNX mixture names."""
-    from edgeq.export.onnx import OnnxExport
-
-    size = float(dict(c.recipe)["max_size_mib"]) if c.recipe else None
-    quant = QUANT_AUTO if c.recipe else c.quant
-    return OnnxExport(str(merged(job)), str(out), quant, max_size_mib=size, imatrix=str(planned_imatrix(job)))
-
-
-def sweep_order(rows: list[Row], profile) -> list[Row]:
-    """The candidates worth building, in order of expected quality: predicted to fit memory and storage, the
-    profile's formats in order, each by prior KLD (then the smaller footprint)."""
-    from edgeq.plan import footprint_fits
-
-    rank = {f: i for i, f in enumerate(profile.formats)}
-    todo = [r for r in rows if footprint_fits(r, profile)]
-    return sorted(todo, key=lambda r: (rank[r.candidate.fmt], r.kld, r.predicted.memory_mib))
+def sweep_inputs(job: Job) -> SweepInputs:
+    return SweepInputs(merged(job), planned_gguf(job), planned_imatrix(job), job.profile, job.cfg.sweep)
 
 
 def run_sweep(job: Job, work: Path) -> Plan:
-    """Build and measure candidates; choose with the measurements. first-fit stops at the first candidate (in
-    sweep_order) whose measured quality and speed meet the profile: the one of best expected quality that fits.
-    all builds every candidate that may fit and chooses the best measured one."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from edgeq.evaluate import TEXT_TOKENS, fidelity_ids, reference_logits
-    from edgeq.export.imatrix import load_imatrix
-    from edgeq.plan import choose, with_measurement
-
-    planned = job.results["plan"]
-    todo = sweep_order(list(planned.rows), job.profile)
-    check_free_disk(work, 2 * max([r.predicted.storage_mib for r in todo] or [0]) * 2**20, "the candidate sweep")
-    tok = AutoTokenizer.from_pretrained(merged(job))
-    model = AutoModelForCausalLM.from_pretrained(merged(job), dtype=torch.float32).eval()
-    ids = fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)
-    ref = reference_logits(model, ids)
-    del model
-    imatrix, _ = load_imatrix(planned_imatrix(job))  # the export quantizes with this same matrix
-    built: dict[Candidate, Row] = {}
-    with report.progress("sweep", len(todo)) as update:
-        for i, r in enumerate(todo):
-            update(i, r.candidate.label)
-            m = _measure_candidate(job, r.candidate, ref, ids, imatrix, work)
-            built[r.candidate] = with_measurement(r, m, job.profile)
-            if job.cfg.sweep == "first-fit" and built[r.candidate].fits:
-                break
-        update(len(todo), "")
-        won = next((c for c, r in built.items() if r.fits), None)
-        if won is not None and won.recipe:  # the report compares the mixture with the best uniform type that fits
-            uniform = next((r for r in todo if not r.candidate.recipe and r.candidate not in built), None)
-            if uniform is not None:
-                m = _measure_candidate(job, uniform.candidate, ref, ids, imatrix, work)
-                built[uniform.candidate] = with_measurement(uniform, m, job.profile)
-    rows = [built.get(r.candidate, r) for r in planned.rows]
-    measured = [r for r in rows if r.measured]
-    if job.cfg.sweep == "first-fit":
-        chosen = next((r.candidate for r in built.values() if r.fits), None)
-    else:
-        chosen = choose(measured, job.profile)
-    return dataclasses.replace(planned, rows=tuple(rows), chosen=chosen)
+    return sweep(job.results["plan"], sweep_inputs(job), work)
 
 
 def run_export(job: Job, work: Path) -> ExportResult:
-    from edgeq.export.gguf import GgufExport, export_gguf
-    from edgeq.export.onnx import export_onnx
-
     c = job.results["sweep"].chosen
     name = f"model.{c.quant}" + ("-mixed" if c.recipe else "") + (".gguf" if c.fmt == FORMAT_GGUF else "")
     out, weights = str(work / name), str(planned_imatrix(job))
     if c.fmt == FORMAT_GGUF:
         r = export_gguf(GgufExport(str(merged(job)), out, c.quant, imatrix=weights, recipe=dict(c.recipe) or None))
     else:
-        r = export_onnx(onnx_export(job, c, Path(out)))
+        r = export_onnx(onnx_export(c, merged(job), planned_imatrix(job), Path(out)))
     weighted = c.fmt == FORMAT_GGUF or QUANT_TYPES[c.quant].onnx_precision == "int4"
     imatrix = str(job.data) if weighted else None  # the data the artifact's quantizer was weighted by
     details = {k: v for k, v in r.items() if k not in ("bytes", "gates", "format", "quant")}
@@ -390,9 +313,6 @@ def run_eval(job: Job, work: Path) -> EvalResult:
     """Fidelity of the artifact and its task score as evaluated and as served; the float models' task scores and
     answer NLL; the artifact's agreement with the merged model's answers."""
     from transformers import AutoTokenizer
-
-    from edgeq.evaluate import agreement, evaluate
-    from edgeq.task import load_task
 
     limit, metric = job.cfg.eval_limit, job.cfg.metric
     task = load_task(job.test_data, limit, metric)
@@ -415,7 +335,6 @@ def float_score(job: Job, which: str, model_dir: Path, task) -> Score:
     """A float model's task score, kept in OUT/.edgeq/scores/ under the hash of what it depends on: minutes of
     HF generation on a CPU that a rebuild need not repeat. The base's serves every fine-tune and profile of one
     base and held-out set; the merged model's every profile of one fine-tune (the merge key covers it)."""
-    from edgeq.evaluate import float_task_score
 
     model = {"merged": job.keys["merge"], "base": job.hashes["base"]}[which]
     key = _hash(
@@ -442,7 +361,6 @@ def float_score(job: Job, which: str, model_dir: Path, task) -> Score:
 
 def run_bench(job: Job, work: Path) -> BenchResult:
     """A breach is a result here: the report shows it and gate() makes the build exit 3."""
-    from edgeq.bench import BenchConfig, bench
 
     cfg = BenchConfig(str(artifact(job)), profile=job.profile.source, reps=job.cfg.reps)
     return BenchResult(bench(cfg))
@@ -459,7 +377,6 @@ def quality_checks(job: Job) -> list[Check]:
 
 
 def run_report(job: Job, work: Path) -> BuildResult:
-    from edgeq.buildreport import write_outputs
 
     quality = quality_checks(job)
     published = write_outputs(job, artifact(job), quality)
@@ -486,7 +403,6 @@ assert tuple(STAGES) == BUILD_STAGES
 
 def disk_need(job: Job, stage: str) -> int:
     """Bytes a stage may write, checked before it starts (the exports check their own too)."""
-    from edgeq.basemodel import weights_bytes
 
     w = weights_bytes(job.base)
     return {"finetune": 64 << 20, "merge": 2 * w, "plan": w, "export": 2 * w, "report": w}.get(stage, 0)
@@ -550,11 +466,6 @@ def run_stage(job: Job, stage: str) -> dict:
 
 
 def resolve(cfg: BuildConfig) -> Job:
-    from edgeq.basemodel import resolve_model
-    from edgeq.data import read_jsonl
-    from edgeq.plan import select_calibration
-    from edgeq.profiles import load_profile
-    from edgeq.serving import from_training
 
     problems = []
     profile = load_profile(cfg.profile)
@@ -583,7 +494,6 @@ def resolve(cfg: BuildConfig) -> Job:
 
 def hold_out(job: Job, where: Path) -> None:
     """No --test-data: a seeded split of --data; the fine-tune trains on the rest, the task is scored on it."""
-    from edgeq.data import HOLDOUT_SEED, split_holdout
 
     where.mkdir(parents=True, exist_ok=True)
     train, test, n_train, n_test = split_holdout(job.data, where)
@@ -624,7 +534,6 @@ def read_memo(path: Path) -> dict:
 def prepared(cfg: BuildConfig):
     """The job with its inputs resolved and hashed and its stage keys computed. Task data is read now, so bad
     data fails before the fine-tune. A dry run's held-out split goes to a scratch folder, nothing into OUT."""
-    from edgeq.task import load_task
 
     job = resolve(cfg)
     new_out = not cfg.dry_run and not job.out.exists()
@@ -645,8 +554,6 @@ def prepared(cfg: BuildConfig):
             # before any stage runs (a Modelfile that cannot be written fails now, not after the fine-tune); a
             # build with every stage cached writes nothing, and skips the seconds of importing a tokenizer library
             if FORMAT_GGUF in job.profile.formats and any(cached(job, s) is None for s in job.keys):
-                from edgeq.buildreport import check_modelfile
-
                 check_modelfile(job.base, job.profile, job.system)
         except BaseException:
             if new_out:  # refused before any stage: the folder this run made (its lock, its split) goes again
@@ -658,19 +565,16 @@ def prepared(cfg: BuildConfig):
 def dry_run(cfg: BuildConfig) -> tuple[Plan, dict[str, str]]:
     """What a build would do, writing nothing: the plan predicted from the base model (same shapes, prior
     quality; None-chosen where nothing fits) and each stage's state."""
-    from edgeq.plan import PlanConfig, make_plan
 
     with prepared(cfg) as job:
-        planned = make_plan(
-            PlanConfig(profile=job.profile.source, model=str(job.base), calibration=str(job.calibration))
-        )
+        cfg = PlanConfig(profile=job.profile.source, model=str(job.base), calibration=str(job.calibration))
+        planned = make_plan(cfg, write_f16_gguf)
         return planned, {s: "cached" if cached(job, s) else "would run" for s in job.keys}
 
 
 def build(cfg: BuildConfig) -> BuildResult:
     """Every stage, cached ones skipped; the build's result with its checks (gate() turns breaches into exit 3).
     No candidate fitting at the sweep raises NoFitError, with previous outputs left as they were."""
-    from edgeq.buildreport import StageView
 
     with prepared(cfg) as job:
         write_json(job.state / "sha-memo.json", job.memo)
@@ -691,8 +595,6 @@ def build(cfg: BuildConfig) -> BuildResult:
                 job.results[stage] = _record_of(stage, record["result"])
                 job.seconds[stage] = (record["seconds"], view.rows[stage]["state"])
                 if stage == "sweep" and job.results["sweep"].chosen is None:
-                    from edgeq.plan import no_fit_error
-
                     sweep = job.results["sweep"]
                     raise no_fit_error(list(sweep.rows), job.profile, sweep.n_ctx)
     return dataclasses.replace(job.results["report"], stages=dict(job.seconds))

@@ -10,6 +10,11 @@ from pathlib import Path
 
 from edgeq import __version__, report, templates
 from edgeq.errors import UsageError
+from edgeq.footprint import footprint_fits
+from edgeq.io import atomic_dir, atomic_file, atomic_path, write_json, write_text
+from edgeq.machine import versions
+from edgeq.planreport import render
+from edgeq.serving import default_system, embed
 from edgeq.spec import (
     BUILD_MANIFEST,
     BUILD_MODELFILE,
@@ -84,8 +89,6 @@ def dry_run_view(planned, stages: dict, out: Path):
     """The plan (predicted from the base model: same shapes, prior quality) and the stages that would run."""
     from rich.console import Group
 
-    from edgeq.plan import render
-
     rows = [[s, state] for s, state in stages.items()]
     return Group(
         render(planned), report.table(f"stages into {out} (dry run: nothing written)", ["stage", "state"], rows)
@@ -112,7 +115,6 @@ def modelfile(gguf_name: str, tok, profile, system=None) -> tuple[str, bool]:
     conversation both ways; otherwise Ollama reads tokenizer.chat_template from the GGUF, which carries the
     default system prompt itself. `system` (serving.SystemPrompt) says where that prompt came from.
     Returns (text, template_written)."""
-    from edgeq.serving import default_system
 
     convo = [
         {"role": "system", "content": "S"},
@@ -175,8 +177,6 @@ def check_modelfile(model_dir: Path, profile, system) -> None:
     written into a Modelfile."""
     from transformers import AutoTokenizer
 
-    from edgeq.serving import embed
-
     tok = AutoTokenizer.from_pretrained(model_dir)
     if system.text:
         tok.chat_template = embed(tok.chat_template, system.text, tok)
@@ -208,7 +208,6 @@ def plot(rows, chosen, path: Path) -> None:
     ax.set_ylabel("mean KLD vs merged float model (log)")
     ax.set_title("candidates: size vs fidelity vs speed")
     fig.tight_layout()
-    from edgeq.io import atomic_file
 
     with atomic_file(path) as f:
         fig.savefig(f, format="png")
@@ -218,7 +217,6 @@ def plot(rows, chosen, path: Path) -> None:
 def publish_artifact(src: Path, dst: Path) -> None:
     """A copy, atomically replacing an older artifact. Not a hard link: editing the published file must not
     change the cached one (the manifest's sha256 describes the cache)."""
-    from edgeq.io import atomic_dir, atomic_path
 
     if src.is_file():
         with atomic_path(dst, force=True) as tmp:
@@ -235,9 +233,6 @@ def write_outputs(job, artifact: Path, quality: list) -> list[str]:
     """Publish the artifact and write manifest, report, Modelfile and plot; bench's checks and `quality` (build's
     quality checks) are the verdict the report shows. Returns the names written into OUT."""
     from transformers import AutoTokenizer
-
-    from edgeq.io import write_json, write_text
-    from edgeq.machine import versions
 
     out, res = job.out, job.results
     sweep, export, ev, bench = res["sweep"], res["export"], res["eval"], res["bench"]
@@ -417,7 +412,6 @@ def _footprint_section(job, m: dict) -> list[str]:
 
 
 def _candidates_section(job) -> list[str]:
-    from edgeq.plan import footprint_fits
 
     p, sweep = job.profile, job.results["sweep"]
     lines = [

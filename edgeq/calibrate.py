@@ -20,15 +20,24 @@ it by --calibration FILE or the profile's `calibration:` key.
 from __future__ import annotations
 
 import datetime
+import importlib.util
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from edgeq import __version__
+from edgeq import __version__, report
+from edgeq.basemodel import random_model, resolve_model
+from edgeq.bench import measure_in_child
 from edgeq.errors import UsageError
+from edgeq.export.onnx import OnnxExport, export_onnx
+from edgeq.footprint import Dims, gguf_tensor_types, kv_cache_bytes, onnx_bytes, predict_gguf_rss, predict_onnx_rss
 from edgeq.io import FILE_MARK, claim_output, read_json, write_json
+from edgeq.machine import package_version, platform_info
+from edgeq.probe import tiny_gguf
+from edgeq.runtime import llama_config, quantize
 from edgeq.spec import CALIBRATION_SCHEMA, FORMAT_GGUF, FORMAT_ONNX, LLAMA_CPP_MAX_BATCH, quant_names
 from edgeq.validate import Fields
 
@@ -53,7 +62,6 @@ class CalibrateConfig:
 
 
 def _dims(shape: dict):
-    from edgeq.plan import Dims
 
     return Dims(
         layers=shape["layers"],
@@ -69,9 +77,6 @@ def _dims(shape: dict):
 
 
 def gguf_artifacts(work: Path, tag: str, shape: dict, types) -> list[dict]:
-    from edgeq.plan import gguf_tensor_types
-    from edgeq.probe import tiny_gguf
-    from edgeq.runtime import quantize
 
     flt = tiny_gguf(work / f"{tag}.F16.gguf", dims=shape, ftype="F16")
     arts = []
@@ -85,8 +90,6 @@ def gguf_artifacts(work: Path, tag: str, shape: dict, types) -> list[dict]:
 
 
 def onnx_artifacts(model: Path, work: Path, tag: str) -> list[dict]:
-    from edgeq.export.onnx import OnnxExport, export_onnx
-    from edgeq.plan import Dims, onnx_bytes
 
     d = Dims.from_config(model)
     arts = []
@@ -98,7 +101,6 @@ def onnx_artifacts(model: Path, work: Path, tag: str) -> list[dict]:
 
 
 def measure_all(arts: list[dict], grid, threads: int, update) -> list[dict]:
-    from edgeq.bench import measure_in_child
 
     points = []
     for a in arts:
@@ -113,7 +115,6 @@ def measure_all(arts: list[dict], grid, threads: int, update) -> list[dict]:
 
 def fit_gguf(points: list[dict]) -> dict:
     """Least squares with a ridge on the per-type extras: a type is resident twice only if the data say so."""
-    from edgeq.plan import kv_cache_bytes
 
     types = sorted({t for p in points for t in p["types"]})
     X, y = [], []
@@ -141,7 +142,6 @@ def fit_gguf(points: list[dict]) -> dict:
 
 def fit_onnx(points: list[dict]) -> dict:
     """Steady state by least squares; points far above it (fp32 loading) set that precision's load factor."""
-    from edgeq.plan import kv_cache_bytes
 
     quants = sorted({p["quant"] for p in points})
 
@@ -182,7 +182,6 @@ def fit_onnx(points: list[dict]) -> dict:
 
 
 def predicted(p: dict, cal: dict) -> float:
-    from edgeq.plan import predict_gguf_rss, predict_onnx_rss
 
     if p["fmt"] == FORMAT_GGUF:
         return predict_gguf_rss(p["dims"], p["types"], p["ctx"], p["prompt"], cal)["total"]
@@ -190,14 +189,12 @@ def predicted(p: dict, cal: dict) -> float:
 
 
 def _onnx_builder_available() -> bool:
-    import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "onnx_ir"))
 
 
 def measure(threads: int, onnx: bool, model: str | None) -> list[dict]:
     """Build every calibration artifact in a scratch folder and bench each over its grid."""
-    from edgeq import report
 
     total = len(GGUF_TYPES) * len(GRID) + 3 * len(NARROW_GRID)
     total += len(ONNX_TYPES) * (len(GRID) + len(NARROW_GRID)) if onnx else 0
@@ -212,8 +209,6 @@ def measure(threads: int, onnx: bool, model: str | None) -> list[dict]:
         narrow = gguf_artifacts(work, "narrow", NARROW_SHAPE, ("F16", "Q8_0", "Q4_0"))
         points += measure_all(narrow, NARROW_GRID, threads, step)
         if onnx:
-            from edgeq.basemodel import random_model, resolve_model
-
             points += measure_all(onnx_artifacts(resolve_model(model), work, "model"), GRID, threads, step)
             narrow_hf = random_model(work / "narrow-hf", resolve_model(None), max_position_embeddings=2048)
             points += measure_all(onnx_artifacts(narrow_hf, work, "narrow"), NARROW_GRID, threads, step)
@@ -231,7 +226,6 @@ def save_points(points: list[dict], path: Path) -> None:
 
 def load_points(path: Path) -> list[dict]:
     """Raw measurements read back: each point's format, type, sizes and measured RSS checked before a fit."""
-    from edgeq.plan import Dims
 
     f = Fields(read_json(path, "points file", _POINTS_FIX), str(path), _POINTS_FIX, "points file")
     if f.obj.get("schema") != POINTS_SCHEMA:
@@ -265,11 +259,6 @@ def load_points(path: Path) -> list[dict]:
 
 def calibrate(cfg: CalibrateConfig) -> dict:
     """Measure, fit, write cfg.out atomically; returns the calibration and every point with its error."""
-    import os
-
-    from edgeq.io import write_json
-    from edgeq.machine import package_version, platform_info
-    from edgeq.runtime import llama_config
 
     saved = Path(cfg.points) if cfg.points else None
     reuse = saved is not None and saved.exists()

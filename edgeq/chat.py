@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeq import child
 from edgeq.errors import UsageError
+from edgeq.runtime import checked_artifact, llama_setup, load_gguf_here
 from edgeq.spec import FORMAT_GGUF
 
 
@@ -30,8 +32,6 @@ class RunConfig:
 
 
 def run(cfg: RunConfig) -> None:
-    from edgeq import child
-    from edgeq.runtime import checked_artifact, llama_setup
 
     if not (1 <= cfg.max_tokens <= 1 << 20 and 0 <= cfg.temperature <= 100 and 16 <= cfg.ctx <= 1 << 20):
         raise UsageError("need --max-tokens in [1, 2^20], --temperature in [0, 100] and --ctx in [16, 2^20]")
@@ -73,7 +73,6 @@ def _too_long(detail: str, path: str, ctx: int) -> UsageError:
 
 
 def _gguf_stream(path: str, ctx: int, max_tokens: int, temperature: float):
-    from edgeq.runtime import load_gguf_here
 
     llm = load_gguf_here(Path(path), n_ctx=ctx)
 

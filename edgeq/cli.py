@@ -505,14 +505,16 @@ def bench(**kw) -> None:
 def plan(profile, model_dir, ctx, measured_from, data, calibration, as_json) -> None:
     """Predict memory and size of every candidate the profile allows; pick the best that fits (exit 3: none)."""
     from edgeq import report
-    from edgeq.plan import NoFitError, PlanConfig, render
+    from edgeq.export.gguf import write_f16_gguf
+    from edgeq.plan import NoFitError, PlanConfig
     from edgeq.plan import plan as run
+    from edgeq.planreport import render
+    from edgeq.sweep import measured_from as read_measured
 
-    cfg = PlanConfig(
-        profile=profile, model=model_dir, ctx=ctx, measured_from=measured_from, calibration=calibration, data=data
-    )
+    cfg = PlanConfig(profile=profile, model=model_dir, ctx=ctx, calibration=calibration, data=data)
+    measured = read_measured(measured_from) if measured_from else None
     try:
-        result, error = run(cfg), None
+        result, error = run(cfg, write_f16_gguf, measured), None
     except NoFitError as e:  # the table still shows why each candidate misses
         result, error = e.plan, e
     for w in result.calibration["warnings"]:

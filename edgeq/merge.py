@@ -16,7 +16,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeq import __version__
+from edgeq import __version__, report
+from edgeq.basemodel import base_fingerprint, resolve_model, weights_bytes
 from edgeq.errors import ConfigError, EdgeqError, UsageError
 from edgeq.io import (
     atomic_dir,
@@ -30,6 +31,7 @@ from edgeq.io import (
     write_text,
 )
 from edgeq.machine import versions
+from edgeq.serving import embed
 from edgeq.spec import (
     FINETUNE_MANIFEST,
     MANIFEST_SCHEMA,
@@ -189,9 +191,6 @@ class Provenance:
 
 def provenance(cfg: MergeConfig) -> Provenance:
     """Options checked, the output replaceable, the adapter trained on this base, the policy settled."""
-    from edgeq import report
-    from edgeq.basemodel import resolve_model, weights_bytes
-    from edgeq.finetune import base_fingerprint
 
     cfg.check()
     out = claim_output(cfg.out, [cfg.adapter, cfg.base], cfg.force)  # refused before the work, not after it
@@ -285,8 +284,6 @@ def merge(cfg: MergeConfig) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from edgeq.serving import embed
-
     p = provenance(cfg)
     tok = AutoTokenizer.from_pretrained(p.base_dir)
     template = embed(tok.chat_template, cfg.system_prompt, tok) if cfg.system_prompt else None  # refused before work
@@ -326,7 +323,6 @@ def merge(cfg: MergeConfig) -> dict:
 
 def merge_table(record: dict, out: str | Path):
     """The merge at a glance (the CLI prints it)."""
-    from edgeq import report
 
     v = record["verification"]
     rows = [

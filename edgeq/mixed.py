@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import BudgetError, EdgeqError
+from edgeq.ggufcheck import check_gguf
+from edgeq.runtime import quantize
 
 GGUF_ALIGNMENT = 32  # gguf-py's and llama.cpp's default general.alignment
 HEADER_SLACK = 4096  # bytes of metadata the quantizer may add to the float file's (general.quantization_version, …)
@@ -88,7 +90,6 @@ def layout_bytes(types: dict[str, tuple[str, list[int]]]) -> int:
 
 def quantizable(float_gguf: Path) -> list[Tensor]:
     """The tensors llama.cpp quantizes: 2-D weights other than norms."""
-    from edgeq.ggufcheck import check_gguf
 
     return [
         Tensor(t["name"], tuple(t["dims"]))
@@ -97,28 +98,8 @@ def quantizable(float_gguf: Path) -> list[Tensor]:
     ]
 
 
-def overrides(recipe: dict) -> list[tuple[str, str]]:
-    """(anchored regex, type) pairs for llama.cpp: one per tensor, matched by its whole name only."""
-    return [(f"^{re.escape(name)}$", t) for name, t in sorted(recipe.items())]
-
-
-def overrides_ctypes(recipe: dict) -> tuple:
-    """A null-terminated llama_model_tensor_override array for llama_model_quantize_params.tt_overrides (and the
-    pattern buffers it points into, to keep alive until the call returns)."""
-    import llama_cpp
-    from gguf.constants import GGMLQuantizationType
-
-    pairs = [(pattern.encode(), int(GGMLQuantizationType[t])) for pattern, t in overrides(recipe)]
-    arr = (llama_cpp.llama_model_tensor_override * (len(pairs) + 1))()
-    for i, (pattern, t) in enumerate(pairs):
-        arr[i].pattern, arr[i].type = pattern, t
-    arr[len(pairs)].pattern = None  # llama.cpp reads until a null pattern
-    return arr, pairs
-
-
 def written_types(path: Path) -> dict:
     """{tensor: ggml type} as a GGUF holds them."""
-    from edgeq.ggufcheck import check_gguf
 
     return {t["name"]: t["type"] for t in check_gguf(path)["tensor_info"]}
 
@@ -128,8 +109,6 @@ def read_tensors(path: Path, names: set[str]) -> dict[str, np.ndarray]:
     file (gguf-py's GGUFReader parses the whole vocabulary in Python: seconds per file)."""
     from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize
-
-    from edgeq.ggufcheck import check_gguf
 
     out = {}
     for t in check_gguf(path)["tensor_info"]:
@@ -181,7 +160,6 @@ def sensitivity(
     float_gguf: Path, palette: list[str], imatrix: dict | None, work: Path, base_quant: str, update=None
 ) -> dict:
     """err[tensor][type] for every quantizable tensor and every palette type its rows can take."""
-    from edgeq.runtime import quantize
 
     tensors = quantizable(float_gguf)
     tied = not any(t.name == "output.weight" for t in tensors)
@@ -234,7 +212,6 @@ def group_gains(
     """{group: {type, kld, error, gain}}: each gain group quantized alone (to the palette type its class loses most
     to, every other tensor F16), its KLD against the float model measured by `kld_of(path)`, and gain = KLD /
     Σ error, the nats one unit of the group's error costs."""
-    from edgeq.runtime import quantize
 
     groups: dict[str, list[str]] = {}
     for name, g in gain_groups(errors).items():

@@ -19,13 +19,17 @@ import hashlib
 import json
 import os
 import platform
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgeq import __version__
+from edgeq import __version__, child, report
+from edgeq.basemodel import cache_root
 from edgeq.errors import BackendError, UsageError
+from edgeq.io import file_lock, write_json
+from edgeq.machine import package_version, platform_info
 from edgeq.spec import ENV_LLAMA_EXTRA_BUFTS, QUANT_TYPES
 
 PROBE_TYPES = ("Q8_0", "Q4_K_M")
@@ -116,9 +120,6 @@ def llama_setup(cfg: dict) -> tuple[str, dict]:
 def probe(extra_buffer_types: bool, types=PROBE_TYPES) -> dict:
     """Decode the probe model in a child with this configuration: {"ok": True} or, where the child crashed,
     {"ok": False, "signal": name, "error": line}. Any other failure is raised: it is not this CPU's verdict."""
-    import tempfile
-
-    from edgeq import child
 
     with tempfile.TemporaryDirectory(prefix="edgeq-probe-") as work:
         try:
@@ -155,7 +156,6 @@ def decide(default: dict, fallback: dict | None) -> LlamaConfig:
 
 
 def machine_key() -> str:
-    from edgeq.machine import package_version, platform_info
 
     plat = platform_info()
     ident = [plat["cpu"], platform.machine(), sorted(plat["cpu_features"]), package_version("llama_cpp"), __version__]
@@ -181,8 +181,6 @@ def llama_config() -> LlamaConfig:
         if forced not in ("0", "1"):
             raise UsageError(f"{ENV_LLAMA_EXTRA_BUFTS}={forced!r}: expected 0 or 1", None, "unset it; edgeq probes")
         return LlamaConfig(forced == "1", f"set by {ENV_LLAMA_EXTRA_BUFTS}={forced}")
-    from edgeq.basemodel import cache_root
-    from edgeq.io import file_lock, write_json
 
     path = cache_root() / "runtime" / f"llama-{machine_key()}.json"
     if (known := _cached_decision(path)) is not None:
@@ -193,8 +191,6 @@ def llama_config() -> LlamaConfig:
         default = probe(True)
         cfg = decide(default, None if default["ok"] else probe(False))
         if not cfg.extra_buffer_types:
-            from edgeq import report
-
             report.err.print(f"[yellow]note:[/] {cfg.reason}")
         write_json(path, cfg.as_dict())
     return cfg

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
@@ -19,7 +20,6 @@ from edgeq.spec import FORMATS, PROFILE_FIELDS, PROFILE_NUMERIC_FIELDS, PROFILE_
 
 def profiles_dir() -> Path:
     """Shipped profiles: package data (a copy of the top-level profiles/, kept equal by a test)."""
-    from importlib.resources import files
 
     return Path(str(files("edgeq") / "profiles"))
 

@@ -11,11 +11,12 @@ OUT/.edgeq/, `edgeq plan --json`, the manifest), so a cached stage comes back as
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field, fields
 
 from edgeq.checks import Check
-from edgeq.spec import FORMAT_ONNX
+from edgeq.spec import FORMAT_ONNX, PLAN_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,6 @@ class Candidate:
 
     @property
     def recipe_id(self) -> str:
-        import hashlib
 
         return hashlib.sha256(repr(self.recipe).encode()).hexdigest()[:12]
 
@@ -146,7 +146,6 @@ class Plan:
         return next(r for r in self.rows if r.candidate == candidate)
 
     def as_dict(self) -> dict:
-        from edgeq.spec import PLAN_SCHEMA
 
         return {
             "schema": PLAN_SCHEMA,

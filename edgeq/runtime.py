@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import re
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 
+from edgeq import child, probe
 from edgeq.errors import EdgeqError, UsageError
+from edgeq.ggufcheck import check_gguf
+from edgeq.onnxcheck import check_onnx_folder
+from edgeq.probe import llama_setup as setup
+from edgeq.probe import tiny_gguf
 from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX, QUANT_TYPES
 
 ASSETS = Path(str(files("edgeq") / "assets"))  # package data: tokenizer corpus, fidelity text, calibrations
@@ -61,23 +68,18 @@ def artifact_bytes(path: str | Path) -> int:
 
 
 def check_onnx_dir(path: str | Path) -> Path:
-    from edgeq.onnxcheck import check_onnx_folder
 
     return check_onnx_folder(Path(path))
 
 
 def llama_config() -> dict:
-    from edgeq.probe import llama_config
-
-    return llama_config().as_dict()
+    return probe.llama_config().as_dict()
 
 
 def checked_artifact(path: Path) -> tuple[Path, str]:
     """The artifact and its format, its header or folder validated before native code reads it."""
     fmt = artifact_format(path)
     if fmt == FORMAT_GGUF:
-        from edgeq.ggufcheck import check_gguf
-
         check_gguf(path)
     return path, fmt
 
@@ -135,7 +137,6 @@ def gguf_is_eog(path: str | Path, token_id: int) -> bool:
 def quantize(src: Path, dst: Path, quant: str, imatrix: dict | None = None, recipe: dict | None = None) -> None:
     """llama.cpp's own quantizer from a float GGUF, with an importance matrix and a per-tensor recipe
     ({tensor: ggml type}, mixed.py) if given."""
-    from edgeq.ggufcheck import check_gguf
 
     check_gguf(src)
     what = f"quantizing to {quant}" + (" with a per-tensor recipe" if recipe else "")
@@ -144,7 +145,6 @@ def quantize(src: Path, dst: Path, quant: str, imatrix: dict | None = None, reci
 
 def quantize_plan(src: Path, quant: str, recipe: dict | None = None) -> list[str]:
     """llama.cpp's quantizer in dry-run mode: its log, which names each tensor's chosen type."""
-    from edgeq.ggufcheck import check_gguf
 
     check_gguf(src)
     kw = {"src": src, "dst": None, "quant": quant, "dry_run": True, "recipe": recipe}
@@ -152,14 +152,12 @@ def quantize_plan(src: Path, quant: str, recipe: dict | None = None) -> list[str
 
 
 def child_call(func: str, what: str, where: Path, **kwargs):
-    from edgeq import child
 
     return child.call(f"edgeq.runtime:{func}", what, str(where), setup=llama_setup(), **kwargs)
 
 
 def llama_setup(cfg: dict | None = None) -> tuple[str, dict]:
     """The child job that configures llama.cpp before an op: this machine's configuration unless given."""
-    from edgeq.probe import llama_setup as setup
 
     return setup(llama_config() if cfg is None else cfg)
 
@@ -171,7 +169,6 @@ def llama_setup(cfg: dict | None = None) -> tuple[str, dict]:
 def decode_probe_here(work: str, types: list[str]) -> dict:
     """The probe model (probe.tiny_gguf) quantized to each type and greedy-decoded for 8 tokens; that a
     result reaches the parent means no type crashed."""
-    from edgeq.probe import tiny_gguf
 
     src = tiny_gguf(Path(work) / "probe.F32.gguf")
     out = {}
@@ -199,8 +196,6 @@ def configure_llama(cfg: dict) -> None:
 
 def load_gguf_here(path: Path, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None, **kw):
     from llama_cpp import Llama
-
-    from edgeq.ggufcheck import check_gguf
 
     check_gguf(path)
     return Llama(
@@ -304,19 +299,15 @@ def capture_llama_log(lines: list[str]):
 def quantize_here(src: str, dst: str | None, quant: str, imatrix=None, dry_run: bool = False, recipe=None):
     import llama_cpp
 
-    from edgeq.export.imatrix import as_ctypes
-
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[quant].ftype
     params.nthread = os.cpu_count() or 1
     params.dry_run = dry_run
     keep = None
     if imatrix:
-        arr, keep = as_ctypes(imatrix)  # `keep` holds the buffers until the call returns
+        arr, keep = imatrix_ctypes(imatrix)  # `keep` holds the buffers until the call returns
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     if recipe:
-        from edgeq.mixed import overrides_ctypes
-
         table, patterns = overrides_ctypes(recipe)
         params.tt_overrides = ctypes.cast(table, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
         keep = (keep, table, patterns)  # alive until the call returns
@@ -354,7 +345,6 @@ def onnx_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int,
 
 
 def onnx_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
-    import json
 
     import onnxruntime_genai as og
 
@@ -383,7 +373,6 @@ def onnx_logits_here(path: str, ids: list[int]) -> np.ndarray:
 
 def _onnx_logits_fn(path: str):
     """One ORT session on the folder's decoder graph; returns ids → (T, vocab) float64 logits."""
-    import json
 
     import onnxruntime as ort
 
@@ -409,3 +398,36 @@ def _onnx_logits_fn(path: str):
         return np.asarray(sess.run(["logits"], feeds)[0][0], dtype=np.float64)
 
     return logits_of
+
+
+def overrides(recipe: dict) -> list[tuple[str, str]]:
+    """(anchored regex, type) pairs for llama.cpp: one per tensor, matched by its whole name only."""
+    return [(f"^{re.escape(name)}$", t) for name, t in sorted(recipe.items())]
+
+
+def overrides_ctypes(recipe: dict) -> tuple:
+    """A null-terminated llama_model_tensor_override array for llama_model_quantize_params.tt_overrides (and the
+    pattern buffers it points into, to keep alive until the call returns)."""
+    import llama_cpp
+    from gguf.constants import GGMLQuantizationType
+
+    pairs = [(pattern.encode(), int(GGMLQuantizationType[t])) for pattern, t in overrides(recipe)]
+    arr = (llama_cpp.llama_model_tensor_override * (len(pairs) + 1))()
+    for i, (pattern, t) in enumerate(pairs):
+        arr[i].pattern, arr[i].type = pattern, t
+    arr[len(pairs)].pattern = None  # llama.cpp reads until a null pattern
+    return arr, pairs
+
+
+def imatrix_ctypes(matrix: dict) -> tuple:
+    """A null-terminated llama_model_imatrix_data array (and the buffers it points into, to keep alive)."""
+    import llama_cpp
+
+    keep = [(name.encode(), np.ascontiguousarray(v, dtype=np.float32)) for name, v in matrix.items()]
+    arr = (llama_cpp.llama_model_imatrix_data * (len(keep) + 1))()
+    for i, (name, v) in enumerate(keep):
+        arr[i].name = name
+        arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = v.size
+    arr[len(keep)].name = None  # llama.cpp reads until a null name
+    return arr, keep

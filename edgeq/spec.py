@@ -277,6 +277,7 @@ BUILD_MANIFEST = "manifest.json"
 BUILD_REPORT = "report.md"
 BUILD_PLOT = "candidates.png"
 BUILD_MODELFILE = "Modelfile"
+BUILD_FLOAT_GGUF = "model.F16.gguf"  # in the plan's folder: what plan sizes from, the sweep and export quantize
 BUILD_IMATRIX = "imatrix.safetensors"  # in the plan's folder: the importance matrix the sweep and export quantize with
 # The build's sweep: `first-fit` builds candidates in order of expected quality (the profile's formats in order,
 # each by prior KLD) and stops at the first whose measurements meet every budget; `all` builds every candidate

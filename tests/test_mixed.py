@@ -270,9 +270,10 @@ def test_a_build_whose_budget_binds_ships_the_mixture_and_says_why(wide_model, t
 
 
 def test_a_bad_pin_is_a_usage_error_before_any_work(wide_model, tmp_path):
+    from edgeq.calibration import machine_calibration
     from edgeq.errors import UsageError
     from edgeq.export.gguf import write_float_gguf
-    from edgeq.plan import machine_calibration, plan_mixed
+    from edgeq.pricing import plan_mixed
 
     r = _export_auto(
         wide_model,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeq.plan import Dims, kv_cache_bytes, onnx_bytes
+from edgeq.footprint import Dims, kv_cache_bytes, onnx_bytes
 from tests.conftest import run_edgeq
 
 SMOLLM2 = Dims(
@@ -149,7 +149,7 @@ def test_plan_names_its_calibration_and_a_missing_one_is_a_usage_error(tiny_plan
 
 
 def test_the_onnx_mixture_prior_follows_the_measured_curve():
-    from edgeq.plan import interpolate_prior
+    from edgeq.pricing import interpolate_prior
     from edgeq.spec import ONNX_AUTO_KLD_PRIOR
 
     pts = sorted(ONNX_AUTO_KLD_PRIOR)

@@ -5,7 +5,8 @@ calibration never measured (768, 2048), and a model shape it never saw."""
 import pytest
 
 from edgeq.bench import measure_in_child
-from edgeq.plan import Dims, gguf_tensor_types, predict_gguf_rss, predict_onnx_rss, select_calibration
+from edgeq.calibration import select_calibration
+from edgeq.footprint import Dims, gguf_tensor_types, predict_gguf_rss, predict_onnx_rss
 from edgeq.profiles import load_profile
 from edgeq.spec import PLAN_MARGIN
 from tests.conftest import make_tiny_model, run_edgeq

@@ -20,11 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq import __version__
+from edgeq import __version__, report
+from edgeq.basemodel import resolve_model, weights_bytes
+from edgeq.calibration import machine_calibration
 from edgeq.data import read_jsonl
 from edgeq.errors import EdgeqError, UsageError
+from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
+from edgeq.export.imatrix import imatrix_for
+from edgeq.ggufcheck import check_gguf
 from edgeq.io import FILE_MARK, atomic_path, check_free_disk, claim_output
-from edgeq.runtime import ASSETS
+from edgeq.mixed import verify
+from edgeq.pricing import plan_mixed
+from edgeq.runtime import ASSETS, gguf_is_eog, gguf_tokenize, quantize
 from edgeq.spec import (
     DEFAULT_QUANT,
     FORMAT_GGUF,
@@ -164,6 +171,11 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
     }
 
 
+def write_f16_gguf(model_dir: Path, path: Path) -> None:
+    """The F16 GGUF plan's dry runs size every type from (plan.make_plan's writer)."""
+    write_float_gguf(model_dir, path, "F16")
+
+
 def _add_model_metadata(w, cfg) -> None:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
@@ -244,8 +256,6 @@ def _add_tensors(w, model_dir: Path, cfg, arch, ftype: str) -> int:
 def quantize_gguf(src: Path, dst: Path, quant: str, imatrix: dict | None = None, recipe: dict | None = None) -> None:
     """llama.cpp's own quantizer (in a child process) from a float GGUF, with an importance matrix and a per-tensor
     recipe if given; the recipe's types are read back from the file."""
-    from edgeq.mixed import verify
-    from edgeq.runtime import quantize
 
     quantize(src, dst, quant, imatrix, recipe)
     if recipe:
@@ -255,7 +265,6 @@ def quantize_gguf(src: Path, dst: Path, quant: str, imatrix: dict | None = None,
 def auto_recipe(cfg: GgufExport, model_dir: Path, flt: Path, imatrix: dict | None, work: Path) -> tuple:
     """--quant auto: the mixture of llama.cpp's types that fits --max-size-mib / --max-rss-mib with the least
     importance-weighted error. (file type, recipe, the solver's account with its predicted footprint)."""
-    from edgeq.plan import machine_calibration, plan_mixed
 
     if cfg.max_size_mib is None and cfg.max_rss_mib is None:
         raise UsageError(f"--quant {QUANT_AUTO} needs a target", None, "pass --max-size-mib and/or --max-rss-mib")
@@ -288,7 +297,6 @@ def auto_recipe(cfg: GgufExport, model_dir: Path, flt: Path, imatrix: dict | Non
 
 
 def gate_tokenizer(gguf_path: Path, tok) -> dict:
-    from edgeq.runtime import gguf_tokenize
 
     corpus = json.loads((ASSETS / "tokenizer_corpus.json").read_text(encoding="utf-8"))
     theirs = gguf_tokenize(gguf_path, corpus)
@@ -304,8 +312,6 @@ def gate_tokenizer(gguf_path: Path, tok) -> dict:
 
 def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
     from gguf import GGUFReader, Keys
-
-    from edgeq.runtime import gguf_is_eog
 
     fields, k = GGUFReader(gguf_path).fields, Keys.Tokenizer
 
@@ -336,7 +342,6 @@ def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
 
 def gate_fidelity(gguf_path: Path, model_dir: Path, tok, ftype: str) -> dict:
     """The float GGUF (F32/F16/BF16) against the HF float32 model: top-1 and max |Δlogit| within the type's gate."""
-    from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
 
     ids = fidelity_ids(tok, GATE_TOKENS)
     r = compare_logits(gguf_path, model_dir, ids)
@@ -358,10 +363,6 @@ def gate_fidelity(gguf_path: Path, model_dir: Path, tok, ftype: str) -> dict:
 
 def export_gguf(cfg: GgufExport) -> dict:
     from transformers import AutoTokenizer
-
-    from edgeq import report
-    from edgeq.basemodel import resolve_model, weights_bytes
-    from edgeq.ggufcheck import check_gguf
 
     if cfg.quant not in (*quant_names(FORMAT_GGUF), QUANT_AUTO):
         valid = ", ".join((*quant_names(FORMAT_GGUF), QUANT_AUTO))
@@ -391,8 +392,6 @@ def export_gguf(cfg: GgufExport) -> dict:
         if cfg.quant in GGUF_FLOAT_TYPES:
             os.replace(flt, tmp)
         else:
-            from edgeq.export.imatrix import imatrix_for
-
             imatrix, summary = imatrix_for(model_dir, cfg.imatrix, cfg.imatrix_data)
             if summary:
                 gates["imatrix"] = summary
@@ -425,7 +424,6 @@ def export_gguf(cfg: GgufExport) -> dict:
 
 def export_table(r: dict):
     """The export and its gates at a glance (the CLI prints it)."""
-    from edgeq import report
 
     g = r["gates"]
     rows = [

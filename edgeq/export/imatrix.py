@@ -7,12 +7,16 @@ activations keep more precision. Computed with the HF float model, named by GGUF
 
 from __future__ import annotations
 
-import ctypes
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from edgeq import templates
+from edgeq import report, templates
+from edgeq.data import read_jsonl
+from edgeq.errors import EdgeqError
+from edgeq.io import atomic_path
+from edgeq.spec import GGUF_ARCHS
 
 CHUNK_TOKENS = 512
 
@@ -23,9 +27,6 @@ def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) 
     from gguf import get_tensor_name_map
     from gguf.constants import MODEL_ARCH_NAMES
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from edgeq.data import read_jsonl
-    from edgeq.spec import GGUF_ARCHS
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -74,7 +75,6 @@ def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) 
 def imatrix_for(model_dir: Path, path: str | None, data: str | None) -> tuple[dict | None, dict | None]:
     """An export's importance matrix: the saved file (the build's plan), else computed on the calibration data,
     else none. The matrix and its summary."""
-    from edgeq import report
 
     if path:
         return load_imatrix(Path(path))
@@ -88,8 +88,6 @@ def save_imatrix(matrix: dict, summary: dict, path: Path) -> None:
     """safetensors: one float32 (in_features,) tensor per GGUF tensor name, the summary as string metadata."""
     from safetensors.numpy import save_file
 
-    from edgeq.io import atomic_path
-
     with atomic_path(path) as tmp:
         arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in matrix.items()}
         save_file(arrays, str(tmp), metadata={k: str(v) for k, v in summary.items()})
@@ -98,11 +96,8 @@ def save_imatrix(matrix: dict, summary: dict, path: Path) -> None:
 def load_imatrix(path: Path) -> tuple[dict, dict]:
     """What save_imatrix wrote, checked (every entry a 1-D float32 vector of finite, non-negative means), and its
     summary with the file's sha256."""
-    import hashlib
 
     from safetensors import SafetensorError, safe_open
-
-    from edgeq.errors import EdgeqError
 
     def bad(why: str) -> EdgeqError:
         return EdgeqError(f"not a usable importance matrix: {why}", str(path), "delete it; edgeq computes it again")
@@ -117,17 +112,3 @@ def load_imatrix(path: Path) -> tuple[dict, dict]:
         if v.ndim != 1 or v.dtype != np.float32 or not np.isfinite(v).all() or (v < 0).any():
             raise bad(f"{k}: {v.dtype} {v.shape}, need finite non-negative float32 (in_features,)")
     return matrix, summary | {"file": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
-
-
-def as_ctypes(matrix: dict) -> tuple:
-    """A null-terminated llama_model_imatrix_data array (and the buffers it points into, to keep alive)."""
-    import llama_cpp
-
-    keep = [(name.encode(), np.ascontiguousarray(v, dtype=np.float32)) for name, v in matrix.items()]
-    arr = (llama_cpp.llama_model_imatrix_data * (len(keep) + 1))()
-    for i, (name, v) in enumerate(keep):
-        arr[i].name = name
-        arr[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        arr[i].size = v.size
-    arr[len(keep)].name = None  # llama.cpp reads until a null name
-    return arr, keep

@@ -19,12 +19,17 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq import templates
-from edgeq.child import run_process
+from edgeq import report, templates
+from edgeq.basemodel import resolve_model, weights_bytes
+from edgeq.child import python_command, run_process
 from edgeq.data import read_jsonl
-from edgeq.errors import EdgeqError, UsageError
+from edgeq.errors import BudgetError, EdgeqError, UsageError
+from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
+from edgeq.export import onnxquant
+from edgeq.export.imatrix import imatrix_for
+from edgeq.footprint import Dims, onnx_bytes, tokenizer_bytes
 from edgeq.io import atomic_dir, check_free_disk, claim_output
-from edgeq.runtime import artifact_bytes
+from edgeq.runtime import artifact_bytes, generate
 from edgeq.spec import (
     DEFAULT_QUANT,
     FORMAT_ONNX,
@@ -52,7 +57,6 @@ class OnnxExport:
 
 def builder_args(model_dir: Path, out: Path, cache: Path, quant: str, ep: str) -> list[str]:
     """The builder in an isolated interpreter (child.py): nothing in the working directory is importable."""
-    from edgeq.child import python_command
 
     precision, block = QUANT_TYPES[quant].onnx_precision, QUANT_TYPES[quant].block_size
     args = python_command(
@@ -82,7 +86,6 @@ def ort_providers() -> list[str]:
 
 def gate_generates(model_dir: Path, tok) -> dict:
     """onnxruntime-genai loads the folder and greedy-decodes a chat prompt."""
-    from edgeq.runtime import generate
 
     prompt = templates.render(tok, [{"role": "user", "content": "Say hello."}], True)
     ids = generate(model_dir, [tok.encode(prompt, add_special_tokens=False)], 16, [])[0]
@@ -93,7 +96,6 @@ def gate_generates(model_dir: Path, tok) -> dict:
 
 def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
     """The fp32 ONNX model against the HF float32 model: top-1 agreement."""
-    from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
 
     ids = fidelity_ids(tok, GATE_TOKENS)
     r = compare_logits(onnx_dir, model_dir, ids)
@@ -109,9 +111,6 @@ def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
 
 def export_onnx(cfg: OnnxExport) -> dict:
     from transformers import AutoTokenizer
-
-    from edgeq import report
-    from edgeq.basemodel import resolve_model, weights_bytes
 
     if cfg.quant not in (*quant_names(FORMAT_ONNX), QUANT_AUTO):
         valid = ", ".join((*quant_names(FORMAT_ONNX), QUANT_AUTO))
@@ -172,8 +171,6 @@ def export_onnx(cfg: OnnxExport) -> dict:
 def check_reachable(model_dir: Path, max_size_mib: float) -> None:
     """Exit 3 before anything is built where even every weight at its smallest choice misses --max-size-mib: the
     weights, norms and RoPE caches (plan's layout) and the tokenizer files alone are larger."""
-    from edgeq.errors import BudgetError
-    from edgeq.plan import Dims, onnx_bytes, tokenizer_bytes
 
     sizes = onnx_bytes(Dims.from_config(model_dir), ONNX_AUTO_LAYOUT, auto=min)
     smallest = sum(sizes.values()) + tokenizer_bytes(model_dir)
@@ -189,10 +186,6 @@ def check_reachable(model_dir: Path, max_size_mib: float) -> None:
 def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport, kind: str) -> dict:
     """The builder's int4 weights quantized again (onnxquant): the default bits, or with --quant auto the bits and
     block sizes the solver picks for --max-size-mib. What was done, for the manifest."""
-    from edgeq import report
-    from edgeq.errors import BudgetError
-    from edgeq.export import onnxquant
-    from edgeq.export.imatrix import imatrix_for
 
     auto = cfg.quant == QUANT_AUTO
     imatrix, summary = imatrix_for(model_dir, cfg.imatrix, cfg.imatrix_data)
@@ -232,7 +225,6 @@ def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport, kind: str)
 
 def export_table(r: dict):
     """The export and its gates at a glance (the CLI prints it)."""
-    from edgeq import report
 
     rows = [
         ["artifact", r["out"]],

@@ -28,6 +28,8 @@ import numpy as np
 
 from edgeq import report
 from edgeq.errors import EdgeqError
+from edgeq.mixed import Option, solve
+from edgeq.spec import GGUF_ARCHS
 
 METHOD = "edgeq: importance-weighted blocks with zero points (onnxquant)"
 AUTO_BLOCKS = (16, 32, 64, 128)  # MatMulNBits block sizes --quant auto chooses among (powers of two, ≥ 16)
@@ -121,8 +123,6 @@ def weights_of(graph, config) -> list[Weight]:
     """Every MatMulNBits weight of the builder's graph and the float tensors it came from."""
     from gguf import get_tensor_name_map
     from gguf.constants import MODEL_ARCH_NAMES
-
-    from edgeq.spec import GGUF_ARCHS
 
     arch = GGUF_ARCHS[config.model_type].gguf_arch
     names = get_tensor_name_map(next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch), config.num_hidden_layers)
@@ -247,7 +247,6 @@ def smallest(fits: dict[tuple[str, int, int], Fit], stem: str) -> tuple[int, int
 def solve_layout(fits: dict[tuple[str, int, int], Fit], max_bytes: float) -> Layout:
     """The (bits, block) of every weight that minimises Σ error with Σ bytes ≤ max_bytes (mixed.solve's
     knapsack); BudgetError with the smallest reachable size when even the smallest choices miss."""
-    from edgeq.mixed import Option, solve
 
     options: dict[str, list[Option]] = {}
     for (stem, b, blk), f in fits.items():

@@ -68,7 +68,7 @@ def test_int4_export_is_the_requantized_graph_and_runs(tmp_path, tiny_model):
     import onnx
 
     from edgeq.export.onnx import OnnxExport, export_onnx
-    from edgeq.plan import Dims, onnx_bytes
+    from edgeq.footprint import Dims, onnx_bytes
 
     r = export_onnx(OnnxExport(model=str(tiny_model), out=str(tmp_path / "o"), quant="int4-block32"))
     assert r["gates"]["generates"]["generated_tokens"] > 0

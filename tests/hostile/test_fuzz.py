@@ -93,7 +93,7 @@ def _onnx_seed() -> bytes:
 
 
 def _calibration_seed() -> bytes:
-    from edgeq.plan import shipped_calibrations
+    from edgeq.calibration import shipped_calibrations
 
     return shipped_calibrations()[0].read_bytes()
 
@@ -206,7 +206,7 @@ def test_profile_yaml(tmp_path, blob):
 def test_calibration_file(tmp_path, blob):
     import math
 
-    from edgeq.plan import load_calibration
+    from edgeq.calibration import load_calibration
 
     cal = _clean(lambda: load_calibration(_file(tmp_path, blob, "c.json")))
     if cal is not None:  # what passes can be predicted with: every term finite and non-negative
@@ -256,7 +256,7 @@ def test_adapter_config_and_manifest(tmp_path_factory, config, manifest):
     )
 )
 def test_model_config(tmp_path_factory, blob):
-    from edgeq.plan import Dims
+    from edgeq.footprint import Dims
 
     folder = tmp_path_factory.mktemp("model")
     (folder / "config.json").write_bytes(blob)
@@ -287,9 +287,9 @@ def test_model_config(tmp_path_factory, blob):
 )
 def test_caches_read_back(tmp_path_factory, memo, decision, record):
     from edgeq.build import read_memo
-    from edgeq.plan import measurements
     from edgeq.probe import _cached_decision
     from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR
+    from edgeq.sweep import measured_from
 
     folder = tmp_path_factory.mktemp("cache")
     assert isinstance(read_memo(_file(folder, memo, "memo.json")), dict)  # a bad memo is dropped, never an error
@@ -297,4 +297,4 @@ def test_caches_read_back(tmp_path_factory, memo, decision, record):
     stage = folder / BUILD_STATE_DIR / "sweep" / BUILD_STAGE_RECORD
     stage.parent.mkdir(parents=True)
     stage.write_bytes(record)
-    _clean(lambda: measurements(folder))
+    _clean(lambda: measured_from(folder))

@@ -7,12 +7,13 @@ import shutil
 import pytest
 
 from edgeq.calibrate import POINTS_SCHEMA, load_points
+from edgeq.calibration import load_calibration, shipped_calibrations
 from edgeq.data import read_jsonl
 from edgeq.errors import ConfigError, UsageError
 from edgeq.io import parse_json, read_json
-from edgeq.plan import load_calibration, measurements, shipped_calibrations
 from edgeq.profiles import load_profile
 from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR, ENV_CHILD_TIMEOUT, EXIT_USAGE
+from edgeq.sweep import measured_from
 from tests.conftest import run_edgeq
 
 HUGE = "1" * 5000  # past Python's 4300-digit limit: int() raises a bare ValueError
@@ -105,15 +106,15 @@ def test_measurements_read_back_refuse_nan_and_negative_values(tmp_path):
         "chosen": None,
     }
     record.write_text(json.dumps({"result": plan}))
-    assert measurements(tmp_path)["gguf:Q8_0"].peak_rss_mib == 100.0
+    assert measured_from(tmp_path)["gguf:Q8_0"].peak_rss_mib == 100.0
     row["measured"]["peak_rss_mib"] = float("nan")
     record.write_text(json.dumps({"result": plan}))
     with pytest.raises(UsageError, match="NaN is not a number JSON allows"):
-        measurements(tmp_path)
+        measured_from(tmp_path)
     row["measured"]["peak_rss_mib"] = -1.0
     record.write_text(json.dumps({"result": plan}))
     with pytest.raises(UsageError, match="measured peak_rss_mib -1.0 is not a finite non-negative number"):
-        measurements(tmp_path)
+        measured_from(tmp_path)
 
 
 @pytest.mark.parametrize(
