@@ -42,6 +42,8 @@ from edgeq.spec import (
     TOKENIZER_FILES,
 )
 
+MODEL_HELP = "HF model directory [default: the embedded SmolLM2-135M-Instruct]"  # every --model / --base
+
 
 def cache_root() -> Path:
     if os.environ.get(ENV_CACHE):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgeq import __version__, child, devicemem, report
 from edgeq.checks import MAX, MIN, Check
+from edgeq.config import setting
 from edgeq.errors import BudgetError, UsageError
 from edgeq.ggufcheck import check_gguf
 from edgeq.io import claim_output, read_json, sha256_file
@@ -33,19 +34,25 @@ WARMUP_TOKENS = 8
 
 @dataclass
 class BenchConfig:
-    artifact: str
-    profile: str | None = None
-    prompt_tokens: int | None = None  # default: the profile's latency.prompt_tokens, else 512
-    gen_tokens: int = 128
-    reps: int = 5
-    threads: int | None = None  # default: the profile's threads, else all cores
-    ctx: int | None = None  # default: the profile's max_context_tokens, else prompt + generated tokens
-    output: str = "md"
-    out: str | None = None
-    force: bool = False  # replace an existing --out that edgeq wrote
-    baseline: str | None = None
-    regression_pct: float = 5.0
-    gpu_layers: int = 0  # GGUF: layers offloaded to a GPU build of llama.cpp (then device memory is counted)
+    artifact: str = setting(help="a .gguf file or an ONNX GenAI folder", argument=True)
+    profile: str | None = setting(None, "device profile NAME or PATH: gate every budget (exit 3 on breach)")
+    prompt_tokens: int | None = setting(None, "prompt length [default: the profile's, else 512]", minimum=1)
+    gen_tokens: int = setting(128, "tokens generated per repetition", minimum=2)
+    reps: int = setting(5, "repetitions, each in a fresh process", minimum=1)
+    threads: int | None = setting(None, "runtime threads [default: the profile's, else all cores]", minimum=1)
+    ctx: int | None = setting(None, "context [default: the profile's, else prompt + generated]", minimum=16)
+    output: str = setting(BENCH_OUTPUTS[0], "output format", choices=BENCH_OUTPUTS)
+    out: str | None = setting(None, "write the output here instead of stdout")
+    force: bool = setting(False, "replace an existing --out that edgeq wrote")
+    baseline: str | None = setting(None, "an earlier bench JSON: exit 3 on regression")
+    regression_pct: float = setting(
+        5.0, "allowed regression vs --baseline on tok/s and peak memory, in %", minimum=0, maximum=1000
+    )
+    gpu_layers: int = setting(
+        0,
+        "GGUF: layers to offload with a GPU build of llama.cpp; device memory then counts in the memory gate",
+        minimum=0,
+    )
 
 
 def prompt_ids(encode, n: int) -> list[int]:

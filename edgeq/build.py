@@ -33,11 +33,12 @@ from importlib.resources import files
 from pathlib import Path
 
 from edgeq import __version__, report
-from edgeq.basemodel import resolve_model, weights_bytes
+from edgeq.basemodel import MODEL_HELP, resolve_model, weights_bytes
 from edgeq.bench import BenchConfig, bench
 from edgeq.buildreport import StageView, check_modelfile, write_outputs
-from edgeq.calibration import select_calibration
+from edgeq.calibration import CALIBRATION_HELP, select_calibration
 from edgeq.checks import MAX, Check
+from edgeq.config import setting
 from edgeq.data import HOLDOUT_SEED, read_jsonl, split_holdout
 from edgeq.errors import BudgetError, UsageError
 from edgeq.evaluate import agreement, evaluate, float_task_score
@@ -49,7 +50,7 @@ from edgeq.io import atomic_path, check_free_disk, check_not_input, parse_json, 
 from edgeq.machine import versions
 from edgeq.merge import MergeConfig, merge
 from edgeq.plan import PlanConfig, make_plan, no_fit_error
-from edgeq.profiles import load_profile
+from edgeq.profiles import PROFILE_HELP, load_profile
 from edgeq.records import (
     BenchResult,
     BuildResult,
@@ -73,35 +74,37 @@ from edgeq.spec import (
     FORMAT_GGUF,
     QUANT_TYPES,
     SWEEP_MODES,
+    TASK_METRICS,
 )
 from edgeq.sweep import SweepInputs, onnx_export, sweep
-from edgeq.task import load_task
+from edgeq.task import METRIC_HELP, load_task
 
 
 @dataclass
 class BuildConfig:
-    profile: str = field(metadata={"help": "profile name or YAML path"})
-    base: str | None = field(default=None, metadata={"help": "HF base model dir; default: embedded SmolLM2-135M"})
-    data: str | None = field(default=None, metadata={"help": "training JSONL; default: the example drone data"})
-    test_data: str | None = field(
-        default=None, metadata={"help": "held-out task JSONL; default: the example's, else a seeded split of --data"}
+    profile: str = setting(help=PROFILE_HELP)
+    base: str | None = setting(None, MODEL_HELP)
+    data: str | None = setting(None, "training JSONL [default: the example drone data]")
+    test_data: str | None = setting(
+        None, "held-out task JSONL [default: the example's with the example data, else a seeded 10 % of --data]"
     )
-    out: str | None = field(default=None, metadata={"help": "output directory; default: builds/<profile>"})
-    dry_run: bool = field(default=False, metadata={"help": "print the plan and the stages that would run"})
-    max_steps: int | None = field(default=None, metadata={"help": "cap the fine-tune's optimizer steps"})
-    eval_limit: int | None = field(default=None, metadata={"help": "score only the first N task examples"})
-    reps: int = field(default=3, metadata={"help": "bench repetitions (fresh processes)"})
-    calibration: str | None = field(default=None, metadata={"help": "edgeq calibrate file; default: the profile's"})
-    system_prompt: str | None = field(
-        default=None, metadata={"help": "the artifact's default system prompt; default: the training data's; '': base"}
+    out: str | None = setting(None, "output directory [default: builds/PROFILE]")
+    dry_run: bool = setting(False, "print the plan and the stages that would run; write nothing")
+    max_steps: int | None = setting(None, "cap the fine-tune's optimizer steps", minimum=1)
+    eval_limit: int | None = setting(None, "score only the first N held-out task examples", minimum=1)
+    reps: int = setting(3, "bench repetitions (fresh processes)", minimum=1)
+    calibration: str | None = setting(None, CALIBRATION_HELP)
+    metric: str | None = setting(None, METRIC_HELP, choices=TASK_METRICS)
+    system_prompt: str | None = setting(
+        None,
+        "the artifact's default system prompt [default: the one that opens most training conversations; '' keeps "
+        "the base template's]",
     )
-    metric: str | None = field(default=None, metadata={"help": "task metric (json, exact, chrf); default: the data's"})
-    sweep: str = field(
-        default=SWEEP_MODES[0],
-        metadata={
-            "help": "first-fit: build candidates by expected quality, stop at the first that meets every budget; "
-            "all: build every candidate that may fit"
-        },
+    sweep: str = setting(
+        SWEEP_MODES[0],
+        "first-fit: build candidates in order of expected quality, stop at the first that meets every budget; "
+        "all: build and measure every candidate that may fit (full table and plot)",
+        choices=SWEEP_MODES,
     )
 
 
@@ -296,7 +299,8 @@ def run_export(job: Job, work: Path) -> ExportResult:
     name = f"model.{c.quant}" + ("-mixed" if c.recipe else "") + (".gguf" if c.fmt == FORMAT_GGUF else "")
     out, weights = str(work / name), str(planned_imatrix(job))
     if c.fmt == FORMAT_GGUF:
-        r = export_gguf(GgufExport(str(merged(job)), out, c.quant, imatrix=weights, recipe=dict(c.recipe) or None))
+        recipe = dict(c.recipe) or None
+        r = export_gguf(GgufExport(out=out, model=str(merged(job)), quant=c.quant, imatrix=weights, recipe=recipe))
     else:
         r = export_onnx(onnx_export(c, merged(job), planned_imatrix(job), Path(out)))
     weighted = c.fmt == FORMAT_GGUF or QUANT_TYPES[c.quant].onnx_precision == "int4"

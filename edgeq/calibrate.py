@@ -23,7 +23,7 @@ import datetime
 import importlib.util
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ import numpy as np
 from edgeq import __version__, report
 from edgeq.basemodel import random_model, resolve_model
 from edgeq.bench import measure_in_child
+from edgeq.config import setting
 from edgeq.errors import UsageError
 from edgeq.export.onnx import OnnxExport, export_onnx
 from edgeq.footprint import Dims, gguf_tensor_types, kv_cache_bytes, onnx_bytes, predict_gguf_rss, predict_onnx_rss
@@ -53,12 +54,12 @@ NARROW_SHAPE = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ffn": 128
 
 @dataclass
 class CalibrateConfig:
-    out: str = field(metadata={"help": "calibration JSON to write"})
-    threads: int | None = field(default=None, metadata={"help": "runtime threads; default: all cores"})
-    onnx: bool | None = field(default=None, metadata={"help": "measure ONNX too; default: when the builder exists"})
-    model: str | None = field(default=None, metadata={"help": "HF model for the ONNX terms; default: embedded"})
-    points: str | None = field(default=None, metadata={"help": "raw measurements: reuse this JSON, else save it"})
-    force: bool = field(default=False, metadata={"help": "replace an existing --out"})
+    out: str = setting(help="calibration JSON to write")
+    threads: int | None = setting(None, "runtime threads [default: all cores]", minimum=1)
+    onnx: bool | None = setting(None, "measure ONNX too [default: when the ONNX builder is installed]")
+    model: str | None = setting(None, "HF model for the ONNX terms [default: the embedded SmolLM2-135M-Instruct]")
+    points: str | None = setting(None, "raw measurements: reuse this JSON, else save them there")
+    force: bool = setting(False, "replace an existing --out that edgeq wrote")
 
 
 def _dims(shape: dict):
@@ -317,3 +318,27 @@ def calibrate(cfg: CalibrateConfig) -> dict:
         )
     write_json(out, {"provenance": f"{FILE_MARK} {__version__}", **cal})
     return {"calibration": cal, "points": rows, "out": str(out)}
+
+
+def view(result: dict):
+    """Every point: measured against predicted peak RSS, and the worst error."""
+    rows = [
+        [
+            f"{p['format']} {p['quant']}",
+            p["shape"],
+            p["ctx"],
+            p["prompt"],
+            f"{p['measured_mib']:.1f}",
+            f"{p['predicted_mib']:.1f}",
+            f"{100 * p['error']:+.1f} %",
+        ]
+        for p in result["points"]
+    ]
+    worst = max(abs(p["error"]) for p in result["points"])
+    return report.table(
+        f"calibration written to {result['out']}",
+        ["candidate", "shape", "ctx", "prompt", "measured MiB", "predicted MiB", "error"],
+        rows,
+        caption=f"worst error {100 * worst:.1f} % over {len(rows)} points; "
+        f"measured on {result['calibration']['measured_on']['cpu']}",
+    )

@@ -23,6 +23,10 @@ def shipped_calibrations() -> list[Path]:
     return sorted((ASSETS / CALIBRATIONS_DIR).glob("*.json"))
 
 
+CALIBRATION_HELP = (
+    "memory calibration: a file from `edgeq calibrate` or a shipped name [default: the profile's, else the shipped "
+    "one for this machine's runtime configuration]"
+)
 CALIBRATION_FIX = "pass a file written by edgeq calibrate, or run it again"
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq import child
+from edgeq.config import setting
 from edgeq.errors import UsageError
 from edgeq.runtime import checked_artifact, llama_setup, load_gguf_here
 from edgeq.spec import FORMAT_GGUF
@@ -23,12 +24,12 @@ from edgeq.spec import FORMAT_GGUF
 
 @dataclass
 class RunConfig:
-    artifact: str = field(metadata={"help": "a .gguf file or an ONNX GenAI folder"})
-    prompt: str | None = field(default=None, metadata={"help": "one message; none: an interactive loop"})
-    system: str | None = field(default=None, metadata={"help": "system prompt; default: the artifact's own"})
-    max_tokens: int = field(default=256, metadata={"help": "longest answer in tokens"})
-    temperature: float = field(default=0.0, metadata={"help": "0: greedy, as edgeq scores the artifact"})
-    ctx: int = field(default=2048, metadata={"help": "context window in tokens"})
+    artifact: str = setting(help="a .gguf file or an ONNX GenAI folder", argument=True)
+    prompt: str | None = setting(None, "one message; none: an interactive loop", argument=True)
+    system: str | None = setting(None, "system prompt [default: the one the artifact's template carries]")
+    max_tokens: int = setting(256, "longest answer in tokens", minimum=1, maximum=1 << 20)
+    temperature: float = setting(0.0, "0 = greedy, as edgeq scores the artifact", minimum=0, maximum=100)
+    ctx: int = setting(2048, "context window in tokens", minimum=16, maximum=1 << 20)
 
 
 def run(cfg: RunConfig) -> None:

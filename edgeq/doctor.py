@@ -13,9 +13,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq import child
+from edgeq import child, report
 from edgeq.basemodel import default_gguf_path
-from edgeq.errors import EdgeqError
+from edgeq.errors import BackendError, EdgeqError
 from edgeq.machine import package_version
 from edgeq.probe import PROBE_TYPES
 from edgeq.runtime import ASSETS, llama_config, llama_setup
@@ -162,3 +162,35 @@ def run_checks() -> list[Check]:
     if all(c.status == OK for c in checks if c.name in ("llama_cpp", "onnxruntime_genai", "gguf")):
         checks += decode_checks()
     return checks
+
+
+def view(checks: list[Check], plat: dict, runtime_cfg: dict) -> list:
+    """The platform and the backends as two tables that fit 80 columns: one line per row (the JSON has every
+    detail in full), optional backends marked."""
+    llama = runtime_cfg["llama_cpp"]
+    rows = [[k, ", ".join(v) if isinstance(v, list) else v] for k, v in plat.items()]
+    state = llama.get("error") or ("extra buffer types " + ("on" if llama["extra_buffer_types"] else "off"))
+    rows.append(["llama.cpp config", state])
+    style = {OK: "green", "missing": "yellow", "broken": "red"}
+    backends = [
+        [c.name + ("" if c.required else " (optional)"), f"[{style[c.status]}]{c.status}[/]", c.version, c.detail]
+        for c in checks
+    ]
+    notes = [f"llama.cpp: {llama['reason']}"] if "reason" in llama else []
+    notes += [f"{c.name}: {c.detail}" for c in checks if c.status != OK]  # a failure's detail, whole
+    return [
+        report.table("platform", ["key", "value"], rows, wrap=False),
+        report.table("backends", ["backend", "status", "version", "detail"], backends, wrap=False),
+        *notes,
+    ]
+
+
+def verdict(checks: list[Check]) -> None:
+    """Exit 1 (BackendError) when a required backend is missing or broken."""
+    failed = [c for c in checks if c.required and c.status != OK]
+    if failed:
+        raise BackendError(
+            "required backend " + ", ".join(f"{c.name} is {c.status} ({c.detail})" for c in failed),
+            None,
+            "reinstall it as the README's set-up commands do",
+        )

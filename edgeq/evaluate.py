@@ -11,18 +11,20 @@ often raise perplexity while getting better at their task.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgeq import templates
+from edgeq import report, templates
 from edgeq.basemodel import resolve_model
+from edgeq.config import setting
 from edgeq.errors import EdgeqError
 from edgeq.runtime import answer_nll as nll
 from edgeq.runtime import artifact_format, chat, fidelity_text, generate, gguf_tokenize, logits
 from edgeq.serving import user_only
-from edgeq.spec import FORMAT_GGUF
-from edgeq.task import generate_hf, load_task
+from edgeq.spec import FORMAT_GGUF, TASK_METRICS
+from edgeq.task import METRIC_HELP, generate_hf, load_task
 
 TEXT_TOKENS = 640  # eval and the build's sweep: mean KLD on this many tokens of the fidelity text
 GATE_TOKENS = 256  # export gates: enough positions for a 99 % top-1 to mean something, quick on a CPU
@@ -214,6 +216,18 @@ def float_task_score(model_dir: Path, task) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    artifact: str = setting(help="a .gguf file or an ONNX GenAI folder", argument=True)
+    reference: str | None = setting(
+        None, "the float HF model directory the artifact came from [default: the embedded SmolLM2-135M-Instruct]"
+    )
+    data: str | None = setting(None, "task JSONL: adds KLD on its text and the task score")
+    limit: int | None = setting(None, "score only the first N task examples", minimum=1)
+    served: bool = setting(False, "with --data: also score the artifact as served (user's turns, its own template)")
+    metric: str | None = setting(None, METRIC_HELP, choices=TASK_METRICS)
+
+
 def evaluate(
     artifact: str | Path,
     reference: str | Path | None,
@@ -258,3 +272,28 @@ def evaluate(
             texts = [c["text"] for c in chats]
             result["task_served"] = {**task.score(texts), "answers": texts}
     return result
+
+
+def view(r: dict) -> list:
+    """The fidelity table, then one line per task score and the answer NLL."""
+    rows = [
+        [
+            name,
+            r[name]["positions"],
+            f"{r[name]['ppl_reference']:.3f}",
+            f"{r[name]['ppl_artifact']:.3f}",
+            f"{r[name]['mean_kld']:.4f}",
+            f"{100 * r[name]['top1_agreement']:.1f}",
+        ]
+        for name in ("text", "task_text")
+        if name in r
+    ]
+    columns = ["on", "positions", "PPL ref", "PPL artifact", "mean KLD", "top-1 %"]
+    lines: list = [report.table(f"fidelity of {r['artifact']}", columns, rows)]
+    for key, how in (("task", "prompts as in training"), ("task_served", "as served: user's turns, own template")):
+        if key in r:
+            lines.append(f"task {r[key]['metric']} {r[key]['score']:.1f} (n={r[key]['n']}; {how}; {r[key]['why']})")
+    if "answer_nll" in r:
+        nll = r["answer_nll"]
+        lines.append(f"reference-answer NLL {nll['mean_nll']:.3f} nats/token (ppl {nll['ppl']:.2f})")
+    return lines

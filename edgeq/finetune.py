@@ -23,11 +23,12 @@ import os
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from edgeq import __version__, report
-from edgeq.basemodel import base_fingerprint, resolve_model
+from edgeq.basemodel import MODEL_HELP, base_fingerprint, resolve_model
+from edgeq.config import problems, setting
 from edgeq.data import IGNORE, load_dataset
 from edgeq.errors import ConfigError, UsageError
 from edgeq.io import OUTPUT_MARK, atomic_dir, check_free_disk, remove_output, sha256_file, write_json
@@ -46,65 +47,48 @@ CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
 
 @dataclass
 class FinetuneConfig:
-    data: str = field(metadata={"help": "JSONL training data"})
-    out: str = field(metadata={"help": "output directory (adapter, checkpoints, manifest)"})
-    base: str | None = field(default=None, metadata={"help": "HF model dir; default: embedded SmolLM2-135M"})
-    quant: str = field(default="nf4", metadata={"help": "frozen base: nf4 | fp4 | none (plain LoRA)"})
-    double_quant: bool = field(default=True, metadata={"help": "quantize the quantization constants too"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator (scale = alpha / r)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
-    target_modules: tuple[str, ...] = field(default=LORA_TARGETS_ALL_LINEAR, metadata={"help": "linears to adapt"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (linear warm-up, cosine decay)"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training split"})
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
-    batch_size: int = field(default=8, metadata={"help": "examples per micro-batch per process"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    seq_len: int = field(default=256, metadata={"help": "longest example in tokens"})
-    seed: int = field(default=0, metadata={"help": "seed for data order, init and dropout"})
-    eval_split: float = field(default=0.05, metadata={"help": "fraction of the data held out for eval loss"})
-    save_every: int = field(default=25, metadata={"help": "checkpoint every N optimizer steps"})
-    strict: bool = field(default=False, metadata={"help": "reject examples longer than seq_len"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest complete checkpoint"})
-    force: bool = field(default=False, metadata={"help": "replace an existing adapter in --out"})
-    optim_bits: int = field(default=8, metadata={"help": "paged AdamW state bits on CUDA: 8 or 32"})
-    gradient_checkpointing: bool | None = field(
-        default=None,
-        metadata={
-            "help": "recompute activations in backward; default: always on CUDA, on a CPU only where the "
-            "activations would take more than a quarter of the available memory"
-        },
+    data: str = setting(help="training JSONL: messages or prompt/response per line")
+    out: str = setting(help="output directory (adapter, checkpoints, manifest)")
+    base: str | None = setting(None, MODEL_HELP)
+    quant: str = setting("nf4", "frozen base storage; none = plain LoRA", choices=QUANT_MODES)
+    double_quant: bool = setting(True, "quantize the quantization constants too (QLoRA's double quantization)")
+    lora_r: int = setting(16, "LoRA rank", minimum=1, maximum=1 << 12)
+    lora_alpha: int = setting(32, "LoRA scale numerator (scale = alpha / r)", minimum=1, maximum=1 << 16)
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input", minimum=0, maximum=0.99)
+    target_modules: tuple[str, ...] = setting(
+        LORA_TARGETS_ALL_LINEAR, "comma-separated linear layers to adapt [default: all decoder linears]", listed=True
     )
-    loss_chunk: int = field(default=128, metadata={"help": "tokens per cross-entropy chunk"})
+    lr: float = setting(1e-3, "peak learning rate (linear warm-up, cosine decay)")
+    epochs: float = setting(1.0, "passes over the training split")
+    max_steps: int | None = setting(
+        None, "stop after N optimizer steps (overrides --epochs)", minimum=1, maximum=1 << 30
+    )
+    batch_size: int = setting(8, "examples per micro-batch per process", minimum=1, maximum=1 << 12)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", minimum=1, maximum=1 << 12)
+    seq_len: int = setting(256, "longest example in tokens", minimum=8, maximum=1 << 20)
+    seed: int = setting(0, "seed for data order, init and dropout")
+    eval_split: float = setting(0.05, "fraction of the data held out for the eval loss")
+    save_every: int = setting(25, "checkpoint every N optimizer steps", minimum=1, maximum=1 << 30)
+    strict: bool = setting(False, "reject examples longer than --seq-len instead of truncating them")
+    resume: bool = setting(False, "continue from the newest complete checkpoint in --out")
+    force: bool = setting(False, "replace an existing adapter in --out")
+    optim_bits: int = setting(8, "paged AdamW state precision on CUDA", choices=(8, 32))
+    gradient_checkpointing: bool | None = setting(
+        None,
+        "recompute activations in backward [default: on CUDA; on a CPU only where the activations would take more "
+        "than a quarter of the available memory]",
+    )
+    loss_chunk: int = setting(128, "tokens per cross-entropy chunk", minimum=1, maximum=1 << 20, flag="")
 
     def check(self) -> None:
-        """Report every invalid setting at once."""
-        p = []
-        if self.quant not in QUANT_MODES:
-            p.append(f"--quant {self.quant!r}: expected one of {', '.join(QUANT_MODES)}")
-        for name, lo, hi in (
-            ("lora_r", 1, 1 << 12),
-            ("lora_alpha", 1, 1 << 16),
-            ("batch_size", 1, 1 << 12),
-            ("grad_accum", 1, 1 << 12),
-            ("seq_len", 8, 1 << 20),
-            ("save_every", 1, 1 << 30),
-            ("loss_chunk", 1, 1 << 20),
-        ):
-            if not lo <= getattr(self, name) <= hi:
-                p.append(f"--{name.replace('_', '-')} {getattr(self, name)}: must be in [{lo}, {hi}]")
-        if not 0 <= self.lora_dropout < 1:
-            p.append(f"--lora-dropout {self.lora_dropout}: must be in [0, 1)")
-        if not 0 < self.lr < 1:
+        """Report every invalid setting at once: the fields' own bounds, then the open intervals."""
+        p = problems(self)
+        if not 0 < self.lr < 1:  # also refuses nan
             p.append(f"--lr {self.lr}: must be in (0, 1)")
-        if not 0 < self.epochs <= 1000:  # also refuses nan
+        if not 0 < self.epochs <= 1000:
             p.append(f"--epochs {self.epochs}: must be in (0, 1000]")
-        if self.max_steps is not None and not 1 <= self.max_steps <= 1 << 30:
-            p.append(f"--max-steps {self.max_steps}: must be in [1, {1 << 30}]")
         if not 0 <= self.eval_split < 0.5:
             p.append(f"--eval-split {self.eval_split}: must be in [0, 0.5)")
-        if self.optim_bits not in (8, 32):
-            p.append(f"--optim-bits {self.optim_bits}: expected 8 or 32")
         if not self.target_modules:
             p.append("--target-modules: name at least one linear layer")
         if p:

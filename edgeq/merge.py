@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq import __version__, report
-from edgeq.basemodel import base_fingerprint, resolve_model, weights_bytes
+from edgeq.basemodel import MODEL_HELP, base_fingerprint, resolve_model, weights_bytes
+from edgeq.config import problems, setting
 from edgeq.errors import ConfigError, EdgeqError, UsageError
 from edgeq.io import (
     atomic_dir,
@@ -56,23 +57,22 @@ VERIFY_TEXTS = (
 
 @dataclass
 class MergeConfig:
-    adapter: str = field(metadata={"help": "adapter dir (or the finetune --out that holds adapter/)"})
-    out: str = field(metadata={"help": "output HF model directory"})
-    base: str | None = field(default=None, metadata={"help": "HF base dir; default: embedded SmolLM2-135M"})
-    dtype: str = field(default="float32", metadata={"help": "saved weight dtype"})
-    merge_into: str = field(default="dequantized", metadata={"help": "dequantized | pristine"})
-    force: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    system_prompt: str | None = field(
-        default=None, metadata={"help": "the default system prompt the output's chat template carries (serving.py)"}
+    adapter: str = setting(help="adapter directory, or the finetune --out holding it")
+    out: str = setting(help="output HF model directory")
+    base: str | None = setting(None, MODEL_HELP)
+    dtype: str = setting(MERGE_DTYPES[0], "saved weight dtype", choices=MERGE_DTYPES)
+    merge_into: str = setting(
+        MERGE_POLICIES[0],
+        "base weights to merge into: after the 4-bit round trip (what training saw) or the original ones",
+        choices=MERGE_POLICIES,
+    )
+    force: bool = setting(False, "replace an existing --out (kept intact if the merge fails)")
+    system_prompt: str | None = setting(
+        None, "default system prompt of the merged model's chat template (served when a request has none)"
     )
 
     def check(self) -> None:
-        p = []
-        if self.dtype not in MERGE_DTYPES:
-            p.append(f"--dtype {self.dtype!r}: expected one of {', '.join(MERGE_DTYPES)}")
-        if self.merge_into not in MERGE_POLICIES:
-            p.append(f"--merge-into {self.merge_into!r}: expected one of {', '.join(MERGE_POLICIES)}")
-        if p:
+        if p := problems(self):
             raise ConfigError(p, "merge options")
 
 

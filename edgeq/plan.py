@@ -24,11 +24,12 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq.basemodel import resolve_model
-from edgeq.calibration import calibrated, select_calibration
+from edgeq.basemodel import MODEL_HELP, resolve_model
+from edgeq.calibration import CALIBRATION_HELP, calibrated, select_calibration
+from edgeq.config import setting
 from edgeq.errors import BudgetError, UsageError
 from edgeq.export.imatrix import compute_imatrix
 from edgeq.footprint import (
@@ -43,7 +44,7 @@ from edgeq.footprint import (
     tokenizer_bytes,
 )
 from edgeq.pricing import mixed_row, onnx_mixed_row
-from edgeq.profiles import load_profile
+from edgeq.profiles import PROFILE_HELP, load_profile
 from edgeq.records import KLD_MEASURED, KLD_PRIOR, Candidate, Measurement, Plan, Prediction, Row
 from edgeq.spec import FORMAT_GGUF, FORMAT_ONNX, PLAN_MARGIN, QUANT_TYPES
 
@@ -52,15 +53,12 @@ MIB = 2**20
 
 @dataclass
 class PlanConfig:
-    profile: str = field(metadata={"help": "profile name or YAML path"})
-    model: str | None = field(default=None, metadata={"help": "HF model dir; default: embedded SmolLM2-135M"})
-    ctx: int | None = field(default=None, metadata={"help": "context to plan for; default: the profile's"})
-    calibration: str | None = field(default=None, metadata={"help": "edgeq calibrate file; default: the profile's"})
-    allow_pickle: bool = field(default=False, metadata={"help": "accept pickle weights (weights_only=True)"})
-    data: str | None = field(
-        default=None,
-        metadata={"help": "chat JSONL whose activations weigh a mixed recipe's errors; default: unweighted"},
-    )
+    profile: str = setting(help=PROFILE_HELP)
+    model: str | None = setting(None, MODEL_HELP)
+    ctx: int | None = setting(None, "context to plan for [default: the profile's]", minimum=16)
+    data: str | None = setting(None, "chat JSONL whose activations weigh a mixed recipe's errors [default: none]")
+    calibration: str | None = setting(None, CALIBRATION_HELP)
+    allow_pickle: bool = setting(False, "accept pickle weights (loaded with torch weights_only=True)", flag="")
 
 
 # ---------------------------------------------------------------------------------------------

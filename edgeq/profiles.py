@@ -14,8 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from edgeq import report
 from edgeq.errors import ConfigError, UsageError
 from edgeq.spec import FORMATS, PROFILE_FIELDS, PROFILE_NUMERIC_FIELDS, PROFILE_SECTIONS, PROFILE_SUFFIX, QUANT_TYPES
+
+PROFILE_HELP = "device profile: a shipped NAME (edgeq profiles list) or the PATH of a YAML file"
 
 
 def profiles_dir() -> Path:
@@ -198,3 +201,35 @@ def _check(f, key: str, value):
     if not isinstance(value, dict) or not all(isinstance(v, str) and v.strip() for v in value.values()):
         return None, f"{key}: must map each numeric field to one line of text"
     return dict(value), None
+
+
+def list_view(items: list[Profile]):
+    return report.table(
+        "device profiles",
+        ["name", "memory MiB", "storage MiB", "ctx", "threads", "formats", "TTFT ms", "decode tok/s"],
+        [
+            [
+                p.name,
+                p.memory_budget_mib,
+                p.storage_budget_mib,
+                p.max_context_tokens,
+                p.threads,
+                ", ".join(p.formats),
+                f"{p.ttft_ms:g} @ {p.prompt_tokens} tok",
+                f"≥ {p.min_decode_tok_s:g}",
+            ]
+            for p in items
+        ],
+    )
+
+
+def view(p: Profile):
+    """Every field with its value and the profile's reason for it (the field's help where it gives none)."""
+    rows = []
+    for f in PROFILE_FIELDS:
+        if f.kind == "rationale":
+            continue
+        value = getattr(p, f.name)
+        value = ", ".join(value) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else value
+        rows.append([f"{f.section}.{f.name}" if f.section else f.name, value, p.rationale.get(f.name, f.help)])
+    return report.table(f"profile {p.name}", ["field", "value", "rationale"], rows, caption=p.source)

@@ -14,10 +14,11 @@ out = Console(highlight=False)  # results (tables) go to stdout
 err = Console(stderr=True, highlight=False)  # progress, notes and errors go to stderr
 
 
-def table(title: str, columns: list[str], rows: list[list], caption: str | None = None) -> Table:
+def table(title: str, columns: list[str], rows: list[list], caption: str | None = None, wrap: bool = True) -> Table:
+    """A titled table; wrap=False keeps each row on one line (long cells end in …), so it fits 80 columns."""
     t = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     for c in columns:
-        t.add_column(c, overflow="fold")
+        t.add_column(c, overflow="fold" if wrap else "ellipsis", no_wrap=not wrap)
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r))
     return t

@@ -46,7 +46,7 @@ def onnx_export(c: Candidate, merged: Path, imatrix: Path, out: Path) -> OnnxExp
     """The ONNX export of a candidate: its precision, or --quant auto at the size an ONNX mixture names."""
     size = float(dict(c.recipe)["max_size_mib"]) if c.recipe else None
     quant = QUANT_AUTO if c.recipe else c.quant
-    return OnnxExport(str(merged), str(out), quant, max_size_mib=size, imatrix=str(imatrix))
+    return OnnxExport(out=str(out), model=str(merged), quant=quant, max_size_mib=size, imatrix=str(imatrix))
 
 
 def measure_candidate(s: SweepInputs, c: Candidate, ref, ids, imatrix: dict, work: Path) -> Measurement:

@@ -11,9 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq import metrics, templates
+from edgeq import metrics, report, templates
+from edgeq.basemodel import MODEL_HELP
+from edgeq.config import setting
 from edgeq.data import read_jsonl_lines
 from edgeq.errors import ConfigError
+from edgeq.spec import TASK_METRICS
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,17 @@ def generate_hf(
     return [answers[i] for i in range(len(texts))]
 
 
+METRIC_HELP = "task metric [default: from the references: JSON actions → json, labels → exact, free text → chrf]"
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    data: str = setting(help="held-out JSONL; the last assistant turn of each line is the answer")
+    model: str | None = setting(None, MODEL_HELP)
+    limit: int | None = setting(None, "score only the first N examples", minimum=1)
+    metric: str | None = setting(None, METRIC_HELP, choices=TASK_METRICS)
+
+
 def eval_task(model_dir: Path, data: str | Path, limit: int | None = None, metric: str | None = None) -> dict:
     task = load_task(data, limit, metric)  # checked before the model loads
     answers = generate_hf(model_dir, task.prompts)
@@ -87,3 +101,11 @@ def eval_task(model_dir: Path, data: str | Path, limit: int | None = None, metri
         "data": str(data),
         "examples": [{"expected": r, "answer": a} for r, a in zip(task.refs[:5], answers[:5], strict=True)],
     }
+
+
+def view(result: dict):
+    return report.table(
+        "task score",
+        ["model", "examples", "metric", "score", "why"],
+        [[result["model"], result["n"], result["metric"], f"{result['score']:.1f}", result["why"]]],
+    )

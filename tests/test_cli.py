@@ -46,7 +46,7 @@ def test_a_missing_toolchain_module_names_the_extra(monkeypatch, capsys):
     def needs_torch(*a, **k):
         raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
 
-    monkeypatch.setattr("edgeq.basemodel.resolve_model", needs_torch)
+    monkeypatch.setattr(cli, "resolve_model", needs_torch)  # what `model info` calls
     monkeypatch.setattr("sys.argv", ["edgeq", "model", "info"])
     with pytest.raises(SystemExit) as e:
         cli.main()

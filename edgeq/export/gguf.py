@@ -23,9 +23,11 @@ import numpy as np
 from edgeq import __version__, report
 from edgeq.basemodel import resolve_model, weights_bytes
 from edgeq.calibration import machine_calibration
+from edgeq.config import setting
 from edgeq.data import read_jsonl
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
+from edgeq.export import ExportConfig
 from edgeq.export.imatrix import imatrix_for
 from edgeq.ggufcheck import check_gguf
 from edgeq.io import FILE_MARK, atomic_path, check_free_disk, claim_output
@@ -47,19 +49,14 @@ from edgeq.spec import (
 
 
 @dataclass
-class GgufExport:
-    model: str
-    out: str
-    quant: str = DEFAULT_QUANT[FORMAT_GGUF]
-    force: bool = False
-    allow_pickle: bool = False
-    imatrix_data: str | None = None  # calibration JSONL for an importance matrix
-    imatrix: str | None = None  # or the matrix itself, already computed (imatrix.save_imatrix; the build's plan)
-    recipe: dict | None = None  # {tensor: ggml type} for every quantizable tensor (mixed.py); quant names the file type
-    max_size_mib: float | None = None  # --quant auto: the file's size budget
-    max_rss_mib: float | None = None  # --quant auto: peak RSS budget of llama.cpp serving it at `ctx`
-    ctx: int = 2048  # --quant auto: the context the RSS budget is for
-    forced: dict | None = None  # --quant auto: {tensor: ggml type} the solver must keep
+class GgufExport(ExportConfig):
+    recipe: dict | None = setting(None, "{tensor: ggml type} for every quantizable tensor (mixed.py)", flag="")
+    max_rss_mib: float | None = setting(None, "--quant auto: peak RSS at --ctx, in MiB", minimum=16)
+    ctx: int = setting(2048, "the context --max-rss-mib is for", minimum=16)
+    forced: dict | None = setting(None, "--quant auto: {tensor: ggml type} the solver must keep", flag="")
+
+    def __post_init__(self):
+        self.quant = self.quant or DEFAULT_QUANT[FORMAT_GGUF]
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -22,10 +22,11 @@ from pathlib import Path
 from edgeq import report, templates
 from edgeq.basemodel import resolve_model, weights_bytes
 from edgeq.child import python_command, run_process
+from edgeq.config import setting
 from edgeq.data import read_jsonl
 from edgeq.errors import BudgetError, EdgeqError, UsageError
 from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
-from edgeq.export import onnxquant
+from edgeq.export import ExportConfig, onnxquant
 from edgeq.export.imatrix import imatrix_for
 from edgeq.footprint import Dims, onnx_bytes, tokenizer_bytes
 from edgeq.io import atomic_dir, check_free_disk, claim_output
@@ -35,6 +36,7 @@ from edgeq.spec import (
     FORMAT_ONNX,
     GATE_MIN_TOP1,
     ONNX_AUTO_LAYOUT,
+    ONNX_EXECUTION_PROVIDERS,
     QUANT_AUTO,
     QUANT_TYPES,
     TOKENIZER_FILES,
@@ -43,16 +45,11 @@ from edgeq.spec import (
 
 
 @dataclass
-class OnnxExport:
-    model: str | None
-    out: str
-    quant: str = DEFAULT_QUANT[FORMAT_ONNX]
-    execution_provider: str = "cpu"
-    force: bool = False
-    allow_pickle: bool = False
-    imatrix_data: str | None = None  # int4: calibration JSONL for an importance matrix
-    imatrix: str | None = None  # or the matrix itself, already computed (the build's plan)
-    max_size_mib: float | None = None  # --quant auto: the artifact's size budget (the folder, tokenizer included)
+class OnnxExport(ExportConfig):
+    execution_provider: str = setting(ONNX_EXECUTION_PROVIDERS[0], "the ONNX target", choices=ONNX_EXECUTION_PROVIDERS)
+
+    def __post_init__(self):
+        self.quant = self.quant or DEFAULT_QUANT[FORMAT_ONNX]
 
 
 def builder_args(model_dir: Path, out: Path, cache: Path, quant: str, ep: str) -> list[str]:

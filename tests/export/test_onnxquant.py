@@ -112,7 +112,9 @@ def test_auto_spends_a_size_budget_on_bits_and_blocks_and_the_graph_says_so(tmp_
 
     def export(name: str, budget: float | None) -> dict:
         quant = "int4-block32" if budget is None else "auto"
-        return export_onnx(OnnxExport(str(tiny_model), str(tmp_path / name), quant, max_size_mib=budget))
+        return export_onnx(
+            OnnxExport(model=str(tiny_model), out=str(tmp_path / name), quant=quant, max_size_mib=budget)
+        )
 
     small, large = export("small", None), export("large", 1e6)
     assert set(large["quant_recipe"]["layout"].values()) == {"8/16"}  # the finest choice: least error
