@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-all-but-acceptance test-acceptance test-fast test-slow lint clean package-data
+.PHONY: setup demo test test-all-but-acceptance test-acceptance test-fast test-slow lint clean
 
 setup: $(VENV)/.installed
 
@@ -42,12 +42,6 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check edgeq tests benchmarks examples
-
-# profiles/ and examples/drone/ are what users read and edit; the package ships copies of them
-# (tests/test_package_data.py fails when the two differ).
-package-data:
-	cp profiles/*.yaml edgeq/profiles/
-	cp examples/drone/train.jsonl examples/drone/test.jsonl edgeq/examples/drone/
 
 clean:
 	rm -rf $(VENV)

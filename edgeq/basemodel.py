@@ -135,7 +135,7 @@ def weights_bytes(model_dir: Path) -> int:
 def _from_pickle(path: Path, pickles: list[Path]) -> Path:
     """Opted-in pickle weights → a safetensors copy in the cache (torch.load with weights_only=True only)."""
 
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from safetensors.torch import save_file
 
     # the key covers every file the copy carries (config, tokenizer, chat template) by content, and the pickles
@@ -202,7 +202,7 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 def _hf_names(config: dict) -> dict[str, str]:
     """GGUF tensor name → HF name: HF's names from transformers' own Llama (built on the meta
     device, no memory), each mapped by gguf-py's name table, the one export writes with."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from gguf import MODEL_ARCH, get_tensor_name_map
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -214,7 +214,7 @@ def _hf_names(config: dict) -> dict[str, str]:
 
 def gguf_to_hf(gguf_path: Path, out: Path) -> None:
     """Write an HF checkpoint (float32) of a llama-architecture GGUF into `out`."""
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # deferred: gguf-py's import costs the CLI's start-up
     from gguf.quants import dequantize
     from safetensors.numpy import save_file
 
@@ -283,7 +283,7 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> None:
 
 
 def _read_tokenizer(reader, gguf_path: Path) -> dict:
-    from gguf import Keys
+    from gguf import Keys  # deferred: gguf-py's import costs the CLI's start-up
 
     f, k = reader.fields, Keys.Tokenizer
     model, pre = f[k.MODEL].contents(), f[k.PRE].contents()
@@ -308,7 +308,7 @@ def _read_tokenizer(reader, gguf_path: Path) -> dict:
 
 def _write_tokenizer(tok: dict, out: Path) -> None:
     """The `smollm` pre-tokenizer: split digits one by one, then GPT-2 byte-level BPE."""
-    from gguf import TokenType
+    from gguf import TokenType  # deferred: gguf-py's import costs the CLI's start-up
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     tokens = tok["tokens"]
@@ -384,7 +384,7 @@ def random_model(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> 
     """A random-weight Llama (tied embedding) with another model's tokenizer files: small enough to train
     in a test, and the narrow shape that separates a runtime's base memory from its per-weight terms."""
 
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)

@@ -67,7 +67,7 @@ def prompt_ids(encode, n: int) -> list[int]:
 
 def _greedy_next(llm) -> int:
     """argmax of the last position's logits, read in place from llama.cpp (no copy of the vocab row)."""
-    import llama_cpp
+    import llama_cpp  # deferred: a native runtime, loaded only where it runs
     import numpy as np
 
     ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
@@ -76,7 +76,7 @@ def _greedy_next(llm) -> int:
 
 def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int, sample) -> dict:
     """Prefill, then a greedy eval loop: what llama-bench times (tokenization and sampler chain excluded)."""
-    from llama_cpp import Llama
+    from llama_cpp import Llama  # deferred: a native runtime, loaded only where it runs
 
     t0 = time.perf_counter()
     llm = Llama(
@@ -108,7 +108,7 @@ def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int
 
 
 def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int, sample) -> dict:
-    import onnxruntime_genai as og
+    import onnxruntime_genai as og  # deferred: a native runtime, loaded only where it runs
 
     t0 = time.perf_counter()
     model = og.Model(path)

@@ -73,6 +73,7 @@ from edgeq.spec import (
     BUILD_STATE_DIR,
     FORMAT_GGUF,
     QUANT_TYPES,
+    SHIPPED_EXAMPLES,
     SWEEP_MODES,
     TASK_METRICS,
 )
@@ -316,7 +317,7 @@ def artifact(job: Job) -> Path:
 def run_eval(job: Job, work: Path) -> EvalResult:
     """Fidelity of the artifact and its task score as evaluated and as served; the float models' task scores and
     answer NLL; the artifact's agreement with the merged model's answers."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     limit, metric = job.cfg.eval_limit, job.cfg.metric
     task = load_task(job.test_data, limit, metric)
@@ -473,7 +474,7 @@ def resolve(cfg: BuildConfig) -> Job:
 
     problems = []
     profile = load_profile(cfg.profile)
-    package = Path(str(files("edgeq")))  # the example task ships as package data
+    package = Path(str(files(SHIPPED_EXAMPLES)))  # the example task ships as package data
     data = Path(cfg.data) if cfg.data else package / BUILD_EXAMPLE_DATA
     test = Path(cfg.test_data) if cfg.test_data else (package / BUILD_EXAMPLE_TEST if not cfg.data else None)
     for what, p in (("--data", data), ("--test-data", test)):

@@ -175,7 +175,7 @@ def _quoted(text: str, what: str) -> str:
 def check_modelfile(model_dir: Path, profile, system) -> None:
     """Fail before any work where the template (with the deployment system prompt) or the tokens cannot be
     written into a Modelfile."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     if system.text:
@@ -185,7 +185,7 @@ def check_modelfile(model_dir: Path, profile, system) -> None:
 
 def plot(rows, chosen, path: Path) -> None:
     """Size vs KLD, colour = decode tok/s, over the measured candidates (records.Row); the chosen one marked."""
-    import matplotlib
+    import matplotlib  # deferred: the workstation toolchain, absent from the runtime-only install
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -232,7 +232,7 @@ def publish_artifact(src: Path, dst: Path) -> None:
 def write_outputs(job, artifact: Path, quality: list) -> list[str]:
     """Publish the artifact and write manifest, report, Modelfile and plot; bench's checks and `quality` (build's
     quality checks) are the verdict the report shows. Returns the names written into OUT."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     out, res = job.out, job.results
     sweep, export, ev, bench = res["sweep"], res["export"], res["eval"], res["bench"]

@@ -96,7 +96,7 @@ def _gguf_stream(path: str, ctx: int, max_tokens: int, temperature: float):
 
 
 def _onnx_stream(path: str, ctx: int, max_tokens: int, temperature: float):
-    import onnxruntime_genai as og
+    import onnxruntime_genai as og  # deferred: a native runtime, loaded only where it runs
 
     model = og.Model(path)
     tok = og.Tokenizer(model)

@@ -76,8 +76,8 @@ def _param(f: dataclasses.Field):
     meta, kind = f.metadata, str(f.type)
     required = f.default is dataclasses.MISSING
     default = None if required else f.default
-    if meta["argument"]:
-        return click.argument(f.name, required=required, default=default)
+    if meta["argument"]:  # click (8.5) counts an explicit default, even None, as a value: a required one gets none
+        return click.argument(f.name, required=True) if required else click.argument(f.name, default=default)
     flag = meta["flag"] or "--" + f.name.replace("_", "-")
     kw = {"help": meta["help"][:1].upper() + meta["help"][1:] + ".", "required": required}
     if kind == "bool" and not default:
@@ -95,7 +95,9 @@ def _param(f: dataclasses.Field):
         kw["type"] = click.IntRange(meta["min"], meta["max"]) if meta["min"] is not None else click.INT
     elif kind.startswith("float"):
         kw["type"] = Finite(meta["min"], meta["max"])
-    return click.option(flag, f.name, default=default, show_default=default is not None, **kw)
+    if not required:
+        kw |= {"default": default, "show_default": default is not None}
+    return click.option(flag, f.name, **kw)
 
 
 def options(cls, *skip: str):

@@ -56,7 +56,7 @@ def _probe_torch(mod) -> str:
 
 def _probe_bitsandbytes(mod) -> str:
     """A real NF4 + double-quant round trip on a small tensor, on the GPU when there is one."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from bitsandbytes import functional as F
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

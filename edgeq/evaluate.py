@@ -77,7 +77,7 @@ def artifact_logits(path: Path, ids: list[int]) -> np.ndarray:
 
 def reference_logits(model, ids: list[int]) -> np.ndarray:
     """(T, vocab) float64 logits of a loaded HF model."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
 
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].double().numpy()
@@ -177,7 +177,7 @@ def answer_budget(tok, task) -> int:
 def hf_answer_nll(model, sequences: list[list[int]], starts: list[int], batch_size: int = 16) -> dict:
     """runtime.answer_nll_of for an HF model, teacher-forced in right-padded batches (a causal model's logits at
     a position never see the padding after it); the log-softmax only where an answer token is predicted."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
 
     total, count = 0.0, 0
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths: little padding
@@ -200,7 +200,7 @@ def hf_answer_nll(model, sequences: list[list[int]], starts: list[int], batch_si
 def float_task_score(model_dir: Path, task) -> dict:
     """The task score and answer NLL of an HF float model: batched greedy generation (faster here than one
     sequence at a time in llama.cpp) and batched teacher-forced forward passes."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -236,7 +236,7 @@ def evaluate(
     served: bool = False,
     metric: str | None = None,
 ) -> dict:
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     artifact = Path(artifact)

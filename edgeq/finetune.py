@@ -100,7 +100,7 @@ class FinetuneConfig:
 
 
 def _dist_init():
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -111,7 +111,7 @@ def _dist_init():
 
 
 def _all_reduce_sum(tensors, world: int) -> None:
-    import torch.distributed as dist
+    import torch.distributed as dist  # deferred: the workstation toolchain, absent from the runtime-only install
 
     if world > 1:
         for t in tensors:
@@ -187,7 +187,7 @@ def checkpointing(cfg: FinetuneConfig, model_config, longest: int, device: str) 
 
 def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
     """The frozen base (quantized unless --quant none) with LoRA adapters attached."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -238,7 +238,7 @@ def chunked_loss(hidden, labels, lm_weight, chunk: int):
     Only labelled positions reach the (H × vocab) projection, and each chunk's logits are
     recomputed in backward instead of kept, so peak memory holds one (chunk × vocab) block.
     """
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # deferred: the workstation toolchain, absent from the runtime-only install
     from torch.utils.checkpoint import checkpoint
 
     targets = labels[:, 1:]  # (B, T-1): token t predicts t+1
@@ -273,7 +273,7 @@ def train_step(model, optim, micro_batches: list[dict], cfg: FinetuneConfig, wor
     The loss is the token mean over the whole global batch (every micro-batch on every rank), so
     gradient accumulation and DDP produce the gradient one process would on the same examples.
     """
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     tokens = torch.tensor(float(sum(labelled_tokens(mb) for mb in micro_batches)))
@@ -293,7 +293,7 @@ def train_step(model, optim, micro_batches: list[dict], cfg: FinetuneConfig, wor
 
 def collate(examples, pad_id: int, device: str):
     """Pad a list of Examples to the longest one: (B, T) tensors."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
 
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -307,7 +307,7 @@ def collate(examples, pad_id: int, device: str):
 
 def quantized_bits_per_param(model) -> dict:
     """Storage of the frozen 4-bit linears, constants included: bits per parameter (QLoRA paper: 4.127 with DQ)."""
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # deferred: the workstation toolchain, absent from the runtime-only install
 
     params = bits = 0
     for m in model.modules():
@@ -332,7 +332,7 @@ def _trainable(model):
 
 def save_checkpoint(out: Path, step: int, model, optim, state: dict) -> Path:
     """Adapter weights, optimizer moments, RNG state and loss history; a COMPLETE marker after the rename."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from safetensors.torch import save_file
 
     final = out / CKPT_DIR / f"step-{step:06d}"
@@ -360,7 +360,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optim) -> dict:
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from safetensors.torch import load_file
 
     tensors = load_file(str(path / "state.safetensors"))
@@ -420,7 +420,7 @@ class Run:
 
 def setup(cfg: FinetuneConfig) -> Run:
     """Refusals first (nothing is written), then the data, the split, the model and the optimizer."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoConfig, AutoTokenizer
 
     cfg.check()
@@ -566,7 +566,7 @@ def train_loop(run: Run, start_step: int, losses: list[float]) -> int:
 
 def summarize(run: Run, start_step: int, steps_run: int, losses: list[float], seconds: float) -> dict:
     """Held-out loss (all ranks' shares together) and the numbers the manifest and the CLI report."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
 
     eval_loss = None
     if run.eval_set:
@@ -612,7 +612,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
 def evaluate_loss(model, eval_set, pad_id, device, cfg) -> tuple[float, int]:
     """Summed loss and labelled-token count over eval_set (this rank's share of the held-out set)."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
 
     model.eval()
     total, count = 0.0, 0

@@ -23,16 +23,16 @@ _MAX_DIMS = 4
 _MAX_TENSORS = 1 << 18  # the largest real models have a few thousand tensors
 _MAX_KEYS = 1 << 16  # and a few hundred metadata keys
 # Strings in all metadata arrays together: a 262k-token vocabulary and its merges are under a million. Each
-# string costs a Python step, so this bounds the check's time on a crafted file (a few seconds at most); every
-# other array is read in one step however long it is.
-_MAX_STRINGS = 1 << 22
+# string costs a Python step (its length is read, its bytes skipped), so this bounds the check's time on a crafted
+# file to about a second; every other array is read in one step however long it is.
+_MAX_STRINGS = 1 << 21
 _ARRAY_CODES = {"<B": "B", "<b": "b", "<H": "H", "<h": "h", "<I": "I", "<i": "i", "<f": "f", "<?": "B"}
 _ARRAY_CODES |= {"<Q": "Q", "<q": "q", "<d": "d"}
 _DEFAULT_ALIGNMENT = 32
 
 
 def _types():
-    from gguf.constants import GGUFValueType as T
+    from gguf.constants import GGUFValueType as T  # deferred: gguf-py's import costs the CLI's start-up
 
     scalars = {
         T.UINT8: "<B",
@@ -52,7 +52,7 @@ def _types():
 
 def key_types() -> dict[str, tuple]:
     """Key → the value type llama.cpp requires ((ARRAY, element type) for arrays). `{arch}` is the model's."""
-    from gguf.constants import Keys
+    from gguf.constants import Keys  # deferred: gguf-py's import costs the CLI's start-up
 
     T, _ = _types()
     u32, f32, string = (T.UINT32,), (T.FLOAT32,), (T.STRING,)
@@ -90,6 +90,16 @@ _PER_LAYER = ("FEED_FORWARD_LENGTH", "HEAD_COUNT", "HEAD_COUNT_KV")
 
 def _bad(path: Path, what: str) -> UsageError:
     return UsageError(f"not a valid GGUF file: {what}", str(path), "re-export or re-download the model")
+
+
+class StringArray(int):
+    """A metadata array of strings, as the check keeps it: how many (len() works as on a list)."""
+
+    def __len__(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"<{int(self)} strings>"
 
 
 class _Reader:
@@ -140,23 +150,22 @@ class _Reader:
             out.byteswap()
         return out
 
-    def string_array(self, count: int) -> list[str]:
+    def string_array(self, count: int) -> StringArray:
+        """Walk `count` strings, checking each length against the file; their text is not kept (the checks need
+        only how many there are, and a vocabulary's text is llama.cpp's to read)."""
         self.strings_left -= count
         if self.strings_left < 0:
             raise _bad(self.path, f"more than {_MAX_STRINGS} strings in the metadata")
-        data, pos, end, out = self.data, self.pos, len(self.data), []
+        data, pos, end = self.data, self.pos, len(self.data)
         length = struct.Struct("<Q").unpack_from
         for _ in range(count):
             if pos + 8 > end:
                 raise _bad(self.path, f"header runs past the end of the file at byte {pos}")
-            (n,) = length(data, pos)
-            pos += 8
-            if n > end - pos:
-                raise _bad(self.path, f"string length {n} runs past the end of the file at byte {pos}")
-            out.append(data[pos : pos + n].decode("utf-8", errors="replace"))
-            pos += n
+            pos += 8 + length(data, pos)[0]
+            if pos > end:
+                raise _bad(self.path, f"a string runs past the end of the file at byte {pos}")
         self.pos = pos
-        return out
+        return StringArray(count)
 
 
 def _type_name(sig: tuple) -> str:
@@ -165,7 +174,7 @@ def _type_name(sig: tuple) -> str:
 
 def check_metadata(path: Path, meta: dict, sigs: dict) -> None:
     """Every key llama.cpp reads has its exact type; the vocabulary is consistent; token ids lie inside it."""
-    from gguf.constants import Keys
+    from gguf.constants import Keys  # deferred: gguf-py's import costs the CLI's start-up
 
     T, _ = _types()
     arch = meta.get(Keys.General.ARCHITECTURE)
@@ -208,6 +217,7 @@ def check_gguf(path: str | Path) -> dict:
 
 
 def _check(path: Path, size: int) -> dict:
+    # deferred: gguf-py's import costs the CLI's start-up
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     with open(path, "rb") as f:

@@ -124,6 +124,7 @@ def trained_manifest(adapter_dir: Path) -> dict | None:
 
 def round_trip(weight, quant: str, double_quant: bool):
     """The weight as the frozen base saw it during training: quantize to 4 bits, dequantize to fp32."""
+    # deferred: the workstation toolchain, absent from the runtime-only install
     from bitsandbytes import functional as F
 
     q, state = F.quantize_4bit(
@@ -134,7 +135,7 @@ def round_trip(weight, quant: str, double_quant: bool):
 
 def check_adapter_fits(model, adapter_dir: Path, base_dir: Path) -> None:
     """Every adapter tensor must land on a module of this base with the right shape, and vice versa."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # deferred: the workstation toolchain, absent from the runtime-only install
 
     cfg = adapter_config(adapter_dir)
     targets = set(cfg["target_modules"])
@@ -218,7 +219,7 @@ def provenance(cfg: MergeConfig) -> Provenance:
 def load_base(p: Provenance):
     """The base in float64; with the dequantized policy its adapted linears go through the same 4-bit
     round trip training saw, so the adapter lands on the weights it was trained against."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(p.base_dir, dtype=torch.float64)
@@ -235,7 +236,7 @@ def load_base(p: Provenance):
 def merge_verified(model, tok, adapter_dir: Path):
     """Merge the adapter and prove it in float64: merged logits == base + adapter (unmerged) within
     MERGE_TOLERANCE, the adapter changes the base at all, no NaN/Inf. Returns (merged model, numbers)."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from peft import PeftModel
 
     batch = tok(list(VERIFY_TEXTS), return_tensors="pt", padding=True, add_special_tokens=False)
@@ -281,7 +282,7 @@ def merge_verified(model, tok, adapter_dir: Path):
 
 def merge(cfg: MergeConfig) -> dict:
     """provenance → load the base (round trip) → merge and verify → write the HF folder atomically."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoTokenizer
 
     p = provenance(cfg)

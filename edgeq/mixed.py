@@ -63,6 +63,7 @@ class Solution:
 
 def ggml_block(type_name: str) -> tuple[int, int]:
     """(weights per block, bytes per block) of a ggml type."""
+    # deferred: gguf-py's import costs the CLI's start-up
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     return GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
@@ -107,7 +108,7 @@ def written_types(path: Path) -> dict:
 def read_tensors(path: Path, names: set[str]) -> dict[str, np.ndarray]:
     """The named tensors of a GGUF as float32 (rows, ne0), dequantized by gguf-py from a bounds-checked map of the
     file (gguf-py's GGUFReader parses the whole vocabulary in Python: seconds per file)."""
-    from gguf.constants import GGMLQuantizationType
+    from gguf.constants import GGMLQuantizationType  # deferred: gguf-py's import costs the CLI's start-up
     from gguf.quants import dequantize
 
     out = {}

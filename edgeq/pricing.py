@@ -145,7 +145,7 @@ def kld_probe(model_dir: Path, data: str | None):
     conversations and GAIN_TOKENS of the pricing text. Both, because the task data alone underprices what the
     task never shows: on the drone fine-tune it priced the tied embedding (every word's row) at 0.44× what the two
     texts do, and the mixtures it chose drifted up to 1.5× further than llama.cpp's on general text."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -52,7 +52,7 @@ def tiny_gguf(path: Path, vocab: str = "bpe", seed: int = 0, dims: dict | None =
     vocabulary. vocab="spm-no-bytes" writes a sentencepiece vocabulary without byte tokens, which llama.cpp
     accepts at load and aborts on when it meets a newline (a malformed export seen in the wild). `dims`
     overrides PROBE_DIMS (calibrate.py writes the default model's shape)."""
-    from gguf import GGUFWriter
+    from gguf import GGUFWriter  # deferred: gguf-py's import costs the CLI's start-up
 
     d = {**PROBE_DIMS, **(dims or {})}
     h, head_dim = d["hidden"], d["hidden"] // d["heads"]

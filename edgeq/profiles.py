@@ -16,15 +16,22 @@ import yaml
 
 from edgeq import report
 from edgeq.errors import ConfigError, UsageError
-from edgeq.spec import FORMATS, PROFILE_FIELDS, PROFILE_NUMERIC_FIELDS, PROFILE_SECTIONS, PROFILE_SUFFIX, QUANT_TYPES
+from edgeq.spec import (
+    FORMATS,
+    PROFILE_FIELDS,
+    PROFILE_NUMERIC_FIELDS,
+    PROFILE_SECTIONS,
+    PROFILE_SUFFIX,
+    QUANT_TYPES,
+    SHIPPED_PROFILES,
+)
 
 PROFILE_HELP = "device profile: a shipped NAME (edgeq profiles list) or the PATH of a YAML file"
 
 
 def profiles_dir() -> Path:
-    """Shipped profiles: package data (a copy of the top-level profiles/, kept equal by a test)."""
-
-    return Path(str(files("edgeq") / "profiles"))
+    """Shipped profiles: the top-level profiles/ folder, which the build backend ships as package data."""
+    return Path(str(files(SHIPPED_PROFILES)))
 
 
 @dataclass(frozen=True)

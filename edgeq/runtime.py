@@ -182,7 +182,7 @@ def decode_probe_here(work: str, types: list[str]) -> dict:
 def configure_llama(cfg: dict) -> None:
     """Make every model this process loads use `cfg` (probe.LlamaConfig): llama-cpp-python's Llama takes
     its model parameters from llama_model_default_params(), which has no keyword for extra buffer types."""
-    import llama_cpp.llama_cpp as lc
+    import llama_cpp.llama_cpp as lc  # deferred: a native runtime, loaded only where it runs
 
     default = lc.llama_model_default_params
 
@@ -195,7 +195,7 @@ def configure_llama(cfg: dict) -> None:
 
 
 def load_gguf_here(path: Path, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None, **kw):
-    from llama_cpp import Llama
+    from llama_cpp import Llama  # deferred: a native runtime, loaded only where it runs
 
     check_gguf(path)
     return Llama(
@@ -273,7 +273,7 @@ def gguf_tokenize_here(path: str, texts: list[str]) -> list[list[int]]:
 
 
 def gguf_is_eog_here(path: str, token_id: int) -> bool:
-    import llama_cpp
+    import llama_cpp  # deferred: a native runtime, loaded only where it runs
 
     llm = load_gguf_here(Path(path), vocab_only=True)
     return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), token_id))
@@ -282,7 +282,7 @@ def gguf_is_eog_here(path: str, token_id: int) -> bool:
 @contextlib.contextmanager
 def capture_llama_log(lines: list[str]):
     """Route llama.cpp's log into `lines` (the quantizer reports its per-tensor choices there)."""
-    import llama_cpp
+    import llama_cpp  # deferred: a native runtime, loaded only where it runs
     from llama_cpp._logger import llama_log_callback as default
 
     @llama_cpp.llama_log_callback
@@ -297,7 +297,7 @@ def capture_llama_log(lines: list[str]):
 
 
 def quantize_here(src: str, dst: str | None, quant: str, imatrix=None, dry_run: bool = False, recipe=None):
-    import llama_cpp
+    import llama_cpp  # deferred: a native runtime, loaded only where it runs
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[quant].ftype
@@ -338,7 +338,7 @@ def _onnx_greedy(og, model, ids: list[int], max_new_tokens: int, stop_ids) -> tu
 
 def onnx_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list:
     """Greedy continuation with onnxruntime-genai; the model's own eos also stops it."""
-    import onnxruntime_genai as og
+    import onnxruntime_genai as og  # deferred: a native runtime, loaded only where it runs
 
     model = og.Model(str(path))
     return [_onnx_greedy(og, model, ids, max_new_tokens, set(stop_ids))[0] for ids in prompts]
@@ -346,7 +346,7 @@ def onnx_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int,
 
 def onnx_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
 
-    import onnxruntime_genai as og
+    import onnxruntime_genai as og  # deferred: a native runtime, loaded only where it runs
 
     model = og.Model(str(path))
     tok = og.Tokenizer(model)
@@ -374,7 +374,7 @@ def onnx_logits_here(path: str, ids: list[int]) -> np.ndarray:
 def _onnx_logits_fn(path: str):
     """One ORT session on the folder's decoder graph; returns ids → (T, vocab) float64 logits."""
 
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: a native runtime, loaded only where it runs
 
     path = Path(path)
     dec = json.loads((path / "genai_config.json").read_text())["model"]["decoder"]
@@ -408,7 +408,7 @@ def overrides(recipe: dict) -> list[tuple[str, str]]:
 def overrides_ctypes(recipe: dict) -> tuple:
     """A null-terminated llama_model_tensor_override array for llama_model_quantize_params.tt_overrides (and the
     pattern buffers it points into, to keep alive until the call returns)."""
-    import llama_cpp
+    import llama_cpp  # deferred: a native runtime, loaded only where it runs
     from gguf.constants import GGMLQuantizationType
 
     pairs = [(pattern.encode(), int(GGMLQuantizationType[t])) for pattern, t in overrides(recipe)]
@@ -421,7 +421,7 @@ def overrides_ctypes(recipe: dict) -> tuple:
 
 def imatrix_ctypes(matrix: dict) -> tuple:
     """A null-terminated llama_model_imatrix_data array (and the buffers it points into, to keep alive)."""
-    import llama_cpp
+    import llama_cpp  # deferred: a native runtime, loaded only where it runs
 
     keep = [(name.encode(), np.ascontiguousarray(v, dtype=np.float32)) for name, v in matrix.items()]
     arr = (llama_cpp.llama_model_imatrix_data * (len(keep) + 1))()

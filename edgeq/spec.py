@@ -75,7 +75,7 @@ class QuantType:
     @property
     def ftype(self) -> int:
         """llama.cpp's file type number, from gguf-py (imported here, not at CLI start-up)."""
-        from gguf.constants import LlamaFileType
+        from gguf.constants import LlamaFileType  # deferred: gguf-py's import costs the CLI's start-up
 
         return int(LlamaFileType[self.gguf_file_type])
 
@@ -283,6 +283,9 @@ BUILD_IMATRIX = "imatrix.safetensors"  # in the plan's folder: the importance ma
 # each by prior KLD) and stops at the first whose measurements meet every budget; `all` builds every candidate
 # predicted to fit memory and storage (a full table and plot, one build and bench per candidate).
 SWEEP_MODES = ("first-fit", "all")  # first: the default
-BUILD_EXAMPLE_DATA = "examples/drone/train.jsonl"  # inside the package: the default --data
-BUILD_EXAMPLE_TEST = "examples/drone/test.jsonl"
+# profiles/ and examples/ are shipped as these packages (pyproject.toml maps the folders; nothing is copied)
+SHIPPED_PROFILES = "edgeq.shipped_profiles"
+SHIPPED_EXAMPLES = "edgeq.shipped_examples"
+BUILD_EXAMPLE_DATA = "drone/train.jsonl"  # in SHIPPED_EXAMPLES: the default --data
+BUILD_EXAMPLE_TEST = "drone/test.jsonl"
 SERVED_GAP_POINTS = 2.0  # report.md flags an artifact whose served score differs more from its evaluated one

@@ -56,7 +56,7 @@ def generate_hf(
     model_dir: Path, prompts: list[list[dict]], max_new_tokens: int = 64, batch_size: int = 64
 ) -> list[str]:
     """Greedy answers from an HF model, batched with left padding, prompts of similar length together."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)

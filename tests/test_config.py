@@ -3,6 +3,7 @@ choices, ranges and help; config.problems checks a config built in code against 
 
 import dataclasses
 
+import click
 import pytest
 
 from edgeq import cli
@@ -55,6 +56,18 @@ def test_every_option_is_its_field(cls, command):
         if f.metadata["listed"]:
             default = f.default  # given as one comma-separated string; None keeps the field's tuple
         assert default == f.default, (f.name, p.default, f.default)
+
+
+@pytest.mark.parametrize("cls, command", CONFIGS, ids=[c.__name__ for c, _ in CONFIGS])
+def test_a_required_setting_left_out_is_refused(cls, command):
+    """Click (8.5) takes an explicit default, even None, as a value: a required field's option must have none."""
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+    cmd = cli.cli.commands[command]
+    for name in required:
+        param = next(p for p in cmd.params if p.name == name)
+        ctx = click.Context(cmd)
+        with pytest.raises(click.MissingParameter):
+            param.process_value(ctx, param.get_default(ctx))
 
 
 def test_problems_names_each_setting_out_of_bounds():

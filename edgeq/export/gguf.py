@@ -102,7 +102,7 @@ def tokenizer_metadata(tok, vocab_size: int) -> dict:
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise UsageError("only byte-level BPE tokenizers are supported for GGUF export")
     tokens = [None] * vocab_size
-    from gguf import TokenType
+    from gguf import TokenType  # deferred: gguf-py's import costs the CLI's start-up
 
     types = [TokenType.NORMAL] * vocab_size
     for t, i in model["vocab"].items():
@@ -133,7 +133,7 @@ def tokenizer_metadata(tok, vocab_size: int) -> dict:
 def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
     """Write the HF checkpoint as a GGUF with weights in F32, F16 or BF16 (norms stay F32): the model's
     hyper-parameters, its tokenizer, then its tensors under gguf-py's names."""
-    from gguf import GGUFWriter
+    from gguf import GGUFWriter  # deferred: gguf-py's import costs the CLI's start-up
     from transformers import AutoConfig, AutoTokenizer
 
     cfg = AutoConfig.from_pretrained(model_dir)
@@ -213,7 +213,7 @@ def _add_tokenizer_metadata(w, meta: dict) -> None:
 def _add_tensors(w, model_dir: Path, cfg, arch, ftype: str) -> int:
     """Every safetensors weight under its GGUF name (q/k permuted where llama.cpp's rope expects it); the
     parameter count written."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from gguf import GGMLQuantizationType, get_tensor_name_map
     from gguf.constants import MODEL_ARCH_NAMES
     from safetensors.torch import load_file
@@ -308,7 +308,7 @@ def gate_tokenizer(gguf_path: Path, tok) -> dict:
 
 
 def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
-    from gguf import GGUFReader, Keys
+    from gguf import GGUFReader, Keys  # deferred: gguf-py's import costs the CLI's start-up
 
     fields, k = GGUFReader(gguf_path).fields, Keys.Tokenizer
 
@@ -359,7 +359,7 @@ def gate_fidelity(gguf_path: Path, model_dir: Path, tok, ftype: str) -> dict:
 
 
 def export_gguf(cfg: GgufExport) -> dict:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     if cfg.quant not in (*quant_names(FORMAT_GGUF), QUANT_AUTO):
         valid = ", ".join((*quant_names(FORMAT_GGUF), QUANT_AUTO))

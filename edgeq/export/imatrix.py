@@ -23,7 +23,7 @@ CHUNK_TOKENS = 512
 
 def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) -> tuple[dict, dict]:
     """{gguf tensor name: float32 (in_features,)} and a summary {tokens, chunks, tensors}."""
-    import torch
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from gguf import get_tensor_name_map
     from gguf.constants import MODEL_ARCH_NAMES
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -86,7 +86,7 @@ def imatrix_for(model_dir: Path, path: str | None, data: str | None) -> tuple[di
 
 def save_imatrix(matrix: dict, summary: dict, path: Path) -> None:
     """safetensors: one float32 (in_features,) tensor per GGUF tensor name, the summary as string metadata."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save_file  # deferred: the workstation toolchain, absent from the runtime-only install
 
     with atomic_path(path) as tmp:
         arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in matrix.items()}
@@ -97,6 +97,7 @@ def load_imatrix(path: Path) -> tuple[dict, dict]:
     """What save_imatrix wrote, checked (every entry a 1-D float32 vector of finite, non-negative means), and its
     summary with the file's sha256."""
 
+    # deferred: the workstation toolchain, absent from the runtime-only install
     from safetensors import SafetensorError, safe_open
 
     def bad(why: str) -> EdgeqError:

@@ -76,7 +76,7 @@ def builder_args(model_dir: Path, out: Path, cache: Path, quant: str, ep: str) -
 
 
 def ort_providers() -> list[str]:
-    import onnxruntime
+    import onnxruntime  # deferred: a native runtime, loaded only where it runs
 
     return onnxruntime.get_available_providers()
 
@@ -107,7 +107,7 @@ def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
 
 
 def export_onnx(cfg: OnnxExport) -> dict:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     if cfg.quant not in (*quant_names(FORMAT_ONNX), QUANT_AUTO):
         valid = ", ".join((*quant_names(FORMAT_ONNX), QUANT_AUTO))

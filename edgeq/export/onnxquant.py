@@ -121,7 +121,7 @@ def pack(v: np.ndarray, bits: int) -> np.ndarray:
 
 def weights_of(graph, config) -> list[Weight]:
     """Every MatMulNBits weight of the builder's graph and the float tensors it came from."""
-    from gguf import get_tensor_name_map
+    from gguf import get_tensor_name_map  # deferred: gguf-py's import costs the CLI's start-up
     from gguf.constants import MODEL_ARCH_NAMES
 
     arch = GGUF_ARCHS[config.model_type].gguf_arch
@@ -163,7 +163,7 @@ def importance(imatrix: dict | None, w: Weight) -> np.ndarray:
 
 def float_tensors(model_dir: Path) -> dict[str, np.ndarray]:
     """The float model's 2-D tensors, read from its safetensors (resolve_model never leaves a pickle here)."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # deferred: the workstation toolchain, absent from the runtime-only install
 
     out = {}
     for f in sorted(model_dir.glob("*.safetensors")):
@@ -175,7 +175,7 @@ def float_tensors(model_dir: Path) -> dict[str, np.ndarray]:
 
 
 def _set_input(graph, init: dict, name: str, arr: np.ndarray) -> None:
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # deferred: the workstation toolchain, absent from the runtime-only install
 
     if name in init:
         graph.initializer.remove(init[name])
@@ -216,7 +216,7 @@ def auto_bytes(n: int, k: int, gathered: bool = False, pick=min) -> int:
 def fit_all(onnx_dir: Path, model_dir: Path, imatrix: dict | None, palette) -> dict[tuple[str, int, int], Fit]:
     """Every MatMulNBits weight of the builder's graph fit at every (bits, block) of `palette` (or of
     palette(stem, k)), keyed (stem, bits, block)."""
-    import onnx
+    import onnx  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoConfig
 
     graph = onnx.load(str(onnx_dir / "model.onnx"), load_external_data=False).graph
@@ -264,7 +264,7 @@ def _set_attrs(node, **values: int) -> None:
 def requantize(onnx_dir: Path, fits: dict[tuple[str, int, int], Fit], layout: Layout) -> dict:
     """Rewrite onnx_dir/model.onnx(.data): every MatMulNBits weight as layout[stem] says, from its fit; the
     embedding gather follows the head it shares. {stem: {"bits", "block", "bytes", "error"}}."""
-    import onnx
+    import onnx  # deferred: the workstation toolchain, absent from the runtime-only install
 
     path = onnx_dir / "model.onnx"
     model = onnx.load(str(path))
