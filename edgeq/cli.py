@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -134,6 +135,9 @@ def cli(debug: bool) -> None:
     if not debug:  # edgeq draws its own progress; Hugging Face's per-load bars and info lines bury it
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # libraries' notices of their own future API changes (transformers' is_gradient_checkpointing, mid-build)
+        # are not the user's to act on; --debug shows them
+        warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 @cli.command()
