@@ -31,7 +31,7 @@ from edgeq.basemodel import MODEL_HELP, base_fingerprint, resolve_model
 from edgeq.config import problems, setting
 from edgeq.data import IGNORE, load_dataset
 from edgeq.errors import ConfigError, UsageError
-from edgeq.io import OUTPUT_MARK, atomic_dir, check_free_disk, remove_output, sha256_file, write_json
+from edgeq.io import OUTPUT_MARK, atomic_dir, check_free_disk, check_not_input, remove_output, sha256_file, write_json
 from edgeq.machine import platform_info, versions
 from edgeq.spec import (
     FINETUNE_MANIFEST,
@@ -429,6 +429,7 @@ def setup(cfg: FinetuneConfig) -> Run:
     if device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     out = Path(cfg.out)
+    check_not_input(out, [cfg.base, cfg.data])  # checkpoints land in OUT long before the adapter does
     if (out / ADAPTER_DIR).exists() and not (cfg.force or cfg.resume):
         raise UsageError("an adapter already exists", str(out / ADAPTER_DIR), "pass --resume, --force or another --out")
     if (out / CKPT_DIR).exists() and not (cfg.force or cfg.resume):

@@ -130,3 +130,18 @@ def test_build_refuses_an_out_that_is_not_its_own(tmp_path, small_data, case):
     r = run_edgeq("build", "--profile", profile, "--data", data, "--out", out, "--max-steps", 1)
     assert r.returncode == EXIT_USAGE and _one_line(r), r.stderr
     assert sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize("where", ["base", "data folder"])
+def test_finetune_out_in_an_input_is_refused_before_any_checkpoint(tiny_model, small_data, tmp_path, where):
+    import shutil
+
+    base = shutil.copytree(tiny_model, tmp_path / "base")
+    data = tmp_path / "d" / "train.jsonl"
+    data.parent.mkdir()
+    data.write_bytes(small_data.read_bytes())
+    out = base if where == "base" else data.parent
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    r = run_edgeq("finetune", "--base", base, "--data", data, "--out", out, "--max-steps", 1, "--seq-len", 64)
+    assert r.returncode == EXIT_USAGE and "would replace, hold or lie inside an input" in r.stderr and _one_line(r)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
