@@ -1,6 +1,6 @@
 """What a crafted GGUF header costs edgeq's check, against reading the file and against gguf-py's reader.
 
-    python benchmarks/gguf_header_check.py [--mib 200] [--strings 4000000]
+    python benchmarks/gguf_header_check.py [--mib 200] [--strings 2000000] [--landed OLD_ggufcheck.py]
 
 The file holds no tensors and a metadata block built to be slow to parse: one UINT8 array of --mib MiB and one
 array of --strings empty strings (each string is a step of any parser). edgeq's check (ggufcheck.check_gguf)
@@ -9,6 +9,7 @@ with a small constant". Prints each time (best of --runs) and the ratios.
 """
 
 import argparse
+import importlib.util
 import struct
 import sys
 import tempfile
@@ -46,9 +47,15 @@ def best(fn, runs: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mib", type=int, default=200)
-    ap.add_argument("--strings", type=int, default=4_000_000)
+    ap.add_argument("--strings", type=int, default=2_000_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--gguf-py", action="store_true", help="also time gguf-py's GGUFReader (slow: minutes)")
+    ap.add_argument(
+        "--landed",
+        type=Path,
+        default=None,
+        help="another version's ggufcheck.py (git show REV:edgeq/ggufcheck.py > FILE): time its check too",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "crafted.gguf"
@@ -63,6 +70,12 @@ def main() -> None:
         print(f"file: {size / 2**20:.0f} MiB, a {args.mib} MiB byte array and {args.strings} strings")
         print(f"read the file           {read:8.3f} s")
         print(f"edgeq check_gguf        {ours:8.3f} s   {ours / read:6.1f}x reading it")
+        if args.landed:
+            spec = importlib.util.spec_from_file_location("landed_ggufcheck", args.landed)
+            landed = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(landed)
+            theirs = best(lambda: landed._check(path, size), 1)
+            print(f"landed check ({args.landed.name})  {theirs:8.3f} s   {theirs / ours:6.1f}x edgeq's check now")
         if args.gguf_py:
             from gguf import GGUFReader
 

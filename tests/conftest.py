@@ -65,3 +65,26 @@ def small_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "train.jsonl"
     out.write_text("".join(src.read_text().splitlines(keepends=True)[:48]))
     return out
+
+
+# One raw calibration measurement (calibrate.load_points' format): the valid point the hostile tests mutate.
+CALIBRATION_POINT = {
+    "fmt": "gguf",
+    "quant": "Q8_0",
+    "path": "x",
+    "ctx": 256,
+    "prompt": 128,
+    "rss": 1e8,
+    "types": {"Q8_0": 1e6},
+    "dims": {
+        "layers": 2,
+        "hidden": 64,
+        "heads": 4,
+        "kv_heads": 2,
+        "head_dim": 16,
+        "intermediate": 128,
+        "vocab": 100,
+        "max_positions": 256,
+        "tied": True,
+    },
+}

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgeq.errors import UsageError
+from tests.conftest import CALIBRATION_POINT
 
 FUZZ_EXAMPLES = int(os.environ.get("EDGEQ_FUZZ_EXAMPLES", "40"))
 ROOT = Path(__file__).parents[2]
@@ -96,28 +97,6 @@ def _calibration_seed() -> bytes:
     from edgeq.calibration import shipped_calibrations
 
     return shipped_calibrations()[0].read_bytes()
-
-
-POINT = {
-    "fmt": "gguf",
-    "quant": "Q8_0",
-    "path": "x",
-    "ctx": 256,
-    "prompt": 128,
-    "rss": 1e8,
-    "types": {"Q8_0": 1e6},
-    "dims": {
-        "layers": 2,
-        "hidden": 64,
-        "heads": 4,
-        "kv_heads": 2,
-        "head_dim": 16,
-        "intermediate": 128,
-        "vocab": 100,
-        "max_positions": 256,
-        "tied": True,
-    },
-}
 
 
 # --- the parsers ----------------------------------------------------------------------------------------------
@@ -214,7 +193,7 @@ def test_calibration_file(tmp_path, blob):
 
 
 @fuzz
-@given(blob=inputs(json.dumps({"schema": "edgeq.calibration-points/1", "points": [POINT]}).encode()))
+@given(blob=inputs(json.dumps({"schema": "edgeq.calibration-points/1", "points": [CALIBRATION_POINT]}).encode()))
 def test_points_file(tmp_path, blob):
     from edgeq.calibrate import load_points
 

@@ -14,7 +14,7 @@ from edgeq.io import parse_json, read_json
 from edgeq.profiles import load_profile
 from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR, ENV_CHILD_TIMEOUT, EXIT_USAGE
 from edgeq.sweep import measured_from
-from tests.conftest import run_edgeq
+from tests.conftest import CALIBRATION_POINT, run_edgeq
 
 HUGE = "1" * 5000  # past Python's 4300-digit limit: int() raises a bare ValueError
 
@@ -162,26 +162,7 @@ def test_a_5000_digit_number_in_a_profile_a_data_line_and_a_config(tmp_path, tin
 
 def test_points_files_of_the_wrong_shape_are_refused(tmp_path):
     path = tmp_path / "points.json"
-    good_point = {
-        "fmt": "gguf",
-        "quant": "Q8_0",
-        "path": "x",
-        "ctx": 256,
-        "prompt": 128,
-        "rss": 1e8,
-        "types": {"Q8_0": 1e6},
-        "dims": {
-            "layers": 2,
-            "hidden": 64,
-            "heads": 4,
-            "kv_heads": 2,
-            "head_dim": 16,
-            "intermediate": 128,
-            "vocab": 100,
-            "max_positions": 256,
-            "tied": True,
-        },
-    }
+    good_point = CALIBRATION_POINT
     cases = {
         "[]": "must be a mapping, not list",  # the old bare list, or any list
         json.dumps({"schema": POINTS_SCHEMA, "points": {}}): "points must be a list",
