@@ -88,3 +88,18 @@ CALIBRATION_POINT = {
         "tied": True,
     },
 }
+
+
+def sweep_plan(candidates: list) -> dict:
+    """A plan record as the sweep stage saves it (records.Plan.as_dict), with these candidate rows."""
+    return {
+        "profile": "p",
+        "model": "m",
+        "ctx": 1,
+        "prompt_tokens": 1,
+        "memory_budget_mib": 1,
+        "storage_budget_mib": 1,
+        "calibration": "c",
+        "candidates": candidates,
+        "chosen": None,
+    }

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgeq.errors import UsageError
-from tests.conftest import CALIBRATION_POINT
+from tests.conftest import CALIBRATION_POINT, sweep_plan
 
 FUZZ_EXAMPLES = int(os.environ.get("EDGEQ_FUZZ_EXAMPLES", "40"))
 ROOT = Path(__file__).parents[2]
@@ -246,23 +246,7 @@ def test_model_config(tmp_path_factory, blob):
 @given(
     memo=inputs(b'{"/a:1:2": "abc"}'),
     decision=inputs(b'{"extra_buffer_types": true, "reason": "probed"}'),
-    record=inputs(
-        json.dumps(
-            {
-                "result": {
-                    "profile": "p",
-                    "model": "m",
-                    "ctx": 1,
-                    "prompt_tokens": 1,
-                    "memory_budget_mib": 1,
-                    "storage_budget_mib": 1,
-                    "calibration": "c",
-                    "candidates": [],
-                    "chosen": None,
-                }
-            }
-        ).encode()
-    ),
+    record=inputs(json.dumps({"result": sweep_plan([])}).encode()),
 )
 def test_caches_read_back(tmp_path_factory, memo, decision, record):
     from edgeq.build import read_memo

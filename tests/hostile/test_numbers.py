@@ -14,7 +14,7 @@ from edgeq.io import parse_json, read_json
 from edgeq.profiles import load_profile
 from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR, ENV_CHILD_TIMEOUT, EXIT_USAGE
 from edgeq.sweep import measured_from
-from tests.conftest import CALIBRATION_POINT, run_edgeq
+from tests.conftest import CALIBRATION_POINT, run_edgeq, sweep_plan
 
 HUGE = "1" * 5000  # past Python's 4300-digit limit: int() raises a bare ValueError
 
@@ -94,17 +94,7 @@ def test_measurements_read_back_refuse_nan_and_negative_values(tmp_path):
             "storage_mib": 1.0,
         },
     }
-    plan = {
-        "profile": "p",
-        "model": "m",
-        "ctx": 1,
-        "prompt_tokens": 1,
-        "memory_budget_mib": 1,
-        "storage_budget_mib": 1,
-        "calibration": "c",
-        "candidates": [row],
-        "chosen": None,
-    }
+    plan = sweep_plan([row])
     record.write_text(json.dumps({"result": plan}))
     assert measured_from(tmp_path)["gguf:Q8_0"].peak_rss_mib == 100.0
     row["measured"]["peak_rss_mib"] = float("nan")
