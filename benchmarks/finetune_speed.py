@@ -23,8 +23,8 @@ import json, sys
 from edgeq.finetune import FinetuneConfig, finetune
 r = finetune(FinetuneConfig(data=sys.argv[1], out=sys.argv[2], max_steps=int(sys.argv[3]),
                             gradient_checkpointing=sys.argv[4] == "on", save_every=10**6, force=True))
-print(json.dumps({"seconds": r["seconds"], "steps": r["steps_run"], "loss": r["train_loss_last"],
-                  "peak_rss_mib": r["peak_rss_mib"]}))
+print(json.dumps({"seconds": r.seconds, "steps": r.steps_run, "loss": r.train_loss_last,
+                  "peak_rss_mib": r.peak_rss_mib}))
 """
 
 

@@ -34,12 +34,12 @@ def main() -> None:
             result = float_task_score(model, task)
             scored = time.perf_counter() - t
             kept = Path(tmp) / f"{name}.json"
-            kept.write_text(json.dumps(result))
+            kept.write_text(json.dumps(result.as_dict()))
             t = time.perf_counter()
             Score.from_dict(json.loads(kept.read_text()))
             read = time.perf_counter() - t
             print(
-                f"{name:6}: scored {scored:.1f} s (exact match {result['score']:.1f} %), "
+                f"{name:6}: scored {scored:.1f} s (exact match {result.score:.1f} %), "
                 f"kept score read in {1000 * read:.1f} ms"
             )
 

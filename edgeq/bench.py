@@ -25,8 +25,9 @@ from edgeq.io import claim_output, read_json, sha256_file
 from edgeq.machine import package_version, platform_info
 from edgeq.onnxcheck import check_onnx_folder
 from edgeq.profiles import load_profile
+from edgeq.records import BenchResult, BenchSettings, Stats
 from edgeq.runtime import artifact_bytes, artifact_format, fidelity_text, llama_config, llama_setup
-from edgeq.spec import BENCH_OUTPUTS, BENCH_SCHEMA, FORMAT_GGUF
+from edgeq.spec import BENCH_OUTPUTS, FORMAT_GGUF
 
 METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib", "device_mib", "memory_mib")
 WARMUP_TOKENS = 8
@@ -203,15 +204,9 @@ def measure_in_child(
 # the stage (parent process)
 
 
-def _stats(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "median": statistics.median(values),
-        "n": len(values),
-        "samples": values,
-    }
+def _stats(values: list[float]) -> Stats:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return Stats(statistics.fmean(values), sd, min(values), statistics.median(values), len(values), tuple(values))
 
 
 def environment(artifact: Path) -> dict:
@@ -235,16 +230,16 @@ def environment(artifact: Path) -> dict:
     }
 
 
-def check_budgets(results: dict, env: dict, profile, n_prompt: int) -> list[Check]:
+def check_budgets(results: dict[str, Stats], env: dict, profile, n_prompt: int) -> list[Check]:
     """One check per budget of the profile: measured vs allowed."""
     checks = [
         # peak RSS + device memory where a GPU runtime was used (memory_method); the worst repetition
-        Check("memory", "MiB", max(results["memory_mib"]["samples"]), profile.memory_budget_mib, MAX),
+        Check("memory", "MiB", max(results["memory_mib"].samples), profile.memory_budget_mib, MAX),
         Check("storage", "MiB", env["artifact_bytes"] / 2**20, profile.storage_budget_mib, MAX),
-        Check("decode", "tok/s", results["decode_tok_s"]["median"], profile.min_decode_tok_s, MIN),
+        Check("decode", "tok/s", results["decode_tok_s"].median, profile.min_decode_tok_s, MIN),
     ]
     if n_prompt == profile.prompt_tokens:  # the TTFT budget is stated for the profile's prompt length
-        checks.append(Check("ttft", "ms", results["ttft_ms"]["median"], profile.ttft_ms, MAX))
+        checks.append(Check("ttft", "ms", results["ttft_ms"].median, profile.ttft_ms, MAX))
     return checks
 
 
@@ -264,18 +259,18 @@ def load_baseline(path: str) -> dict:
     return values
 
 
-def check_baseline(results: dict, base: dict, pct: float) -> list[Check]:
+def check_baseline(results: dict[str, Stats], base: dict, pct: float) -> list[Check]:
     """Change in % from the baseline's median: at most `pct` worse, in each metric's worse direction."""
     checks = []
     for metric, better in (("decode_tok_s", "higher"), ("prefill_tok_s", "higher"), ("peak_rss_mib", "lower")):
-        old, new = base[metric], results[metric]["median"]
+        old, new = base[metric], results[metric].median
         change = 100 * (new - old) / old
         limit, kind = (-pct, MIN) if better == "higher" else (pct, MAX)
         checks.append(Check(f"baseline_{metric}", "%", change, limit, kind, baseline=old, current=new))
     return checks
 
 
-def bench(cfg: BenchConfig) -> dict:
+def bench(cfg: BenchConfig) -> BenchResult:
 
     if cfg.output not in BENCH_OUTPUTS:
         raise UsageError(f"unknown --output {cfg.output!r}", None, f"use one of {', '.join(BENCH_OUTPUTS)}")
@@ -305,37 +300,23 @@ def bench(cfg: BenchConfig) -> dict:
     checks = check_budgets(results, env, profile, n_prompt) if profile else []
     if baseline:
         checks += check_baseline(results, baseline, cfg.regression_pct)
-    record = {
-        "schema": BENCH_SCHEMA,
-        "artifact": str(artifact),
-        "format": fmt,
-        "backend": "llama.cpp" if fmt == FORMAT_GGUF else "onnxruntime-genai",
-        "settings": {
-            "prompt_tokens": n_prompt,
-            "gen_tokens": cfg.gen_tokens,
-            "reps": cfg.reps,
-            "threads": threads,
-            "ctx": n_ctx,
-            "gpu_layers": cfg.gpu_layers,
-            "profile": profile.name if profile else None,
-        },
-        "memory_accounting": {
-            "method": methods[0] if len(methods) == 1 else methods,
-            "gated": "memory_mib = peak_rss_mib (the process's VmHWM) + device_mib (devicemem.py: nvml, unified, none)",
-        },
-        "environment": env,
-        "results": results,
-        "checks": [c.as_dict() for c in checks],
+    settings = BenchSettings(
+        n_prompt, cfg.gen_tokens, cfg.reps, threads, n_ctx, cfg.gpu_layers, profile.name if profile else None
+    )
+    accounting = {
+        "method": methods[0] if len(methods) == 1 else methods,
+        "gated": "memory_mib = peak_rss_mib (the process's VmHWM) + device_mib (devicemem.py: nvml, unified, none)",
     }
-    return record
+    backend = "llama.cpp" if fmt == FORMAT_GGUF else "onnxruntime-genai"
+    return BenchResult(str(artifact), fmt, backend, settings, accounting, env, results, tuple(checks))
 
 
-def gate(record: dict) -> None:
-    """A bench record's verdict: a breached budget or regression is exit 3."""
-    failed = [c for c in map(Check.from_dict, record["checks"]) if not c.passed]
+def gate(result: BenchResult) -> None:
+    """A bench's verdict: a breached budget or regression is exit 3."""
+    failed = [c for c in result.checks if not c.passed]
     if failed:
         raise BudgetError(
             "; ".join(c.line() for c in failed),
-            record["artifact"],
+            result.artifact,
             "choose a smaller quant type or context, or relax the profile",
         )

@@ -53,11 +53,16 @@ from edgeq.plan import PlanConfig, make_plan, no_fit_error
 from edgeq.profiles import PROFILE_HELP, load_profile
 from edgeq.records import (
     BenchResult,
+    BuildInputs,
     BuildResult,
     EvalResult,
     ExportResult,
+    FinetuneResult,
+    MergeResult,
     Plan,
+    Published,
     Score,
+    StageRecord,
 )
 from edgeq.runtime import llama_config
 from edgeq.serving import from_training
@@ -73,6 +78,7 @@ from edgeq.spec import (
     BUILD_STATE_DIR,
     FORMAT_GGUF,
     QUANT_TYPES,
+    SCORE_SCHEMA,
     SHIPPED_EXAMPLES,
     SWEEP_MODES,
     TASK_METRICS,
@@ -126,7 +132,7 @@ class Job:
     hashes: dict = field(default_factory=dict)  # sha256 of the input files (input_hashes)
     keys: dict = field(default_factory=dict)
     memo: dict = field(default_factory=dict)  # file_sha's memo, saved once the lock is held
-    results: dict = field(default_factory=dict)  # stage → its record (STAGES)
+    results: dict = field(default_factory=dict)  # stage → its record (STAGES: FinetuneResult, …, Published)
     seconds: dict = field(default_factory=dict)  # stage → (seconds, "done" | "cached")
 
     def dir(self, stage: str) -> Path:
@@ -199,28 +205,28 @@ def compute_keys(job: Job, hashes: dict) -> dict:
     return keys
 
 
-def cached(job: Job, stage: str) -> dict | None:
-    """The finished stage's record if its key matches, it reads back as its record, and every file it left is still
-    as it left it. A record cut short or edited by hand is not a cache hit: the stage runs again."""
+def cached(job: Job, stage: str) -> tuple[StageRecord, object] | None:
+    """The finished stage's record and its result, if its key matches, it reads back as its record, and every file
+    it left is still as it left it. A record cut short, of another schema or edited by hand is not a cache hit: the
+    stage runs again."""
     done = job.dir(stage) / BUILD_STAGE_RECORD
     if not done.is_file():
         return None
     try:
-        record = json.loads(done.read_bytes())
-        if record.get("key") != job.keys[stage] or record.get("files") != stage_files(job, stage, record["result"]):
+        record = StageRecord.from_dict(json.loads(done.read_bytes()))
+        result = loaded(job, stage, record.result)
+        if record.key != job.keys[stage] or record.files != stage_files(job, stage, result):
             return None
-        _record_of(stage, record["result"])
-        float(record["seconds"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError):
         return None
-    return record
+    return record, result
 
 
-def stage_files(job: Job, stage: str, result: dict) -> dict:
+def stage_files(job: Job, stage: str, result) -> dict:
     """{path: [bytes, mtime_ns]} of what a stage left: its folder, and for the report the files it published in
     OUT. A deleted or edited output (an artifact changed in place) no longer matches, so the stage runs again."""
     files = [f for f in sorted(job.dir(stage).rglob("*")) if f.is_file() and f.name != BUILD_STAGE_RECORD]
-    files += [job.out / name for name in result.get("published", [])]
+    files += [job.out / name for name in (result.names if isinstance(result, Published) else ())]
     out = {}
     for f in files:
         try:
@@ -232,10 +238,10 @@ def stage_files(job: Job, stage: str, result: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# the stages: each works in `work` and returns its record (records.py; finetune and merge: their manifests)
+# the stages: each works in `work` and returns its record (records.py), which the next stages read
 
 
-def run_finetune(job: Job, work: Path) -> dict:
+def run_finetune(job: Job, work: Path) -> FinetuneResult:
 
     resume = latest_checkpoint(work) is not None
     return finetune(
@@ -250,16 +256,16 @@ def run_finetune(job: Job, work: Path) -> dict:
     )
 
 
-def run_merge(job: Job, work: Path) -> dict:
+def run_merge(job: Job, work: Path) -> MergeResult:
 
-    cfg = MergeConfig(
-        adapter=str(job.dir("finetune")), out=str(work / "model"), base=str(job.base), system_prompt=job.system.text
+    adapter = job.results["finetune"].path
+    return merge(
+        MergeConfig(adapter=adapter, out=str(work / "model"), base=str(job.base), system_prompt=job.system.text)
     )
-    return merge(cfg)
 
 
 def merged(job: Job) -> Path:
-    return job.dir("merge") / "model"
+    return Path(job.results["merge"].path)
 
 
 def planned_gguf(job: Job) -> Path:
@@ -305,13 +311,11 @@ def run_export(job: Job, work: Path) -> ExportResult:
     else:
         r = export_onnx(onnx_export(c, merged(job), planned_imatrix(job), Path(out)))
     weighted = c.fmt == FORMAT_GGUF or QUANT_TYPES[c.quant].onnx_precision == "int4"
-    imatrix = str(job.data) if weighted else None  # the data the artifact's quantizer was weighted by
-    details = {k: v for k, v in r.items() if k not in ("bytes", "gates", "format", "quant")}
-    return ExportResult(name, c, r["bytes"], r["gates"], imatrix, details)
+    return dataclasses.replace(r, imatrix_source=str(job.data) if weighted else None)  # what the quantizer weighed by
 
 
 def artifact(job: Job) -> Path:
-    return job.dir("export") / job.results["export"].name
+    return Path(job.results["export"].path)
 
 
 def run_eval(job: Job, work: Path) -> EvalResult:
@@ -326,13 +330,13 @@ def run_eval(job: Job, work: Path) -> EvalResult:
     base_score = float_score(job, "base", job.base, task)
     tok = AutoTokenizer.from_pretrained(merged(job))
     return EvalResult(
-        text=art["text"],
-        task_text=art["task_text"],
-        artifact=Score.from_dict(art["task"], art["answer_nll"]),
-        served=Score.from_dict(art["task_served"]),
+        text=art.text,
+        task_text=art.task_text,
+        artifact=art.task,
+        served=art.served,
         merged=merged_score,
         base=base_score,
-        agreement=agreement(list(art["task"]["answers"]), list(merged_score.answers), tok),
+        agreement=agreement(list(art.task.answers), list(merged_score.answers), tok),
     )
 
 
@@ -353,22 +357,24 @@ def float_score(job: Job, which: str, model_dir: Path, task) -> Score:
     )
     path = job.state / BUILD_SCORES_DIR / f"{which}-{key}.json"
     try:
-        score = Score.from_dict(json.loads(path.read_text()))
+        kept = json.loads(path.read_text())
+        if kept.get("schema") != SCORE_SCHEMA:
+            raise ValueError(f"schema {kept.get('schema')!r}")
+        score = Score.from_dict({k: v for k, v in kept.items() if k != "schema"})
         report.err.print(f"  {which} model's task score: kept from an earlier build ({path.name})")
         return score
-    except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: scored again
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # absent, unreadable or older: scored again
         pass
-    result = float_task_score(model_dir, task)
+    score = float_task_score(model_dir, task)
     path.parent.mkdir(exist_ok=True)
-    write_json(path, result)
-    return Score.from_dict(result)
+    write_json(path, {"schema": SCORE_SCHEMA, **score.as_dict()})
+    return score
 
 
 def run_bench(job: Job, work: Path) -> BenchResult:
     """A breach is a result here: the report shows it and gate() makes the build exit 3."""
 
-    cfg = BenchConfig(str(artifact(job)), profile=job.profile.source, reps=job.cfg.reps)
-    return BenchResult(bench(cfg))
+    return bench(BenchConfig(str(artifact(job)), profile=job.profile.source, reps=job.cfg.reps))
 
 
 def quality_checks(job: Job) -> list[Check]:
@@ -376,33 +382,56 @@ def quality_checks(job: Job) -> list[Check]:
     ev, p = job.results["eval"], job.profile
     drop = ev.merged.score - ev.served.score  # the gate judges the artifact as it is served
     return [
-        Check("kld", "nats", ev.text["mean_kld"], p.max_mean_kld, MAX),
+        Check("kld", "nats", ev.text.mean_kld, p.max_mean_kld, MAX),
         Check("task_drop", "points", drop, p.max_task_accuracy_drop_points, MAX),
     ]
 
 
-def run_report(job: Job, work: Path) -> BuildResult:
+def assemble(job: Job) -> BuildResult:
+    """The build as its stages' records: what the report stage renders and build() returns."""
+    r, hashes = job.results, job.hashes
+    inputs = BuildInputs(
+        base=str(job.base),
+        base_sha256=hashes["base"],
+        data=str(job.data),
+        data_sha256=hashes["data"],
+        test_data=job.test_data and str(job.test_data),
+        test_data_sha256=hashes["test_data"],
+        holdout=job.holdout,
+    )
+    return BuildResult(
+        out=str(job.out),
+        profile=job.profile,
+        inputs=inputs,
+        keys=dict(job.keys),
+        system=job.system,
+        sweep_mode=job.cfg.sweep,
+        finetune=r["finetune"],
+        merge=r["merge"],
+        plan=r["sweep"],
+        export=r["export"],
+        eval=r["eval"],
+        bench=r["bench"],
+        quality=tuple(quality_checks(job)),
+    )
 
-    quality = quality_checks(job)
-    published = write_outputs(job, artifact(job), quality)
-    checks = job.results["bench"].checks + quality
-    ev = job.results["eval"]
-    scores = {"metric": ev.merged.metric} | {k: getattr(ev, k).score for k in ("base", "merged", "artifact", "served")}
-    chosen, out = job.results["sweep"].chosen, job.out
-    return BuildResult(str(out), str(out / artifact(job).name), chosen, tuple(published), tuple(checks), scores)
+
+def run_report(job: Job, work: Path) -> Published:
+    return Published(tuple(write_outputs(assemble(job))))
 
 
-# stage → (what runs it, the record its result is read back as; None: a JSON document kept as it is)
+# stage → (what runs it, the record it returns and its stage.json reads back as)
 STAGES = {
-    "finetune": (run_finetune, None),
-    "merge": (run_merge, None),
+    "finetune": (run_finetune, FinetuneResult),
+    "merge": (run_merge, MergeResult),
     "plan": (run_plan, Plan),
     "sweep": (run_sweep, Plan),
     "export": (run_export, ExportResult),
     "eval": (run_eval, EvalResult),
     "bench": (run_bench, BenchResult),
-    "report": (run_report, BuildResult),
+    "report": (run_report, Published),
 }
+PLACED = (FinetuneResult, MergeResult, ExportResult)  # records that name what their stage wrote, by its path
 assert tuple(STAGES) == BUILD_STAGES
 
 
@@ -444,12 +473,26 @@ def build_lock(state: Path):
         f.close()
 
 
-def _record_of(stage: str, result):
-    kind = STAGES[stage][1]
-    return result if kind is None else kind.from_dict(result)
+def stored(job: Job, result) -> dict:
+    """A stage's record as its stage.json keeps it: the path it names relative to the state folder, so a build
+    folder that was moved, or is reached from another directory, still finds what its stages wrote."""
+    if isinstance(result, PLACED):
+        result = dataclasses.replace(result, path=str(Path(result.path).resolve().relative_to(job.state.resolve())))
+    return result.as_dict()
 
 
-def run_stage(job: Job, stage: str) -> dict:
+def loaded(job: Job, stage: str, d: dict):
+    """stored()'s inverse: the stage's record, its path inside this build's state folder."""
+    result = STAGES[stage][1].from_dict(d)
+    if isinstance(result, PLACED):
+        inside = Path(result.path)
+        if inside.is_absolute() or ".." in inside.parts:  # a record edited by hand: not this build's
+            raise ValueError(f"{stage} record's path {result.path!r} is not inside the build folder")
+        result = dataclasses.replace(result, path=str(job.state / inside))
+    return result
+
+
+def run_stage(job: Job, stage: str) -> tuple[StageRecord, object]:
     final, work = job.dir(stage), job.dir(f"{stage}.partial")
     check_free_disk(job.state, disk_need(job, stage), f"the {stage} stage")
     key_file = work / ".key"
@@ -464,10 +507,12 @@ def run_stage(job: Job, stage: str) -> dict:
     if final.exists():
         shutil.rmtree(final)
     os.replace(work, final)  # renames keep sizes and mtimes: the file list below holds for `final`
-    result = result if STAGES[stage][1] is None else result.as_dict()
-    record = {"key": job.keys[stage], "seconds": seconds, "result": result, "files": stage_files(job, stage, result)}
-    write_json(final / BUILD_STAGE_RECORD, record)
-    return record
+    if isinstance(result, PLACED):  # what the stage wrote into `work` is now in `final`
+        inside = Path(result.path).resolve().relative_to(work.resolve())
+        result = dataclasses.replace(result, path=str(final / inside))
+    record = StageRecord(job.keys[stage], seconds, stored(job, result), stage_files(job, stage, result))
+    write_json(final / BUILD_STAGE_RECORD, record.as_dict())
+    return record, result
 
 
 def resolve(cfg: BuildConfig) -> Job:
@@ -586,23 +631,24 @@ def build(cfg: BuildConfig) -> BuildResult:
         view = StageView(BUILD_STAGES)
         with view.live():
             for stage in BUILD_STAGES:
-                record = cached(job, stage)
-                if record is not None:
-                    view.set(stage, "cached", record["seconds"])
+                done = cached(job, stage)
+                if done is not None:
+                    view.set(stage, "cached", done[0].seconds)
                 else:
                     view.set(stage, "running")
                     try:
-                        record = run_stage(job, stage)
+                        done = run_stage(job, stage)
                     except BaseException:
                         view.set(stage, "failed")
                         raise
-                    view.set(stage, "done", record["seconds"])
-                job.results[stage] = _record_of(stage, record["result"])
-                job.seconds[stage] = (record["seconds"], view.rows[stage]["state"])
+                    view.set(stage, "done", done[0].seconds)
+                record, job.results[stage] = done
+                job.seconds[stage] = (record.seconds, view.rows[stage]["state"])
                 if stage == "sweep" and job.results["sweep"].chosen is None:
                     sweep = job.results["sweep"]
                     raise no_fit_error(list(sweep.rows), job.profile, sweep.n_ctx)
-    return dataclasses.replace(job.results["report"], stages=dict(job.seconds))
+    published = job.results["report"].names
+    return dataclasses.replace(assemble(job), published=published, stages=dict(job.seconds))
 
 
 def gate(result: BuildResult) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from edgeq import __version__, report, templates
@@ -14,6 +15,7 @@ from edgeq.footprint import footprint_fits
 from edgeq.io import atomic_dir, atomic_file, atomic_path, write_json, write_text
 from edgeq.machine import versions
 from edgeq.planreport import render
+from edgeq.records import BuildResult, Candidate, ExportResult, Plan
 from edgeq.serving import default_system, embed
 from edgeq.spec import (
     BUILD_MANIFEST,
@@ -229,42 +231,45 @@ def publish_artifact(src: Path, dst: Path) -> None:
                     shutil.copyfile(f, tmp / f.relative_to(src))
 
 
-def write_outputs(job, artifact: Path, quality: list) -> list[str]:
-    """Publish the artifact and write manifest, report, Modelfile and plot; bench's checks and `quality` (build's
+def write_outputs(b: BuildResult) -> list[str]:
+    """Publish the artifact and write manifest, report, Modelfile and plot; the build's checks (bench's and the
     quality checks) are the verdict the report shows. Returns the names written into OUT."""
     from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
-    out, res = job.out, job.results
-    sweep, export, ev, bench = res["sweep"], res["export"], res["eval"], res["bench"]
-    chosen = sweep.chosen
-    publish_artifact(artifact, out / artifact.name)
+    out, chosen = Path(b.out), b.candidate
+    publish_artifact(Path(b.export.path), out / b.export.name)
     template_ok = None
     if chosen.fmt == FORMAT_GGUF:
-        tok = AutoTokenizer.from_pretrained(job.dir("merge") / "model")
-        text, template_ok = modelfile(artifact.name, tok, job.profile, job.system)
+        tok = AutoTokenizer.from_pretrained(b.merge.path)
+        text, template_ok = modelfile(b.export.name, tok, b.profile, b.system)
         write_text(out / BUILD_MODELFILE, text)
-    plot(sweep.rows, chosen, out / BUILD_PLOT)
-    predicted = sweep.row(chosen).predicted
+    plot(b.plan.rows, chosen, out / BUILD_PLOT)
+    m = manifest(b, template_ok)
+    write_json(out / BUILD_MANIFEST, m)
+    write_text(out / BUILD_REPORT, markdown(b, m))
+    published = [b.export.name, BUILD_MANIFEST, BUILD_REPORT, BUILD_PLOT]
+    return published + ([BUILD_MODELFILE] if template_ok is not None else [])
+
+
+def manifest(b: BuildResult, template_ok: bool | None) -> dict:
+    """manifest.json (spec.MANIFEST_SCHEMA): inputs, stage keys, every stage's numbers and the versions."""
+    export, ev, bench, chosen = b.export, b.eval, b.bench, b.candidate
+    predicted = b.plan.row(chosen).predicted
     measured_rss = bench.median("peak_rss_mib")
-    manifest = {
+    return {
         "schema": MANIFEST_SCHEMA,
         "edgeq_version": __version__,
-        "profile": job.profile.as_dict(),
-        "inputs": {
-            "base": {"path": str(job.base), "sha256": job.hashes["base"]},
-            "data": {"path": str(job.data), "sha256": job.hashes["data"]},
-            "test_data": job.test_data and {"path": str(job.test_data), "sha256": job.hashes["test_data"]},
-            "holdout": job.holdout,
-        },
-        "stages": {s: {"key": job.keys[s]} for s in job.keys},
-        "finetune": res["finetune"],
-        "merge": {"config": res["merge"]["config"], "verification": res["merge"]["verification"]},
+        "profile": b.profile.as_dict(),
+        "inputs": b.inputs.as_dict(),
+        "stages": {s: {"key": k} for s, k in b.keys.items()},
+        "finetune": b.finetune.summary(),
+        "merge": {"config": b.merge.config(), "verification": asdict(b.merge.verification)},
         "quant_recipe": chosen.as_dict()
         | {"imatrix_source": export.imatrix_source, "gates": export.gates}
-        | mixed_record(sweep, chosen, export)
-        | ({"onnx": export.details["quant_recipe"]} if "quant_recipe" in export.details else {}),
+        | mixed_record(b.plan, chosen, export)
+        | ({"onnx": export.quant_recipe} if export.quant_recipe else {}),
         "artifact": {
-            "path": artifact.name,
+            "path": export.name,
             "sha256": bench.artifact_sha256,  # bench hashed these same bytes
             "bytes": export.bytes,
         },
@@ -276,12 +281,12 @@ def write_outputs(job, artifact: Path, quality: list) -> list[str]:
             "measured_storage_mib": bench.artifact_mib,
         },
         "fidelity": {
-            "artifact": str(artifact),
+            "artifact": export.path,
             "format": chosen.fmt,
-            "reference": str(job.dir("merge") / "model"),
-            "text": ev.text,
-            "task_text": ev.task_text,
-            "answer_nll": ev.artifact.answer_nll,
+            "reference": b.merge.path,
+            "text": asdict(ev.text),
+            "task_text": asdict(ev.task_text),
+            "answer_nll": ev.artifact.answer_nll and asdict(ev.artifact.answer_nll),
             "task": ev.artifact.as_dict(answers=False),
             "task_served": ev.served.as_dict(answers=False),
         },
@@ -290,37 +295,26 @@ def write_outputs(job, artifact: Path, quality: list) -> list[str]:
             "merged": ev.merged.score,
             "metric": ev.merged.metric,
             "metric_why": ev.merged.why,
-            "answer_nll": {
-                "base": ev.base.answer_nll,
-                "merged": ev.merged.answer_nll,
-                "artifact": ev.artifact.answer_nll,
-            },
-            "agreement_with_merged": ev.agreement,
+            "answer_nll": {k: asdict(getattr(ev, k).answer_nll) for k in ("base", "merged", "artifact")},
+            "agreement_with_merged": asdict(ev.agreement),
         },
-        "system_prompt": job.system.as_dict(),
-        "bench": {k: bench.record[k] for k in ("settings", "results", "checks")},
-        "quality_checks": [c.as_dict() for c in quality],
+        "system_prompt": b.system.as_dict(),
+        "bench": {k: bench.as_dict()[k] for k in ("settings", "results", "checks")},
+        "quality_checks": [c.as_dict() for c in b.quality],
         "ollama_template": template_ok,
-        "runtime_config": bench.record["environment"].get("runtime_config", {}),
+        "runtime_config": bench.environment.get("runtime_config", {}),
         "versions": versions(
             ("torch", "transformers", "peft", "bitsandbytes", "llama_cpp", "gguf", "onnxruntime", "onnxruntime_genai")
         ),
     }
-    write_json(out / BUILD_MANIFEST, manifest)
-    write_text(out / BUILD_REPORT, markdown(job, manifest, [c.line() for c in bench.checks + quality if not c.passed]))
-    published = [artifact.name, BUILD_MANIFEST, BUILD_REPORT, BUILD_PLOT]
-    return published + ([BUILD_MODELFILE] if template_ok is not None else [])
 
 
-def mixed_record(sweep, chosen, export) -> dict:
+def mixed_record(sweep: Plan, chosen: Candidate, export: ExportResult) -> dict:
     """A mixed recipe's account for the manifest: the solver's (palette, predicted error, reference type), the
     sensitivity's source and sha256, and the best uniform type that fits as measured beside it."""
     if not chosen.recipe:
         return {}
-    row = sweep.row(chosen)
-    # GGUF's export reports its importance matrix with the gates, ONNX's with the layout it wrote
-    imatrix = (export.gates or {}).get("imatrix") or export.details.get("quant_recipe", {}).get("importance")
-    imatrix = imatrix if isinstance(imatrix, dict) else {}
+    row, imatrix = sweep.row(chosen), export.importance
     uniform = [r for r in sweep.rows if r.measured and r.fits and not r.candidate.recipe]
     best = min(uniform, key=lambda r: r.kld, default=None)
     return {
@@ -335,11 +329,11 @@ def mixed_record(sweep, chosen, export) -> dict:
     }
 
 
-def markdown(job, m: dict, breaches: list[str]) -> str:
+def markdown(b: BuildResult, m: dict) -> str:
     """report.md: the result, then a section each for the task score, footprint and speed, candidates and recipe."""
-    chosen = job.results["sweep"].chosen
+    chosen, breaches = b.candidate, b.breaches
     lines = [
-        f"# edgeq build — profile `{job.profile.name}`",
+        f"# edgeq build — profile `{b.profile.name}`",
         "",
         f"Artifact: `{m['artifact']['path']}` ({chosen.label}), "
         f"built {time.strftime('%Y-%m-%d %H:%M')} by edgeq {__version__}.",
@@ -347,37 +341,37 @@ def markdown(job, m: dict, breaches: list[str]) -> str:
         "**Result: " + ("all budgets met**" if not breaches else "budget breached** — " + "; ".join(breaches)),
         "",
     ]
-    lines += _task_section(job, m) + _footprint_section(job, m) + _candidates_section(job) + _recipe_section(m, chosen)
+    lines += _task_section(b, m) + _footprint_section(b, m) + _candidates_section(b) + _recipe_section(m, chosen)
     return "\n".join(lines)
 
 
-def _task_section(job, m: dict) -> list[str]:
-    ev, task, sp = job.results["eval"], m["task"], m["system_prompt"]
+def _task_section(b: BuildResult, m: dict) -> list[str]:
+    ev, sp = b.eval, b.system
     art, served = ev.artifact.score, ev.served.score
-    nll, agree = task["answer_nll"], ev.agreement
-    shown = repr(sp["text"]) if sp["text"] else "the base template's own"
+    nll, agree = {k: getattr(ev, k).answer_nll for k in ("base", "merged", "artifact")}, ev.agreement
+    shown = repr(sp.text) if sp.text else "the base template's own"
     lines = [
         "## Task score on the held-out data",
         "",
-        f"Metric: **{task['metric']}** — {task['metric_why']}. Scores are 0–100; the profile's "
+        f"Metric: **{ev.merged.metric}** — {ev.merged.why}. Scores are 0–100; the profile's "
         "max_task_accuracy_drop_points is in points of this metric.",
         "",
-        f"| model | {task['metric']} | answer NLL (nats/token) |",
+        f"| model | {ev.merged.metric} | answer NLL (nats/token) |",
         "|---|---|---|",
-        f"| base model | {ev.base.score:.1f} | {nll['base']['mean_nll']:.3f} |",
-        f"| fine-tuned, merged (float32) | {ev.merged.score:.1f} | {nll['merged']['mean_nll']:.3f} |",
-        f"| artifact, prompts as in training | {art:.1f} | {nll['artifact']['mean_nll']:.3f} |",
+        f"| base model | {ev.base.score:.1f} | {nll['base'].mean_nll:.3f} |",
+        f"| fine-tuned, merged (float32) | {ev.merged.score:.1f} | {nll['merged'].mean_nll:.3f} |",
+        f"| artifact, prompts as in training | {art:.1f} | {nll['artifact'].mean_nll:.3f} |",
         f"| **artifact as served** (only the user's turn, its embedded template) | **{served:.1f}** | |",
         "",
-        f"Answer NLL: teacher-forced, over {nll['merged']['tokens']} reference-answer tokens; the fine-tune "
-        f"lowered it by {nll['base']['mean_nll'] - nll['merged']['mean_nll']:.3f} nats/token. Generation "
-        f"agreement with the merged float model: {agree['identical_pct']:.1f} % identical answers, "
-        f"{agree['prefix_agreement_pct']:.1f} % of tokens before the first difference.",
+        f"Answer NLL: teacher-forced, over {nll['merged'].tokens} reference-answer tokens; the fine-tune "
+        f"lowered it by {nll['base'].mean_nll - nll['merged'].mean_nll:.3f} nats/token. Generation "
+        f"agreement with the merged float model: {agree.identical_pct:.1f} % identical answers, "
+        f"{agree.prefix_agreement_pct:.1f} % of tokens before the first difference.",
         "",
         f"The fine-tune gained **{ev.merged.score - ev.base.score:+.1f} points**; the artifact as served keeps "
         f"{served - ev.base.score:+.1f} over the base. The quality gate judges the artifact as served.",
         "",
-        f"Default system prompt in the artifact: {shown} ({sp['source']}: {sp['why']}).",
+        f"Default system prompt in the artifact: {shown} ({sp.source}: {sp.why}).",
         "",
         f"The served template rendered {ev.artifact.details.get('same_prompt_as_served', 0)} of "
         f"{len(ev.artifact.answers)} prompts to the same tokens as training did; those answers were generated "
@@ -394,8 +388,8 @@ def _task_section(job, m: dict) -> list[str]:
     return lines
 
 
-def _footprint_section(job, m: dict) -> list[str]:
-    fp, p, bench, ev = m["footprint"], job.profile, job.results["bench"], job.results["eval"]
+def _footprint_section(b: BuildResult, m: dict) -> list[str]:
+    fp, p, bench, ev = m["footprint"], b.profile, b.bench, b.eval
     return [
         "## Footprint and speed (edgeq bench, this machine)",
         "",
@@ -406,19 +400,19 @@ def _footprint_section(job, m: dict) -> list[str]:
         f"| size MiB | {fp['predicted_storage_mib']:.1f} | {fp['measured_storage_mib']:.1f} | {p.storage_budget_mib} |",
         f"| TTFT ms ({p.prompt_tokens} tokens) | | {bench.median('ttft_ms'):.0f} | {p.ttft_ms:g} |",
         f"| decode tok/s | | {bench.median('decode_tok_s'):.1f} | ≥ {p.min_decode_tok_s:g} |",
-        f"| mean KLD vs merged | | {ev.text['mean_kld']:.4f} | ≤ {p.max_mean_kld:g} |",
+        f"| mean KLD vs merged | | {ev.text.mean_kld:.4f} | ≤ {p.max_mean_kld:g} |",
         "",
     ]
 
 
-def _candidates_section(job) -> list[str]:
+def _candidates_section(b: BuildResult) -> list[str]:
 
-    p, sweep = job.profile, job.results["sweep"]
+    p, sweep = b.profile, b.plan
     lines = [
         "## Candidates",
         "",
         f"Plan at ctx {p.max_context_tokens}, prompt {p.prompt_tokens}, with {PLAN_MARGIN:.0%} memory headroom. "
-        f"Measured: built, KLD on held-out text, one bench run (sweep: {job.cfg.sweep}). ![candidates]({BUILD_PLOT})",
+        f"Measured: built, KLD on held-out text, one bench run (sweep: {b.sweep_mode}). ![candidates]({BUILD_PLOT})",
         "",
         "| candidate | predicted RSS MiB | measured RSS MiB | size MiB | KLD | decode tok/s | fits | why not |",
         "|---|---|---|---|---|---|---|---|",
@@ -500,8 +494,8 @@ def _recipe_section(m: dict, chosen) -> list[str]:
     ]
 
 
-def summary(result):
-    """The end of `edgeq build`: each stage's state and time, then the result (records.BuildResult)."""
+def summary(result: BuildResult):
+    """The end of `edgeq build`: each stage's state and time, then the result."""
     from rich.console import Group
 
     rows = [[s, state, f"{secs:.1f} s"] for s, (secs, state) in result.stages.items()]

@@ -13,7 +13,6 @@ import os
 import sys
 import traceback
 import warnings
-from pathlib import Path
 
 import click
 
@@ -195,14 +194,14 @@ def finetune_command(**kw) -> None:
     """QLoRA fine-tune: NF4 + double-quant frozen base, LoRA adapters on top."""
     result = finetune(FinetuneConfig(**_keep(FinetuneConfig, kw)))
     if os.environ.get("RANK", "0") == "0":  # under torchrun one summary, from the rank that saved
-        report.out.print(summary_table(result, Path(kw["out"])))
+        report.out.print(summary_table(result))
 
 
 @cli.command("merge")
 @options(MergeConfig)
 def merge_command(**kw) -> None:
     """Merge a LoRA adapter into an un-quantized base; verify logits before writing."""
-    report.out.print(merge_table(merge(MergeConfig(**kw)), kw["out"]))
+    report.out.print(merge_table(merge(MergeConfig(**kw))))
 
 
 _QUANT_HELP = (
@@ -274,7 +273,7 @@ def eval_command(as_json: bool, **kw) -> None:
         raise UsageError("--served scores the task: it needs --data", None, "add --data FILE.jsonl")
     r = evaluate(cfg.artifact, cfg.reference, cfg.data, cfg.limit, cfg.served, cfg.metric)
     if as_json:
-        report.print_json(r)
+        report.print_json(r.as_dict())
         return
     for part in eval_view(r):
         report.out.print(part)
@@ -285,9 +284,9 @@ def eval_command(as_json: bool, **kw) -> None:
 def bench_command(**kw) -> None:
     """Benchmark a GGUF/ONNX artifact; with --profile or --baseline, a CI gate (exit 3)."""
     cfg = BenchConfig(**kw)
-    record = bench(cfg)
-    publish(record, cfg.output, cfg.out)
-    bench_gate(record)
+    result = bench(cfg)
+    publish(result.as_dict(), cfg.output, cfg.out)
+    bench_gate(result)
 
 
 @cli.command("plan")

@@ -20,6 +20,7 @@ from edgeq import report, templates
 from edgeq.basemodel import resolve_model
 from edgeq.config import setting
 from edgeq.errors import EdgeqError
+from edgeq.records import Agreement, AnswerNLL, Evaluation, Fidelity, Score
 from edgeq.runtime import answer_nll as nll
 from edgeq.runtime import artifact_format, chat, fidelity_text, generate, gguf_tokenize, logits
 from edgeq.serving import user_only
@@ -45,7 +46,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def compare(ref_logits: np.ndarray, art_logits: np.ndarray, ids: list[int]) -> dict:
+def compare(ref_logits: np.ndarray, art_logits: np.ndarray, ids: list[int]) -> Fidelity:
     """Fidelity of (T, vocab) artifact logits against reference logits on the same ids."""
     if ref_logits.shape != art_logits.shape:
         raise EdgeqError(
@@ -59,14 +60,14 @@ def compare(ref_logits: np.ndarray, art_logits: np.ndarray, ids: list[int]) -> d
     nll_ref = -p[np.arange(len(nxt)), nxt]
     nll_art = -q[np.arange(len(nxt)), nxt]
     kld = (np.exp(p) * (p - q)).sum(-1)
-    return {
-        "positions": len(ids),
-        "ppl_reference": float(np.exp(nll_ref.mean())),
-        "ppl_artifact": float(np.exp(nll_art.mean())),
-        "mean_kld": float(kld.mean()),
-        "top1_agreement": float((ref_logits.argmax(-1) == art_logits.argmax(-1)).mean()),
-        "max_abs_logit": float(np.abs(ref_logits - art_logits).max()),
-    }
+    return Fidelity(
+        positions=len(ids),
+        ppl_reference=float(np.exp(nll_ref.mean())),
+        ppl_artifact=float(np.exp(nll_art.mean())),
+        mean_kld=float(kld.mean()),
+        top1_agreement=float((ref_logits.argmax(-1) == art_logits.argmax(-1)).mean()),
+        max_abs_logit=float(np.abs(ref_logits - art_logits).max()),
+    )
 
 
 def artifact_logits(path: Path, ids: list[int]) -> np.ndarray:
@@ -83,7 +84,7 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].double().numpy()
 
 
-def compare_logits(artifact: Path, reference, ids: list[int]) -> dict:
+def compare_logits(artifact: Path, reference, ids: list[int]) -> Fidelity:
     """The one comparison every gate and eval makes: the artifact's logits against the reference's
     at each position of ids. reference: an HF model directory (loaded in float32), or logits already
     computed on the same ids."""
@@ -141,12 +142,12 @@ def answer_positions(tok, task) -> tuple[list[list[int]], list[int]]:
     return seqs, starts
 
 
-def _nll_summary(r: dict, examples: int) -> dict:
+def _nll_summary(r: dict, examples: int) -> AnswerNLL:
     mean = r["nll_sum"] / max(r["tokens"], 1)
-    return {"mean_nll": mean, "ppl": float(np.exp(mean)), "tokens": r["tokens"], "examples": examples}
+    return AnswerNLL(mean, float(np.exp(mean)), r["tokens"], examples)
 
 
-def answer_nll(path: Path, tok, task) -> dict:
+def answer_nll(path: Path, tok, task) -> AnswerNLL:
     """Mean negative log-likelihood (nats per token) of the reference answers, teacher-forced, and its perplexity:
     a fine-tune signal for every kind of task, no generation needed. The artifact's own runtime, in a child."""
 
@@ -154,7 +155,7 @@ def answer_nll(path: Path, tok, task) -> dict:
     return _nll_summary(nll(path, seqs, starts), len(seqs))
 
 
-def agreement(answers: list[str], reference: list[str], tok) -> dict:
+def agreement(answers: list[str], reference: list[str], tok) -> Agreement:
     """How far the artifact's greedy answers follow the float model's on the same prompts: the share of identical
     answers, and the mean share of tokens that agree before the first difference (task-independent)."""
     same = prefix = 0.0
@@ -164,7 +165,7 @@ def agreement(answers: list[str], reference: list[str], tok) -> dict:
         common = next((i for i, (x, y) in enumerate(zip(ta, tb, strict=False)) if x != y), min(len(ta), len(tb)))
         prefix += common / max(len(ta), len(tb), 1)
     n = max(len(answers), 1)
-    return {"identical_pct": 100.0 * same / n, "prefix_agreement_pct": 100.0 * prefix / n, "n": len(answers)}
+    return Agreement(100.0 * same / n, 100.0 * prefix / n, len(answers))
 
 
 def answer_budget(tok, task) -> int:
@@ -197,7 +198,7 @@ def hf_answer_nll(model, sequences: list[list[int]], starts: list[int], batch_si
     return {"nll_sum": total, "tokens": count}
 
 
-def float_task_score(model_dir: Path, task) -> dict:
+def float_task_score(model_dir: Path, task) -> Score:
     """The task score and answer NLL of an HF float model: batched greedy generation (faster here than one
     sequence at a time in llama.cpp) and batched teacher-forced forward passes."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
@@ -208,12 +209,14 @@ def float_task_score(model_dir: Path, task) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     seqs, starts = answer_positions(tok, task)
     nll = hf_answer_nll(model, seqs, starts)
-    return {
-        **task.score(answers),
-        "answers": answers,
-        "answer_nll": _nll_summary(nll, len(seqs)),
-        "model": str(model_dir),
-    }
+    return scored(task, answers, answer_nll=_nll_summary(nll, len(seqs)))
+
+
+def scored(task, answers: list[str], answer_nll: AnswerNLL | None = None, **details) -> Score:
+    """answers scored in the task's metric: a Score with the metric's own counts and any `details` beside them."""
+    s = task.score(answers)
+    counts = {k: v for k, v in s.items() if k not in ("metric", "why", "score")} | details
+    return Score(s["metric"], s["why"], s["score"], tuple(answers), answer_nll, counts)
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,7 @@ def evaluate(
     limit: int | None = None,
     served: bool = False,
     metric: str | None = None,
-) -> dict:
+) -> Evaluation:
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -254,46 +257,39 @@ def evaluate(
             str(artifact),
             "pass the --reference the artifact was exported from",
         )
-    result = {
-        "artifact": str(artifact),
-        "format": fmt,
-        "reference": str(ref_dir),
-        "text": compare_logits(artifact, reference_logits(model, text_ids), text_ids),
-    }
-    if task:
-        task_ids = task_text_ids(tok, task, min(TASK_TOKENS, positions))
-        result["task_text"] = compare_logits(artifact, reference_logits(model, task_ids), task_ids)
-        budget = answer_budget(tok, task)
-        chats = served_answers(artifact, task.prompts, budget) if served else None
-        answers, reused = artifact_answers(artifact, tok, task.prompts, budget, chats)
-        result["task"] = {**task.score(answers), "answers": answers, "same_prompt_as_served": reused}
-        result["answer_nll"] = answer_nll(artifact, tok, task)
-        if chats:
-            texts = [c["text"] for c in chats]
-            result["task_served"] = {**task.score(texts), "answers": texts}
-    return result
+    text = compare_logits(artifact, reference_logits(model, text_ids), text_ids)
+    if not task:
+        return Evaluation(str(artifact), fmt, str(ref_dir), text)
+    task_ids = task_text_ids(tok, task, min(TASK_TOKENS, positions))
+    task_text = compare_logits(artifact, reference_logits(model, task_ids), task_ids)
+    budget = answer_budget(tok, task)
+    chats = served_answers(artifact, task.prompts, budget) if served else None
+    answers, reused = artifact_answers(artifact, tok, task.prompts, budget, chats)
+    score = scored(task, answers, answer_nll(artifact, tok, task), same_prompt_as_served=reused)
+    as_served = scored(task, [c["text"] for c in chats]) if chats else None
+    return Evaluation(str(artifact), fmt, str(ref_dir), text, task_text, score, as_served)
 
 
-def view(r: dict) -> list:
+def view(r: Evaluation) -> list:
     """The fidelity table, then one line per task score and the answer NLL."""
     rows = [
         [
             name,
-            r[name]["positions"],
-            f"{r[name]['ppl_reference']:.3f}",
-            f"{r[name]['ppl_artifact']:.3f}",
-            f"{r[name]['mean_kld']:.4f}",
-            f"{100 * r[name]['top1_agreement']:.1f}",
+            f.positions,
+            f"{f.ppl_reference:.3f}",
+            f"{f.ppl_artifact:.3f}",
+            f"{f.mean_kld:.4f}",
+            f"{100 * f.top1_agreement:.1f}",
         ]
-        for name in ("text", "task_text")
-        if name in r
+        for name, f in (("text", r.text), ("task_text", r.task_text))
+        if f is not None
     ]
     columns = ["on", "positions", "PPL ref", "PPL artifact", "mean KLD", "top-1 %"]
-    lines: list = [report.table(f"fidelity of {r['artifact']}", columns, rows)]
-    for key, how in (("task", "prompts as in training"), ("task_served", "as served: user's turns, own template")):
-        if key in r:
-            lines.append(f"task {r[key]['metric']} {r[key]['score']:.1f} (n={r[key]['n']}; {how}; {r[key]['why']})")
-    if "answer_nll" in r:
-        nll = r["answer_nll"]
-        lines.append(f"reference-answer NLL {nll['mean_nll']:.3f} nats/token (ppl {nll['ppl']:.2f})")
+    lines: list = [report.table(f"fidelity of {r.artifact}", columns, rows)]
+    for s, how in ((r.task, "prompts as in training"), (r.served, "as served: user's turns, own template")):
+        if s is not None:
+            lines.append(f"task {s.metric} {s.score:.1f} (n={s.details['n']}; {how}; {s.why})")
+    if r.task and r.task.answer_nll:
+        nll = r.task.answer_nll
+        lines.append(f"reference-answer NLL {nll.mean_nll:.3f} nats/token (ppl {nll.ppl:.2f})")
     return lines

@@ -33,6 +33,7 @@ from edgeq.data import IGNORE, load_dataset
 from edgeq.errors import ConfigError, UsageError
 from edgeq.io import OUTPUT_MARK, atomic_dir, check_free_disk, check_not_input, remove_output, sha256_file, write_json
 from edgeq.machine import platform_info, versions
+from edgeq.records import FinetuneResult
 from edgeq.spec import (
     FINETUNE_MANIFEST,
     FINETUNE_STRUCTURAL,
@@ -565,7 +566,7 @@ def train_loop(run: Run, start_step: int, losses: list[float]) -> int:
     return steps_run
 
 
-def summarize(run: Run, start_step: int, steps_run: int, losses: list[float], seconds: float) -> dict:
+def summarize(run: Run, start_step: int, steps_run: int, losses: list[float], seconds: float) -> FinetuneResult:
     """Held-out loss (all ranks' shares together) and the numbers the manifest and the CLI report."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
 
@@ -577,38 +578,37 @@ def summarize(run: Run, start_step: int, steps_run: int, losses: list[float], se
         )
         _all_reduce_sum([t], run.world)  # (summed loss, tokens)
         eval_loss = float(t[0] / max(float(t[1]), 1.0))
-    summary = {
-        "train_loss_first": losses[0] if losses else None,
-        "train_loss_last": losses[-1] if losses else None,
-        "eval_loss": eval_loss,
-        "steps": run.total_steps,
-        "resumed_from_step": start_step,
-        "steps_run": steps_run,
-        "seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / max(1, run.total_steps - start_step), 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "trainable_params": sum(p.numel() for _, p in _trainable(run.model)),
-        "total_params": sum(p.numel() for p in run.model.parameters()),
-        "world_size": run.world,
-        "examples": {"train": len(run.train_set), "eval": len(run.eval_set), "truncated": run.dataset.truncated},
-        "data": run.dataset.stats,
-        "frozen_base": run.frozen_base,
-    }
-    if run.device == "cuda":
-        summary["peak_vram_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return summary
+    return FinetuneResult(
+        path=str(run.out),
+        train_loss_first=losses[0] if losses else None,
+        train_loss_last=losses[-1] if losses else None,
+        eval_loss=eval_loss,
+        steps=run.total_steps,
+        resumed_from_step=start_step,
+        steps_run=steps_run,
+        seconds=round(seconds, 1),
+        seconds_per_step=round(seconds / max(1, run.total_steps - start_step), 2),
+        peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        trainable_params=sum(p.numel() for _, p in _trainable(run.model)),
+        total_params=sum(p.numel() for p in run.model.parameters()),
+        world_size=run.world,
+        examples={"train": len(run.train_set), "eval": len(run.eval_set), "truncated": run.dataset.truncated},
+        data=run.dataset.stats,
+        frozen_base=run.frozen_base,
+        peak_vram_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1) if run.device == "cuda" else None,
+    )
 
 
-def finetune(cfg: FinetuneConfig) -> dict:
-    """setup → resume check → train loop → held-out loss → save the adapter (rank 0). Returns the summary."""
+def finetune(cfg: FinetuneConfig) -> FinetuneResult:
+    """setup → resume check → train loop → held-out loss → save the adapter (rank 0)."""
     run = setup(cfg)
     start_step, losses = resume_point(run)
     t0 = time.time()
     steps_run = train_loop(run, start_step, losses)
-    summary = summarize(run, start_step, steps_run, losses, time.time() - t0)
+    result = summarize(run, start_step, steps_run, losses, time.time() - t0)
     if run.rank == 0:
-        _write_adapter(run.out, run.model, run.cfg, run.base_dir, run.base_sha, run.structure, losses, summary)
-    return summary
+        _write_adapter(run.out, run.model, run.cfg, run.base_dir, run.base_sha, run.structure, losses, result)
+    return result
 
 
 def evaluate_loss(model, eval_set, pad_id, device, cfg) -> tuple[float, int]:
@@ -625,7 +625,7 @@ def evaluate_loss(model, eval_set, pad_id, device, cfg) -> tuple[float, int]:
     return total, count
 
 
-def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summary) -> None:
+def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, result: FinetuneResult) -> None:
 
     with atomic_dir(out / ADAPTER_DIR, force=True, protect=[base_dir, cfg.data]) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -645,27 +645,27 @@ def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, summa
                 "quantization": {"quant": cfg.quant, "double_quant": cfg.double_quant, "blocksize": NF4_BLOCKSIZE},
                 "structure": structure,
                 "losses": losses,
-                "summary": summary,
+                "summary": result.summary(),
                 "versions": versions(),
             },
         )
 
 
-def summary_table(s: dict, out: Path):
+def summary_table(s: FinetuneResult):
     """The run at a glance (the CLI prints it)."""
 
-    fb = s["frozen_base"]
+    fb = s.frozen_base
     rows = [
-        ["train loss (first → last)", f"{s['train_loss_first']:.4f} → {s['train_loss_last']:.4f}"],
-        ["eval loss", "-" if s["eval_loss"] is None else f"{s['eval_loss']:.4f}"],
-        ["steps", f"{s['steps']} ({s['seconds_per_step']} s/step)"],
-        ["time", f"{s['seconds']:.0f} s"],
-        ["peak RSS", f"{s['peak_rss_mib']:.0f} MiB"],
-        ["trainable params", f"{s['trainable_params']:,} of {s['total_params']:,}"],
+        ["train loss (first → last)", f"{s.train_loss_first:.4f} → {s.train_loss_last:.4f}"],
+        ["eval loss", "-" if s.eval_loss is None else f"{s.eval_loss:.4f}"],
+        ["steps", f"{s.steps} ({s.seconds_per_step} s/step)"],
+        ["time", f"{s.seconds:.0f} s"],
+        ["peak RSS", f"{s.peak_rss_mib:.0f} MiB"],
+        ["trainable params", f"{s.trainable_params:,} of {s.total_params:,}"],
         [
             "frozen base",
             "not quantized" if fb is None else f"{fb['bits_per_param']:.3f} bits/param (QLoRA paper: 4.127)",
         ],
-        ["adapter", str(out / ADAPTER_DIR)],
+        ["adapter", str(Path(s.path) / ADAPTER_DIR)],
     ]
     return report.table("finetune summary", ["", ""], rows)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgeq import __version__, report
@@ -32,6 +32,7 @@ from edgeq.io import (
     write_text,
 )
 from edgeq.machine import versions
+from edgeq.records import MergeCheck, MergeResult
 from edgeq.serving import embed
 from edgeq.spec import (
     FINETUNE_MANIFEST,
@@ -270,17 +271,10 @@ def merge_verified(model, tok, adapter_dir: Path):
             str(adapter_dir),
             "report this: the merge is not exact",
         )
-    verification = {
-        "max_abs_logit_diff": max_abs,
-        "tolerance": MERGE_TOLERANCE,
-        "adapter_effect_max_abs_logit": effect,
-        "dtype_checked": "float64",
-        "inputs": len(VERIFY_TEXTS),
-    }
-    return merged_model, verification
+    return merged_model, MergeCheck(max_abs, MERGE_TOLERANCE, effect, "float64", len(VERIFY_TEXTS))
 
 
-def merge(cfg: MergeConfig) -> dict:
+def merge(cfg: MergeConfig) -> MergeResult:
     """provenance → load the base (round trip) → merge and verify → write the HF folder atomically."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoTokenizer
@@ -290,7 +284,8 @@ def merge(cfg: MergeConfig) -> dict:
     template = embed(tok.chat_template, cfg.system_prompt, tok) if cfg.system_prompt else None  # refused before work
     merged_model, verification = merge_verified(load_base(p), tok, p.adapter_dir)
     merged_model.to(getattr(torch, cfg.dtype))
-    record = {
+    result = MergeResult(str(p.out), cfg.dtype, p.policy, cfg.merge_into, p.quant, cfg.system_prompt, verification)
+    manifest = {
         "schema": MANIFEST_SCHEMA,
         "edgeq_version": __version__,
         "stage": "merge",
@@ -300,14 +295,8 @@ def merge(cfg: MergeConfig) -> dict:
             "adapter": str(p.adapter_dir),
             "adapter_sha256": sha256_file(p.adapter_dir / "adapter_model.safetensors"),
         },
-        "config": {
-            "dtype": cfg.dtype,
-            "merge_into": p.policy,
-            "requested_merge_into": cfg.merge_into,
-            "trained_quantization": p.quant,
-            "system_prompt": cfg.system_prompt,
-        },
-        "verification": verification,
+        "config": result.config(),
+        "verification": asdict(verification),
         "versions": versions(),
     }
     with atomic_dir(p.out, force=cfg.force, protect=[p.adapter_dir, p.base_dir]) as tmp:
@@ -318,19 +307,19 @@ def merge(cfg: MergeConfig) -> dict:
                 shutil.copyfile(p.base_dir / name, tmp / name)
         if template is not None:
             write_template(tmp, template)
-        write_json(tmp / MERGE_MANIFEST, record)
-    return record
+        write_json(tmp / MERGE_MANIFEST, manifest)
+    return result
 
 
-def merge_table(record: dict, out: str | Path):
+def merge_table(r: MergeResult):
     """The merge at a glance (the CLI prints it)."""
 
-    v = record["verification"]
+    v = r.verification
     rows = [
-        ["policy", record["config"]["merge_into"]],
-        ["dtype", record["config"]["dtype"]],
-        ["max |Δlogit| vs unmerged", f"{v['max_abs_logit_diff']:.2e} (≤ {v['tolerance']:g})"],
-        ["adapter's effect (max |Δlogit| vs base)", f"{v['adapter_effect_max_abs_logit']:.3g}"],
-        ["output", str(out)],
+        ["policy", r.merge_into],
+        ["dtype", r.dtype],
+        ["max |Δlogit| vs unmerged", f"{v.max_abs_logit_diff:.2e} (≤ {v.tolerance:g})"],
+        ["adapter's effect (max |Δlogit| vs base)", f"{v.adapter_effect_max_abs_logit:.3g}"],
+        ["output", r.path],
     ]
     return report.table("merge", ["", ""], rows)

@@ -160,7 +160,7 @@ def kld_probe(model_dir: Path, data: str | None):
     refs = [reference_logits(model, ids) for ids in texts]
     del model
     return lambda path: (
-        sum(compare_logits(path, r, ids)["mean_kld"] for r, ids in zip(refs, texts, strict=True)) / len(texts)
+        sum(compare_logits(path, r, ids).mean_kld for r, ids in zip(refs, texts, strict=True)) / len(texts)
     )
 
 

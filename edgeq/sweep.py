@@ -25,7 +25,7 @@ from edgeq.footprint import footprint_fits
 from edgeq.io import check_free_disk, read_json
 from edgeq.plan import choose, with_measurement
 from edgeq.profiles import Profile
-from edgeq.records import Candidate, Measurement, Plan, Row
+from edgeq.records import Candidate, Measurement, Plan, Row, StageRecord
 from edgeq.runtime import artifact_bytes
 from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR, FORMAT_GGUF, QUANT_AUTO
 
@@ -63,8 +63,8 @@ def measure_candidate(s: SweepInputs, c: Candidate, ref, ids, imatrix: dict, wor
     size = artifact_bytes(path)
     shutil.rmtree(path) if path.is_dir() else path.unlink()
     return Measurement(
-        kld=fidelity["mean_kld"],
-        top1=fidelity["top1_agreement"],
+        kld=fidelity.mean_kld,
+        top1=fidelity.top1_agreement,
         decode_tok_s=run["decode_tok_s"],
         ttft_ms=run["ttft_ms"],
         peak_rss_mib=run["peak_rss_mib"],
@@ -126,7 +126,7 @@ def measured_from(build_out: str | Path) -> dict[str, Measurement]:
     if not path.is_file():
         raise UsageError("no finished candidate sweep here", str(path), fix)
     try:
-        rows = Plan.from_dict(read_json(path, "the sweep's record", fix)["result"]).rows
+        rows = Plan.from_dict(StageRecord.from_dict(read_json(path, "the sweep's record", fix)).result).rows
     except (KeyError, TypeError, ValueError) as e:  # Measurement.from_dict refuses what is not a finite measurement
         raise UsageError(f"the sweep's record is damaged ({type(e).__name__}: {e})", str(path), fix) from None
     return {r.candidate.key: r.measured for r in rows if r.measured}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from edgeq.basemodel import RANDOM_MODEL_DIMS, random_model
-from edgeq.spec import PROFILE_FIELDS
+from edgeq.spec import PROFILE_FIELDS, STAGE_SCHEMA
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -90,9 +90,9 @@ CALIBRATION_POINT = {
 }
 
 
-def sweep_plan(candidates: list) -> dict:
-    """A plan record as the sweep stage saves it (records.Plan.as_dict), with these candidate rows."""
-    return {
+def sweep_record(candidates: list) -> dict:
+    """The sweep stage's stage.json (records.StageRecord) holding a plan with these candidate rows."""
+    plan = {
         "profile": "p",
         "model": "m",
         "ctx": 1,
@@ -103,3 +103,4 @@ def sweep_plan(candidates: list) -> dict:
         "candidates": candidates,
         "chosen": None,
     }
+    return {"schema": STAGE_SCHEMA, "key": "k", "seconds": 1.0, "result": plan, "files": {}}

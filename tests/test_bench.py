@@ -12,6 +12,7 @@ import yaml
 from edgeq.bench import check_baseline
 from edgeq.export.gguf import GgufExport, export_gguf
 from edgeq.profiles import load_profile
+from edgeq.records import Stats
 from edgeq.spec import BENCH_SCHEMA, EXIT_BUDGET, EXIT_USAGE
 from tests.conftest import UNBREACHABLE_LATENCY, run_edgeq
 
@@ -126,8 +127,8 @@ def test_a_baseline_within_tolerance_passes(tiny_gguf, tmp_path):
 )
 def test_baseline_threshold_is_the_tolerance_in_the_worse_direction(metric, change, passed):
     base = {"decode_tok_s": 100.0, "prefill_tok_s": 100.0, "peak_rss_mib": 100.0}
-    results = {m: {"median": v} for m, v in base.items()}
-    results[metric] = {"median": 100.0 + change}
+    results = {m: Stats(v, 0.0, v, v, 1, (v,)) for m, v in base.items()}
+    results[metric] = Stats(100.0 + change, 0.0, 100.0 + change, 100.0 + change, 1, (100.0 + change,))
     (check,) = [c for c in check_baseline(results, base, 5.0) if c.name == f"baseline_{metric}"]
     assert check.passed is passed and check.measured == pytest.approx(change)
     others = [c for c in check_baseline(results, base, 5.0) if c.name != f"baseline_{metric}"]

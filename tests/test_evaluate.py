@@ -16,10 +16,10 @@ from tests.conftest import run_edgeq
 def test_compare_on_known_logits():
     ref = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]))
     same = compare(ref, ref.copy(), [0, 1, 2])
-    assert same["mean_kld"] == pytest.approx(0, abs=1e-12) and same["top1_agreement"] == 1.0
-    assert same["ppl_reference"] == pytest.approx(np.exp(-(np.log(0.2) + np.log(0.1)) / 2))
+    assert same.mean_kld == pytest.approx(0, abs=1e-12) and same.top1_agreement == 1.0
+    assert same.ppl_reference == pytest.approx(np.exp(-(np.log(0.2) + np.log(0.1)) / 2))
     flipped = compare(ref, ref[:, ::-1].copy(), [0, 1, 2])
-    assert flipped["mean_kld"] > 0.1 and flipped["top1_agreement"] < 1.0
+    assert flipped.mean_kld > 0.1 and flipped.top1_agreement < 1.0
 
 
 def test_artifact_format_errors(tmp_path):
@@ -131,7 +131,7 @@ def test_eval_tells_another_models_artifact_from_the_reference(fmt, tmp_path, tw
 
     task = {"data": small_data, "limit": 1} if fmt == "gguf" else {}  # task text once: it is the same code
     faithful, wrong = evaluate(artifact, other, **task), evaluate(artifact, reference, **task)
-    assert faithful["text"]["mean_kld"] < 1e-3 and faithful["text"]["top1_agreement"] >= 0.99
+    assert faithful.text.mean_kld < 1e-3 and faithful.text.top1_agreement >= 0.99
     for part in ("text", "task_text") if task else ("text",):
-        assert wrong[part]["mean_kld"] > 100 * max(faithful[part]["mean_kld"], 1e-5), part
-        assert wrong[part]["top1_agreement"] < 0.5, part
+        assert getattr(wrong, part).mean_kld > 100 * max(getattr(faithful, part).mean_kld, 1e-5), part
+        assert getattr(wrong, part).top1_agreement < 0.5, part

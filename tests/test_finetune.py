@@ -45,8 +45,8 @@ def test_qlora_run_writes_adapter_manifest_and_checkpoints(tiny_model, small_dat
     assert manifest["quantization"] == {"quant": "nf4", "double_quant": True, "blocksize": 64}
     assert manifest["config"]["gradient_checkpointing"] is False  # decided, and recorded: a tiny model on a CPU
     assert len(manifest["losses"]) == 6 and manifest["losses"][-1] < manifest["losses"][0]
-    assert 4.1 < summary["frozen_base"]["bits_per_param"] < 4.14  # NF4 + double quant
-    assert summary["trainable_params"] > 0 and summary["eval_loss"] is not None
+    assert 4.1 < summary.frozen_base["bits_per_param"] < 4.14  # NF4 + double quant
+    assert summary.trainable_params > 0 and summary.eval_loss is not None
     ckpts = sorted(p.name for p in (tmp_path / "ft" / CKPT_DIR).glob("step-*"))
     assert ckpts == ["step-000002", "step-000004", "step-000006"]
     assert all((tmp_path / "ft" / CKPT_DIR / c / CKPT_MARKER).is_file() for c in ckpts)
@@ -152,7 +152,7 @@ def test_existing_adapter_is_not_overwritten(tiny_model, small_data, tmp_path):
 
 def test_plain_lora_without_quantization(tiny_model, small_data, tmp_path):
     summary = finetune(_cfg(tiny_model, small_data, tmp_path / "ft", quant="none", max_steps=2))
-    assert summary["frozen_base"] is None
+    assert summary.frozen_base is None
 
 
 @pytest.mark.slow
@@ -191,7 +191,7 @@ def test_two_process_ddp_with_gloo(tiny_model, small_data, tmp_path):
     assert manifest["summary"]["world_size"] == 2
     cfg = _cfg(tiny_model, small_data, tmp_path / "one", max_steps=4, batch_size=4, save_every=25, eval_split=0.05)
     single = finetune(cfg)  # eval_split as the command's default: the same training examples
-    assert single["world_size"] == 1
+    assert single.world_size == 1
     # Same global batch (2 x 2 vs 1 x 4), same examples per step, one token mean over the global
     # batch: the two runs take the same steps. Measured max |Δweight|: 4.6e-4 (Adam amplifies
     # float-order differences in near-zero gradients); 3.0e-2 with the gradient all-reduce removed,

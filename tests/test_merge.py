@@ -27,10 +27,12 @@ def test_merge_is_verified_complete_and_loadable(tiny_model, trained, tmp_path, 
 
     out = tmp_path / "merged"
     record = merge(MergeConfig(adapter=str(trained), out=str(out), base=str(tiny_model), merge_into=policy))
-    assert record["config"]["merge_into"] == policy
-    assert record["verification"]["max_abs_logit_diff"] <= MERGE_TOLERANCE
-    assert len(record["inputs"]["adapter_sha256"]) == 64 and len(record["inputs"]["base_sha256"]) == 64
-    assert json.loads((out / MERGE_MANIFEST).read_text())["config"]["merge_into"] == policy
+    assert record.merge_into == policy
+    assert record.verification.max_abs_logit_diff <= MERGE_TOLERANCE
+    written = json.loads((out / MERGE_MANIFEST).read_text())
+    assert len(written["inputs"]["adapter_sha256"]) == 64 and len(written["inputs"]["base_sha256"]) == 64
+    assert written["config"] == record.config() and written["verification"]["max_abs_logit_diff"] <= MERGE_TOLERANCE
+    assert record.path == str(out)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.eos_token == "<|im_end|>" and tok.chat_template
@@ -113,7 +115,7 @@ def test_merge_writes_the_deployment_system_prompt_into_the_template(tiny_model,
 
     out = tmp_path / "m"
     record = merge(MergeConfig(adapter=str(trained), out=str(out), base=str(tiny_model), system_prompt="Fly safe."))
-    assert record["config"]["system_prompt"] == "Fly safe."
+    assert record.system_prompt == "Fly safe."
     tok = AutoTokenizer.from_pretrained(out)
     rendered = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert rendered.startswith("<|im_start|>system\nFly safe.<|im_end|>\n")
@@ -131,7 +133,7 @@ def test_merged_weights_carry_the_adapter(tiny_model, trained, tmp_path):
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(merged[name].float(), base[name].float(), atol=1e-6)
     assert torch.equal(merged["model.norm.weight"], base["model.norm.weight"])  # not a target: untouched
-    assert record["verification"]["adapter_effect_max_abs_logit"] > 10 * MERGE_TOLERANCE
+    assert record.verification.adapter_effect_max_abs_logit > 10 * MERGE_TOLERANCE
 
 
 def _break_merge(monkeypatch, how):

@@ -33,6 +33,7 @@ from edgeq.ggufcheck import check_gguf
 from edgeq.io import FILE_MARK, atomic_path, check_free_disk, claim_output
 from edgeq.mixed import verify
 from edgeq.pricing import plan_mixed
+from edgeq.records import ExportResult
 from edgeq.runtime import ASSETS, gguf_is_eog, gguf_tokenize, quantize
 from edgeq.spec import (
     DEFAULT_QUANT,
@@ -342,7 +343,7 @@ def gate_fidelity(gguf_path: Path, model_dir: Path, tok, ftype: str) -> dict:
 
     ids = fidelity_ids(tok, GATE_TOKENS)
     r = compare_logits(gguf_path, model_dir, ids)
-    top1, max_abs, limit = r["top1_agreement"], r["max_abs_logit"], QUANT_TYPES[ftype].gate_max_abs_logit
+    top1, max_abs, limit = r.top1_agreement, r.max_abs_logit, QUANT_TYPES[ftype].gate_max_abs_logit
     if top1 < GATE_MIN_TOP1 or max_abs > limit:
         raise EdgeqError(
             f"{ftype} GGUF disagrees with the HF model: top-1 {top1:.3f} (need ≥ {GATE_MIN_TOP1}), "
@@ -350,7 +351,7 @@ def gate_fidelity(gguf_path: Path, model_dir: Path, tok, ftype: str) -> dict:
             str(gguf_path),
             "the conversion is wrong for this architecture; report it",
         )
-    gate = {"positions": len(ids), "top1": top1, "max_abs_logit": max_abs, "mean_kld": r["mean_kld"]}
+    gate = {"positions": len(ids), "top1": top1, "max_abs_logit": max_abs, "mean_kld": r.mean_kld}
     return gate | {"min_top1": GATE_MIN_TOP1, "max_abs_limit": limit}
 
 
@@ -358,7 +359,7 @@ def gate_fidelity(gguf_path: Path, model_dir: Path, tok, ftype: str) -> dict:
 # the stage
 
 
-def export_gguf(cfg: GgufExport) -> dict:
+def export_gguf(cfg: GgufExport) -> ExportResult:
     from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     if cfg.quant not in (*quant_names(FORMAT_GGUF), QUANT_AUTO):
@@ -400,34 +401,31 @@ def export_gguf(cfg: GgufExport) -> dict:
             check_gguf(tmp)
             gates["tokenizer_quantized"] = gate_tokenizer(tmp, tok)
         size = tmp.stat().st_size
-    result = {
-        "format": "gguf",
-        "quant": quant,
-        "out": str(out),
-        "bytes": size,
-        "bits_per_weight": size * 8 / info["params"],
-        "params": info["params"],
-        "arch": info["arch"],
-        "pre_tokenizer": info["pre_tokenizer"],
-        "gates": gates,
-        "float_type": float_type,  # the GGUF the fidelity gate compared (a quantized type is made from it)
-        "edgeq_version": __version__,
-    }
-    if recipe:
-        result["recipe"] = recipe
-        result["mixed"] = mixed
-    return result
+    return ExportResult(
+        path=str(out),
+        fmt=FORMAT_GGUF,
+        quant=quant,
+        bytes=size,
+        bits_per_weight=size * 8 / info["params"],
+        gates=gates,
+        recipe=recipe or None,
+        mixed=mixed if recipe else None,
+        params=info["params"],
+        arch=info["arch"],
+        pre_tokenizer=info["pre_tokenizer"],
+        float_type=float_type,
+    )
 
 
-def export_table(r: dict):
+def export_table(r: ExportResult):
     """The export and its gates at a glance (the CLI prints it)."""
 
-    g = r["gates"]
+    g = r.gates
     rows = [
-        ["artifact", r["out"]],
-        ["quant", r["quant"]],
-        ["size", f"{r['bytes'] / 2**20:.2f} MiB"],
-        ["bits/weight", f"{r['bits_per_weight']:.2f}"],
+        ["artifact", r.path],
+        ["quant", r.quant],
+        ["size", f"{r.bytes / 2**20:.2f} MiB"],
+        ["bits/weight", f"{r.bits_per_weight:.2f}"],
         ["tokenizer parity", f"{g['tokenizer']['strings']} strings, 0 mismatches"],
         [
             "eos / chat template",
@@ -435,12 +433,12 @@ def export_table(r: dict):
             f"template {'kept' if g['special_tokens']['chat_template'] else 'none'}",
         ],
         [
-            f"{r['float_type']} vs HF float32",
+            f"{r.float_type} vs HF float32",
             f"top-1 {g['fidelity']['top1']:.3f}, max |Δlogit| {g['fidelity']['max_abs_logit']:.3g}",
         ],
     ]
-    if r.get("mixed"):
-        mx, p = r["mixed"], r["mixed"]["predicted"]
+    if r.mixed:
+        mx, p = r.mixed, r.mixed["predicted"]
         counts = sorted(((n, t) for t, n in mx["types"].items() if n), reverse=True)
         rows.insert(2, ["mixture", ", ".join(f"{n} × {t}" for n, t in counts)])
         rows.insert(

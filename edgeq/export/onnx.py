@@ -30,6 +30,7 @@ from edgeq.export import ExportConfig, onnxquant
 from edgeq.export.imatrix import imatrix_for
 from edgeq.footprint import Dims, onnx_bytes, tokenizer_bytes
 from edgeq.io import atomic_dir, check_free_disk, claim_output
+from edgeq.records import ExportResult
 from edgeq.runtime import artifact_bytes, generate
 from edgeq.spec import (
     DEFAULT_QUANT,
@@ -96,7 +97,7 @@ def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
 
     ids = fidelity_ids(tok, GATE_TOKENS)
     r = compare_logits(onnx_dir, model_dir, ids)
-    top1, max_abs = r["top1_agreement"], r["max_abs_logit"]
+    top1, max_abs = r.top1_agreement, r.max_abs_logit
     if top1 < GATE_MIN_TOP1:
         raise EdgeqError(
             f"fp32 ONNX disagrees with the HF model: top-1 {top1:.3f} (need ≥ {GATE_MIN_TOP1})",
@@ -106,7 +107,7 @@ def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
     return {"positions": len(ids), "top1": top1, "max_abs_logit": max_abs, "min_top1": GATE_MIN_TOP1}
 
 
-def export_onnx(cfg: OnnxExport) -> dict:
+def export_onnx(cfg: OnnxExport) -> ExportResult:
     from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     if cfg.quant not in (*quant_names(FORMAT_ONNX), QUANT_AUTO):
@@ -151,18 +152,16 @@ def export_onnx(cfg: OnnxExport) -> dict:
         if kind == "fp32":
             gates["fidelity"] = gate_fidelity(tmp, model_dir, tok)
         size = artifact_bytes(tmp)
-    result = {
-        "format": FORMAT_ONNX,
-        "quant": cfg.quant,
-        "out": str(out),
-        "bytes": size,
-        "execution_provider": cfg.execution_provider,
-        "gates": gates,
-        "nominal_bits_per_weight": QUANT_TYPES[kind].bits_per_weight,
-    }
-    if recipe:
-        result["quant_recipe"] = recipe
-    return result
+    return ExportResult(
+        path=str(out),
+        fmt=FORMAT_ONNX,
+        quant=cfg.quant,
+        bytes=size,
+        bits_per_weight=QUANT_TYPES[kind].bits_per_weight,  # nominal: the builder's precision
+        gates=gates,
+        execution_provider=cfg.execution_provider,
+        quant_recipe=recipe,
+    )
 
 
 def check_reachable(model_dir: Path, max_size_mib: float) -> None:
@@ -220,18 +219,18 @@ def requantize_int4(onnx_dir: Path, model_dir: Path, cfg: OnnxExport, kind: str)
     }
 
 
-def export_table(r: dict):
+def export_table(r: ExportResult):
     """The export and its gates at a glance (the CLI prints it)."""
 
     rows = [
-        ["artifact", r["out"]],
-        ["precision", r["quant"]],
-        ["size", f"{r['bytes'] / 2**20:.1f} MiB"],
-        *_recipe_rows(r.get("quant_recipe")),
-        ["generates", str(r["gates"]["generates"])],
+        ["artifact", r.path],
+        ["precision", r.quant],
+        ["size", f"{r.bytes / 2**20:.1f} MiB"],
+        *_recipe_rows(r.quant_recipe),
+        ["generates", str(r.gates["generates"])],
     ]
-    if "fidelity" in r["gates"]:
-        rows.append(["fp32 vs HF float32", f"top-1 {r['gates']['fidelity']['top1']:.3f}"])
+    if "fidelity" in r.gates:
+        rows.append(["fp32 vs HF float32", f"top-1 {r.gates['fidelity']['top1']:.3f}"])
     return report.table("export", ["", ""], rows)
 
 

@@ -40,7 +40,7 @@ def _tiny(kind, out, tokenizer_dir):
 def test_tiny_architectures_pass_every_gate(arch, tmp_path, default_model):
     model = _tiny(arch, tmp_path / arch, default_model)
     r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
-    g = r["gates"]
+    g = r.gates
     assert g["tokenizer"]["mismatches"] == 0 and g["tokenizer"]["strings"] >= 300
     assert (
         g["special_tokens"]["eos"] == 2 and g["special_tokens"]["eos_is_eog"] and g["special_tokens"]["chat_template"]
@@ -55,13 +55,13 @@ def test_tiny_quantized_export_is_close_to_the_float_model(tmp_path, default_mod
 
     sharp = make_tiny_model(tmp_path / "sharp", default_model, initializer_range=0.1)  # see the Q/K test below
     r = export_gguf(GgufExport(model=str(sharp), out=str(tmp_path / "q.gguf"), quant="Q8_0"))
-    assert r["gates"]["tokenizer_quantized"]["mismatches"] == 0
+    assert r.gates["tokenizer_quantized"]["mismatches"] == 0
     assert check_gguf(tmp_path / "q.gguf")["metadata"]["general.file_type"] == QUANT_TYPES["Q8_0"].ftype
     ids = fidelity_ids(AutoTokenizer.from_pretrained(sharp), GATE_TOKENS)
     fidelity = compare_logits(tmp_path / "q.gguf", sharp, ids)
     # measured: top-1 0.906, max |Δlogit| 0.20 (random weights leave small top-1 margins); a wrong
     # rotary layout gives top-1 0.14 and 4.4 on the same model
-    assert fidelity["top1_agreement"] >= 0.8 and fidelity["max_abs_logit"] < 1.0, fidelity
+    assert fidelity.top1_agreement >= 0.8 and fidelity.max_abs_logit < 1.0, fidelity
 
 
 def test_unsupported_architecture_is_named(tmp_path, default_model):
@@ -117,10 +117,10 @@ def test_imatrix_changes_the_quantization_and_is_recorded(tmp_path, tiny_model, 
     imx = export_gguf(
         GgufExport(model=str(tiny_model), out=str(tmp_path / "i.gguf"), quant="Q4_K_S", imatrix_data=str(small_data))
     )
-    assert "imatrix" not in plain["gates"]
+    assert "imatrix" not in plain.gates
     # every decoder linear of the 2-layer model, and the tied head (mixed.py weighs token_embd's error by it)
-    assert imx["gates"]["imatrix"]["tensors"] == 2 * 7 + 1
-    assert imx["gates"]["imatrix"]["tokens"] > 1000
+    assert imx.gates["imatrix"]["tensors"] == 2 * 7 + 1
+    assert imx.gates["imatrix"]["tokens"] > 1000
     assert (tmp_path / "p.gguf").read_bytes() != (tmp_path / "i.gguf").read_bytes()
 
 
@@ -135,7 +135,7 @@ def test_a_saved_imatrix_quantizes_exactly_as_the_computed_one(tmp_path, tiny_mo
     r = export_gguf(
         GgufExport(model=str(tiny_model), out=str(tmp_path / "s.gguf"), quant="Q4_K_S", imatrix=info["file"])
     )
-    assert r["gates"]["imatrix"]["sha256"] == info["sha256"]
+    assert r.gates["imatrix"]["sha256"] == info["sha256"]
     assert (tmp_path / "s.gguf").read_bytes() == computed.read_bytes()
 
 

@@ -71,8 +71,8 @@ def test_int4_export_is_the_requantized_graph_and_runs(tmp_path, tiny_model):
     from edgeq.footprint import Dims, onnx_bytes
 
     r = export_onnx(OnnxExport(model=str(tiny_model), out=str(tmp_path / "o"), quant="int4-block32"))
-    assert r["gates"]["generates"]["generated_tokens"] > 0
-    layout = r["quant_recipe"]["layout"]
+    assert r.gates["generates"]["generated_tokens"] > 0
+    layout = r.quant_recipe["layout"]
     assert layout.pop(onnxquant.HEAD) == "8/32" and set(layout.values()) == {"4/32"}
     graph = onnx.load(str(tmp_path / "o" / "model.onnx")).graph
     bits = {
@@ -117,13 +117,13 @@ def test_auto_spends_a_size_budget_on_bits_and_blocks_and_the_graph_says_so(tmp_
         )
 
     small, large = export("small", None), export("large", 1e6)
-    assert set(large["quant_recipe"]["layout"].values()) == {"8/16"}  # the finest choice: least error
-    budget = (small["bytes"] + large["bytes"]) / 2 / 2**20
+    assert set(large.quant_recipe["layout"].values()) == {"8/16"}  # the finest choice: least error
+    budget = (small.bytes + large.bytes) / 2 / 2**20
     r = export("auto", budget)
-    assert small["bytes"] < r["bytes"] <= budget * 2**20 < large["bytes"]
-    layout = r["quant_recipe"]["layout"]
-    assert len(set(layout.values())) > 1 and r["quant_recipe"]["solver"]["max_size_mib"] == budget
-    assert r["gates"]["generates"]["generated_tokens"] > 0
+    assert small.bytes < r.bytes <= budget * 2**20 < large.bytes
+    layout = r.quant_recipe["layout"]
+    assert len(set(layout.values())) > 1 and r.quant_recipe["solver"]["max_size_mib"] == budget
+    assert r.gates["generates"]["generated_tokens"] > 0
     graph = onnx.load(str(tmp_path / "auto" / "model.onnx"), load_external_data=False).graph
     for node in graph.node:
         if node.op_type in (onnxquant.MATMUL, onnxquant.GATHER):

@@ -23,7 +23,7 @@ def test_full_disk_stops_the_stage_before_it_runs(tmp_path, tiny_model, monkeypa
         keys={"merge": "k"},
     )
     ran = []
-    monkeypatch.setitem(build.STAGES, "merge", (lambda c, w: ran.append(w) or {}, None))
+    monkeypatch.setitem(build.STAGES, "merge", (lambda c, w: ran.append(w), build.MergeResult))
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 40, 1 << 40, 1 << 20))  # 1 MiB free
     with pytest.raises(EdgeqError, match="not enough free disk for the merge stage"):

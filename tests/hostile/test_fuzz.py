@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgeq.errors import UsageError
-from tests.conftest import CALIBRATION_POINT, sweep_plan
+from tests.conftest import CALIBRATION_POINT, sweep_record
 
 FUZZ_EXAMPLES = int(os.environ.get("EDGEQ_FUZZ_EXAMPLES", "40"))
 ROOT = Path(__file__).parents[2]
@@ -246,7 +246,7 @@ def test_model_config(tmp_path_factory, blob):
 @given(
     memo=inputs(b'{"/a:1:2": "abc"}'),
     decision=inputs(b'{"extra_buffer_types": true, "reason": "probed"}'),
-    record=inputs(json.dumps({"result": sweep_plan([])}).encode()),
+    record=inputs(json.dumps(sweep_record([])).encode()),
 )
 def test_caches_read_back(tmp_path_factory, memo, decision, record):
     from edgeq.build import read_memo

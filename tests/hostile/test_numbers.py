@@ -14,7 +14,7 @@ from edgeq.io import parse_json, read_json
 from edgeq.profiles import load_profile
 from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR, ENV_CHILD_TIMEOUT, EXIT_USAGE
 from edgeq.sweep import measured_from
-from tests.conftest import CALIBRATION_POINT, run_edgeq, sweep_plan
+from tests.conftest import CALIBRATION_POINT, run_edgeq, sweep_record
 
 HUGE = "1" * 5000  # past Python's 4300-digit limit: int() raises a bare ValueError
 
@@ -94,15 +94,15 @@ def test_measurements_read_back_refuse_nan_and_negative_values(tmp_path):
             "storage_mib": 1.0,
         },
     }
-    plan = sweep_plan([row])
-    record.write_text(json.dumps({"result": plan}))
+    stage = sweep_record([row])
+    record.write_text(json.dumps(stage))
     assert measured_from(tmp_path)["gguf:Q8_0"].peak_rss_mib == 100.0
     row["measured"]["peak_rss_mib"] = float("nan")
-    record.write_text(json.dumps({"result": plan}))
+    record.write_text(json.dumps(stage))
     with pytest.raises(UsageError, match="NaN is not a number JSON allows"):
         measured_from(tmp_path)
     row["measured"]["peak_rss_mib"] = -1.0
-    record.write_text(json.dumps({"result": plan}))
+    record.write_text(json.dumps(stage))
     with pytest.raises(UsageError, match="measured peak_rss_mib -1.0 is not a finite non-negative number"):
         measured_from(tmp_path)
 

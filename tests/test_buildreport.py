@@ -1,0 +1,67 @@
+"""buildreport: the manifest and report of a build are rendered from its BuildResult alone, and read back."""
+
+import dataclasses
+import json
+
+from edgeq.buildreport import manifest, markdown
+from edgeq.checks import MAX, Check
+from edgeq.profiles import load_profile
+from edgeq.records import Agreement, BuildInputs, BuildResult, EvalResult, Stats
+from edgeq.serving import SystemPrompt
+from edgeq.spec import MANIFEST_SCHEMA
+from tests.test_records import BENCH, EXPORT, FIDELITY, FINETUNE, MERGE, PREDICTED, SCORE, _plan
+
+
+def _built() -> BuildResult:
+    served = dataclasses.replace(SCORE, score=70.0)
+    evaluated = EvalResult(FIDELITY, FIDELITY, SCORE, served, SCORE, SCORE, Agreement(96.0, 98.5, 2))
+    quality = (Check("kld", "nats", 0.01, 0.1, MAX), Check("task_drop", "points", 7.5, 5, MAX))
+    inputs = BuildInputs("/b", {"model.safetensors": "c0"}, "/d.jsonl", "d0", None, None, None)
+    system = SystemPrompt("Fly safe.", "training data", "opens 3 of 3 training conversations")
+    keys = {"finetune": "k1", "merge": "k2"}
+    return BuildResult(
+        "/o",
+        load_profile("drone"),
+        inputs,
+        keys,
+        system,
+        "first-fit",
+        FINETUNE,
+        MERGE,
+        _plan(),
+        EXPORT,
+        evaluated,
+        BENCH,
+        quality,
+    )
+
+
+def test_the_manifest_reads_back_as_the_build_records():
+    built = _built()
+    m = json.loads(json.dumps(manifest(built, True)))
+    assert m["schema"] == MANIFEST_SCHEMA and m["ollama_template"] is True
+    assert m["finetune"] == FINETUNE.summary() and m["merge"]["config"] == MERGE.config()
+    assert m["stages"] == {"finetune": {"key": "k1"}, "merge": {"key": "k2"}}
+    assert (
+        m["inputs"]["base"] == {"path": "/b", "sha256": {"model.safetensors": "c0"}}
+        and m["inputs"]["test_data"] is None
+    )
+    assert m["artifact"] == {"path": "model.Q8_0.gguf", "sha256": "ab", "bytes": 144_810_720}
+    fp = m["footprint"]
+    assert fp["predicted_peak_rss_mib"] == PREDICTED.memory_mib and fp["measured_peak_rss_mib"] == 237.0
+    assert abs(fp["prediction_error"] - (227.7 - 237.0) / 237.0) < 1e-12 and fp["measured_storage_mib"] == 1.0
+    assert Stats.from_dict(m["bench"]["results"]["peak_rss_mib"]) == BENCH.results["peak_rss_mib"]
+    assert [Check.from_dict(c) for c in m["bench"]["checks"]] == list(BENCH.checks)
+    assert [Check.from_dict(c) for c in m["quality_checks"]] == list(built.quality)
+    assert m["task"]["agreement_with_merged"] == {"identical_pct": 96.0, "prefix_agreement_pct": 98.5, "n": 2}
+    assert m["fidelity"]["task_served"]["score"] == 70.0 and "answers" not in m["fidelity"]["task_served"]
+    assert m["quant_recipe"]["imatrix_source"] == "train.jsonl" and m["system_prompt"]["text"] == "Fly safe."
+
+
+def test_the_report_states_the_verdict_and_the_scores_of_the_records():
+    built = _built()
+    text = markdown(built, manifest(built, True))
+    assert "**Result: budget breached** — task_drop 7.5 points vs max 5" in text
+    assert "| **artifact as served** (only the user's turn, its embedded template) | **70.0** | |" in text
+    assert "96.0 % identical answers" in text and "(sweep: first-fit)" in text
+    assert "Default system prompt in the artifact: 'Fly safe.' (training data:" in text
