@@ -30,14 +30,14 @@ from edgeq import __version__, report
 from edgeq.basemodel import MODEL_HELP, base_fingerprint, resolve_model
 from edgeq.config import problems, setting
 from edgeq.data import IGNORE, load_dataset
-from edgeq.errors import ConfigError, UsageError
+from edgeq.errors import ConfigError, EdgeqError, UsageError
 from edgeq.io import OUTPUT_MARK, atomic_dir, check_free_disk, check_not_input, remove_output, sha256_file, write_json
 from edgeq.machine import platform_info, versions
 from edgeq.records import FinetuneResult
 from edgeq.spec import (
     FINETUNE_MANIFEST,
     FINETUNE_STRUCTURAL,
-    LORA_TARGETS_ALL_LINEAR,
+    LORA_ALL_LINEAR,
     MANIFEST_SCHEMA,
     NF4_BLOCKSIZE,
     QUANT_MODES,
@@ -57,7 +57,10 @@ class FinetuneConfig:
     lora_alpha: int = setting(32, "LoRA scale numerator (scale = alpha / r)", minimum=1, maximum=1 << 16)
     lora_dropout: float = setting(0.0, "dropout on the LoRA input", minimum=0, maximum=0.99)
     target_modules: tuple[str, ...] = setting(
-        LORA_TARGETS_ALL_LINEAR, "comma-separated linear layers to adapt [default: all decoder linears]", listed=True
+        (LORA_ALL_LINEAR,),
+        f"comma-separated linear layers to adapt; every one the model has must be named [default: {LORA_ALL_LINEAR}: "
+        "all of them, fused projections included]",
+        listed=True,
     )
     lr: float = setting(1e-3, "peak learning rate (linear warm-up, cosine decay)")
     epochs: float = setting(1.0, "passes over the training split")
@@ -221,6 +224,9 @@ def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
+    wrapped = wrapped_modules(model)["names"]
+    if set(wrapped) != set(cfg.target_modules):  # lora_targets checked the names: a miss here is a defect
+        raise EdgeqError(f"LoRA wrapped {', '.join(wrapped)} of {', '.join(cfg.target_modules)}", str(base_dir))
     if cfg.gradient_checkpointing:
         inner = model.get_base_model()
         # transformers 5.x renamed gradient_checkpointing_enable; support both names in our range
@@ -419,6 +425,37 @@ class Run:
         return max(1, len(self.train_set) // self.global_batch)
 
 
+def linear_layers(config) -> tuple[str, ...]:
+    """The names of the model's linear layers (q_proj, …; Phi-3's fused qkv_proj and gate_up_proj), in model order,
+    its output head left out: read from a weightless copy built from the config on the meta device."""
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    names = [n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    return tuple(dict.fromkeys(names))
+
+
+def lora_targets(requested: tuple[str, ...], linears: tuple[str, ...], base_dir: Path) -> tuple[str, ...]:
+    """The layers LoRA wraps: all of them by default. A list that names a layer the model lacks, or leaves one
+    out, is refused: peft would skip it silently, and the fine-tune would train part of the model."""
+    if tuple(requested) == (LORA_ALL_LINEAR,):
+        return linears
+    lacking = [t for t in requested if t not in linears]
+    left_out = [t for t in linears if t not in requested]
+    if lacking or left_out:
+        what = [f"names {', '.join(lacking)}, which this model lacks"] if lacking else []
+        what += [f"leaves out {', '.join(left_out)}, which would stay untrained"] if left_out else []
+        raise UsageError(
+            f"--target-modules {' and '.join(what)} (its linear layers: {', '.join(linears)})",
+            str(base_dir),
+            f"name every one of them, or leave --target-modules at {LORA_ALL_LINEAR}",
+        )
+    return tuple(requested)
+
+
 def setup(cfg: FinetuneConfig) -> Run:
     """Refusals first (nothing is written), then the data, the split, the model and the optimizer."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
@@ -451,7 +488,9 @@ def setup(cfg: FinetuneConfig) -> Run:
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     longest = max(len(e.input_ids) for e in examples)
-    cfg = replace(cfg, gradient_checkpointing=checkpointing(cfg, AutoConfig.from_pretrained(base_dir), longest, device))
+    config = AutoConfig.from_pretrained(base_dir)
+    targets = lora_targets(cfg.target_modules, linear_layers(config), base_dir)  # refused before any weight loads
+    cfg = replace(cfg, gradient_checkpointing=checkpointing(cfg, config, longest, device), target_modules=targets)
     torch.manual_seed(cfg.seed)
     model = load_model(base_dir, cfg, device)  # the manifest's config records the checkpointing decided here
     frozen_base = quantized_bits_per_param(model) if cfg.quant != "none" else None  # before any eval-mode repacking
@@ -625,6 +664,12 @@ def evaluate_loss(model, eval_set, pad_id, device, cfg) -> tuple[float, int]:
     return total, count
 
 
+def wrapped_modules(model) -> dict:
+    """The layers LoRA wraps, by name, and how many modules that is (layers × targets)."""
+    wrapped = [n for n, m in model.named_modules() if hasattr(m, "lora_A")]
+    return {"names": sorted({n.rsplit(".", 1)[-1] for n in wrapped}), "count": len(wrapped)}
+
+
 def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, result: FinetuneResult) -> None:
 
     with atomic_dir(out / ADAPTER_DIR, force=True, protect=[base_dir, cfg.data]) as tmp:
@@ -644,6 +689,7 @@ def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, resul
                 "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
                 "quantization": {"quant": cfg.quant, "double_quant": cfg.double_quant, "blocksize": NF4_BLOCKSIZE},
                 "structure": structure,
+                "lora_modules": wrapped_modules(model),  # what peft really wrapped: every --target-modules layer
                 "losses": losses,
                 "summary": result.summary(),
                 "versions": versions(),

@@ -226,7 +226,8 @@ TASK_METRICS = ("json", "exact", "chrf")  # task scoring (metrics.py); the defau
 # Fine-tuning.
 QUANT_MODES = ("nf4", "fp4", "none")  # frozen-base storage during fine-tuning
 NF4_BLOCKSIZE = 64  # bitsandbytes' 4-bit block size (the QLoRA paper's)
-LORA_TARGETS_ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# --target-modules: every linear layer of the model but its output head, found from its config (fused projections too)
+LORA_ALL_LINEAR = "all-linear"
 # Settings that change what a checkpoint means: resuming with any of them changed is refused.
 FINETUNE_STRUCTURAL = (
     "quant",

@@ -213,3 +213,78 @@ def test_resume_identity_is_the_data_content_not_its_path(tmp_path, small_data, 
     changed = tmp_path / small_data.name
     changed.write_text(small_data.read_text() + '{"prompt": "x", "response": "y"}\n')
     assert structural_settings(FinetuneConfig(data=str(changed), out="o"), "sha") != absolute
+
+
+def _tiny_phi3(out, tokenizer_dir):
+    """A random-weight Phi-3: its attention and MLP projections are fused (qkv_proj, gate_up_proj)."""
+    import shutil
+
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from edgeq.spec import TOKENIZER_FILES
+
+    torch.manual_seed(0)
+    cfg = Phi3Config(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    Phi3ForCausalLM(cfg).save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, out / name)
+    return out
+
+
+def test_lora_targets_are_every_linear_layer_and_nothing_else(tiny_model, tmp_path):
+    from transformers import AutoConfig
+
+    from edgeq.finetune import linear_layers, lora_targets
+
+    llama = linear_layers(AutoConfig.from_pretrained(tiny_model))
+    assert llama == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # no lm_head
+    assert lora_targets(("all-linear",), llama, tmp_path) == llama
+    assert lora_targets(tuple(reversed(llama)), llama, tmp_path) == tuple(reversed(llama))
+    with pytest.raises(UsageError, match="leaves out k_proj, o_proj, gate_proj, up_proj, down_proj, which would stay"):
+        lora_targets(("q_proj", "v_proj"), llama, tmp_path)
+    phi3 = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    with pytest.raises(UsageError, match="names q_proj, k_proj, v_proj, gate_proj, up_proj, which this model lacks"):
+        lora_targets(llama, phi3, tmp_path)
+
+
+def test_phi3_fused_projections_are_trained_and_merged(default_model, small_data, tmp_path):
+    """Phi-3 names no q/k/v/gate/up: the fused layers are what LoRA must wrap, and the adapter says so."""
+    from edgeq.merge import MergeConfig, merge
+
+    phi3 = _tiny_phi3(tmp_path / "phi3", default_model)
+    r = run_edgeq(
+        "finetune",
+        "--base",
+        phi3,
+        "--data",
+        small_data,
+        "--out",
+        tmp_path / "old",
+        "--max-steps",
+        1,
+        "--target-modules",
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    )
+    assert r.returncode == EXIT_USAGE and "which this model lacks" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "old").exists()  # refused before anything was written
+    finetune(_cfg(phi3, small_data, tmp_path / "ft", max_steps=2))
+    manifest = json.loads((tmp_path / "ft" / "adapter" / FINETUNE_MANIFEST).read_text())
+    assert manifest["lora_modules"] == {"names": ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"], "count": 2 * 4}
+    adapter = load_file(tmp_path / "ft" / "adapter" / "adapter_model.safetensors")
+    assert {k.split(".")[-3] for k in adapter} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    merged = merge(MergeConfig(adapter=str(tmp_path / "ft"), out=str(tmp_path / "merged"), base=str(phi3)))
+    assert merged.verification.max_abs_logit_diff <= merged.verification.tolerance

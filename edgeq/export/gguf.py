@@ -66,15 +66,25 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-# The Qwen2 split regex, as transformers' Qwen2Tokenizer builds it and llama.cpp's `qwen2` pre-tokenizer runs it.
+# The splits of the byte-level BPE layouts edgeq writes, by llama.cpp's pre-tokenizer name: each regex exactly as
+# transformers builds it (tokenizer.json's Split step) and llama.cpp's pre-tokenizer of that name runs it.
 _QWEN2_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
     r"\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+SPLIT_LAYOUTS = {
+    "qwen2": _QWEN2_REGEX,  # Qwen2, Qwen2.5, Qwen3: one digit per token
+    "llama-bpe": (  # Llama-3.x, SmolLM3: the same, but digits in groups of up to three
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+        r"\s*[\r\n]+|\s+(?!\S)|\s+"
+    ),
+}
+BPE_LAYOUTS = ("smollm", *SPLIT_LAYOUTS)  # smollm: SmolLM2's individual digits, then GPT-2's byte level
 
 
 def pre_tokenizer_name(tokenizer_json: dict) -> str:
-    """llama.cpp's name for the pre-tokenizer transformers really runs; only layouts edgeq can vouch for.
+    """llama.cpp's name for the pre-tokenizer transformers really runs; only layouts edgeq can vouch for (the
+    token-parity gate then checks the whole vocabulary's behaviour on its corpus).
 
     Read from the loaded tokenizer, not tokenizer.json: transformers 5 picks the tokenizer class by
     model type (a qwen2 config gets Qwen2Tokenizer and its own split) whatever the file says.
@@ -84,16 +94,15 @@ def pre_tokenizer_name(tokenizer_json: dict) -> str:
     kinds = [s.get("type") for s in steps]
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"
-    if (
-        kinds == ["Split", "ByteLevel"]
-        and steps[0].get("pattern", {}).get("Regex") == _QWEN2_REGEX
-        and not steps[1].get("use_regex", True)
-    ):
-        return "qwen2"
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
+        regex = steps[0].get("pattern", {}).get("Regex")
+        names = [name for name, split in SPLIT_LAYOUTS.items() if split == regex]
+        if names and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert"):
+            return names[0]
     raise UsageError(
-        f"tokenizer pre-tokenizer {json.dumps(pre)[:120]} is not one edgeq can export faithfully yet",
+        f"tokenizer pre-tokenizer {json.dumps(pre)[:160]} is not one edgeq can export faithfully yet",
         None,
-        "supported: smollm (digits split + GPT-2 byte level), qwen2",
+        f"supported byte-level BPE layouts: {', '.join(BPE_LAYOUTS)}",
     )
 
 
@@ -126,9 +135,17 @@ def tokenizer_metadata(tok, vocab_size: int) -> dict:
         "eos": tok.eos_token_id,
         "pad": tok.pad_token_id,
         "unk": tok.unk_token_id,
-        "add_bos": bool(getattr(tok, "add_bos_token", False)),
+        "add_bos": adds_bos(tok),
         "chat_template": tok.chat_template,
     }
+
+
+def adds_bos(tok) -> bool:
+    """Whether encoding adds BOS, as transformers really does it: a flag (SmolLM2, Llama-2) or a post-processor
+    (Llama-3's TemplateProcessing leaves add_bos_token False). llama.cpp adds it to every prompt when the GGUF says
+    so, and the runtime must see the tokens the model was trained on."""
+    bos = tok.bos_token_id
+    return bos is not None and tok.encode("a")[:1] == [bos] and tok.encode("a", add_special_tokens=False)[:1] != [bos]
 
 
 def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:

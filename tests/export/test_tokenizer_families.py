@@ -1,0 +1,108 @@
+"""Tokenizer families through the GGUF export: each layout built here, trained on a small corpus with the
+`tokenizers` library in its family's exact form (pre-tokenizer, special tokens, BOS rule, chat template), on a
+tiny random-weight model; the parity gate holds, and fails where a layout is written as another."""
+
+import json
+
+import pytest
+
+from edgeq.basemodel import random_model
+from edgeq.errors import EdgeqError, UsageError
+from edgeq.export import gguf as export_mod
+from edgeq.export.gguf import GgufExport, export_gguf, pre_tokenizer_name
+from edgeq.ggufcheck import check_gguf
+
+# Llama-3's split (tokenizer.json of Llama-3.x and SmolLM3): the Qwen2 regex, digits in groups of up to three.
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+LLAMA3_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+CORPUS = [
+    "Take off and hover at 20 meters. Return to home now; battery 87 %.",
+    "The drone lands at 17:45 on pad 3 — 12345 m² of field, 0.5 m/s wind.",
+    "Héllo wörld, ça va? Привет мир. 日本語のテキスト。 مرحبا بالعالم 🚁🔋✈️",
+    '{"action": "goto", "lat": 48.8566, "lon": 2.3522, "alt_m": 120}',
+    "\tindented\r\nlines\n\n  spaced  out  ",
+] * 40
+
+
+def llama3_tokenizer(out, vocab_size: int = 800):
+    """A byte-level BPE tokenizer laid out as Llama-3's: its split, merges ignored for whole-word tokens, BOS
+    added by the post-processor, <|eot_id|> ending a turn, its chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=LLAMA3_SPECIAL, initial_alphabet=alphabet)
+    tok.train_from_iterator(CORPUS, trainer)
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", bos)],
+    )
+    tok.save(str(out / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+        "chat_template": LLAMA3_TEMPLATE,
+        "model_max_length": 131072,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    eos = tok.token_to_id("<|eot_id|>")
+    (out / "config.json").write_text(
+        json.dumps({"vocab_size": tok.get_vocab_size(), "bos_token_id": bos, "eos_token_id": eos})
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def llama3_model(tmp_path_factory):
+    tokdir = llama3_tokenizer(tmp_path_factory.mktemp("llama3-tok"))
+    return random_model(tmp_path_factory.mktemp("llama3") / "model", tokdir)
+
+
+def test_llama3_layout_is_recognised_from_the_tokenizer_transformers_builds(llama3_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama3_model)
+    assert pre_tokenizer_name(json.loads(tok.backend_tokenizer.to_str())) == "llama-bpe"
+    assert tok.encode("7")[0] == tok.bos_token_id  # its post-processor adds BOS: the GGUF must say so
+
+
+def test_llama3_exports_with_every_gate_green(llama3_model, tmp_path):
+    r = export_gguf(GgufExport(model=str(llama3_model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert r.pre_tokenizer == "llama-bpe" and r.gates["tokenizer"]["mismatches"] == 0
+    assert r.gates["fidelity"]["top1"] >= 0.99
+    meta = check_gguf(tmp_path / "m.gguf")["metadata"]
+    assert meta["tokenizer.ggml.pre"] == "llama-bpe" and meta["tokenizer.ggml.add_bos_token"] is True
+
+
+def test_llama3_written_as_smollm_fails_the_parity_gate(llama3_model, tmp_path, monkeypatch):
+    """The gate is what vouches for a layout: Llama-3's digit groups written as SmolLM2's single digits."""
+    monkeypatch.setattr(export_mod, "pre_tokenizer_name", lambda data: "smollm")
+    with pytest.raises(EdgeqError, match="tokenizer parity failed"):
+        export_gguf(GgufExport(model=str(llama3_model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_an_unknown_layout_is_refused_naming_it_and_the_supported_ones():
+    pre = {"type": "Split", "pattern": {"Regex": r"\p{N}{1,7}"}, "behavior": "Isolated", "invert": False}
+    with pytest.raises(UsageError, match=r"pre-tokenizer .*Split.*is not one edgeq can export") as e:
+        pre_tokenizer_name({"pre_tokenizer": pre})
+    assert e.value.fix == "supported byte-level BPE layouts: smollm, qwen2, llama-bpe"
