@@ -41,7 +41,9 @@ def test_tiny_architectures_pass_every_gate(arch, tmp_path, default_model):
     model = _tiny(arch, tmp_path / arch, default_model)
     r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
     g = r.gates
-    assert g["tokenizer"]["mismatches"] == 0 and g["tokenizer"]["strings"] >= 300
+    assert g["tokenizer"]["mismatches"] == 0 and g["tokenizer"]["strings"] >= 500
+    # Qwen2's tokenizer normalizes to NFC and llama.cpp does not: the decomposed strings are counted, not hidden
+    assert ("unnormalized" in g["tokenizer"]) == (arch == "qwen2"), g["tokenizer"]
     assert (
         g["special_tokens"]["eos"] == 2 and g["special_tokens"]["eos_is_eog"] and g["special_tokens"]["chat_template"]
     )

@@ -9,7 +9,7 @@ import pytest
 from edgeq.basemodel import random_model
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.export import gguf as export_mod
-from edgeq.export.gguf import GgufExport, export_gguf, pre_tokenizer_name
+from edgeq.export.gguf import GgufExport, export_gguf, parity_corpus, pre_tokenizer_name
 from edgeq.ggufcheck import check_gguf
 
 # Llama-3's split (tokenizer.json of Llama-3.x and SmolLM3): the Qwen2 regex, digits in groups of up to three.
@@ -83,6 +83,9 @@ def test_llama3_layout_is_recognised_from_the_tokenizer_transformers_builds(llam
     tok = AutoTokenizer.from_pretrained(llama3_model)
     assert pre_tokenizer_name(json.loads(tok.backend_tokenizer.to_str())) == "llama-bpe"
     assert tok.encode("7")[0] == tok.bos_token_id  # its post-processor adds BOS: the GGUF must say so
+    corpus = parity_corpus(tok)  # its own special tokens, typed by a user, are in what the parity gate checks
+    assert {"<|eot_id|>", "x<|eot_id|>y", "<|start_header_id|><|start_header_id|>", "<|eot_id|"} <= set(corpus)
+    assert {"123456", " 1234", "\r\n", "\ufffd\ufffd"} <= set(corpus)
 
 
 def test_llama3_exports_with_every_gate_green(llama3_model, tmp_path):
