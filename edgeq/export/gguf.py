@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import unicodedata
 from dataclasses import dataclass
@@ -108,13 +109,20 @@ def pre_tokenizer_name(tokenizer_json: dict) -> str:
 
 
 def tokenizer_metadata(tok, vocab_size: int) -> dict:
-    data = json.loads(tok.backend_tokenizer.to_str())
-    model = data["model"]
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise UsageError("only byte-level BPE tokenizers are supported for GGUF export")
-    tokens = [None] * vocab_size
+    """What the GGUF's tokenizer.* keys say, read from the tokenizer transformers really builds: byte-level BPE
+    (llama.cpp's `gpt2` model: tokens, types, merges, pre-tokenizer) or SentencePiece BPE with byte fallback
+    (its `llama` model: tokens, scores, types, the space prefix)."""
     from gguf import TokenType  # deferred: gguf-py's import costs the CLI's start-up
 
+    data = json.loads(tok.backend_tokenizer.to_str())
+    model = data["model"]
+    if model.get("type") != "BPE":
+        raise UsageError(
+            f"a {model.get('type')} tokenizer is not one edgeq can export to GGUF faithfully yet",
+            None,
+            f"supported: byte-level BPE ({', '.join(BPE_LAYOUTS)}) and SentencePiece BPE with byte fallback",
+        )
+    tokens = [None] * vocab_size
     types = [TokenType.NORMAL] * vocab_size
     for t, i in model["vocab"].items():
         if i < vocab_size:
@@ -127,11 +135,9 @@ def tokenizer_metadata(tok, vocab_size: int) -> dict:
         if t is None:  # the embedding is larger than the vocabulary: pad as llama.cpp's converter does
             tokens[i], types[i] = f"[PAD{i}]", TokenType.UNUSED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    return {
-        "pre": pre_tokenizer_name(data),
+    meta = {
         "tokens": tokens,
         "types": types,
-        "merges": merges,
         "bos": tok.bos_token_id,
         "eos": tok.eos_token_id,
         "pad": tok.pad_token_id,
@@ -139,6 +145,47 @@ def tokenizer_metadata(tok, vocab_size: int) -> dict:
         "add_bos": adds_bos(tok),
         "chat_template": tok.chat_template,
     }
+    if not model.get("byte_fallback"):
+        return meta | {"model": "gpt2", "pre": pre_tokenizer_name(data), "merges": merges}
+    for i, t in enumerate(tokens):
+        if BYTE_TOKEN.fullmatch(t) and types[i] == TokenType.NORMAL:
+            types[i] = TokenType.BYTE
+    if tok.unk_token_id is not None and tok.unk_token_id < vocab_size:
+        types[tok.unk_token_id] = TokenType.UNKNOWN
+    return meta | {"model": "llama", "add_space_prefix": space_prefix(data), "scores": merge_scores(tokens, merges)}
+
+
+BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")  # SentencePiece's byte-fallback pieces
+
+
+def space_prefix(tokenizer_json: dict) -> bool:
+    """Whether a SentencePiece tokenizer puts ▁ before the text (Llama-2, Mistral ≤ v0.3, Phi-3: yes; Gemma: no),
+    from the two layouts transformers builds: a Metaspace pre-tokenizer, or normalizers that replace spaces by ▁
+    (and prepend one). llama.cpp's `llama` model does the rest (▁ for spaces, scores, byte fallback)."""
+    pre, norm = tokenizer_json.get("pre_tokenizer") or {}, tokenizer_json.get("normalizer") or {}
+    if pre.get("type") == "Metaspace" and pre.get("replacement") == "▁" and not pre.get("split") and not norm:
+        return pre.get("prepend_scheme") in ("first", "always")
+    steps = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
+    kinds = [(n.get("type"), n.get("prepend") or n.get("content")) for n in steps]
+    replaces = steps[-1].get("pattern") == {"String": " "}  # every space becomes ▁ ...
+    inert = not pre or (pre.get("type") == "Split" and pre.get("pattern") == {"String": " "})  # ... so no space is left
+    if replaces and inert and kinds in ([("Prepend", "▁"), ("Replace", "▁")], [("Replace", "▁")]):
+        return kinds[0][0] == "Prepend"
+    raise UsageError(
+        f"SentencePiece layout (normalizer {json.dumps(norm)[:100]}, pre-tokenizer {json.dumps(pre)[:100]}) is not "
+        "one edgeq can export faithfully yet",
+        None,
+        "supported: a Metaspace pre-tokenizer (Llama-2, Mistral, Phi-3) or ▁-replacing normalizers (Gemma)",
+    )
+
+
+def merge_scores(tokens: list[str], merges: list[str]) -> list[float]:
+    """llama.cpp's SentencePiece tokenizer merges the adjacent pair whose joined token scores highest; BPE merges
+    the pair of lowest rank. A token made by merge rank r scores -r, so both take the same merge at each step."""
+    rank = {}
+    for r, m in enumerate(merges):
+        rank.setdefault(m.replace(" ", "", 1), r)
+    return [-float(rank[t]) if t in rank else 0.0 for t in tokens]
 
 
 def adds_bos(tok) -> bool:
@@ -179,7 +226,7 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
     return {
         "arch": arch.gguf_arch,
         "params": n_params,
-        "pre_tokenizer": meta["pre"],
+        "pre_tokenizer": meta.get("pre", "sentencepiece"),
         "bos": meta["bos"],
         "eos": meta["eos"],
         "pad": meta["pad"],
@@ -211,11 +258,17 @@ def _add_model_metadata(w, cfg) -> None:
 
 
 def _add_tokenizer_metadata(w, meta: dict) -> None:
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(meta["pre"])
-    w.add_token_list(meta["tokens"])
-    w.add_token_types(meta["types"])
-    w.add_token_merges(meta["merges"])
+    w.add_tokenizer_model(meta["model"])
+    if meta["model"] == "gpt2":  # keys in this order: a GGUF of an unchanged model stays byte-identical
+        w.add_tokenizer_pre(meta["pre"])
+        w.add_token_list(meta["tokens"])
+        w.add_token_types(meta["types"])
+        w.add_token_merges(meta["merges"])
+    else:
+        w.add_token_list(meta["tokens"])
+        w.add_token_scores(meta["scores"])
+        w.add_token_types(meta["types"])
+        w.add_add_space_prefix(meta["add_space_prefix"])
     for key, add in (
         ("bos", w.add_bos_token_id),
         ("eos", w.add_eos_token_id),
@@ -328,6 +381,14 @@ def parity_corpus(tok) -> list[str]:
     return list(dict.fromkeys(t for t in corpus if t))  # the empty string tokenizes to nothing in both
 
 
+METASPACE_FIX = (
+    "transformers' SentencePiece tokenizer (Metaspace, ▁ before the first piece only) puts no ▁ after a special token "
+    "or before text that starts with a space, where llama.cpp, like sentencepiece, does: chat prompts would reach the "
+    "model as other tokens than in training. This layout (Llama-2, TinyLlama, Mistral ≤ v0.3, Phi-3) is refused "
+    "until they agree; Gemma's SentencePiece layout and byte-level BPE export"
+)
+
+
 def gate_tokenizer(gguf_path: Path, tok) -> dict:
     """llama.cpp's ids == the HF tokenizer's on every string of parity_corpus. One known difference is let through,
     and counted: llama.cpp does not apply a tokenizer's NFC normalizer (Qwen2's), so text in decomposed form
@@ -338,17 +399,19 @@ def gate_tokenizer(gguf_path: Path, tok) -> dict:
     differ = [
         (t, ids) for t, ids, theirs in zip(corpus, ours, gguf_tokenize(gguf_path, corpus), strict=True) if ids != theirs
     ]
-    nfc = json.loads(tok.backend_tokenizer.to_str()).get("normalizer") == {"type": "NFC"}
+    data = json.loads(tok.backend_tokenizer.to_str())
+    nfc = data.get("normalizer") == {"type": "NFC"}
     unnormalized = [(t, ids) for t, ids in differ if nfc and unicodedata.normalize("NFC", t) != t]
     bad = [t for t, _ in differ if not (nfc and unicodedata.normalize("NFC", t) != t)]
     if unnormalized:
         fixed = gguf_tokenize(gguf_path, [unicodedata.normalize("NFC", t) for t, _ in unnormalized])
         bad += [t for (t, ids), theirs in zip(unnormalized, fixed, strict=True) if ids != theirs]
     if bad:
+        metaspace = (data.get("pre_tokenizer") or {}).get("type") == "Metaspace"
         raise EdgeqError(
             f"tokenizer parity failed on {len(bad)} of {len(corpus)} strings (first: {bad[0]!r})",
             str(gguf_path),
-            "the GGUF would mis-tokenize; report the model's tokenizer to edgeq",
+            METASPACE_FIX if metaspace else "the GGUF would mis-tokenize; report the model's tokenizer to edgeq",
         )
     gate = {"strings": len(corpus), "mismatches": 0}
     if unnormalized:

@@ -1,6 +1,6 @@
 """Tokenizer families through the GGUF export: each layout built here, trained on a small corpus with the
-`tokenizers` library in its family's exact form (pre-tokenizer, special tokens, BOS rule, chat template), on a
-tiny random-weight model; the parity gate holds, and fails where a layout is written as another."""
+`tokenizers` or `sentencepiece` library in its family's exact form (pre-tokenizer, special tokens, BOS rule, chat
+template), on a tiny random-weight model; the parity gate holds, and fails where a layout is written as another."""
 
 import json
 
@@ -109,3 +109,79 @@ def test_an_unknown_layout_is_refused_naming_it_and_the_supported_ones():
     with pytest.raises(UsageError, match=r"pre-tokenizer .*Split.*is not one edgeq can export") as e:
         pre_tokenizer_name({"pre_tokenizer": pre})
     assert e.value.fix == "supported byte-level BPE layouts: smollm, qwen2, llama-bpe"
+
+
+LLAMA2_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] "
+    "+ ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def sentencepiece_tokenizer(out, dummy_prefix: bool, tokenizer_class: str = "LlamaTokenizer"):
+    """A SentencePiece BPE model with byte fallback, trained by `sentencepiece` as Llama-2's and Gemma's were
+    (split digits, whitespace kept, a ▁ before the text or not), then loaded by transformers, which writes the
+    tokenizer.json real model folders carry beside tokenizer.model."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "corpus.txt").write_text("\n".join(CORPUS))
+    spm.SentencePieceTrainer.train(
+        input=str(out / "corpus.txt"),
+        model_prefix=str(out / "tokenizer"),
+        vocab_size=500,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=0.9995,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        add_dummy_prefix=dummy_prefix,
+        minloglevel=2,
+    )
+    for scratch in ("corpus.txt", "tokenizer.vocab"):
+        (out / scratch).unlink()
+    config = {
+        "tokenizer_class": tokenizer_class,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": False,
+        "chat_template": LLAMA2_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.save_pretrained(out)
+    ids = {"vocab_size": len(tok), "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": tok.pad_token_id}
+    (out / "config.json").write_text(json.dumps(ids))
+    return out
+
+
+def test_gemma_sentencepiece_exports_with_every_gate_green(tmp_path):
+    """llama.cpp's `llama` vocabulary: scores that merge as the BPE does, byte tokens, no space prefix."""
+    tokdir = sentencepiece_tokenizer(tmp_path / "tok", dummy_prefix=False, tokenizer_class="GemmaTokenizer")
+    model = random_model(tmp_path / "model", tokdir)
+    r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert r.gates["tokenizer"]["mismatches"] == 0 and r.gates["tokenizer"]["strings"] >= 540
+    assert r.gates["fidelity"]["top1"] >= 0.99 and r.pre_tokenizer == "sentencepiece"
+    meta = check_gguf(tmp_path / "m.gguf")["metadata"]
+    assert meta["tokenizer.ggml.model"] == "llama" and meta["tokenizer.ggml.add_bos_token"] is True
+    assert meta["tokenizer.ggml.add_space_prefix"] is False
+
+
+def test_llama2_sentencepiece_is_refused_by_the_parity_gate_with_its_reason(tmp_path):
+    """transformers 5 builds Llama-2's tokenizer with a Metaspace that adds ▁ only before the first piece, while
+    sentencepiece (what the base was trained with) and llama.cpp add it after every special token too."""
+    tokdir = sentencepiece_tokenizer(tmp_path / "tok", dummy_prefix=True)
+    model = random_model(tmp_path / "model", tokdir)
+    with pytest.raises(EdgeqError, match="tokenizer parity failed") as e:
+        export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert "puts no ▁ after a special token" in e.value.fix and not (tmp_path / "m.gguf").exists()
