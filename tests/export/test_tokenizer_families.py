@@ -32,16 +32,16 @@ CORPUS = [
 ] * 40
 
 
-def llama3_tokenizer(out, vocab_size: int = 800):
+def llama3_tokenizer(out, vocab_size: int = 800, regex: str = LLAMA3_REGEX):
     """A byte-level BPE tokenizer laid out as Llama-3's: its split, merges ignored for whole-word tokens, BOS
-    added by the post-processor, <|eot_id|> ending a turn, its chat template."""
+    added by the post-processor, <|eot_id|> ending a turn, its chat template. With o200k's split: Phi-4-mini's."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ]
     )
@@ -96,6 +96,16 @@ def test_llama3_exports_with_every_gate_green(llama3_model, tmp_path):
     assert meta["tokenizer.ggml.pre"] == "llama-bpe" and meta["tokenizer.ggml.add_bos_token"] is True
 
 
+def test_o200k_layout_exports_with_every_gate_green(tmp_path):
+    """GPT-4o's o200k split (Phi-4-mini's tokenizer) is llama.cpp's `gpt-4o` pre-tokenizer."""
+    from edgeq.export.gguf import SPLIT_LAYOUTS
+
+    tokdir = llama3_tokenizer(tmp_path / "tok", regex=SPLIT_LAYOUTS["gpt-4o"])
+    model = random_model(tmp_path / "model", tokdir)
+    r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert r.pre_tokenizer == "gpt-4o" and r.gates["tokenizer"]["mismatches"] == 0
+
+
 def test_llama3_written_as_smollm_fails_the_parity_gate(llama3_model, tmp_path, monkeypatch):
     """The gate is what vouches for a layout: Llama-3's digit groups written as SmolLM2's single digits."""
     monkeypatch.setattr(export_mod, "pre_tokenizer_name", lambda data: "smollm")
@@ -108,7 +118,7 @@ def test_an_unknown_layout_is_refused_naming_it_and_the_supported_ones():
     pre = {"type": "Split", "pattern": {"Regex": r"\p{N}{1,7}"}, "behavior": "Isolated", "invert": False}
     with pytest.raises(UsageError, match=r"pre-tokenizer .*Split.*is not one edgeq can export") as e:
         pre_tokenizer_name({"pre_tokenizer": pre})
-    assert e.value.fix == "supported byte-level BPE layouts: smollm, qwen2, llama-bpe"
+    assert e.value.fix == "supported byte-level BPE layouts: smollm, qwen2, llama-bpe, gpt-4o"
 
 
 LLAMA2_TEMPLATE = (
