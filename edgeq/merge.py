@@ -282,6 +282,8 @@ def merge(cfg: MergeConfig) -> MergeResult:
     p = provenance(cfg)
     tok = AutoTokenizer.from_pretrained(p.base_dir)
     template = embed(tok.chat_template, cfg.system_prompt, tok) if cfg.system_prompt else None  # refused before work
+    if tok.pad_token is None:  # Llama-3 has none; the check's padded positions are masked out (this copy only pads)
+        tok.pad_token = tok.eos_token
     merged_model, verification = merge_verified(load_base(p), tok, p.adapter_dir)
     merged_model.to(getattr(torch, cfg.dtype))
     result = MergeResult(str(p.out), cfg.dtype, p.policy, cfg.merge_into, p.quant, cfg.system_prompt, verification)

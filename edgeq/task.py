@@ -61,6 +61,8 @@ def generate_hf(
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
+    if tok.pad_token is None:  # Llama-3 has none: pad with eos, which the attention mask hides
+        tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     answers: dict[int, str] = {}
     texts = [templates.render(tok, p, True) for p in prompts]

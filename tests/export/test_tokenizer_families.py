@@ -3,6 +3,7 @@
 template), on a tiny random-weight model; the parity gate holds, and fails where a layout is written as another."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +196,33 @@ def test_llama2_sentencepiece_is_refused_by_the_parity_gate_with_its_reason(tmp_
     with pytest.raises(EdgeqError, match="tokenizer parity failed") as e:
         export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
     assert "puts no ▁ after a special token" in e.value.fix and not (tmp_path / "m.gguf").exists()
+
+
+def test_a_llama3_model_goes_from_fine_tune_to_a_served_answer_in_its_own_template(llama3_model, small_data, tmp_path):
+    """finetune → merge → GGUF → llama.cpp's chat completion: the prompt it serves is, token for token, the one
+    transformers renders with the family's template (BOS from the template, not added twice)."""
+    from transformers import AutoTokenizer
+
+    from edgeq.finetune import FinetuneConfig, finetune
+    from edgeq.merge import MergeConfig, merge
+    from edgeq.runtime import chat
+
+    cfg = FinetuneConfig(
+        base=str(llama3_model), data=str(small_data), out=str(tmp_path / "ft"), max_steps=2, batch_size=4, seq_len=128
+    )
+    finetune(cfg)
+    merged = merge(MergeConfig(adapter=str(tmp_path / "ft"), out=str(tmp_path / "merged"), base=str(llama3_model)))
+    export_gguf(GgufExport(model=merged.path, out=str(tmp_path / "m.gguf"), quant="Q8_0"))
+    convo = [{"role": "system", "content": "You control a drone."}, {"role": "user", "content": "take off to 12 m"}]
+    (served,) = chat(tmp_path / "m.gguf", [convo], 8)
+    tok = AutoTokenizer.from_pretrained(merged.path)
+    text = tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
+    assert served["prompt_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+    assert served["completion_tokens"] > 0
+    # the float model's task score generates in batches: a vocabulary without a pad token pads with eos, masked
+    from edgeq.task import generate_hf
+
+    prompts = [convo, convo[1:], [{"role": "user", "content": "land now, battery at 9 %"}]]
+    batched = generate_hf(Path(merged.path), prompts, 4, batch_size=3)
+    assert batched == [generate_hf(Path(merged.path), [p], 4)[0] for p in prompts]
