@@ -81,3 +81,19 @@ def test_the_cheap_documented_commands_run(line):
     r = run_edgeq(*shlex.split(line)[1:])
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip()
+
+
+def test_the_readme_support_matrix_is_the_one_spec_writes_and_names_real_tests():
+    import ast
+
+    from edgeq import support
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(support.BEGIN, 1)[1].split(support.END, 1)[0]
+    assert block.strip() == support.matrix(), "run: python -m edgeq.support README.md"
+    for named in support.tests_named():  # each cell is shown by a test that exists
+        path, function = named.split("::")
+        tree = ast.parse((ROOT / path).read_text())
+        assert function in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, named
+    refused = [f for f in support.TOKENIZER_FAMILIES if f.refused]
+    assert refused and all(f.refused in support.matrix() for f in refused)

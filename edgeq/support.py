@@ -1,0 +1,49 @@
+"""The README's support matrix, written from spec.py's tables, so it cannot drift from what edgeq does:
+tests/test_docs.py compares the README's block with matrix(), and checks that every test it names exists.
+`python -m edgeq.support README.md` rewrites the block."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from edgeq.spec import ARCH_TEST, GGUF_ARCHS, ONNX_TEST, REFUSED_ARCHS, TOKENIZER_FAMILIES
+
+BEGIN, END = "<!-- support matrix: written by `python -m edgeq.support README.md` -->", "<!-- end of support matrix -->"
+
+
+def matrix() -> str:
+    """Tokenizer family × GGUF, then architecture × format; each cell with the test that shows it."""
+    lines = ["| tokenizer family | layout | models | GGUF export | shown by |", "|---|---|---|---|---|"]
+    for f in TOKENIZER_FAMILIES:
+        verdict = "✓ parity gate green" if f.refused is None else f"refused: {f.refused}"
+        lines.append(f"| {f.name} | {f.layout} | {f.models} | {verdict} | {_name(f.test)} |")
+    lines += ["", "| architecture | GGUF | ONNX (GenAI builder) | shown by |", "|---|---|---|---|"]
+    for name, arch in GGUF_ARCHS.items():
+        onnx = "✓" if name == "llama" else "untested"
+        runs_as = "" if arch.gguf_arch == name else f" (as llama.cpp's `{arch.gguf_arch}`)"
+        tests = ", ".join(_name(t) for t in [ARCH_TEST] + ([ONNX_TEST] if name == "llama" else []))
+        lines.append(f"| {name} | ✓{runs_as} | {onnx} | {tests} |")
+    for name, why in REFUSED_ARCHS.items():
+        lines.append(f"| {name} | refused: {why} | | |")
+    return "\n".join(lines)
+
+
+def _name(test: str) -> str:
+    return f"`{test.rsplit('::', 1)[1]}`"
+
+
+def tests_named() -> list[str]:
+    """Every test the matrix names, as tests/<file>::<function>."""
+    return [f.test for f in TOKENIZER_FAMILIES] + [ARCH_TEST, ONNX_TEST]
+
+
+def rewrite(readme: Path) -> None:
+    text = readme.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    readme.write_text(f"{head}{BEGIN}\n{matrix()}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    rewrite(Path(sys.argv[1]))
