@@ -222,6 +222,9 @@ class TokenizerFamily:
     models: str  # who ships it
     refused: str | None  # None: exported with the parity gate green; else why not
     test: str  # the test that shows it, tests/<file>::<function>
+    onnx_test: str | None = (
+        None  # the test that shows ONNX serving its prompt as transformers renders it; None: untested
+    )
 
 
 _FAMILIES = "tests/export/test_tokenizer_families.py::"
@@ -232,6 +235,7 @@ TOKENIZER_FAMILIES = (
         "SmolLM2 (the default base)",
         None,
         "tests/export/test_gguf.py::test_tiny_architectures_pass_every_gate",
+        "tests/export/test_onnx.py::test_the_onnx_served_prompt_is_the_folders_template_with_the_trained_system_prompt",
     ),
     TokenizerFamily(
         "Qwen2",
@@ -246,6 +250,7 @@ TOKENIZER_FAMILIES = (
         "Llama-3.x, SmolLM3",
         None,
         _FAMILIES + "test_a_llama3_model_goes_from_fine_tune_to_a_served_answer_in_its_own_template",
+        _FAMILIES + "test_a_llama3_model_exports_to_onnx_and_serves_its_own_template",
     ),
     TokenizerFamily(
         "o200k",
@@ -260,6 +265,7 @@ TOKENIZER_FAMILIES = (
         "Gemma 1–3",
         None,
         _FAMILIES + "test_gemma_sentencepiece_exports_with_every_gate_green",
+        _FAMILIES + "test_a_gemma_tokenizer_model_exports_to_onnx_and_serves_its_own_template",
     ),
     TokenizerFamily(
         "Llama-2",

@@ -14,10 +14,15 @@ BEGIN, END = "<!-- support matrix: written by `python -m edgeq.support README.md
 
 def matrix() -> str:
     """Tokenizer family × GGUF, then architecture × format; each cell with the test that shows it."""
-    lines = ["| tokenizer family | layout | models | GGUF export | shown by |", "|---|---|---|---|---|"]
+    lines = [
+        "| tokenizer family | layout | models | GGUF export | ONNX: served prompt = transformers' | shown by |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in TOKENIZER_FAMILIES:
         verdict = "✓ parity gate green" if f.refused is None else f"refused: {f.refused}"
-        lines.append(f"| {f.name} | {f.layout} | {f.models} | {verdict} | {_name(f.test)} |")
+        onnx = "✓" if f.onnx_test else "untested"
+        shown = ", ".join(_name(t) for t in (f.test, f.onnx_test) if t)
+        lines.append(f"| {f.name} | {f.layout} | {f.models} | {verdict} | {onnx} | {shown} |")
     lines += ["", "| architecture | GGUF | ONNX (GenAI builder) | shown by |", "|---|---|---|---|"]
     for name, arch in GGUF_ARCHS.items():
         onnx = "✓" if name == "llama" else "untested"
@@ -35,7 +40,7 @@ def _name(test: str) -> str:
 
 def tests_named() -> list[str]:
     """Every test the matrix names, as tests/<file>::<function>."""
-    return [f.test for f in TOKENIZER_FAMILIES] + [ARCH_TEST, ONNX_TEST]
+    return [t for f in TOKENIZER_FAMILIES for t in (f.test, f.onnx_test) if t] + [ARCH_TEST, ONNX_TEST]
 
 
 def rewrite(readme: Path) -> None:

@@ -50,3 +50,27 @@ def test_int4_export_stays_close_to_the_float_model(tmp_path, default_model):
     # margins); against another model of the same shape KLD 0.64, top-1 0.0
     assert own.mean_kld < 0.1 and own.top1_agreement >= 0.3, own
     assert wrong.mean_kld > 5 * own.mean_kld, wrong
+
+
+def test_the_onnx_served_prompt_is_the_folders_template_with_the_trained_system_prompt(tmp_path, tiny_model):
+    """ONNX Runtime GenAI's chat completion renders the folder's own template, which carries the system prompt a
+    merge embedded: a user-only request reaches the model as transformers renders it, token for token."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from edgeq.merge import write_template
+    from edgeq.runtime import chat
+    from edgeq.serving import embed
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    tok = AutoTokenizer.from_pretrained(model)
+    write_template(model, embed(tok.chat_template, "Fly safe. Reply with one JSON action.", tok))
+    export_onnx(OnnxExport(model=str(model), out=str(tmp_path / "onnx"), quant="fp32"))
+    convo = [{"role": "user", "content": "take off to 12 m"}]
+    (served,) = chat(tmp_path / "onnx", [convo], 4)
+    tok = AutoTokenizer.from_pretrained(model)
+    text = tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
+    assert "Fly safe. Reply with one JSON action." in text
+    assert served["prompt_ids"] == tok(text, add_special_tokens=False)["input_ids"]

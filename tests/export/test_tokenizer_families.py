@@ -226,3 +226,35 @@ def test_a_llama3_model_goes_from_fine_tune_to_a_served_answer_in_its_own_templa
     prompts = [convo, convo[1:], [{"role": "user", "content": "land now, battery at 9 %"}]]
     batched = generate_hf(Path(merged.path), prompts, 4, batch_size=3)
     assert batched == [generate_hf(Path(merged.path), [p], 4)[0] for p in prompts]
+
+
+def test_a_llama3_model_exports_to_onnx_and_serves_its_own_template(llama3_model, tmp_path):
+    """ONNX Runtime GenAI reads the same tokenizer and template: its served prompt is transformers' too."""
+    from transformers import AutoTokenizer
+
+    from edgeq.export.onnx import OnnxExport, export_onnx
+    from edgeq.runtime import chat
+
+    r = export_onnx(OnnxExport(model=str(llama3_model), out=str(tmp_path / "onnx"), quant="fp32"))
+    assert r.gates["fidelity"]["top1"] >= 0.99
+    convo = [{"role": "system", "content": "You control a drone."}, {"role": "user", "content": "take off to 12 m"}]
+    (served,) = chat(tmp_path / "onnx", [convo], 4)
+    tok = AutoTokenizer.from_pretrained(llama3_model)
+    text = tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
+    assert served["prompt_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_gemma_tokenizer_model_exports_to_onnx_and_serves_its_own_template(tmp_path):
+    from transformers import AutoTokenizer
+
+    from edgeq.export.onnx import OnnxExport, export_onnx
+    from edgeq.runtime import chat
+
+    tokdir = sentencepiece_tokenizer(tmp_path / "tok", dummy_prefix=False, tokenizer_class="GemmaTokenizer")
+    model = random_model(tmp_path / "model", tokdir)
+    export_onnx(OnnxExport(model=str(model), out=str(tmp_path / "onnx"), quant="fp32"))
+    convo = [{"role": "user", "content": "take off to 12 m"}]
+    (served,) = chat(tmp_path / "onnx", [convo], 4)
+    tok = AutoTokenizer.from_pretrained(model)
+    text = tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
+    assert served["prompt_ids"] == tok(text, add_special_tokens=False)["input_ids"]
