@@ -1,0 +1,42 @@
+"""`edgeq build --base DIR` for a tiny model of each tokenizer family edgeq newly exports: the whole chain, every
+gate green (the parity gate on the quantized artifact included), the served prompt in the family's template."""
+
+import json
+
+import pytest
+
+from edgeq.basemodel import random_model
+from edgeq.export.gguf import SPLIT_LAYOUTS
+from edgeq.spec import FINETUNE_MANIFEST
+from tests.conftest import run_edgeq
+from tests.export.test_tokenizer_families import llama3_tokenizer, sentencepiece_tokenizer
+from tests.test_build import DRONE, _profile
+
+pytestmark = pytest.mark.slow
+
+FAMILIES = {
+    "llama-bpe": lambda d: llama3_tokenizer(d),
+    "gpt-4o": lambda d: llama3_tokenizer(d, regex=SPLIT_LAYOUTS["gpt-4o"]),
+    # the test's [INST] template has no system turn: the base template's default is kept
+    "sentencepiece": lambda d: sentencepiece_tokenizer(d, dummy_prefix=False, tokenizer_class="GemmaTokenizer"),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_model_of_each_family_builds_with_every_gate_green(family, tmp_path, small_data):
+    base = random_model(tmp_path / "base", FAMILIES[family](tmp_path / "tok"), max_position_embeddings=2048)
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join((DRONE / "test.jsonl").read_text().splitlines(keepends=True)[:4]))
+    args = ["build", "--profile", _profile(tmp_path / "mini.yaml"), "--base", base, "--data", small_data]
+    args += ["--test-data", test, "--max-steps", 2, "--reps", 1, "--out", tmp_path / "out"]
+    r = run_edgeq(*args, *(["--system-prompt", ""] if family == "sentencepiece" else []))
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    gates = m["quant_recipe"]["gates"]
+    assert gates["tokenizer"]["mismatches"] == gates["tokenizer_quantized"]["mismatches"] == 0
+    assert gates["fidelity"]["top1"] >= 0.99 and m["fidelity"]["task_served"]["n"] == 4
+    assert all(c["passed"] for c in m["bench"]["checks"] + m["quality_checks"])
+    adapter = json.loads((tmp_path / "out" / ".edgeq" / "finetune" / "adapter" / FINETUNE_MANIFEST).read_text())
+    assert adapter["lora_modules"]["names"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
