@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from edgeq.spec import ARCH_TEST, GGUF_ARCHS, ONNX_TEST, REFUSED_ARCHS, TOKENIZER_FAMILIES
+from edgeq.spec import ARCH_TEST, GGUF_ARCHS, ONNX_ARCHS, REFUSED_ARCHS, TOKENIZER_FAMILIES
 
 BEGIN, END = "<!-- support matrix: written by `python -m edgeq.support README.md` -->", "<!-- end of support matrix -->"
 
@@ -25,9 +25,9 @@ def matrix() -> str:
         lines.append(f"| {f.name} | {f.layout} | {f.models} | {verdict} | {onnx} | {shown} |")
     lines += ["", "| architecture | GGUF | ONNX (GenAI builder) | shown by |", "|---|---|---|---|"]
     for name, arch in GGUF_ARCHS.items():
-        onnx = "✓" if name == "llama" else "untested"
+        onnx, onnx_test = ONNX_ARCHS.get(name, ("untested", None))
         runs_as = "" if arch.gguf_arch == name else f" (as llama.cpp's `{arch.gguf_arch}`)"
-        tests = ", ".join(_name(t) for t in [ARCH_TEST] + ([ONNX_TEST] if name == "llama" else []))
+        tests = ", ".join(_name(t) for t in (ARCH_TEST, onnx_test) if t)
         lines.append(f"| {name} | ✓{runs_as} | {onnx} | {tests} |")
     for name, why in REFUSED_ARCHS.items():
         lines.append(f"| {name} | refused: {why} | | |")
@@ -40,7 +40,8 @@ def _name(test: str) -> str:
 
 def tests_named() -> list[str]:
     """Every test the matrix names, as tests/<file>::<function>."""
-    return [t for f in TOKENIZER_FAMILIES for t in (f.test, f.onnx_test) if t] + [ARCH_TEST, ONNX_TEST]
+    families = [t for f in TOKENIZER_FAMILIES for t in (f.test, f.onnx_test) if t]
+    return families + [ARCH_TEST] + [t for _, t in ONNX_ARCHS.values()]
 
 
 def rewrite(readme: Path) -> None:

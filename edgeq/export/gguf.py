@@ -215,6 +215,13 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
             str(model_dir),
             f"supported: {', '.join(GGUF_ARCHS)}",
         )
+    if re.search(r"phi-?3", model_dir.name.lower()):  # llama.cpp keys its Phi-3 token rules on general.name
+        raise UsageError(
+            "a GGUF named after this folder would get llama.cpp's Phi-3 token rules (special tokens that strip the "
+            "spaces after them; a vocabulary without </s>, <unk> and <s> fails to load): tokens as never trained",
+            str(model_dir),
+            "copy or rename the model folder to a name without 'phi3' / 'phi-3'",
+        )
     meta = tokenizer_metadata(AutoTokenizer.from_pretrained(model_dir), cfg.vocab_size)
     w = GGUFWriter(str(path), arch.gguf_arch)
     # second key, in the file's first bytes: what lets `--force` replace this file later (io.edgeq_wrote)
@@ -246,7 +253,9 @@ def write_f16_gguf(model_dir: Path, path: Path) -> None:
 
 def _add_model_metadata(w, cfg) -> None:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    params = getattr(cfg, "rope_parameters", None) or {}
+    rope = params.get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    rotary = params.get("partial_rotary_factor") or getattr(cfg, "partial_rotary_factor", None) or 1.0  # Phi-4-mini: ¾
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
@@ -255,7 +264,7 @@ def _add_model_metadata(w, cfg) -> None:
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_rope_freq_base(float(rope))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    w.add_rope_dimension_count(head_dim)
+    w.add_rope_dimension_count(int(head_dim * rotary))
     if head_dim * cfg.num_attention_heads != cfg.hidden_size:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)

@@ -13,6 +13,7 @@ drone fine-tune mean KLD falls from the builder's 0.55 (benchmarks/RESULTS.md, "
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections import Counter
@@ -134,11 +135,18 @@ def export_onnx(cfg: OnnxExport) -> ExportResult:
         tempfile.TemporaryDirectory(prefix=".edgeq-tmp-", dir=out.parent) as cache,
     ):
         report.err.print(f"building {kind} ONNX with onnxruntime-genai's model builder …")
-        run_process(
-            builder_args(model_dir, tmp, Path(cache), kind, cfg.execution_provider),
-            "onnxruntime-genai's model builder",
-            str(model_dir),
-        )
+        try:
+            run_process(
+                builder_args(model_dir, tmp, Path(cache), kind, cfg.execution_provider),
+                "onnxruntime-genai's model builder",
+                str(model_dir),
+            )
+        except EdgeqError as e:
+            if e.fix:  # a time limit or a crash says what to do itself
+                raise
+            model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+            fix = f"the builder does not take this {model_type} model as configured; export GGUF (--format gguf)"
+            raise EdgeqError(e.what, e.where, fix) from None
         if not (tmp / "genai_config.json").is_file():
             raise EdgeqError("the builder wrote no genai_config.json", str(tmp))
         for name in TOKENIZER_FILES:  # the chat template and tokenizer travel with the artifact

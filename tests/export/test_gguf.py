@@ -24,10 +24,12 @@ def _tiny(kind, out, tokenizer_dir):
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
         "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
     }[kind]
     torch.manual_seed(0)
     kw = {"n_embd": 64, "n_layer": 2, "n_head": 4} if kind == "gpt2" else TINY
+    kw = kw | ({"partial_rotary_factor": 0.75} if kind == "phi3" else {})  # Phi-4-mini rotates ¾ of each head
     cfg = config_cls(vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True, **kw)
     model_cls(cfg).save_pretrained(out)
     for name in TOKENIZER_FILES:
@@ -36,9 +38,9 @@ def _tiny(kind, out, tokenizer_dir):
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "phi3"])
 def test_tiny_architectures_pass_every_gate(arch, tmp_path, default_model):
-    model = _tiny(arch, tmp_path / arch, default_model)
+    model = _tiny(arch, tmp_path / arch / "model", default_model)
     r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
     g = r.gates
     assert g["tokenizer"]["mismatches"] == 0 and g["tokenizer"]["strings"] >= 500
@@ -190,3 +192,12 @@ def test_eos_check_tells_an_end_token_from_an_ordinary_one(tmp_path, tiny_model)
     export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "m.gguf"), quant="F32"))
     assert gguf_is_eog(tmp_path / "m.gguf", 2)  # <|im_end|>
     assert not gguf_is_eog(tmp_path / "m.gguf", 100)  # an ordinary token: generation would run on
+
+
+def test_a_folder_named_phi3_is_refused_before_llama_cpp_keys_its_token_rules_on_it(tmp_path, tiny_model):
+    """llama.cpp gives any GGUF whose general.name says phi-3 Phi-3's token rules (and fails to load a vocabulary
+    without </s>): the export names the folder, so it refuses that name with the fix."""
+    shutil.copytree(tiny_model, tmp_path / "Phi-3-drone")
+    with pytest.raises(UsageError, match="Phi-3 token rules") as e:
+        export_gguf(GgufExport(model=str(tmp_path / "Phi-3-drone"), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert "rename the model folder" in e.value.fix and not (tmp_path / "m.gguf").exists()
