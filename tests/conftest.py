@@ -48,6 +48,45 @@ UNBREACHABLE_LATENCY = {
 }
 
 
+def tiny_arch_model(kind: str, out: Path, tokenizer_dir: Path, **overrides) -> Path:
+    """A random-weight model of one architecture (transformers' own config class) with another model's tokenizer:
+    vocabulary size and bos/eos ids read from that folder's config.json, pad = eos. phi3 as Phi-4-mini is shaped:
+    fused projections, ¾ of each head rotated, tied."""
+    import json
+    import shutil
+
+    import torch
+    import transformers
+
+    from edgeq.spec import TOKENIZER_FILES
+
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+        "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
+    }[kind]
+    ids = json.loads((tokenizer_dir / "config.json").read_text())
+    torch.manual_seed(0)
+    kw = {"n_embd": 64, "n_layer": 2, "n_head": 4} if kind == "gpt2" else dict(TINY)
+    kw |= {"partial_rotary_factor": 0.75} if kind == "phi3" else {}
+    cfg = config_cls(
+        vocab_size=ids["vocab_size"],
+        bos_token_id=ids["bos_token_id"],
+        eos_token_id=ids["eos_token_id"],
+        pad_token_id=ids["eos_token_id"],
+        tie_word_embeddings=True,
+        **(kw | overrides),
+    )
+    model_cls(cfg).save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, out / name)
+    return out
+
+
 def make_tiny_model(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> Path:
     """A random-weight Llama with the default model's tokenizer: fast enough to train in a test."""
     return random_model(out, tokenizer_dir, seed, **overrides)

@@ -2,14 +2,13 @@
 gate green (the parity gate on the quantized artifact included), the served prompt in the family's template."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from edgeq.basemodel import RANDOM_MODEL_DIMS, random_model
+from edgeq.basemodel import random_model
 from edgeq.export.gguf import SPLIT_LAYOUTS
-from edgeq.spec import FINETUNE_MANIFEST, TOKENIZER_FILES
-from tests.conftest import run_edgeq
+from edgeq.spec import FINETUNE_MANIFEST
+from tests.conftest import run_edgeq, tiny_arch_model
 from tests.export.test_tokenizer_families import llama3_tokenizer, sentencepiece_tokenizer
 from tests.test_build import DRONE, _profile
 
@@ -28,37 +27,11 @@ LINEARS = {
 }
 
 
-def phi4_mini_shaped(out: Path, tokenizer_dir: Path) -> Path:
-    """Phi-4-mini's shape in miniature: Phi-3 architecture, fused projections, ¾ of each head rotated, tied."""
-    import shutil
-
-    import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    ids = json.loads((tokenizer_dir / "config.json").read_text())
-    torch.manual_seed(0)
-    dims = RANDOM_MODEL_DIMS | {"max_position_embeddings": 2048}
-    cfg = Phi3Config(
-        vocab_size=ids["vocab_size"],
-        bos_token_id=ids["bos_token_id"],
-        eos_token_id=ids["eos_token_id"],
-        pad_token_id=ids["eos_token_id"],
-        tie_word_embeddings=True,
-        partial_rotary_factor=0.75,
-        **dims,
-    )
-    Phi3ForCausalLM(cfg).save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, out / name)
-    return out
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_model_of_each_family_builds_with_every_gate_green(family, tmp_path, small_data):
     tokenizer = FAMILIES[family](tmp_path / "tok")
     if family == "phi-4-mini":
-        base = phi4_mini_shaped(tmp_path / "base", tokenizer)
+        base = tiny_arch_model("phi3", tmp_path / "base", tokenizer, max_position_embeddings=2048)
     else:
         base = random_model(tmp_path / "base", tokenizer, max_position_embeddings=2048)
     test = tmp_path / "test.jsonl"

@@ -1,43 +1,16 @@
 """buildreport: the manifest and report of a build are rendered from its BuildResult alone, and read back."""
 
-import dataclasses
 import json
 
 from edgeq.buildreport import manifest, markdown
-from edgeq.checks import MAX, Check
-from edgeq.profiles import load_profile
-from edgeq.records import Agreement, BuildInputs, BuildResult, EvalResult, Stats
-from edgeq.serving import SystemPrompt
+from edgeq.checks import Check
+from edgeq.records import Stats
 from edgeq.spec import MANIFEST_SCHEMA
-from tests.test_records import BENCH, EXPORT, FIDELITY, FINETUNE, MERGE, PREDICTED, SCORE, _plan
-
-
-def _built() -> BuildResult:
-    served = dataclasses.replace(SCORE, score=70.0)
-    evaluated = EvalResult(FIDELITY, FIDELITY, SCORE, served, SCORE, SCORE, Agreement(96.0, 98.5, 2))
-    quality = (Check("kld", "nats", 0.01, 0.1, MAX), Check("task_drop", "points", 7.5, 5, MAX))
-    inputs = BuildInputs("/b", {"model.safetensors": "c0"}, "/d.jsonl", "d0", None, None, None)
-    system = SystemPrompt("Fly safe.", "training data", "opens 3 of 3 training conversations")
-    keys = {"finetune": "k1", "merge": "k2"}
-    return BuildResult(
-        "/o",
-        load_profile("drone"),
-        inputs,
-        keys,
-        system,
-        "first-fit",
-        FINETUNE,
-        MERGE,
-        _plan(),
-        EXPORT,
-        evaluated,
-        BENCH,
-        quality,
-    )
+from tests.test_records import BENCH, FINETUNE, MERGE, PREDICTED, built_result
 
 
 def test_the_manifest_reads_back_as_the_build_records():
-    built = _built()
+    built = built_result()
     m = json.loads(json.dumps(manifest(built, True)))
     assert m["schema"] == MANIFEST_SCHEMA and m["ollama_template"] is True
     assert m["finetune"] == FINETUNE.summary() and m["merge"]["config"] == MERGE.config()
@@ -59,7 +32,7 @@ def test_the_manifest_reads_back_as_the_build_records():
 
 
 def test_the_report_states_the_verdict_and_the_scores_of_the_records():
-    built = _built()
+    built = built_result()
     text = markdown(built, manifest(built, True))
     assert "**Result: budget breached** — task_drop 7.5 points vs max 5" in text
     assert "| **artifact as served** (only the user's turn, its embedded template) | **70.0** | |" in text

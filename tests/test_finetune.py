@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from edgeq.errors import ConfigError, UsageError
 from edgeq.finetune import CKPT_DIR, CKPT_MARKER, FinetuneConfig, checkpointing, finetune, latest_checkpoint
 from edgeq.spec import EXIT_USAGE, FINETUNE_MANIFEST
-from tests.conftest import run_edgeq
+from tests.conftest import run_edgeq, tiny_arch_model
 
 
 def _cfg(tiny_model, small_data, out, **kw):
@@ -215,36 +215,6 @@ def test_resume_identity_is_the_data_content_not_its_path(tmp_path, small_data, 
     assert structural_settings(FinetuneConfig(data=str(changed), out="o"), "sha") != absolute
 
 
-def _tiny_phi3(out, tokenizer_dir):
-    """A random-weight Phi-3: its attention and MLP projections are fused (qkv_proj, gate_up_proj)."""
-    import shutil
-
-    import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
-
-    from edgeq.spec import TOKENIZER_FILES
-
-    torch.manual_seed(0)
-    cfg = Phi3Config(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=False,
-    )
-    Phi3ForCausalLM(cfg).save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, out / name)
-    return out
-
-
 def test_lora_targets_are_every_linear_layer_and_nothing_else(tiny_model, tmp_path):
     from transformers import AutoConfig
 
@@ -265,7 +235,7 @@ def test_phi3_fused_projections_are_trained_and_merged(default_model, small_data
     """Phi-3 names no q/k/v/gate/up: the fused layers are what LoRA must wrap, and the adapter says so."""
     from edgeq.merge import MergeConfig, merge
 
-    phi3 = _tiny_phi3(tmp_path / "phi3", default_model)
+    phi3 = tiny_arch_model("phi3", tmp_path / "p3" / "model", default_model)
     r = run_edgeq(
         "finetune",
         "--base",

@@ -185,17 +185,20 @@ def test_bench_json_keeps_its_schema_and_what_the_build_reads():
     assert EXPORT.name == "model.Q8_0.gguf" and ExportResult("/o/onnx/", "onnx", "int4", 1, 4.0, {}).name == "onnx"
 
 
-def test_a_build_result_reads_its_verdict_and_scores_from_its_records():
-    evaluated = EvalResult(
-        FIDELITY, FIDELITY, SCORE, dataclasses.replace(SCORE, score=70.0), SCORE, SCORE, Agreement(96.0, 98.5, 2)
-    )
+def built_result() -> BuildResult:
+    """A build of the drone profile as its records, its task gate breached as served (70 vs 77.5)."""
+    served = dataclasses.replace(SCORE, score=70.0)
+    evaluated = EvalResult(FIDELITY, FIDELITY, SCORE, served, SCORE, SCORE, Agreement(96.0, 98.5, 2))
     quality = (Check("kld", "nats", 0.01, 0.1, MAX), Check("task_drop", "points", 7.5, 5, MAX))
-    built = BuildResult(
+    inputs = BuildInputs("/b", {"model.safetensors": "c0"}, "/d.jsonl", "d0", None, None, None)
+    system = SystemPrompt("Fly safe.", "training data", "opens 3 of 3 training conversations")
+    keys = {"finetune": "k1", "merge": "k2"}
+    return BuildResult(
         "/o",
         load_profile("drone"),
-        BuildInputs("/b", {}, "/d", "x", None, None, None),
-        {},
-        SystemPrompt(None, "s", "w"),
+        inputs,
+        keys,
+        system,
         "first-fit",
         FINETUNE,
         MERGE,
@@ -205,6 +208,10 @@ def test_a_build_result_reads_its_verdict_and_scores_from_its_records():
         BENCH,
         quality,
     )
+
+
+def test_a_build_result_reads_its_verdict_and_scores_from_its_records():
+    built = built_result()
     assert built.candidate == Q8 and built.artifact == "/o/model.Q8_0.gguf"
     assert [c.name for c in built.checks] == ["memory", "kld", "task_drop"]
     assert built.breaches == ["task_drop 7.5 points vs max 5"]

@@ -11,36 +11,13 @@ from edgeq.export.gguf import GgufExport, export_gguf
 from edgeq.export.imatrix import compute_imatrix, load_imatrix, save_imatrix
 from edgeq.ggufcheck import check_gguf
 from edgeq.io import FILE_MARK
-from edgeq.spec import EXIT_USAGE, QUANT_TYPES, TOKENIZER_FILES
-from tests.conftest import TINY, make_tiny_model, run_edgeq
-
-
-def _tiny(kind, out, tokenizer_dir):
-    import torch
-    import transformers
-
-    config_cls, model_cls = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
-        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
-        "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
-    }[kind]
-    torch.manual_seed(0)
-    kw = {"n_embd": 64, "n_layer": 2, "n_head": 4} if kind == "gpt2" else TINY
-    kw = kw | ({"partial_rotary_factor": 0.75} if kind == "phi3" else {})  # Phi-4-mini rotates ¾ of each head
-    cfg = config_cls(vocab_size=49152, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True, **kw)
-    model_cls(cfg).save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, out / name)
-    return out
+from edgeq.spec import EXIT_USAGE, QUANT_TYPES
+from tests.conftest import make_tiny_model, run_edgeq, tiny_arch_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "phi3"])
 def test_tiny_architectures_pass_every_gate(arch, tmp_path, default_model):
-    model = _tiny(arch, tmp_path / arch / "model", default_model)
+    model = tiny_arch_model(arch, tmp_path / arch / "model", default_model)
     r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
     g = r.gates
     assert g["tokenizer"]["mismatches"] == 0 and g["tokenizer"]["strings"] >= 500
@@ -69,7 +46,7 @@ def test_tiny_quantized_export_is_close_to_the_float_model(tmp_path, default_mod
 
 
 def test_unsupported_architecture_is_named(tmp_path, default_model):
-    model = _tiny("gpt2", tmp_path / "gpt2", default_model)
+    model = tiny_arch_model("gpt2", tmp_path / "gpt2", default_model)
     with pytest.raises(UsageError) as e:
         export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F16"))
     assert "'gpt2' is not supported" in e.value.line() and "llama, mistral, qwen2, qwen3" in e.value.line()

@@ -80,9 +80,9 @@ def test_a_model_the_builder_does_not_take_is_refused_with_the_way_out(tmp_path,
     """Phi-4-mini's shape (Phi-3, ¾ of each head rotated) fails inside the GenAI builder: one line that names the
     model type and points at GGUF, and no folder left."""
     from edgeq.errors import EdgeqError
-    from tests.export.test_gguf import _tiny
+    from tests.conftest import tiny_arch_model
 
-    model = _tiny("phi3", tmp_path / "p" / "model", default_model)
+    model = tiny_arch_model("phi3", tmp_path / "p" / "model", default_model)
     with pytest.raises(EdgeqError, match="model builder failed") as e:
         export_onnx(OnnxExport(model=str(model), out=str(tmp_path / "onnx"), quant="fp32"))
     assert "does not take this phi3 model" in e.value.fix and "--format gguf" in e.value.fix
