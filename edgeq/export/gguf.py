@@ -180,7 +180,7 @@ def space_prefix(tokenizer_json: dict) -> bool:
         f"SentencePiece layout (normalizer {json.dumps(norm)[:100]}, pre-tokenizer {json.dumps(pre)[:100]}) is not "
         "one edgeq can export faithfully yet",
         None,
-        "supported: a Metaspace pre-tokenizer (Llama-2, Mistral, Phi-3) or ▁-replacing normalizers (Gemma)",
+        "edgeq reads a Metaspace pre-tokenizer or ▁-replacing normalizers (Gemma's layout; the parity gate decides)",
     )
 
 
