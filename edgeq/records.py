@@ -192,12 +192,23 @@ def _fields(cls, d: dict, **nested) -> dict:
     return out
 
 
+class Flat:
+    """A record whose JSON is its own fields (read back through _fields): the dataclasses below that need no more."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**_fields(cls, d))
+
+
 # ---------------------------------------------------------------------------------------------
 # fine-tune and merge
 
 
 @dataclass(frozen=True)
-class FinetuneResult:
+class FinetuneResult(Flat):
     """What a fine-tune left: its --out (the adapter is in its adapter/ folder) and the run's summary."""
 
     path: str
@@ -225,10 +236,6 @@ class FinetuneResult:
 
     def as_dict(self) -> dict:
         return {"path": self.path, **self.summary()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FinetuneResult:
-        return cls(**_fields(cls, d))
 
 
 @dataclass(frozen=True)
@@ -273,7 +280,7 @@ class MergeResult:
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class ExportResult(Flat):
     """An artifact as an exporter wrote it (a .gguf file or an ONNX GenAI folder) and the gates it passed."""
 
     path: str
@@ -302,20 +309,13 @@ class ExportResult:
         found = (self.gates or {}).get("imatrix") or (self.quant_recipe or {}).get("importance")
         return found if isinstance(found, dict) else {}
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ExportResult:
-        return cls(**_fields(cls, d))
-
 
 # ---------------------------------------------------------------------------------------------
 # evaluation
 
 
 @dataclass(frozen=True)
-class Fidelity:
+class Fidelity(Flat):
     """An artifact's logits against its float reference on the same tokens (evaluate.compare)."""
 
     positions: int
@@ -325,16 +325,9 @@ class Fidelity:
     top1_agreement: float  # 0–1
     max_abs_logit: float
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Fidelity:
-        return cls(**_fields(cls, d))
-
 
 @dataclass(frozen=True)
-class AnswerNLL:
+class AnswerNLL(Flat):
     """Teacher-forced negative log-likelihood of the reference answers (nats per token) and its perplexity."""
 
     mean_nll: float
@@ -342,22 +335,14 @@ class AnswerNLL:
     tokens: int
     examples: int
 
-    @classmethod
-    def from_dict(cls, d: dict) -> AnswerNLL:
-        return cls(**_fields(cls, d))
-
 
 @dataclass(frozen=True)
-class Agreement:
+class Agreement(Flat):
     """How far the artifact's greedy answers follow the float model's on the same prompts."""
 
     identical_pct: float
     prefix_agreement_pct: float  # mean share of tokens before the first difference
     n: int
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Agreement:
-        return cls(**_fields(cls, d))
 
 
 @dataclass(frozen=True)

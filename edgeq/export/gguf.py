@@ -416,7 +416,7 @@ def gate_tokenizer(gguf_path: Path, tok) -> dict:
     data = json.loads(tok.backend_tokenizer.to_str())
     nfc = data.get("normalizer") == {"type": "NFC"}
     unnormalized = [(t, ids) for t, ids in differ if nfc and unicodedata.normalize("NFC", t) != t]
-    bad = [t for t, _ in differ if not (nfc and unicodedata.normalize("NFC", t) != t)]
+    bad = [t for t, ids in differ if (t, ids) not in unnormalized]
     if unnormalized:
         fixed = gguf_tokenize(gguf_path, [unicodedata.normalize("NFC", t) for t, _ in unnormalized])
         bad += [t for (t, ids), theirs in zip(unnormalized, fixed, strict=True) if ids != theirs]
