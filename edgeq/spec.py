@@ -202,6 +202,11 @@ class GgufArch:
     gguf_arch: str  # llama.cpp's architecture name
     permute_qk: bool  # llama.cpp's Llama code wants Q/K rows interleaved for its RoPE
     qk_norm: bool = False  # Qwen3 normalizes Q and K per head
+    norm_offset: float = 0.0  # Gemma's RMSNorm scales by (1 + w), llama.cpp's by w: written as w + 1
+    # llama.cpp fixes what HF's config states for Gemma 3: every n-th layer attends globally, the others in a
+    # sliding window with their own rope base; a config that says otherwise is refused, not run differently
+    swa_pattern: int = 0
+    swa_rope_base: float = 0.0
 
 
 # HF model_type → how to write it. Mistral (dense) runs on llama.cpp's llama architecture.
@@ -211,6 +216,10 @@ GGUF_ARCHS = {
     "qwen2": GgufArch("qwen2", permute_qk=False),
     "qwen3": GgufArch("qwen3", permute_qk=False, qk_norm=True),
     "phi3": GgufArch("phi3", permute_qk=False),  # fused qkv_proj and gate_up_proj, written fused (Phi-3, Phi-4-mini)
+    # Gemma 3 270M and 1B (text only); llama.cpp scales the embeddings by √hidden itself, as HF does
+    "gemma3_text": GgufArch(
+        "gemma3", permute_qk=False, qk_norm=True, norm_offset=1.0, swa_pattern=6, swa_rope_base=10000.0
+    ),
 }
 
 
@@ -278,10 +287,18 @@ TOKENIZER_FAMILIES = (
 )
 # Architectures GGUF_ARCHS does not write yet, and why (the export refuses them naming the supported ones).
 REFUSED_ARCHS = {
-    "gemma3": "not written yet: (1 + w) norms, scaled embeddings, the sliding-window pattern",
+    "gemma3": "the multimodal Gemma 3 (4B and up): its vision tower has no place in a text GGUF",
     "smollm3": "not written yet: layers without rotary positions",
 }
 ARCH_TEST = "tests/export/test_gguf.py::test_tiny_architectures_pass_every_gate"
+# HF rope types the GGUF writer carries over, each with the models that use it; others (yarn; longrope:
+# Phi-3-128k, Phi-4-mini) are refused by name, never written unscaled
+ROPE_SCALINGS = {
+    "default": "most models",
+    "linear": "Gemma 3 4B and up, on its global layers",
+    "llama3": "Llama-3.1 and 3.2, as llama.cpp's rope_freqs",
+}
+ROPE_TEST = "tests/export/test_gguf.py::test_llama3_rope_scaling_is_written_as_llamas_frequency_factors"
 # architecture → (what ONNX Runtime GenAI's builder does with it, the test that shows it); others: untested
 ONNX_ARCHS = {
     "llama": ("✓", "tests/export/test_onnx.py::test_fp32_export_generates_and_matches_hf"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from edgeq.spec import ARCH_TEST, GGUF_ARCHS, ONNX_ARCHS, REFUSED_ARCHS, TOKENIZER_FAMILIES
+from edgeq.spec import ARCH_TEST, GGUF_ARCHS, ONNX_ARCHS, REFUSED_ARCHS, ROPE_SCALINGS, ROPE_TEST, TOKENIZER_FAMILIES
 
 BEGIN, END = "<!-- support matrix: written by `python -m edgeq.support README.md` -->", "<!-- end of support matrix -->"
 
@@ -31,6 +31,8 @@ def matrix() -> str:
         lines.append(f"| {name} | ✓{runs_as} | {onnx} | {tests} |")
     for name, why in REFUSED_ARCHS.items():
         lines.append(f"| {name} | refused: {why} | | |")
+    written = "; ".join(f"`{k}` ({v})" for k, v in ROPE_SCALINGS.items())
+    lines += ["", f"Rope scaling written to GGUF: {written}; any other is refused by name ({_name(ROPE_TEST)})."]
     return "\n".join(lines)
 
 
@@ -41,7 +43,7 @@ def _name(test: str) -> str:
 def tests_named() -> list[str]:
     """Every test the matrix names, as tests/<file>::<function>."""
     families = [t for f in TOKENIZER_FAMILIES for t in (f.test, f.onnx_test) if t]
-    return families + [ARCH_TEST] + [t for _, t in ONNX_ARCHS.values()]
+    return families + [ARCH_TEST, ROPE_TEST] + [t for _, t in ONNX_ARCHS.values()]
 
 
 def rewrite(readme: Path) -> None:

@@ -48,6 +48,12 @@ UNBREACHABLE_LATENCY = {
 }
 
 
+# Gemma 3 as the 270M is shaped, scaled down: heads wider than hidden / heads, a window shorter than the gate's
+# text, six layers so that the sixth attends globally with its own rope base, norms far from zero (HF scales by
+# 1 + w: a writer that forgets the 1 is caught)
+GEMMA3 = {"num_hidden_layers": 6, "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 8}
+
+
 def tiny_arch_model(kind: str, out: Path, tokenizer_dir: Path, **overrides) -> Path:
     """A random-weight model of one architecture (transformers' own config class) with another model's tokenizer:
     vocabulary size and bos/eos ids read from that folder's config.json, pad = eos. phi3 as Phi-4-mini is shaped:
@@ -66,12 +72,14 @@ def tiny_arch_model(kind: str, out: Path, tokenizer_dir: Path, **overrides) -> P
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
         "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+        "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
         "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
     }[kind]
     ids = json.loads((tokenizer_dir / "config.json").read_text())
     torch.manual_seed(0)
     kw = {"n_embd": 64, "n_layer": 2, "n_head": 4} if kind == "gpt2" else dict(TINY)
     kw |= {"partial_rotary_factor": 0.75} if kind == "phi3" else {}
+    kw |= GEMMA3 if kind == "gemma3_text" else {}
     cfg = config_cls(
         vocab_size=ids["vocab_size"],
         bos_token_id=ids["bos_token_id"],
@@ -80,7 +88,13 @@ def tiny_arch_model(kind: str, out: Path, tokenizer_dir: Path, **overrides) -> P
         tie_word_embeddings=True,
         **(kw | overrides),
     )
-    model_cls(cfg).save_pretrained(out)
+    model = model_cls(cfg)
+    if kind == "gemma3_text":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.normal_(0.0, 0.5)
+    model.save_pretrained(out)
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copyfile(tokenizer_dir / name, out / name)

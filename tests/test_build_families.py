@@ -20,7 +20,9 @@ FAMILIES = {
     # the test's [INST] template has no system turn: the base template's default is kept
     "sentencepiece": lambda d: sentencepiece_tokenizer(d, dummy_prefix=False, tokenizer_class="GemmaTokenizer"),
     "phi-4-mini": lambda d: llama3_tokenizer(d, regex=SPLIT_LAYOUTS["gpt-4o"]),  # on a Phi-3 architecture
+    "gemma-3": lambda d: sentencepiece_tokenizer(d, dummy_prefix=False, tokenizer_class="GemmaTokenizer"),
 }
+ARCHS = {"phi-4-mini": "phi3", "gemma-3": "gemma3_text"}
 LINEARS = {
     "phi-4-mini": ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"],  # fused: every one trained
     "llama": sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
@@ -30,15 +32,15 @@ LINEARS = {
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_model_of_each_family_builds_with_every_gate_green(family, tmp_path, small_data):
     tokenizer = FAMILIES[family](tmp_path / "tok")
-    if family == "phi-4-mini":
-        base = tiny_arch_model("phi3", tmp_path / "base", tokenizer, max_position_embeddings=2048)
+    if family in ARCHS:
+        base = tiny_arch_model(ARCHS[family], tmp_path / "base", tokenizer, max_position_embeddings=2048)
     else:
         base = random_model(tmp_path / "base", tokenizer, max_position_embeddings=2048)
     test = tmp_path / "test.jsonl"
     test.write_text("".join((DRONE / "test.jsonl").read_text().splitlines(keepends=True)[:4]))
     args = ["build", "--profile", _profile(tmp_path / "mini.yaml"), "--base", base, "--data", small_data]
     args += ["--test-data", test, "--max-steps", 2, "--reps", 1, "--out", tmp_path / "out"]
-    r = run_edgeq(*args, *(["--system-prompt", ""] if family == "sentencepiece" else []))
+    r = run_edgeq(*args, *(["--system-prompt", ""] if family in ("sentencepiece", "gemma-3") else []))
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     gates = m["quant_recipe"]["gates"]

@@ -47,6 +47,7 @@ from edgeq.spec import (
     LLAMA_CPP_MAX_BATCH,
     QUANT_AUTO,
     QUANT_TYPES,
+    ROPE_SCALINGS,
     quant_names,
 )
 
@@ -222,13 +223,14 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
             str(model_dir),
             "copy or rename the model folder to a name without 'phi3' / 'phi-3'",
         )
+    check_conventions(cfg, arch, model_dir)
     meta = tokenizer_metadata(AutoTokenizer.from_pretrained(model_dir), cfg.vocab_size)
     w = GGUFWriter(str(path), arch.gguf_arch)
     # second key, in the file's first bytes: what lets `--force` replace this file later (io.edgeq_wrote)
     w.add_string(GGUF_PROVENANCE_KEY, f"{FILE_MARK} {__version__}")
     w.add_name(model_dir.name)
     w.add_file_type(QUANT_TYPES[ftype].ftype)
-    _add_model_metadata(w, cfg)
+    _add_model_metadata(w, cfg, arch)
     _add_tokenizer_metadata(w, meta)
     n_params = _add_tensors(w, model_dir, cfg, arch, ftype)
     w.write_header_to_file()
@@ -251,24 +253,84 @@ def write_f16_gguf(model_dir: Path, path: Path) -> None:
     write_float_gguf(model_dir, path, "F16")
 
 
-def _add_model_metadata(w, cfg) -> None:
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+def rope_parameters(cfg, layer_type: str = "full_attention") -> dict:
+    """HF's rotary settings (theta, scaling type and factors) for one kind of layer: transformers nests them by
+    layer type where a model has two (Gemma 3: sliding and full attention)."""
     params = getattr(cfg, "rope_parameters", None) or {}
-    rope = params.get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
-    rotary = params.get("partial_rotary_factor") or getattr(cfg, "partial_rotary_factor", None) or 1.0  # Phi-4-mini: ¾
+    params = params.get(layer_type, params)
+    return {"rope_theta": getattr(cfg, "rope_theta", 10000.0), "rope_type": "default", **params}
+
+
+def check_conventions(cfg, arch, model_dir: Path) -> None:
+    """Refuse what llama.cpp would run differently from the checkpoint: it fixes some of what HF's config states
+    (Gemma 3's layer pattern, its local rope base, its attention scale) and knows only some rope scalings."""
+
+    def refuse(what: str, fix: str):
+        raise UsageError(f"{what}: llama.cpp's {arch.gguf_arch} would run it differently", str(model_dir), fix)
+
+    rope = rope_parameters(cfg)
+    if rope["rope_type"] not in ROPE_SCALINGS:
+        raise UsageError(
+            f"rope scaling {rope['rope_type']!r} is not one edgeq writes to GGUF",
+            str(model_dir),
+            f"export a model whose rope scaling is one of: {', '.join(ROPE_SCALINGS)}",
+        )
+    if not arch.swa_pattern:
+        return
+    p, n = arch.swa_pattern, cfg.num_hidden_layers
+    fixed = ["full_attention" if (i + 1) % p == 0 else "sliding_attention" for i in range(n)]
+    if list(cfg.layer_types) != fixed:
+        refuse("layer_types", f"llama.cpp makes layers {p}, {2 * p}, … (counting from 1) global, the others sliding")
+    local = rope_parameters(cfg, "sliding_attention")
+    if (local["rope_theta"], local["rope_type"]) != (arch.swa_rope_base, "default"):
+        refuse("the sliding layers' rope", f"llama.cpp runs them at theta {arch.swa_rope_base:g}, unscaled")
+    head_dim = cfg.head_dim
+    scale_dim = cfg.hidden_size / cfg.num_attention_heads if n == 62 else head_dim  # llama.cpp: 27B by its depth
+    if cfg.query_pre_attn_scalar != scale_dim:
+        refuse(f"query_pre_attn_scalar {cfg.query_pre_attn_scalar}", f"llama.cpp scales queries by 1/√{scale_dim:g}")
+    for cap in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if getattr(cfg, cap, None) is not None:
+            refuse(cap, "Gemma 3 has none; a model with one is not a Gemma 3 llama.cpp knows")
+    if getattr(cfg, "use_bidirectional_attention", False):
+        refuse("bidirectional attention (an embedding model)", "export a causal language model")
+
+
+def _add_model_metadata(w, cfg, arch) -> None:
+    from gguf import RopeScalingType
+
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rope = rope_parameters(cfg)
+    rotary = rope.get("partial_rotary_factor") or getattr(cfg, "partial_rotary_factor", None) or 1.0  # Phi-4-mini: ¾
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_freq_base(float(rope))
+    w.add_rope_freq_base(float(rope["rope_theta"]))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     w.add_rope_dimension_count(int(head_dim * rotary))
+    if rope["rope_type"] == "linear":
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(rope["factor"]))
     if head_dim * cfg.num_attention_heads != cfg.hidden_size:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
+    if arch.swa_pattern:
+        w.add_sliding_window(cfg.sliding_window)
     w.add_vocab_size(cfg.vocab_size)
+
+
+def llama3_rope_factors(cfg) -> np.ndarray:
+    """Llama-3.x's rope scaling as llama.cpp takes it: one divisor per rotary frequency (`rope_freqs`), the ratio
+    of the unscaled frequencies to those transformers' own llama3 rule computes."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = rope_parameters(cfg)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    plain = 1.0 / rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    return (plain / scaled.double().numpy()).astype(np.float32)
 
 
 def _add_tokenizer_metadata(w, meta: dict) -> None:
@@ -324,6 +386,8 @@ def _add_tensors(w, model_dir: Path, cfg, arch, ftype: str) -> int:
             a = permute_qk(a, cfg.num_attention_heads)
         elif arch.permute_qk and hf_name.endswith("k_proj.weight"):
             a = permute_qk(a, cfg.num_key_value_heads)
+        elif arch.norm_offset and hf_name.endswith("norm.weight"):
+            a = a + arch.norm_offset
         n_params += a.size
         if a.ndim == 1 or ftype == "F32":
             w.add_tensor(name, np.ascontiguousarray(a, dtype=np.float32))
@@ -333,6 +397,8 @@ def _add_tensors(w, model_dir: Path, cfg, arch, ftype: str) -> int:
             from gguf.quants import quantize
 
             w.add_tensor(name, quantize(a, GGMLQuantizationType.BF16), raw_dtype=GGMLQuantizationType.BF16)
+    if rope_parameters(cfg)["rope_type"] == "llama3":  # not a parameter: not counted
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
     return n_params
 
 

@@ -1,7 +1,9 @@
 """GGUF export on tiny random-weight models of each supported architecture, and on the default model."""
 
+import math
 import shutil
 
+import numpy as np
 import pytest
 
 from edgeq.errors import EdgeqError, UsageError
@@ -15,7 +17,7 @@ from edgeq.spec import EXIT_USAGE, QUANT_TYPES
 from tests.conftest import make_tiny_model, run_edgeq, tiny_arch_model
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"])
 def test_tiny_architectures_pass_every_gate(arch, tmp_path, default_model):
     model = tiny_arch_model(arch, tmp_path / arch / "model", default_model)
     r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
@@ -28,7 +30,112 @@ def test_tiny_architectures_pass_every_gate(arch, tmp_path, default_model):
     )
     assert g["fidelity"]["top1"] >= 0.99 and g["fidelity"]["max_abs_logit"] <= 0.02
     header = check_gguf(tmp_path / "m.gguf")
-    assert header["metadata"]["general.architecture"] == ("llama" if arch == "mistral" else arch)
+    assert header["metadata"]["general.architecture"] == {"mistral": "llama", "gemma3_text": "gemma3"}.get(arch, arch)
+
+
+def test_a_gemma3_written_without_its_conventions_fails_the_fidelity_gate(tmp_path, default_model, monkeypatch):
+    """The gate that passes Gemma 3 is one that can fail on it: llama.cpp's norms scale by w where HF's scale
+    by 1 + w, and a writer that forgets it gets top-1 ≈ 0."""
+    import dataclasses
+
+    model = tiny_arch_model("gemma3_text", tmp_path / "model", default_model)
+    plain = dataclasses.replace(export_mod.GGUF_ARCHS["gemma3_text"], norm_offset=0.0)
+    monkeypatch.setitem(export_mod.GGUF_ARCHS, "gemma3_text", plain)
+    with pytest.raises(EdgeqError, match="F32 GGUF disagrees with the HF model"):
+        export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert not (tmp_path / "m.gguf").exists()
+
+
+# Gemma 3 settings llama.cpp fixes for itself: a config that states another is refused, naming the key
+GEMMA3_LLAMA_CPP_FIXES = {
+    "layer_types": {"layer_types": ["sliding_attention"] * 3 + ["full_attention"] * 3},
+    "the sliding layers' rope": {
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 50000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+        }
+    },
+    "query_pre_attn_scalar": {"query_pre_attn_scalar": 64},
+    "final_logit_softcapping": {"final_logit_softcapping": 30.0},
+}
+
+
+@pytest.mark.parametrize("key", GEMMA3_LLAMA_CPP_FIXES)
+def test_a_gemma3_that_llama_cpp_would_run_differently_is_refused(key, tmp_path, default_model):
+    model = tiny_arch_model("gemma3_text", tmp_path / "model", default_model, **GEMMA3_LLAMA_CPP_FIXES[key])
+    with pytest.raises(UsageError, match="would run it differently") as e:
+        export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert str(e.value).startswith(key) and not (tmp_path / "m.gguf").exists()
+
+
+def test_gemma3_with_linear_rope_scaling_on_its_global_layers_passes_the_gates(tmp_path, default_model):
+    """Gemma 3 4B and up scale the global layers' positions by 8 (linear); the sliding ones stay unscaled."""
+    rope = {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+    }
+    model = tiny_arch_model("gemma3_text", tmp_path / "model", default_model, rope_parameters=rope)
+    r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert r.gates["fidelity"]["top1"] >= 0.99 and r.gates["fidelity"]["max_abs_logit"] <= 0.02
+    meta = check_gguf(tmp_path / "m.gguf")["metadata"]
+    assert meta["gemma3.rope.scaling.type"] == "linear" and meta["gemma3.rope.scaling.factor"] == 8.0
+
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,  # small, so that the scaling shows within the gate's 256 tokens
+}
+
+
+def _llama3_factors(head_dim: int) -> list[float]:
+    """Meta's rule, from its definition: wavelengths shorter than original / high_freq_factor keep their
+    frequency, longer than original / low_freq_factor are slowed by `factor`, and those between blend."""
+    r = LLAMA3_ROPE
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * r["rope_theta"] ** (i / head_dim)
+        if wavelen < r["original_max_position_embeddings"] / r["high_freq_factor"]:
+            out.append(1.0)
+        elif wavelen > r["original_max_position_embeddings"] / r["low_freq_factor"]:
+            out.append(r["factor"])
+        else:
+            smooth = (r["original_max_position_embeddings"] / wavelen - r["low_freq_factor"]) / (
+                r["high_freq_factor"] - r["low_freq_factor"]
+            )
+            out.append(1 / ((1 - smooth) / r["factor"] + smooth))
+    return out
+
+
+def test_llama3_rope_scaling_is_written_as_llamas_frequency_factors(tmp_path, default_model, monkeypatch):
+    """Llama-3.2-1B's rope: llama.cpp divides each frequency by a factor the GGUF carries (`rope_freqs`).
+    Without it the same export gives top-1 0.42, max |Δlogit| 3.45 (measured); the gate refuses that."""
+    from gguf import GGUFReader
+
+    model = tiny_arch_model(
+        "llama", tmp_path / "model", default_model, rope_parameters=LLAMA3_ROPE, initializer_range=0.1
+    )
+    r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert r.gates["fidelity"]["top1"] >= 0.99 and r.gates["fidelity"]["max_abs_logit"] <= 0.02
+    tensor = next(t for t in GGUFReader(tmp_path / "m.gguf").tensors if t.name == "rope_freqs.weight")
+    expected = _llama3_factors(16)
+    assert [round(float(x), 4) for x in tensor.data] == [round(x, 4) for x in expected]
+    assert expected[0] == 1.0 and expected[-1] == 32.0 and 1.0 < expected[1] < 32.0  # all three regimes
+
+    monkeypatch.setattr(export_mod, "llama3_rope_factors", lambda cfg: np.ones(8, dtype=np.float32))
+    with pytest.raises(EdgeqError, match="F32 GGUF disagrees with the HF model"):
+        export_gguf(GgufExport(model=str(model), out=str(tmp_path / "plain.gguf"), quant="F32"))
+
+
+def test_a_rope_scaling_edgeq_does_not_write_is_refused(tmp_path, default_model):
+    yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 128}
+    model = tiny_arch_model("llama", tmp_path / "model", default_model, rope_parameters=yarn)
+    with pytest.raises(UsageError, match="rope scaling 'yarn' is not one edgeq writes") as e:
+        export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert "default, linear, llama3" in e.value.fix
 
 
 def test_tiny_quantized_export_is_close_to_the_float_model(tmp_path, default_model):
