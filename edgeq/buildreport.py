@@ -139,8 +139,9 @@ def modelfile(gguf_name: str, tok, profile, system=None) -> tuple[str, bool]:
         if default:  # Ollama's TEMPLATE replaces the GGUF's, so the default system prompt travels as SYSTEM
             why = f"{system.source}: {system.why}" if system and system.text else "the base template's default"
             lines += [f"# The default system prompt ({why}).", f'SYSTEM """{_block(default, "the system prompt")}"""']
-    stops = sorted({t for t in (tok.eos_token, "<|im_end|>" if chatml else None) if t})
-    lines.append("# Generation ends at the end-of-turn token, as in the evaluation.")
+    ends = tok.convert_ids_to_tokens(templates.turn_ends(tok))
+    stops = sorted({t for t in (tok.eos_token, *ends, "<|im_end|>" if chatml else None) if t})
+    lines.append("# Generation ends at eos and at the token the template ends a turn with, as in the evaluation.")
     lines += [f'PARAMETER stop "{_quoted(s, "a stop token")}"' for s in stops]
     lines += [
         "# The profile's context window and CPU threads.",

@@ -106,7 +106,7 @@ def artifact_answers(path: Path, tok, prompts: list[list[dict]], budget: int, se
     ids = [tok.encode(templates.render(tok, m, True), add_special_tokens=False) for m in prompts]
     same = [bool(served) and served[i]["prompt_ids"] == x for i, x in enumerate(ids)]
     todo = [x for x, s in zip(ids, same, strict=True) if not s]
-    new = iter(generate(path, todo, budget, [tok.eos_token_id]) if todo else [])
+    new = iter(generate(path, todo, budget, templates.turn_ends(tok)) if todo else [])
     answers = [served[i]["text"] if s else tok.decode(next(new), skip_special_tokens=True) for i, s in enumerate(same)]
     return answers, sum(same)
 

@@ -66,6 +66,7 @@ def generate_hf(
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     answers: dict[int, str] = {}
     texts = [templates.render(tok, p, True) for p in prompts]
+    ends = templates.turn_ends(tok)
     order = sorted(range(len(texts)), key=lambda i: len(tok.encode(texts[i], add_special_tokens=False)))
     with torch.no_grad():
         for b in range(0, len(order), batch_size):
@@ -75,7 +76,7 @@ def generate_hf(
                 **enc,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=ends,
                 pad_token_id=tok.pad_token_id,
             )
             new = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -78,3 +78,21 @@ def render(
     if len(text) > budget:
         raise UsageError(f"the chat template wrote {len(text)} characters for {len(messages)} messages", where, _FIX)
     return text
+
+
+_ANSWER = "edgeq-answer"  # text no template writes itself: what follows it is what ends an assistant turn
+
+
+def turn_ends(tok) -> list[int]:
+    """The tokens that end an answer: eos, and the special token the model's template writes right after an
+    assistant turn (Llama-3's <|eot_id|>, Gemma's <end_of_turn>, ChatML's <|im_end|>). Fine-tuning teaches the
+    model to emit that token, so every generation edgeq scores stops there, as llama.cpp and Ollama do."""
+    ends = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    if not tok.chat_template:  # a base model: nothing but eos ends its text
+        return ends
+    convo = [{"role": "user", "content": "U"}, {"role": "assistant", "content": _ANSWER}]
+    after = render(tok, convo).split(_ANSWER, 1)[-1]
+    ids = tok.encode(after, add_special_tokens=False)
+    if ids and ids[0] in tok.all_special_ids and ids[0] not in ends:
+        ends.append(ids[0])
+    return ends

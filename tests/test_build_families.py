@@ -9,7 +9,7 @@ from edgeq.basemodel import random_model
 from edgeq.export.gguf import SPLIT_LAYOUTS
 from edgeq.spec import FINETUNE_MANIFEST
 from tests.conftest import run_edgeq, tiny_arch_model
-from tests.export.test_tokenizer_families import llama3_tokenizer, sentencepiece_tokenizer
+from tests.export.test_tokenizer_families import gemma_chat_tokenizer, llama3_tokenizer, sentencepiece_tokenizer
 from tests.test_build import DRONE, _profile
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ FAMILIES = {
     # the test's [INST] template has no system turn: the base template's default is kept
     "sentencepiece": lambda d: sentencepiece_tokenizer(d, dummy_prefix=False, tokenizer_class="GemmaTokenizer"),
     "phi-4-mini": lambda d: llama3_tokenizer(d, regex=SPLIT_LAYOUTS["gpt-4o"]),  # on a Phi-3 architecture
-    "gemma-3": lambda d: sentencepiece_tokenizer(d, dummy_prefix=False, tokenizer_class="GemmaTokenizer"),
+    "gemma-3": lambda d: gemma_chat_tokenizer(d),  # its turns: answers end at <end_of_turn>
 }
 ARCHS = {"phi-4-mini": "phi3", "gemma-3": "gemma3_text"}
 LINEARS = {
@@ -47,5 +47,8 @@ def test_a_model_of_each_family_builds_with_every_gate_green(family, tmp_path, s
     assert gates["tokenizer"]["mismatches"] == gates["tokenizer_quantized"]["mismatches"] == 0
     assert gates["fidelity"]["top1"] >= 0.99 and m["fidelity"]["task_served"]["n"] == 4
     assert all(c["passed"] for c in m["bench"]["checks"] + m["quality_checks"])
+    if family == "gemma-3":  # trained on <end_of_turn>, scored and served stopping there
+        assert 'PARAMETER stop "<end_of_turn>"' in (tmp_path / "out" / "Modelfile").read_text()
+        assert len(gates["special_tokens"]["turn_ends"]) == 2
     adapter = json.loads((tmp_path / "out" / ".edgeq" / "finetune" / "adapter" / FINETUNE_MANIFEST).read_text())
     assert adapter["lora_modules"]["names"] == LINEARS.get(family, LINEARS["llama"])

@@ -50,6 +50,7 @@ from edgeq.spec import (
     ROPE_SCALINGS,
     quant_names,
 )
+from edgeq.templates import turn_ends
 
 
 @dataclass
@@ -150,6 +151,7 @@ def tokenizer_metadata(tok, vocab_size: int) -> dict:
         "unk": tok.unk_token_id,
         "add_bos": adds_bos(tok),
         "chat_template": tok.chat_template,
+        "turn_ends": turn_ends(tok),
     }
     if not model.get("byte_fallback"):
         return meta | {"model": "gpt2", "pre": pre_tokenizer_name(data), "merges": merges}
@@ -245,6 +247,7 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
         "eos": meta["eos"],
         "pad": meta["pad"],
         "chat_template": meta["chat_template"],
+        "turn_ends": meta["turn_ends"],
     }
 
 
@@ -353,6 +356,9 @@ def _add_tokenizer_metadata(w, meta: dict) -> None:
     ):
         if meta[key] is not None:
             add(meta[key])
+    eot = [t for t in meta["turn_ends"] if t != meta["eos"]]
+    if eot:  # the template's end of turn (Gemma's <end_of_turn>): llama.cpp stops there only if told
+        w.add_eot_token_id(eot[0])
     w.add_add_bos_token(meta["add_bos"])
     if meta["chat_template"]:
         w.add_chat_template(meta["chat_template"])
@@ -522,14 +528,18 @@ def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
         raise EdgeqError(
             f"GGUF lost {', '.join(wrong)} on the way (expected {[info[k] for k in wrong]})", str(gguf_path)
         )
-    if not gguf_is_eog(gguf_path, info["eos"]):
-        raise EdgeqError(
-            f"eos {info['eos']} is not an end-of-generation token in llama.cpp: output would not stop", str(gguf_path)
-        )
+    for t in info["turn_ends"]:
+        if not gguf_is_eog(gguf_path, t):
+            raise EdgeqError(
+                f"token {t}, which ends the model's answers, is not an end-of-generation token in llama.cpp: "
+                "output would not stop",
+                str(gguf_path),
+            )
     return {
         **{k: v for k, v in carried.items() if k != "chat_template"},
         "chat_template": bool(carried["chat_template"]),
         "eos_is_eog": True,
+        "turn_ends": info["turn_ends"],
     }
 
 

@@ -258,3 +258,71 @@ def test_a_gemma_tokenizer_model_exports_to_onnx_and_serves_its_own_template(tmp
     tok = AutoTokenizer.from_pretrained(model)
     text = tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
     assert served["prompt_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+
+
+# Gemma's turns, as its template writes them (the system turn left out here): <end_of_turn> ends an answer, and
+# eos (</s> in this test's vocabulary) is not what the model emits after one
+def gemma_template(start: str = "<start_of_turn>", end: str = "<end_of_turn>") -> str:
+    return (
+        "{{ bos_token }}{% for message in messages %}{% if message['role'] != 'system' %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        f"{{{{ '{start}' + role + '\\n' + message['content'] | trim + '{end}\\n' }}}}{{% endif %}}{{% endfor %}}"
+        f"{{% if add_generation_prompt %}}{{{{ '{start}model\\n' }}}}{{% endif %}}"
+    )
+
+
+def gemma_chat_tokenizer(out, start: str = "<start_of_turn>", end: str = "<end_of_turn>"):
+    """The Gemma SentencePiece layout with Gemma's turn tokens (or others) and chat template."""
+    from transformers import AutoTokenizer
+
+    sentencepiece_tokenizer(out, dummy_prefix=False, tokenizer_class="GemmaTokenizer")
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.add_special_tokens({"additional_special_tokens": [start, end]})
+    tok.chat_template = gemma_template(start, end)
+    tok.save_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | {"vocab_size": len(tok)}))
+    return out
+
+
+def test_a_gemma_answer_ends_at_end_of_turn_in_the_gguf_the_evaluation_and_the_modelfile(tmp_path, monkeypatch):
+    """A fine-tuned Gemma learns to end its answer with <end_of_turn>, not eos: the GGUF says so (llama.cpp's
+    eot), the evaluation stops there, and so does the Modelfile."""
+    from transformers import AutoTokenizer
+
+    from edgeq import evaluate
+    from edgeq.buildreport import modelfile
+    from edgeq.profiles import load_profile
+    from edgeq.templates import turn_ends
+
+    tokdir = gemma_chat_tokenizer(tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tokdir)
+    end_of_turn = tok.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn != tok.eos_token_id and turn_ends(tok) == [tok.eos_token_id, end_of_turn]
+
+    model = random_model(tmp_path / "model", tokdir)
+    r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert r.gates["special_tokens"]["turn_ends"] == [tok.eos_token_id, end_of_turn]
+    assert check_gguf(tmp_path / "m.gguf")["metadata"]["tokenizer.ggml.eot_token_id"] == end_of_turn
+
+    asked = []
+    monkeypatch.setattr(evaluate, "generate", lambda path, prompts, budget, stops: asked.append(stops) or [[]])
+    evaluate.artifact_answers(tmp_path / "m.gguf", tok, [[{"role": "user", "content": "hover"}]], 8)
+    assert asked == [[tok.eos_token_id, end_of_turn]]
+
+    text, _ = modelfile("m.gguf", tok, load_profile("drone"))
+    assert 'PARAMETER stop "<end_of_turn>"' in text and 'PARAMETER stop "</s>"' in text
+
+
+def test_a_turn_end_llama_cpp_does_not_know_by_name_stops_only_through_the_eot_key(tmp_path, monkeypatch):
+    """llama.cpp knows <end_of_turn>, <|eot_id|> and <|im_end|> by their text; a template's own turn end it
+    learns from the GGUF's eot key. Written without that key, the export's gate refuses it."""
+    tokdir = gemma_chat_tokenizer(tmp_path / "tok", "<|answer|>", "<|answer_done|>")
+    model = random_model(tmp_path / "model", tokdir)
+    r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
+    assert len(r.gates["special_tokens"]["turn_ends"]) == 2
+
+    original = export_mod._add_tokenizer_metadata
+    monkeypatch.setattr(export_mod, "_add_tokenizer_metadata", lambda w, meta: original(w, meta | {"turn_ends": []}))
+    with pytest.raises(EdgeqError, match="ends the model's answers, is not an end-of-generation token"):
+        export_gguf(GgufExport(model=str(model), out=str(tmp_path / "plain.gguf"), quant="F32"))
