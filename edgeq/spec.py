@@ -207,6 +207,7 @@ class GgufArch:
     # sliding window with their own rope base; a config that says otherwise is refused, not run differently
     swa_pattern: int = 0
     swa_rope_base: float = 0.0
+    nope_interval: int = 0  # SmolLM3: every n-th layer without rotary positions, fixed by llama.cpp the same way
 
 
 # HF model_type → how to write it. Mistral (dense) runs on llama.cpp's llama architecture.
@@ -217,6 +218,7 @@ GGUF_ARCHS = {
     "qwen3": GgufArch("qwen3", permute_qk=False, qk_norm=True),
     "phi3": GgufArch("phi3", permute_qk=False),  # fused qkv_proj and gate_up_proj, written fused (Phi-3, Phi-4-mini)
     # Gemma 3 270M and 1B (text only); llama.cpp scales the embeddings by √hidden itself, as HF does
+    "smollm3": GgufArch("smollm3", permute_qk=True, nope_interval=4),
     "gemma3_text": GgufArch(
         "gemma3", permute_qk=False, qk_norm=True, norm_offset=1.0, swa_pattern=6, swa_rope_base=10000.0
     ),
@@ -288,7 +290,6 @@ TOKENIZER_FAMILIES = (
 # Architectures GGUF_ARCHS does not write yet, and why (the export refuses them naming the supported ones).
 REFUSED_ARCHS = {
     "gemma3": "the multimodal Gemma 3 (4B and up): its vision tower has no place in a text GGUF",
-    "smollm3": "not written yet: layers without rotary positions",
 }
 ARCH_TEST = "tests/export/test_gguf.py::test_tiny_architectures_pass_every_gate"
 # HF rope types the GGUF writer carries over, each with the models that use it; others (yarn; longrope:

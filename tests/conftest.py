@@ -73,6 +73,7 @@ def tiny_arch_model(kind: str, out: Path, tokenizer_dir: Path, **overrides) -> P
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
         "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
         "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+        "smollm3": (transformers.SmolLM3Config, transformers.SmolLM3ForCausalLM),
         "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
     }[kind]
     ids = json.loads((tokenizer_dir / "config.json").read_text())
@@ -80,6 +81,7 @@ def tiny_arch_model(kind: str, out: Path, tokenizer_dir: Path, **overrides) -> P
     kw = {"n_embd": 64, "n_layer": 2, "n_head": 4} if kind == "gpt2" else dict(TINY)
     kw |= {"partial_rotary_factor": 0.75} if kind == "phi3" else {}
     kw |= GEMMA3 if kind == "gemma3_text" else {}
+    kw |= {"num_hidden_layers": 4} if kind == "smollm3" else {}  # the 4th has no rotary positions
     cfg = config_cls(
         vocab_size=ids["vocab_size"],
         bos_token_id=ids["bos_token_id"],

@@ -21,8 +21,9 @@ FAMILIES = {
     "sentencepiece": lambda d: sentencepiece_tokenizer(d, dummy_prefix=False, tokenizer_class="GemmaTokenizer"),
     "phi-4-mini": lambda d: llama3_tokenizer(d, regex=SPLIT_LAYOUTS["gpt-4o"]),  # on a Phi-3 architecture
     "gemma-3": lambda d: gemma_chat_tokenizer(d),  # its turns: answers end at <end_of_turn>
+    "smollm3": lambda d: llama3_tokenizer(d),  # Llama-3's layout, every 4th layer without rotary positions
 }
-ARCHS = {"phi-4-mini": "phi3", "gemma-3": "gemma3_text"}
+ARCHS = {"phi-4-mini": "phi3", "gemma-3": "gemma3_text", "smollm3": "smollm3"}
 LINEARS = {
     "phi-4-mini": ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"],  # fused: every one trained
     "llama": sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),

@@ -278,6 +278,12 @@ def check_conventions(cfg, arch, model_dir: Path) -> None:
             str(model_dir),
             f"export a model whose rope scaling is one of: {', '.join(ROPE_SCALINGS)}",
         )
+    if arch.nope_interval:
+        k = arch.nope_interval
+        if list(cfg.no_rope_layers) != [int((i + 1) % k != 0) for i in range(cfg.num_hidden_layers)]:
+            refuse("no_rope_layers", f"llama.cpp leaves out rotary positions in layers {k}, {2 * k}, … (from 1) only")
+        if getattr(cfg, "use_sliding_window", False):
+            refuse("use_sliding_window", "export a SmolLM3 with full attention in every layer, as released")
     if not arch.swa_pattern:
         return
     p, n = arch.swa_pattern, cfg.num_hidden_layers

@@ -17,7 +17,7 @@ from edgeq.spec import EXIT_USAGE, QUANT_TYPES
 from tests.conftest import make_tiny_model, run_edgeq, tiny_arch_model
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text", "smollm3"])
 def test_tiny_architectures_pass_every_gate(arch, tmp_path, default_model):
     model = tiny_arch_model(arch, tmp_path / arch / "model", default_model)
     r = export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
@@ -46,23 +46,28 @@ def test_a_gemma3_written_without_its_conventions_fails_the_fidelity_gate(tmp_pa
     assert not (tmp_path / "m.gguf").exists()
 
 
-# Gemma 3 settings llama.cpp fixes for itself: a config that states another is refused, naming the key
-GEMMA3_LLAMA_CPP_FIXES = {
-    "layer_types": {"layer_types": ["sliding_attention"] * 3 + ["full_attention"] * 3},
-    "the sliding layers' rope": {
-        "rope_parameters": {
-            "sliding_attention": {"rope_type": "default", "rope_theta": 50000.0},
-            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
-        }
-    },
-    "query_pre_attn_scalar": {"query_pre_attn_scalar": 64},
-    "final_logit_softcapping": {"final_logit_softcapping": 30.0},
+# Settings llama.cpp fixes for itself (Gemma 3, SmolLM3): a config that states another is refused, naming the key
+LLAMA_CPP_FIXES = {
+    "layer_types": ("gemma3_text", {"layer_types": ["sliding_attention"] * 3 + ["full_attention"] * 3}),
+    "the sliding layers' rope": (
+        "gemma3_text",
+        {
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 50000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            }
+        },
+    ),
+    "query_pre_attn_scalar": ("gemma3_text", {"query_pre_attn_scalar": 64}),
+    "final_logit_softcapping": ("gemma3_text", {"final_logit_softcapping": 30.0}),
+    "no_rope_layers": ("smollm3", {"no_rope_layers": [1, 1, 1, 1]}),
 }
 
 
-@pytest.mark.parametrize("key", GEMMA3_LLAMA_CPP_FIXES)
-def test_a_gemma3_that_llama_cpp_would_run_differently_is_refused(key, tmp_path, default_model):
-    model = tiny_arch_model("gemma3_text", tmp_path / "model", default_model, **GEMMA3_LLAMA_CPP_FIXES[key])
+@pytest.mark.parametrize("key", LLAMA_CPP_FIXES)
+def test_a_model_that_llama_cpp_would_run_differently_is_refused(key, tmp_path, default_model):
+    arch, overrides = LLAMA_CPP_FIXES[key]
+    model = tiny_arch_model(arch, tmp_path / "model", default_model, **overrides)
     with pytest.raises(UsageError, match="would run it differently") as e:
         export_gguf(GgufExport(model=str(model), out=str(tmp_path / "m.gguf"), quant="F32"))
     assert str(e.value).startswith(key) and not (tmp_path / "m.gguf").exists()
