@@ -76,14 +76,25 @@ def test_the_onnx_served_prompt_is_the_folders_template_with_the_trained_system_
     assert served["prompt_ids"] == tok(text, add_special_tokens=False)["input_ids"]
 
 
-def test_a_model_the_builder_does_not_take_is_refused_with_the_way_out(tmp_path, default_model):
-    """Phi-4-mini's shape (Phi-3, ¾ of each head rotated) fails inside the GenAI builder: one line that names the
-    model type and points at GGUF, and no folder left."""
+@pytest.mark.parametrize("arch", ["phi3", "gemma3_text", "smollm3"])
+def test_a_model_the_builder_does_not_take_is_refused_with_the_way_out(arch, tmp_path, default_model):
+    """Phi-4-mini's shape (Phi-3, ¾ of each head rotated), Gemma 3 and SmolLM3 as transformers 5 configures them
+    fail inside the GenAI builder: one line that names the model type and points at GGUF, and no folder left."""
     from edgeq.errors import EdgeqError
     from tests.conftest import tiny_arch_model
 
-    model = tiny_arch_model("phi3", tmp_path / "p" / "model", default_model)
+    model = tiny_arch_model(arch, tmp_path / "p" / "model", default_model)
     with pytest.raises(EdgeqError, match="model builder failed") as e:
         export_onnx(OnnxExport(model=str(model), out=str(tmp_path / "onnx"), quant="fp32"))
-    assert "does not take this phi3 model" in e.value.fix and "--format gguf" in e.value.fix
+    assert f"does not take this {arch} model" in e.value.fix and "--format gguf" in e.value.fix
     assert not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3"])
+def test_other_architectures_export_to_onnx_with_every_gate_green(arch, tmp_path, default_model):
+    from tests.conftest import tiny_arch_model
+
+    model = tiny_arch_model(arch, tmp_path / "m" / "model", default_model)
+    r = export_onnx(OnnxExport(model=str(model), out=str(tmp_path / "onnx"), quant="fp32"))
+    assert r.gates["generates"]["generated_tokens"] > 0
+    assert r.gates["fidelity"]["top1"] >= 0.99 and r.gates["fidelity"]["max_abs_logit"] < 1e-3
