@@ -45,6 +45,33 @@ from edgeq.spec import (
 MODEL_HELP = "HF model directory [default: the embedded SmolLM2-135M-Instruct]"  # every --model / --base
 
 
+def load_tokenizer(model_dir):
+    """The model's tokenizer as edgeq trains, scores and exports with it: transformers' own, with the SentencePiece
+    layout of Llama-2, TinyLlama, Mistral ≤ v0.3 and Phi-3 put back as sentencepiece runs it (see below)."""
+    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
+
+    return sentencepiece_faithful(AutoTokenizer.from_pretrained(model_dir))
+
+
+def sentencepiece_faithful(tok):
+    """transformers 5 rebuilds a SentencePiece tokenizer that puts ▁ before text as a Metaspace that prepends it to
+    the first piece only. sentencepiece (what the base was trained with) and llama.cpp prepend it to every run of
+    text, after a special token too, and keep a leading space as a ▁ of its own: 56 of 545 parity strings differ.
+    The layout those models ship in tokenizer.json does the same as sentencepiece (▁ prepended, spaces replaced, by
+    normalizers); this puts it back, so that training, scoring and serving see the same tokens."""
+    from tokenizers import normalizers  # deferred: as above
+
+    data = json.loads(tok.backend_tokenizer.to_str())
+    pre, model = data.get("pre_tokenizer") or {}, data.get("model") or {}
+    first_only = pre.get("type") == "Metaspace" and pre.get("prepend_scheme") == "first" and not pre.get("split")
+    if first_only and model.get("type") == "BPE" and model.get("byte_fallback") and not data.get("normalizer"):
+        tok.backend_tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.Prepend(pre["replacement"]), normalizers.Replace(" ", pre["replacement"])]
+        )
+        tok.backend_tokenizer.pre_tokenizer = None
+    return tok
+
+
 def cache_root() -> Path:
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE]).expanduser()

@@ -33,7 +33,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from edgeq import __version__, report
-from edgeq.basemodel import MODEL_HELP, resolve_model, weights_bytes
+from edgeq.basemodel import MODEL_HELP, load_tokenizer, resolve_model, weights_bytes
 from edgeq.bench import BenchConfig, bench
 from edgeq.buildreport import StageView, check_modelfile, write_outputs
 from edgeq.calibration import CALIBRATION_HELP, select_calibration
@@ -321,14 +321,13 @@ def artifact(job: Job) -> Path:
 def run_eval(job: Job, work: Path) -> EvalResult:
     """Fidelity of the artifact and its task score as evaluated and as served; the float models' task scores and
     answer NLL; the artifact's agreement with the merged model's answers."""
-    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     limit, metric = job.cfg.eval_limit, job.cfg.metric
     task = load_task(job.test_data, limit, metric)
     art = evaluate(artifact(job), merged(job), job.test_data, limit, served=True, metric=metric)
     merged_score = float_score(job, "merged", merged(job), task)
     base_score = float_score(job, "base", job.base, task)
-    tok = AutoTokenizer.from_pretrained(merged(job))
+    tok = load_tokenizer(merged(job))
     return EvalResult(
         text=art.text,
         task_text=art.task_text,

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from edgeq import __version__, report, templates
+from edgeq.basemodel import load_tokenizer
 from edgeq.errors import UsageError
 from edgeq.footprint import footprint_fits
 from edgeq.io import atomic_dir, atomic_file, atomic_path, write_json, write_text
@@ -178,9 +179,8 @@ def _quoted(text: str, what: str) -> str:
 def check_modelfile(model_dir: Path, profile, system) -> None:
     """Fail before any work where the template (with the deployment system prompt) or the tokens cannot be
     written into a Modelfile."""
-    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(model_dir)
     if system.text:
         tok.chat_template = embed(tok.chat_template, system.text, tok)
     modelfile("model.gguf", tok, profile, system)
@@ -235,13 +235,12 @@ def publish_artifact(src: Path, dst: Path) -> None:
 def write_outputs(b: BuildResult) -> list[str]:
     """Publish the artifact and write manifest, report, Modelfile and plot; the build's checks (bench's and the
     quality checks) are the verdict the report shows. Returns the names written into OUT."""
-    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     out, chosen = Path(b.out), b.candidate
     publish_artifact(Path(b.export.path), out / b.export.name)
     template_ok = None
     if chosen.fmt == FORMAT_GGUF:
-        tok = AutoTokenizer.from_pretrained(b.merge.path)
+        tok = load_tokenizer(b.merge.path)
         text, template_ok = modelfile(b.export.name, tok, b.profile, b.system)
         write_text(out / BUILD_MODELFILE, text)
     plot(b.plan.rows, chosen, out / BUILD_PLOT)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq import report, templates
-from edgeq.basemodel import resolve_model
+from edgeq.basemodel import load_tokenizer, resolve_model
 from edgeq.config import setting
 from edgeq.errors import EdgeqError
 from edgeq.records import Agreement, AnswerNLL, Evaluation, Fidelity, Score
@@ -202,9 +202,9 @@ def float_task_score(model_dir: Path, task) -> Score:
     """The task score and answer NLL of an HF float model: batched greedy generation (faster here than one
     sequence at a time in llama.cpp) and batched teacher-forced forward passes."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(model_dir)
     answers = generate_hf(model_dir, task.prompts, answer_budget(tok, task))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     seqs, starts = answer_positions(tok, task)
@@ -240,13 +240,13 @@ def evaluate(
     metric: str | None = None,
 ) -> Evaluation:
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     artifact = Path(artifact)
     fmt = artifact_format(artifact)
     task = load_task(data, limit, metric) if data else None  # refused here, before anything is generated
     ref_dir = resolve_model(reference)
-    tok = AutoTokenizer.from_pretrained(ref_dir)
+    tok = load_tokenizer(ref_dir)
     model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
 
     positions = model.config.max_position_embeddings

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from edgeq import __version__, report
-from edgeq.basemodel import MODEL_HELP, base_fingerprint, resolve_model
+from edgeq.basemodel import MODEL_HELP, base_fingerprint, load_tokenizer, resolve_model
 from edgeq.config import problems, setting
 from edgeq.data import IGNORE, load_dataset
 from edgeq.errors import ConfigError, EdgeqError, UsageError
@@ -459,7 +459,7 @@ def lora_targets(requested: tuple[str, ...], linears: tuple[str, ...], base_dir:
 def setup(cfg: FinetuneConfig) -> Run:
     """Refusals first (nothing is written), then the data, the split, the model and the optimizer."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     cfg.check()
     rank, world = _dist_init()
@@ -477,7 +477,7 @@ def setup(cfg: FinetuneConfig) -> Run:
             "pass --resume to continue it, --force to start over, or another --out",
         )
     base_dir = resolve_model(cfg.base)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = load_tokenizer(base_dir)
     dataset = load_dataset(cfg.data, tokenizer, cfg.seq_len, cfg.strict)  # raises before anything is written
     base_sha = base_fingerprint(base_dir)
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgeq import __version__, report
-from edgeq.basemodel import MODEL_HELP, base_fingerprint, resolve_model, weights_bytes
+from edgeq.basemodel import MODEL_HELP, base_fingerprint, load_tokenizer, resolve_model, weights_bytes
 from edgeq.config import problems, setting
 from edgeq.errors import ConfigError, EdgeqError, UsageError
 from edgeq.io import (
@@ -277,10 +277,9 @@ def merge_verified(model, tok, adapter_dir: Path):
 def merge(cfg: MergeConfig) -> MergeResult:
     """provenance → load the base (round trip) → merge and verify → write the HF folder atomically."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
-    from transformers import AutoTokenizer
 
     p = provenance(cfg)
-    tok = AutoTokenizer.from_pretrained(p.base_dir)
+    tok = load_tokenizer(p.base_dir)
     template = embed(tok.chat_template, cfg.system_prompt, tok) if cfg.system_prompt else None  # refused before work
     if tok.pad_token is None:  # Llama-3 has none; the check's padded positions are masked out (this copy only pads)
         tok.pad_token = tok.eos_token

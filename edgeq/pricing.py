@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from edgeq import mixed, report, templates
+from edgeq.basemodel import load_tokenizer
 from edgeq.calibration import calibrated
 from edgeq.data import read_jsonl
 from edgeq.errors import BudgetError, UsageError
@@ -146,9 +147,9 @@ def kld_probe(model_dir: Path, data: str | None):
     task never shows: on the drone fine-tune it priced the tied embedding (every word's row) at 0.44× what the two
     texts do, and the mixtures it chose drifted up to 1.5× further than llama.cpp's on general text."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     n = min(GAIN_TOKENS, model.config.max_position_embeddings)
     task: list[int] = []

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq import report
+from edgeq.basemodel import load_tokenizer
 from edgeq.bench import measure_in_child
 from edgeq.errors import UsageError
 from edgeq.evaluate import TEXT_TOKENS, compare_logits, fidelity_ids, reference_logits
@@ -85,11 +86,11 @@ def sweep(planned: Plan, s: SweepInputs, work: Path) -> Plan:
     order()) whose measured quality and speed meet the profile: the one of best expected quality that fits.
     all builds every candidate that may fit and chooses the best measured one."""
     import torch  # deferred: torch and transformers take seconds to import and only the workstation has them
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     todo = order(list(planned.rows), s.profile)
     check_free_disk(work, 2 * max([r.predicted.storage_mib for r in todo] or [0]) * 2**20, "the candidate sweep")
-    tok = AutoTokenizer.from_pretrained(s.merged)
+    tok = load_tokenizer(s.merged)
     model = AutoModelForCausalLM.from_pretrained(s.merged, dtype=torch.float32).eval()
     ids = fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)
     ref = reference_logits(model, ids)

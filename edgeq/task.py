@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq import metrics, report, templates
-from edgeq.basemodel import MODEL_HELP
+from edgeq.basemodel import MODEL_HELP, load_tokenizer
 from edgeq.config import setting
 from edgeq.data import read_jsonl_lines
 from edgeq.errors import ConfigError
@@ -57,9 +57,9 @@ def generate_hf(
 ) -> list[str]:
     """Greedy answers from an HF model, batched with left padding, prompts of similar length together."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(model_dir)
     tok.padding_side = "left"
     if tok.pad_token is None:  # Llama-3 has none: pad with eos, which the attention mask hides
         tok.pad_token = tok.eos_token

@@ -21,6 +21,7 @@ FAMILIES = {
     "sentencepiece": lambda d: sentencepiece_tokenizer(d, dummy_prefix=False, tokenizer_class="GemmaTokenizer"),
     "phi-4-mini": lambda d: llama3_tokenizer(d, regex=SPLIT_LAYOUTS["gpt-4o"]),  # on a Phi-3 architecture
     "gemma-3": lambda d: gemma_chat_tokenizer(d),  # its turns: answers end at <end_of_turn>
+    "llama-2": lambda d: sentencepiece_tokenizer(d, dummy_prefix=True),  # ▁ before text, as sentencepiece puts it
     "smollm3": lambda d: llama3_tokenizer(d),  # Llama-3's layout, every 4th layer without rotary positions
 }
 ARCHS = {"phi-4-mini": "phi3", "gemma-3": "gemma3_text", "smollm3": "smollm3"}
@@ -41,7 +42,7 @@ def test_a_model_of_each_family_builds_with_every_gate_green(family, tmp_path, s
     test.write_text("".join((DRONE / "test.jsonl").read_text().splitlines(keepends=True)[:4]))
     args = ["build", "--profile", _profile(tmp_path / "mini.yaml"), "--base", base, "--data", small_data]
     args += ["--test-data", test, "--max-steps", 2, "--reps", 1, "--out", tmp_path / "out"]
-    r = run_edgeq(*args, *(["--system-prompt", ""] if family in ("sentencepiece", "gemma-3") else []))
+    r = run_edgeq(*args, *(["--system-prompt", ""] if family in ("sentencepiece", "llama-2", "gemma-3") else []))
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     gates = m["quant_recipe"]["gates"]

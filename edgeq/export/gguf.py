@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq import __version__, report
-from edgeq.basemodel import resolve_model, weights_bytes
+from edgeq.basemodel import load_tokenizer, resolve_model, weights_bytes
 from edgeq.calibration import machine_calibration
 from edgeq.config import setting
 from edgeq.data import read_jsonl
@@ -208,7 +208,7 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
     """Write the HF checkpoint as a GGUF with weights in F32, F16 or BF16 (norms stay F32): the model's
     hyper-parameters, its tokenizer, then its tensors under gguf-py's names."""
     from gguf import GGUFWriter  # deferred: gguf-py's import costs the CLI's start-up
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(model_dir)
     arch = GGUF_ARCHS.get(cfg.model_type)
@@ -226,7 +226,7 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
             "copy or rename the model folder to a name without 'phi3' / 'phi-3'",
         )
     check_conventions(cfg, arch, model_dir)
-    meta = tokenizer_metadata(AutoTokenizer.from_pretrained(model_dir), cfg.vocab_size)
+    meta = tokenizer_metadata(load_tokenizer(model_dir), cfg.vocab_size)
     w = GGUFWriter(str(path), arch.gguf_arch)
     # second key, in the file's first bytes: what lets `--force` replace this file later (io.edgeq_wrote)
     w.add_string(GGUF_PROVENANCE_KEY, f"{FILE_MARK} {__version__}")
@@ -473,14 +473,6 @@ def parity_corpus(tok) -> list[str]:
     return list(dict.fromkeys(t for t in corpus if t))  # the empty string tokenizes to nothing in both
 
 
-METASPACE_FIX = (
-    "transformers' SentencePiece tokenizer (Metaspace, ▁ before the first piece only) puts no ▁ after a special token "
-    "or before text that starts with a space, where llama.cpp, like sentencepiece, does: chat prompts would reach the "
-    "model as other tokens than in training. This layout (Llama-2, TinyLlama, Mistral ≤ v0.3, Phi-3) is refused "
-    "until they agree; Gemma's SentencePiece layout and byte-level BPE export"
-)
-
-
 def gate_tokenizer(gguf_path: Path, tok) -> dict:
     """llama.cpp's ids == the HF tokenizer's on every string of parity_corpus. One known difference is let through,
     and counted: llama.cpp does not apply a tokenizer's NFC normalizer (Qwen2's), so text in decomposed form
@@ -499,11 +491,10 @@ def gate_tokenizer(gguf_path: Path, tok) -> dict:
         fixed = gguf_tokenize(gguf_path, [unicodedata.normalize("NFC", t) for t, _ in unnormalized])
         bad += [t for (t, ids), theirs in zip(unnormalized, fixed, strict=True) if ids != theirs]
     if bad:
-        metaspace = (data.get("pre_tokenizer") or {}).get("type") == "Metaspace"
         raise EdgeqError(
             f"tokenizer parity failed on {len(bad)} of {len(corpus)} strings (first: {bad[0]!r})",
             str(gguf_path),
-            METASPACE_FIX if metaspace else "the GGUF would mis-tokenize; report the model's tokenizer to edgeq",
+            "the GGUF would mis-tokenize; report the model's tokenizer to edgeq",
         )
     gate = {"strings": len(corpus), "mismatches": 0}
     if unnormalized:
@@ -571,7 +562,6 @@ def gate_fidelity(gguf_path: Path, model_dir: Path, tok, ftype: str) -> dict:
 
 
 def export_gguf(cfg: GgufExport) -> ExportResult:
-    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     if cfg.quant not in (*quant_names(FORMAT_GGUF), QUANT_AUTO):
         valid = ", ".join((*quant_names(FORMAT_GGUF), QUANT_AUTO))
@@ -582,7 +572,7 @@ def export_gguf(cfg: GgufExport) -> ExportResult:
         read_jsonl(cfg.imatrix_data)
     model_dir = resolve_model(cfg.model, cfg.allow_pickle)
     check_free_disk(out.parent, 2 * weights_bytes(model_dir), "the GGUF export")
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(model_dir)
     float_type = cfg.quant if cfg.quant in GGUF_FLOAT_TYPES else "F16"
     with (
         atomic_path(out, force=cfg.force, protect=[model_dir, *inputs]) as tmp,

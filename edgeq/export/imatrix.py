@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq import report, templates
+from edgeq.basemodel import load_tokenizer
 from edgeq.data import read_jsonl
 from edgeq.errors import EdgeqError
 from edgeq.io import atomic_path
@@ -26,9 +27,9 @@ def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) 
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from gguf import get_tensor_name_map
     from gguf.constants import MODEL_ARCH_NAMES
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     arch = GGUF_ARCHS[model.config.model_type].gguf_arch
     names = get_tensor_name_map(

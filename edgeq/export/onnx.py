@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeq import report, templates
-from edgeq.basemodel import resolve_model, weights_bytes
+from edgeq.basemodel import load_tokenizer, resolve_model, weights_bytes
 from edgeq.child import python_command, run_process
 from edgeq.config import setting
 from edgeq.data import read_jsonl
@@ -109,7 +109,6 @@ def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
 
 
 def export_onnx(cfg: OnnxExport) -> ExportResult:
-    from transformers import AutoTokenizer  # deferred: the workstation toolchain, absent from the runtime-only install
 
     if cfg.quant not in (*quant_names(FORMAT_ONNX), QUANT_AUTO):
         valid = ", ".join((*quant_names(FORMAT_ONNX), QUANT_AUTO))
@@ -129,7 +128,7 @@ def export_onnx(cfg: OnnxExport) -> ExportResult:
     if cfg.quant == QUANT_AUTO:
         check_reachable(model_dir, cfg.max_size_mib)
     check_free_disk(out.parent, 2 * weights_bytes(model_dir), "the ONNX export")
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(model_dir)
     with (
         atomic_dir(out, force=cfg.force, protect=[model_dir, *inputs]) as tmp,
         tempfile.TemporaryDirectory(prefix=".edgeq-tmp-", dir=out.parent) as cache,
