@@ -232,11 +232,9 @@ class TokenizerFamily:
     name: str
     layout: str  # what edgeq recognises (export/gguf.py: pre_tokenizer_name, space_prefix)
     models: str  # who ships it
-    refused: str | None  # None: exported with the parity gate green; else why not
-    test: str  # the test that shows it, tests/<file>::<function>
-    onnx_test: str | None = (
-        None  # the test that shows ONNX serving its prompt as transformers renders it; None: untested
-    )
+    test: str  # the test that shows the GGUF export with the parity gate green, tests/<file>::<function>
+    onnx_test: str | None = None  # the test of ONNX serving its prompt as transformers renders it; None: untested
+    onnx_differs: str | None = None  # where ONNX Runtime GenAI's tokenizer is known to tokenize otherwise
 
 
 _FAMILIES = "tests/export/test_tokenizer_families.py::"
@@ -245,7 +243,6 @@ TOKENIZER_FAMILIES = (
         "SmolLM2",
         "byte-level BPE, `smollm`",
         "SmolLM2 (the default base)",
-        None,
         "tests/export/test_gguf.py::test_tiny_architectures_pass_every_gate",
         "tests/export/test_onnx.py::test_the_onnx_served_prompt_is_the_folders_template_with_the_trained_system_prompt",
     ),
@@ -253,14 +250,12 @@ TOKENIZER_FAMILIES = (
         "Qwen2",
         "byte-level BPE, `qwen2` (NFC text: counted, see docs/export.md)",
         "Qwen2, Qwen2.5, Qwen3",
-        None,
         "tests/export/test_gguf.py::test_tiny_architectures_pass_every_gate",
     ),
     TokenizerFamily(
         "Llama-3",
         "byte-level BPE, `llama-bpe`",
         "Llama-3.x, SmolLM3",
-        None,
         _FAMILIES + "test_a_llama3_model_goes_from_fine_tune_to_a_served_answer_in_its_own_template",
         _FAMILIES + "test_a_llama3_model_exports_to_onnx_and_serves_its_own_template",
     ),
@@ -268,14 +263,12 @@ TOKENIZER_FAMILIES = (
         "o200k",
         "byte-level BPE, `gpt-4o`",
         "Phi-4-mini",
-        None,
         _FAMILIES + "test_o200k_layout_exports_with_every_gate_green",
     ),
     TokenizerFamily(
         "Gemma",
         "SentencePiece BPE, byte fallback, no ▁ prefix",
         "Gemma 1–3",
-        None,
         _FAMILIES + "test_gemma_sentencepiece_exports_with_every_gate_green",
         _FAMILIES + "test_a_gemma_tokenizer_model_exports_to_onnx_and_serves_its_own_template",
     ),
@@ -283,8 +276,10 @@ TOKENIZER_FAMILIES = (
         "Llama-2",
         "SentencePiece BPE, byte fallback, Metaspace ▁ prefix",
         "Llama-2, TinyLlama, Mistral ≤ v0.3, Phi-3",
-        None,  # read as sentencepiece runs it (basemodel.sentencepiece_faithful), not as transformers 5 rebuilds it
+        # read as sentencepiece runs it (basemodel.sentencepiece_faithful), not as transformers 5 rebuilds it
         _FAMILIES + "test_llama2_sentencepiece_exports_with_every_gate_green_tokenized_as_sentencepiece_does",
+        _FAMILIES + "test_onnx_serves_a_llama2_prompt_as_trained_except_runs_of_spaces",
+        "two spaces become two ▁ tokens where sentencepiece has one ▁▁",
     ),
 )
 # Architectures GGUF_ARCHS does not write yet, and why (the export refuses them naming the supported ones).

@@ -213,6 +213,26 @@ def test_llama2_sentencepiece_exports_with_every_gate_green_tokenized_as_sentenc
     assert check_gguf(tmp_path / "m.gguf")["metadata"]["tokenizer.ggml.add_space_prefix"] is True
 
 
+def test_onnx_serves_a_llama2_prompt_as_trained_except_runs_of_spaces(tmp_path):
+    """ONNX Runtime GenAI's own SentencePiece tokenizer agrees with sentencepiece on a plain prompt (the ▁ after
+    <s> included) and splits a run of two spaces into two ▁ tokens where sentencepiece has the merged ▁▁: the
+    support matrix says so."""
+    from edgeq.basemodel import load_tokenizer
+    from edgeq.export.onnx import OnnxExport, export_onnx
+    from edgeq.runtime import chat
+
+    tokdir = sentencepiece_tokenizer(tmp_path / "tok", dummy_prefix=True)
+    model = random_model(tmp_path / "model", tokdir)
+    export_onnx(OnnxExport(model=str(model), out=str(tmp_path / "onnx"), quant="fp32"))
+    tok = load_tokenizer(model)
+    plain, spaced = [{"role": "user", "content": "take off to 12 m"}], [{"role": "user", "content": "two  spaces"}]
+    served = chat(tmp_path / "onnx", [plain, spaced], 1)
+    texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in (plain, spaced)]
+    trained = [tok.encode(t, add_special_tokens=False) for t in texts]  # the template writes <s> itself
+    assert served[0]["prompt_ids"] == trained[0]
+    assert served[1]["prompt_ids"] != trained[1] and tok.convert_tokens_to_ids("▁▁") in trained[1]
+
+
 def test_a_llama3_model_goes_from_fine_tune_to_a_served_answer_in_its_own_template(llama3_model, small_data, tmp_path):
     """finetune → merge → GGUF → llama.cpp's chat completion: the prompt it serves is, token for token, the one
     transformers renders with the family's template (BOS from the template, not added twice)."""
