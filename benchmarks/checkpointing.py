@@ -20,10 +20,10 @@ from importlib.resources import files
 
 def one(on: bool, steps: int) -> dict:
     from edgeq.finetune import FinetuneConfig, batches_for, collate, pad_id, setup, train_step
-    from edgeq.spec import BUILD_EXAMPLE_DATA
+    from edgeq.spec import BUILD_EXAMPLE_DATA, SHIPPED_EXAMPLES
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = FinetuneConfig(data=str(files("edgeq") / BUILD_EXAMPLE_DATA), out=out, gradient_checkpointing=on)
+        cfg = FinetuneConfig(data=str(files(SHIPPED_EXAMPLES) / BUILD_EXAMPLE_DATA), out=out, gradient_checkpointing=on)
         run = setup(cfg)
         run.model.train()
         batches = [[collate(mb, pad_id(run.tokenizer), "cpu") for mb in batches_for(run, s)] for s in range(steps + 1)]

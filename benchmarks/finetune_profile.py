@@ -11,7 +11,7 @@ import tempfile
 import time
 from importlib.resources import files
 
-from edgeq.spec import BUILD_EXAMPLE_DATA
+from edgeq.spec import BUILD_EXAMPLE_DATA, SHIPPED_EXAMPLES
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     from edgeq.finetune import FinetuneConfig, batches_for, collate, pad_id, setup, train_step
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = FinetuneConfig(data=str(files("edgeq") / BUILD_EXAMPLE_DATA), out=out)
+        cfg = FinetuneConfig(data=str(files(SHIPPED_EXAMPLES) / BUILD_EXAMPLE_DATA), out=out)
         run = setup(cfg)
         run.model.train()
         steps = [[collate(mb, pad_id(run.tokenizer), "cpu") for mb in batches_for(run, s)] for s in range(4)]

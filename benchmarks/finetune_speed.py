@@ -16,7 +16,7 @@ import tempfile
 from importlib.resources import files
 from pathlib import Path
 
-from edgeq.spec import BUILD_EXAMPLE_DATA
+from edgeq.spec import BUILD_EXAMPLE_DATA, SHIPPED_EXAMPLES
 
 CHILD = """
 import json, sys
@@ -43,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=12)
     args = ap.parse_args()
-    data = Path(str(files("edgeq"))) / BUILD_EXAMPLE_DATA
+    data = Path(str(files(SHIPPED_EXAMPLES))) / BUILD_EXAMPLE_DATA
     got = {mode: run(data, args.steps, mode) for mode in ("on", "off")}
     print("| gradient checkpointing | s/step | peak RSS MiB | loss at last step |")
     print("|---|---|---|---|")

@@ -42,6 +42,7 @@ from edgeq.spec import (
     NF4_BLOCKSIZE,
     QUANT_MODES,
 )
+from edgeq.trainplan import CALIBRATION
 
 CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
 
@@ -170,11 +171,6 @@ def own_weights(model) -> None:
 # model
 
 
-# Activation bytes a step keeps per (token x layer x hidden unit) without checkpointing. Measured 93 on
-# SmolLM2-135M (8 x 62 tokens: peak RSS 2.1 GiB off against 1.3 on); 128 leaves room for other shapes.
-ACTIVATION_BYTES = 128
-
-
 def checkpointing(cfg: FinetuneConfig, model_config, longest: int, device: str) -> bool:
     """Whether to recompute activations in backward. On CUDA memory binds (the QLoRA recipe keeps it on); on a
     CPU compute binds and recomputing costs a sixth of every step (benchmarks/RESULTS.md), so it is off
@@ -185,7 +181,8 @@ def checkpointing(cfg: FinetuneConfig, model_config, longest: int, device: str) 
         return True
     import psutil
 
-    need = cfg.batch_size * longest * model_config.num_hidden_layers * model_config.hidden_size * ACTIVATION_BYTES
+    per_unit = CALIBRATION.kept_bytes  # measured by benchmarks/finetune_plan.py (trainplan.py)
+    need = cfg.batch_size * longest * model_config.num_hidden_layers * model_config.hidden_size * per_unit
     return need > psutil.virtual_memory().available / 4
 
 

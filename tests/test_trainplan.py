@@ -1,0 +1,78 @@
+"""The fine-tune's plan: each term against an independent count (peft's trainable parameters, bitsandbytes'
+storage, a FLOP count by hand), and the prediction's sum against its terms."""
+
+import pytest
+
+from edgeq.footprint import Dims
+from edgeq.trainplan import (
+    ADAM_BYTES_PER_PARAM,
+    MIB,
+    NF4_BITS,
+    FinetuneCalibration,
+    linear_params,
+    lora_params,
+    predict_finetune,
+    step_flops,
+)
+
+# One layer, hidden 4, one head of 4, intermediate 8, vocabulary 10: every count small enough to do by hand.
+HAND = Dims(layers=1, hidden=4, heads=1, kv_heads=1, head_dim=4, intermediate=8, vocab=10, max_positions=64, tied=True)
+
+
+def test_counts_on_a_shape_small_enough_to_count_by_hand():
+    assert linear_params(HAND) == 4 * 4 * 4 + 3 * 4 * 8  # q, k, v, o: 4 × 4 each; gate, up, down: 4 × 8 each
+    assert lora_params(HAND, 2) == 2 * (4 * (4 + 4) + 3 * (4 + 8))  # r × (in + out) for each of the 7
+    # 3 tokens: forward 2 FLOPs per weight per token, input gradients 2 more; head 10 × 4; recompute adds 2
+    assert step_flops(HAND, 3, checkpointing=False) == 4 * 3 * (160 + 40)
+    assert step_flops(HAND, 3, checkpointing=True) == 6 * 3 * (160 + 40)
+
+
+def test_the_lora_count_is_what_peft_trains(tiny_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    linears = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=linears, task_type="CAUSAL_LM"))
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trained == lora_params(Dims.from_config(tiny_model), 8)
+
+
+def test_nf4_bits_are_what_bitsandbytes_stores():
+    """QLoRA's 4.127 bits a weight with double quantization, against bitsandbytes' own packed weight and
+    constants for a weight of 64 × 4096 (4096 blocks of 64: 16 blocks of 256 constants)."""
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    w = torch.randn(64, 4096)
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+    bits = 8 * (packed.numel() * packed.element_size() + state.absmax.numel() * state.absmax.element_size())
+    bits += 8 * state.state2.absmax.numel() * state.state2.absmax.element_size() + 32  # + the fp32 offset
+    assert bits / w.numel() == pytest.approx(NF4_BITS + 32 / w.numel(), rel=1e-9)  # the offset: once a tensor
+
+
+def test_the_prediction_is_its_terms_and_the_larger_moment():
+    cal = FinetuneCalibration(
+        base_mib=500, load_factor=1.0, kept_bytes=100, checkpointed_bytes=10, logit_bytes=4, flops_per_s=1e9,
+        dequant_per_s=1e8, step_s=0.5,
+    )  # fmt: skip
+    d = Dims(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab=1000, max_positions=256,
+             tied=False)  # fmt: skip
+    p = predict_finetune(d, cal, tokens=100, lora_r=4, checkpointing=False)
+    nf4 = 2 * linear_params(d) * NF4_BITS / 8
+    fp32 = 4 * (2 * 1000 * 64 + 5 * 64)  # untied: embedding and head; 2 × 2 + 1 norms
+    assert p.terms_mib["frozen base"] == pytest.approx((nf4 + fp32) / MIB)
+    assert p.terms_mib["LoRA + AdamW"] == pytest.approx(lora_params(d, 4) * ADAM_BYTES_PER_PARAM / MIB)
+    assert p.terms_mib["activations"] == pytest.approx(100 * 2 * 64 * 100 / MIB)
+    assert p.terms_mib["logits"] == pytest.approx(100 * 1000 * 4 / MIB)
+    assert p.train_mib == pytest.approx(sum(p.terms_mib.values()))
+    checkpoint = 4 * (2 * linear_params(d)) + fp32  # the fp32 safetensors read while loading
+    assert p.load_mib == pytest.approx(500 + (1.0 * checkpoint + nf4 + fp32) / MIB)
+    assert p.peak_mib == max(p.train_mib, p.load_mib)
+    flops = step_flops(d, 100, False)
+    assert p.s_per_step == pytest.approx(flops / 1e9 + 2 * 2 * linear_params(d) / 1e8 + 0.5)
+    on = predict_finetune(d, cal, tokens=100, lora_r=4, checkpointing=True)
+    assert on.terms_mib["activations"] == pytest.approx(p.terms_mib["activations"] / 10)
