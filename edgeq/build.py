@@ -46,6 +46,7 @@ from edgeq.export.gguf import GgufExport, export_gguf, write_f16_gguf
 from edgeq.export.imatrix import compute_imatrix, save_imatrix
 from edgeq.export.onnx import export_onnx
 from edgeq.finetune import FinetuneConfig, finetune, latest_checkpoint
+from edgeq.finetune import plan as plan_finetune
 from edgeq.io import atomic_path, check_free_disk, check_not_input, parse_json, sha256_file, write_json
 from edgeq.machine import versions
 from edgeq.merge import MergeConfig, merge
@@ -85,6 +86,7 @@ from edgeq.spec import (
 )
 from edgeq.sweep import SweepInputs, onnx_export, sweep
 from edgeq.task import METRIC_HELP, load_task
+from edgeq.trainplan import FinetunePrediction
 
 
 @dataclass
@@ -611,14 +613,15 @@ def prepared(cfg: BuildConfig):
         yield job
 
 
-def dry_run(cfg: BuildConfig) -> tuple[Plan, dict[str, str]]:
-    """What a build would do, writing nothing: the plan predicted from the base model (same shapes, prior
-    quality; None-chosen where nothing fits) and each stage's state."""
+def dry_run(cfg: BuildConfig) -> tuple[Plan, FinetunePrediction, dict[str, str]]:
+    """What a build would do, writing nothing: the fine-tune's cost on a CPU, the plan predicted from the base
+    model (same shapes, prior quality; None-chosen where nothing fits) and each stage's state."""
 
     with prepared(cfg) as job:
+        ft = plan_finetune(FinetuneConfig(data=str(job.data), out="", base=str(job.base), max_steps=cfg.max_steps))
         cfg = PlanConfig(profile=job.profile.source, model=str(job.base), calibration=str(job.calibration))
         planned = make_plan(cfg, write_f16_gguf)
-        return planned, {s: "cached" if cached(job, s) else "would run" for s in job.keys}
+        return planned, ft, {s: "cached" if cached(job, s) else "would run" for s in job.keys}
 
 
 def build(cfg: BuildConfig) -> BuildResult:

@@ -29,6 +29,7 @@ from edgeq.spec import (
     PLAN_MARGIN,
     SERVED_GAP_POINTS,
 )
+from edgeq.trainplan import TRAINPLAN_ERRORS, TRAINPLAN_SOURCE
 
 # ---------------------------------------------------------------------------------------------
 # the live view: one line per stage (done, cached, running with its own bar, pending)
@@ -88,14 +89,27 @@ class StageView:
                 self._live = None
 
 
-def dry_run_view(planned, stages: dict, out: Path):
-    """The plan (predicted from the base model: same shapes, prior quality) and the stages that would run."""
+def dry_run_view(planned, ft, stages: dict, out: Path):
+    """The fine-tune's cost (trainplan.py), the plan (predicted from the base model: same shapes, prior quality)
+    and the stages that would run."""
     from rich.console import Group
 
     rows = [[s, state] for s, state in stages.items()]
     return Group(
-        render(planned), report.table(f"stages into {out} (dry run: nothing written)", ["stage", "state"], rows)
+        finetune_table(ft),
+        render(planned),
+        report.table(f"stages into {out} (dry run: nothing written)", ["stage", "state"], rows),
     )
+
+
+def finetune_table(p):
+    """The fine-tune's predicted peak memory on a CPU, each term, and how far the prediction is known to hold. Its
+    seconds per step are not shown: off by up to 77 % on shapes outside the fit (benchmarks/RESULTS.md)."""
+    rows = [["peak RSS", f"{p.peak_mib:.0f} MiB"], ["  loading the base", f"{p.load_mib:.0f} MiB"]]
+    rows += [["  training", f"{p.train_mib:.0f} MiB"]] + [[f"    {k}", f"{v:.0f} MiB"] for k, v in p.terms_mib.items()]
+    rows += [["gradient checkpointing", "on" if p.checkpointing else "off"]]
+    rows += [["calibrated on", TRAINPLAN_SOURCE], ["error out of sample", TRAINPLAN_ERRORS]]
+    return report.table("fine-tune on a CPU (predicted)", ["", ""], rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -313,8 +313,8 @@ def build_command(**kw) -> None:
     """Fine-tune → merge → plan → export → eval → bench → report, cached per stage (exit 3: a budget breached)."""
     cfg = BuildConfig(**kw)
     if cfg.dry_run:
-        planned, stages = dry_run(cfg)
-        report.out.print(dry_run_view(planned, stages, cfg.out or f"builds/{planned.profile}"))
+        planned, ft, stages = dry_run(cfg)
+        report.out.print(dry_run_view(planned, ft, stages, cfg.out or f"builds/{planned.profile}"))
         return
     result = build(cfg)
     report.out.print(summary(result))

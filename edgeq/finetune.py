@@ -31,6 +31,7 @@ from edgeq.basemodel import MODEL_HELP, base_fingerprint, load_tokenizer, resolv
 from edgeq.config import problems, setting
 from edgeq.data import IGNORE, load_dataset
 from edgeq.errors import ConfigError, EdgeqError, UsageError
+from edgeq.footprint import Dims
 from edgeq.io import OUTPUT_MARK, atomic_dir, check_free_disk, check_not_input, remove_output, sha256_file, write_json
 from edgeq.machine import platform_info, versions
 from edgeq.records import FinetuneResult
@@ -42,7 +43,7 @@ from edgeq.spec import (
     NF4_BLOCKSIZE,
     QUANT_MODES,
 )
-from edgeq.trainplan import CALIBRATION
+from edgeq.trainplan import CALIBRATION, FinetunePrediction, predict_finetune
 
 CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
 
@@ -519,6 +520,20 @@ def setup(cfg: FinetuneConfig) -> Run:
         optim=optim,
         frozen_base=frozen_base,
     )
+
+
+def plan(cfg: FinetuneConfig) -> FinetunePrediction:
+    """What this fine-tune will cost on a CPU (trainplan.py), before any weight loads: the base's shape, the
+    batch padded to the data's longest example (the step that costs most), and the checkpointing setup()
+    would choose."""
+    from transformers import AutoConfig  # deferred: the workstation toolchain, absent from the runtime-only install
+
+    base_dir = resolve_model(cfg.base)
+    dataset = load_dataset(cfg.data, load_tokenizer(base_dir), cfg.seq_len, cfg.strict)
+    longest = max(len(e.input_ids) for e in dataset.examples)
+    on = checkpointing(cfg, AutoConfig.from_pretrained(base_dir), longest, "cpu")
+    tokens = cfg.batch_size * cfg.grad_accum * longest
+    return predict_finetune(Dims.from_config(base_dir), CALIBRATION, tokens, cfg.lora_r, on)
 
 
 def resume_point(run: Run) -> tuple[int, list[float]]:

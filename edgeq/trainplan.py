@@ -56,6 +56,11 @@ CALIBRATION = FinetuneCalibration(
 )
 
 
+TRAINPLAN_SOURCE = "AMD EPYC (2 cores), 2026-12-06"
+# How far CALIBRATION held on shapes never in its fit (benchmarks/RESULTS.md): printed with every prediction
+TRAINPLAN_ERRORS = "±13 % (peak RSS)"
+
+
 @dataclass(frozen=True)
 class FinetunePrediction:
     peak_mib: float

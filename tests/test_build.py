@@ -177,6 +177,7 @@ def test_dry_run_touches_nothing(setup, tmp_path):
     r = run_edgeq(*_args(setup, out), "--dry-run")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "would run" in r.stdout and "plan for mini" in r.stdout
+    assert "fine-tune on a CPU (predicted)" in r.stdout and "peak RSS" in r.stdout
     assert not out.exists()
 
 
