@@ -91,8 +91,10 @@ def turn_ends(tok) -> list[int]:
     if not tok.chat_template:  # a base model: nothing but eos ends its text
         return ends
     convo = [{"role": "user", "content": "U"}, {"role": "assistant", "content": _ANSWER}]
-    after = render(tok, convo).split(_ANSWER, 1)[-1]
-    ids = tok.encode(after, add_special_tokens=False)
+    text = render(tok, convo)
+    if _ANSWER not in text:  # a template that drops answers teaches no end of turn
+        return ends
+    ids = tok.encode(text.split(_ANSWER, 1)[1], add_special_tokens=False)
     if ids and ids[0] in tok.all_special_ids and ids[0] not in ends:
         ends.append(ids[0])
     return ends
