@@ -200,35 +200,49 @@ def check_modelfile(model_dir: Path, profile, system) -> None:
     modelfile("model.gguf", tok, profile, system)
 
 
-def plot(rows, chosen, path: Path) -> None:
-    """Size vs KLD, colour = decode tok/s, over the measured candidates (records.Row); the chosen one marked."""
+def plot(rows, chosen, profile, path: Path) -> dict:
+    """Size vs KLD over every candidate of the plan (records.Row): measured ones filled, coloured by decode tok/s;
+    the ones only predicted hollow, at their predicted size and prior KLD; the chosen one ringed; the profile's
+    storage and quality budgets as lines. A first-fit build measures one candidate, and the picture still shows
+    the whole plan and where the choice sits in it. Returns how many points of each kind it drew."""
     import matplotlib  # deferred: the workstation toolchain, absent from the runtime-only install
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.measured]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    if rows:
-        xs = [r.measured.storage_mib for r in rows]
-        ys = [max(r.measured.kld, 1e-5) for r in rows]
-        cs = [r.measured.decode_tok_s for r in rows]
-        sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=60, edgecolors="k", linewidths=0.5)
+    def point(r):
+        if r.measured:
+            return r.measured.storage_mib, max(r.measured.kld, 1e-5)
+        return r.predicted.storage_mib, max(r.kld, 1e-5)
+
+    measured, predicted = [r for r in rows if r.measured], [r for r in rows if not r.measured]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    if predicted:
+        xs, ys = zip(*map(point, predicted), strict=True)
+        ax.scatter(xs, ys, s=50, facecolors="none", edgecolors="grey", linewidths=1, label="predicted only (prior KLD)")
+    if measured:
+        xs, ys = zip(*map(point, measured), strict=True)
+        cs = [r.measured.decode_tok_s for r in measured]
+        sc = ax.scatter(xs, ys, c=cs, cmap="viridis", s=60, edgecolors="k", linewidths=0.5, label="measured")
         fig.colorbar(sc, ax=ax, label="decode tok/s (measured here)")
-        for r, x, y in zip(rows, xs, ys, strict=True):
-            ax.annotate(r.candidate.label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-            if r.candidate == chosen:
-                ax.scatter([x], [y], s=260, facecolors="none", edgecolors="red", linewidths=2, label="chosen")
-        ax.set_yscale("log")
-        ax.legend(loc="upper right")
+    for r in rows:
+        x, y = point(r)
+        ax.annotate(r.candidate.label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        if r.candidate == chosen:
+            ax.scatter([x], [y], s=260, facecolors="none", edgecolors="red", linewidths=2, label="chosen")
+    ax.axvline(profile.storage_budget_mib, color="tab:orange", ls="--", lw=1, label="storage budget")
+    ax.axhline(profile.max_mean_kld, color="tab:purple", ls=":", lw=1, label="quality budget (mean KLD)")
+    ax.set_yscale("log")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=7, frameon=False)
     ax.set_xlabel("artifact size (MiB)")
     ax.set_ylabel("mean KLD vs merged float model (log)")
-    ax.set_title("candidates: size vs fidelity vs speed")
+    ax.set_title(f"plan for {profile.name}: size vs fidelity vs speed")
     fig.tight_layout()
 
     with atomic_file(path) as f:
-        fig.savefig(f, format="png")
+        fig.savefig(f, format="png", bbox_inches="tight")  # the legend sits below the axes
     plt.close(fig)
+    return {"measured": len(measured), "predicted": len(predicted)}
 
 
 def publish_artifact(src: Path, dst: Path) -> None:
@@ -257,7 +271,7 @@ def write_outputs(b: BuildResult) -> list[str]:
         tok = load_tokenizer(b.merge.path)
         text, template_ok = modelfile(b.export.name, tok, b.profile, b.system)
         write_text(out / BUILD_MODELFILE, text)
-    plot(b.plan.rows, chosen, out / BUILD_PLOT)
+    plot(b.plan.rows, chosen, b.profile, out / BUILD_PLOT)
     m = manifest(b, template_ok)
     write_json(out / BUILD_MANIFEST, m)
     write_text(out / BUILD_REPORT, markdown(b, m))

@@ -38,3 +38,18 @@ def test_the_report_states_the_verdict_and_the_scores_of_the_records():
     assert "| **artifact as served** (only the user's turn, its embedded template) | **70.0** | |" in text
     assert "96.0 % identical answers" in text and "(sweep: first-fit)" in text
     assert "Default system prompt in the artifact: 'Fly safe.' (training data:" in text
+
+
+def test_the_picture_shows_every_candidate_of_the_plan(tmp_path):
+    """A first-fit build measures one candidate; the plot draws it filled and every other one hollow."""
+    from edgeq.buildreport import plot
+
+    built = built_result()
+    drawn = plot(built.plan.rows, built.candidate, built.profile, tmp_path / "c.png")
+    rows = built.plan.rows
+    assert drawn == {
+        "measured": sum(r.measured is not None for r in rows),
+        "predicted": sum(not r.measured for r in rows),
+    }
+    assert drawn["measured"] >= 1 and drawn["predicted"] >= 1
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
