@@ -22,6 +22,23 @@ def test_compare_on_known_logits():
     assert flipped.mean_kld > 0.1 and flipped.top1_agreement < 1.0
 
 
+def test_kld_is_the_references_distribution_against_the_artifacts_by_hand():
+    """KL(P_ref ‖ Q_artifact) = Σ p (log p − log q), averaged over positions; the other direction differs here."""
+    import math
+
+    p_rows, q_rows = [[0.9, 0.05, 0.05], [0.5, 0.25, 0.25]], [[0.45, 0.45, 0.1], [0.2, 0.5, 0.3]]
+    pairs = [list(zip(pr, qr, strict=True)) for pr, qr in zip(p_rows, q_rows, strict=True)]
+    by_hand = sum(sum(p * math.log(p / q) for p, q in row) for row in pairs) / 2
+    reverse = sum(sum(q * math.log(q / p) for p, q in row) for row in pairs) / 2
+    assert abs(by_hand - reverse) > 0.01  # an argument swap would show
+    ref, art = np.log(np.array(p_rows)) + 3.0, np.log(np.array(q_rows)) - 1.0  # logits: any shift per row
+    f = compare(ref, art, [0, 1])
+    assert f.mean_kld == pytest.approx(by_hand, rel=1e-9)
+    assert f.top1_agreement == 0.5  # position 0: 0 and 0 (the tie goes to the first); position 1: 0 and 1
+    assert f.max_abs_logit == pytest.approx(np.abs(ref - art).max())
+    assert f.ppl_reference == pytest.approx(1 / 0.05) and f.ppl_artifact == pytest.approx(1 / 0.45)  # next: token 1
+
+
 def test_artifact_format_errors(tmp_path):
     with pytest.raises(UsageError, match="artifact not found"):
         artifact_format(tmp_path / "nope.gguf")

@@ -49,3 +49,30 @@ def test_references_a_metric_cannot_score_are_refused_with_their_lines(tmp_path)
         check(SENTENCES, [1, 2], "bleu", "d.jsonl")
     assert e.value.problems == ["--metric 'bleu': expected one of json, exact, chrf"]
     check(SENTENCES, [1, 2], "chrf", "d.jsonl")  # free text is fine for chrF
+
+
+def _chrf_by_hand(hyp: str, ref: str, order: int = 6, beta: float = 2.0) -> float:
+    """chrF (Popović 2015) as sacrebleu computes it by default: character n-grams of 1–6 with whitespace removed,
+    precision and recall averaged over the orders, then F-beta with recall weighted beta² = 4 times."""
+    from collections import Counter
+
+    h, r = hyp.replace(" ", ""), ref.replace(" ", "")
+    precisions, recalls = [], []
+    for n in range(1, order + 1):
+        hc, rc = (
+            Counter(h[i : i + n] for i in range(len(h) - n + 1)),
+            Counter(r[i : i + n] for i in range(len(r) - n + 1)),
+        )
+        match = sum((hc & rc).values())
+        precisions.append(match / sum(hc.values()))
+        recalls.append(match / sum(rc.values()))
+    p, rec = sum(precisions) / order, sum(recalls) / order
+    return 100 * (1 + beta**2) * p * rec / (beta**2 * p + rec)
+
+
+def test_chrf_is_the_answers_against_the_reference_by_hand():
+    """Recall weighs four times precision: a short answer and a long reference score otherwise than swapped."""
+    answer, reference = "Replace the propellers.", "Replace the propellers every 50 flight hours."
+    by_hand, swapped = _chrf_by_hand(answer, reference), _chrf_by_hand(reference, answer)
+    assert abs(by_hand - swapped) > 10
+    assert score([answer], [reference], "chrf")["score"] == pytest.approx(by_hand, abs=1e-6)
