@@ -47,6 +47,13 @@ def test_qlora_run_writes_adapter_manifest_and_checkpoints(tiny_model, small_dat
     assert len(manifest["losses"]) == 6 and manifest["losses"][-1] < manifest["losses"][0]
     assert 4.1 < summary.frozen_base["bits_per_param"] < 4.14  # NF4 + double quant
     assert summary.trainable_params > 0 and summary.eval_loss is not None
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (16, 32)  # the options' defaults: scale alpha / r = 2
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    ranks = {t.shape[0] for k, t in tensors.items() if "lora_A" in k} | {
+        t.shape[1] for k, t in tensors.items() if "lora_B" in k
+    }
+    assert ranks == {16}
     ckpts = sorted(p.name for p in (tmp_path / "ft" / CKPT_DIR).glob("step-*"))
     assert ckpts == ["step-000002", "step-000004", "step-000006"]
     assert all((tmp_path / "ft" / CKPT_DIR / c / CKPT_MARKER).is_file() for c in ckpts)
@@ -65,6 +72,24 @@ def test_activations_are_recomputed_only_where_memory_would_bind(monkeypatch):
     assert checkpointing(cfg, smol, 256, "cuda")  # the QLoRA recipe on a GPU, where memory binds
     assert checkpointing(FinetuneConfig(data="d", out="o", gradient_checkpointing=True), smol, 8, "cpu")
     assert not checkpointing(FinetuneConfig(data="d", out="o", gradient_checkpointing=False), smol, 8192, "cuda")
+
+
+def test_the_loss_is_taken_where_a_label_follows_and_predicted_one_position_before():
+    """Position t's logits predict token t + 1: with labels only at positions 1 and 3, the loss is the cross-entropy
+    of positions 0 and 2, computed here by hand from a log-softmax."""
+    import numpy as np
+    import torch
+
+    from edgeq.data import IGNORE
+    from edgeq.finetune import chunked_loss
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(1, 4, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    labels = torch.tensor([[IGNORE, 5, IGNORE, 2]])
+    total, n = chunked_loss(hidden, labels, weight, chunk=1)
+    logits = (hidden[0] @ weight.T).numpy()
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    assert n == 2 and float(total) == pytest.approx(-(log_p[0, 5] + log_p[2, 2]), rel=1e-12)
 
 
 def test_incomplete_checkpoint_is_never_resumed(tmp_path):
