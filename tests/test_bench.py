@@ -158,3 +158,24 @@ def test_bad_input_is_one_line_exit_2(case, tiny_gguf, tmp_path):
     r = run_edgeq("bench", *[tiny_gguf if a == "TINY" else a for a in args], cwd=tmp_path)
     assert r.returncode == EXIT_USAGE, r.stderr
     assert r.stderr.startswith("error: ") and message in r.stderr and "Traceback" not in r.stderr
+
+
+def _stat(*samples: float) -> Stats:
+    ordered = sorted(samples)
+    return Stats(sum(samples) / len(samples), 0.0, ordered[0], ordered[len(ordered) // 2], len(samples), samples)
+
+
+def test_the_memory_gate_reads_the_worst_repetition_and_a_nan_measurement_fails():
+    from edgeq.bench import check_budgets
+
+    profile = load_profile("drone")
+    budget = profile.memory_budget_mib
+    results = {
+        "memory_mib": _stat(budget - 50, budget + 10, budget - 40),  # median and mean under, one repetition over
+        "decode_tok_s": _stat(float("nan")),
+        "ttft_ms": _stat(1.0),
+    }
+    checks = {c.name: c for c in check_budgets(results, {"artifact_bytes": 2**20}, profile, profile.prompt_tokens)}
+    assert checks["memory"].measured == budget + 10 and not checks["memory"].passed
+    assert not checks["decode"].passed  # NaN is neither above nor below a limit: it fails
+    assert checks["storage"].measured == 1.0 and checks["storage"].passed and checks["ttft"].passed

@@ -76,3 +76,10 @@ def test_chrf_is_the_answers_against_the_reference_by_hand():
     by_hand, swapped = _chrf_by_hand(answer, reference), _chrf_by_hand(reference, answer)
     assert abs(by_hand - swapped) > 10
     assert score([answer], [reference], "chrf")["score"] == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_json_exact_match_ignores_key_order_and_spacing_but_not_values():
+    ref = '{"action": "set_speed", "speed_m_s": 10}'
+    assert score(['{"speed_m_s":10.0,"action":"set_speed"}'], [ref], "json")["score"] == 100.0
+    assert score(['{"action": "set_speed", "speed_m_s": "10"}'], [ref], "json")["score"] == 0.0  # a string is not 10
+    assert score(['{"action": "set_speed"}'], [ref], "json")["score"] == 0.0  # a key left out
