@@ -81,3 +81,22 @@ def test_long_examples_truncated_and_counted_or_rejected_under_strict(tmp_path, 
     with pytest.raises(ConfigError) as e:
         load_dataset(p, tok, seq_len=240, strict=True)
     assert e.value.problems[0].startswith("example 1: ") and "tokens > --seq-len 240" in e.value.problems[0]
+
+
+def test_the_held_out_split_is_the_seeded_tenth_and_never_trained_on(tmp_path):
+    """30 examples (a blank line among them): 3 held out, the ones a Random(0) shuffle of their indices puts first;
+    the two files together are the input's lines, each once."""
+    import random
+
+    from edgeq.data import split_holdout
+
+    lines = [json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) for i in range(30)]
+    src = tmp_path / "all.jsonl"
+    src.write_text("\n".join(lines[:10] + [""] + lines[10:]) + "\n")
+    train, test, n_train, n_test = split_holdout(src, tmp_path)
+    order = list(range(30))
+    random.Random(0).shuffle(order)
+    expected = {lines[i] for i in order[:3]}
+    held, trained = test.read_text().splitlines(), train.read_text().splitlines()
+    assert (n_train, n_test) == (27, 3) and set(held) == expected and len(held) == 3
+    assert not set(held) & set(trained) and sorted(held + trained) == sorted(lines)
