@@ -168,3 +168,31 @@ def test_an_untrained_adapter_is_refused(tiny_model, trained, tmp_path):
     )
     with pytest.raises(UsageError, match="the adapter changes nothing"):
         merge(MergeConfig(adapter=str(adapter), out=str(tmp_path / "m"), base=str(tiny_model)))
+
+
+@pytest.mark.parametrize("policy", ["pristine", "dequantized"])
+def test_every_merged_weight_is_its_definition(policy, tiny_model, trained, tmp_path):
+    """Tensor by tensor: W + (alpha / r) · B·A, where W is the base weight (pristine) or the base weight after the
+    NF4 round trip the adapter was trained against (dequantized, bitsandbytes' own functions here); every other
+    tensor is the base's, unchanged."""
+    import bitsandbytes.functional as bnbf
+
+    merge(MergeConfig(adapter=str(trained), out=str(tmp_path / policy), base=str(tiny_model), merge_into=policy))
+    merged = load_file(str(tmp_path / policy / "model.safetensors"))
+    base = load_file(str(tiny_model / "model.safetensors"))
+    adapter = load_file(str(trained / "adapter" / "adapter_model.safetensors"))
+    scale = 32 / 16  # the fine-tune's lora_alpha / r
+    adapted = 0
+    for name, w in base.items():
+        key = "base_model.model." + name.removesuffix(".weight")
+        if f"{key}.lora_A.weight" not in adapter:
+            assert torch.equal(merged[name], w), name
+            continue
+        if policy == "dequantized":
+            packed, state = bnbf.quantize_4bit(w.float(), blocksize=64, compress_statistics=True, quant_type="nf4")
+            w = bnbf.dequantize_4bit(packed, state)
+        delta = adapter[f"{key}.lora_B.weight"].double() @ adapter[f"{key}.lora_A.weight"].double()
+        expected = (w.double() + scale * delta).float()
+        assert torch.allclose(merged[name], expected, atol=1e-6, rtol=0), name
+        adapted += 1
+    assert adapted == 7 * 2  # seven linears in each of the tiny model's two layers
