@@ -146,9 +146,11 @@ def _hash(obj) -> str:
 
 
 def file_sha(path: Path, memo: dict) -> str:
-    """sha256 of a file, remembered by (path, size, mtime) so a no-op rebuild does not re-read weights."""
+    """sha256 of a file, remembered by (path, size, mtime, ctime) so a no-op rebuild does not re-read weights.
+    ctime too: a same-size edit in place whose mtime was put back (cp -p, rsync -t, touch -r) still changes it,
+    and no user call can set it."""
     st = path.stat()
-    k = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    k = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     if k not in memo:
         memo[k] = sha256_file(path)
     return memo[k]

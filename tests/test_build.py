@@ -357,3 +357,17 @@ def test_a_build_killed_in_the_fine_tune_resumes_from_its_checkpoint(setup, tmp_
     assert "resuming from step-0000" in r.stderr
     ft = json.loads((out / ".edgeq" / "finetune" / "stage.json").read_text())["result"]
     assert ft["resumed_from_step"] in (25, 50) and ft["steps_run"] == 60 - ft["resumed_from_step"]
+
+
+def test_a_same_size_edit_in_place_with_its_mtime_put_back_is_a_new_input(tmp_path):
+    """The memo that spares a rebuild re-reading weights must not hide an edit: same size, same mtime."""
+    from edgeq.build import file_sha
+
+    data, memo = tmp_path / "train.jsonl", {}
+    data.write_text('{"prompt": "go up", "response": "up"}\n')
+    before, st = file_sha(data, memo), data.stat()
+    time.sleep(0.01)
+    data.write_text('{"prompt": "go dn", "response": "dn"}\n')
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert data.stat().st_size == st.st_size and data.stat().st_mtime_ns == st.st_mtime_ns
+    assert file_sha(data, memo) != before
