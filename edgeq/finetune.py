@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from edgeq import __version__, report
-from edgeq.basemodel import MODEL_HELP, base_fingerprint, load_tokenizer, resolve_model
+from edgeq.basemodel import MODEL_HELP, base_fingerprint, load_tokenizer, resolve_model, weights_bytes
 from edgeq.config import problems, setting
 from edgeq.data import IGNORE, load_dataset
 from edgeq.errors import ConfigError, EdgeqError, UsageError
@@ -533,7 +533,7 @@ def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     longest = max(len(e.input_ids) for e in dataset.examples)
     on = checkpointing(cfg, AutoConfig.from_pretrained(base_dir), longest, "cpu")
     tokens = cfg.batch_size * cfg.grad_accum * longest
-    return predict_finetune(Dims.from_config(base_dir), CALIBRATION, tokens, cfg.lora_r, on)
+    return predict_finetune(Dims.from_config(base_dir), CALIBRATION, tokens, cfg.lora_r, on, weights_bytes(base_dir))
 
 
 def resume_point(run: Run) -> tuple[int, list[float]]:

@@ -90,7 +90,7 @@ def other_params(d: Dims) -> int:
 
 
 def checkpoint_bytes(d: Dims) -> int:
-    """The safetensors checkpoint in fp32 (random_model and most small bases): what loading reads."""
+    """A safetensors checkpoint of the shape in fp32: what loading reads where the files are not at hand."""
     return 4 * (d.layers * linear_params(d) + other_params(d))
 
 
@@ -102,9 +102,10 @@ def step_flops(d: Dims, tokens: int, checkpointing: bool) -> float:
 
 
 def predict_finetune(
-    d: Dims, cal: FinetuneCalibration, tokens: int, lora_r: int, checkpointing: bool
+    d: Dims, cal: FinetuneCalibration, tokens: int, lora_r: int, checkpointing: bool, files: int | None = None
 ) -> FinetunePrediction:
-    """`tokens`: padded tokens in one optimizer step (batch × longest row, summed over accumulation)."""
+    """`tokens`: padded tokens in one optimizer step (batch × longest row, summed over accumulation); `files`: the
+    checkpoint's bytes on disk (a bf16 checkpoint reads half an fp32 one's), else its fp32 size."""
     nf4 = d.layers * linear_params(d) * NF4_BITS / 8
     frozen = nf4 + 4 * other_params(d)
     per_unit = cal.checkpointed_bytes if checkpointing else cal.kept_bytes
@@ -116,7 +117,7 @@ def predict_finetune(
         "logits": tokens * d.vocab * cal.logit_bytes,
     }
     train = sum(terms.values())
-    load = cal.base_mib * MIB + cal.load_factor * checkpoint_bytes(d) + frozen
+    load = cal.base_mib * MIB + cal.load_factor * (files or checkpoint_bytes(d)) + frozen
     passes = 3 if checkpointing else 2
     seconds = (
         step_flops(d, tokens, checkpointing) / cal.flops_per_s

@@ -76,3 +76,13 @@ def test_the_prediction_is_its_terms_and_the_larger_moment():
     assert p.s_per_step == pytest.approx(flops / 1e9 + 2 * 2 * linear_params(d) / 1e8 + 0.5)
     on = predict_finetune(d, cal, tokens=100, lora_r=4, checkpointing=True)
     assert on.terms_mib["activations"] == pytest.approx(p.terms_mib["activations"] / 10)
+
+
+def test_loading_reads_the_checkpoint_files_bytes_where_they_are_known():
+    cal = FinetuneCalibration(
+        base_mib=500, load_factor=1.5, kept_bytes=100, checkpointed_bytes=10, logit_bytes=4, flops_per_s=1e9,
+        dequant_per_s=1e8, step_s=0.5,
+    )  # fmt: skip
+    fp32 = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False)
+    bf16 = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, files=2 * (160 + 40 + 12))
+    assert (fp32.load_mib - bf16.load_mib) * MIB == pytest.approx(1.5 * 2 * (160 + 40 + 12))  # half the bytes read
