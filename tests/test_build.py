@@ -96,7 +96,7 @@ MODELFILE = (
     '<|im_start|>assistant\n"""\n'
     "# The default system prompt (training data: opens 48 of 48 training conversations (100%)).\n"
     'SYSTEM """You control a drone. Reply with one JSON action."""\n'
-    "# Generation ends at the end-of-turn token, as in the evaluation.\n"
+    "# Generation ends at eos and at the token the template ends a turn with, as in the evaluation.\n"
     'PARAMETER stop "<|im_end|>"\n'
     "# The profile's context window and CPU threads.\n"
     "PARAMETER num_ctx 1024\n"
