@@ -28,7 +28,7 @@ from edgeq.plan import choose, with_measurement
 from edgeq.profiles import Profile
 from edgeq.records import Candidate, Measurement, Plan, Row, StageRecord
 from edgeq.runtime import artifact_bytes
-from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR, FORMAT_GGUF, QUANT_AUTO
+from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR, FORMAT_GGUF, QUANT_AUTO, QUANT_TYPES
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,14 @@ class SweepInputs:
 
 
 def onnx_export(c: Candidate, merged: Path, imatrix: Path, out: Path) -> OnnxExport:
-    """The ONNX export of a candidate: its precision, or --quant auto at the size an ONNX mixture names."""
+    """The ONNX export of a candidate: its precision, or --quant auto at the size an ONNX mixture names. The
+    importance matrix goes only where it weighs something: int4 blocks (int8 and fp32 exports refuse one)."""
     size = float(dict(c.recipe)["max_size_mib"]) if c.recipe else None
     quant = QUANT_AUTO if c.recipe else c.quant
-    return OnnxExport(out=str(out), model=str(merged), quant=quant, max_size_mib=size, imatrix=str(imatrix))
+    int4 = quant == QUANT_AUTO or QUANT_TYPES[quant].onnx_precision == "int4"
+    return OnnxExport(
+        out=str(out), model=str(merged), quant=quant, max_size_mib=size, imatrix=str(imatrix) if int4 else None
+    )
 
 
 def measure_candidate(s: SweepInputs, c: Candidate, ref, ids, imatrix: dict, work: Path) -> Measurement:

@@ -371,3 +371,19 @@ def test_a_same_size_edit_in_place_with_its_mtime_put_back_is_a_new_input(tmp_pa
     os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert data.stat().st_size == st.st_size and data.stat().st_mtime_ns == st.st_mtime_ns
     assert file_sha(data, memo) != before
+
+
+@pytest.mark.parametrize(("quant", "weighted"), [("int4-block32", True), ("int8", False), ("fp32", False)])
+def test_an_onnx_candidate_gets_the_importance_matrix_only_where_it_weighs_something(quant, weighted, tmp_path):
+    """The Jetson profile's sweep reached ONNX int8 with the plan's matrix, which that export refuses (exit 2
+    mid-build, 1.24B model, 2026-12-06): the matrix goes to int4 candidates only."""
+    from edgeq.export.onnx import export_onnx
+    from edgeq.records import Candidate
+    from edgeq.sweep import onnx_export
+
+    cfg = onnx_export(Candidate("onnx", quant), tmp_path / "m", tmp_path / "imatrix.dat", tmp_path / "out")
+    assert (cfg.imatrix is not None) == weighted
+    if not weighted:  # what the export itself says of it: no refusal for the matrix
+        with pytest.raises(Exception) as e:
+            export_onnx(cfg)
+        assert "importance matrix" not in str(e.value)
