@@ -78,7 +78,6 @@ from edgeq.spec import (
     BUILD_STAGES,
     BUILD_STATE_DIR,
     FORMAT_GGUF,
-    QUANT_TYPES,
     SCORE_SCHEMA,
     SHIPPED_EXAMPLES,
     SWEEP_MODES,
@@ -308,14 +307,16 @@ def run_sweep(job: Job, work: Path) -> Plan:
 def run_export(job: Job, work: Path) -> ExportResult:
     c = job.results["sweep"].chosen
     name = f"model.{c.quant}" + ("-mixed" if c.recipe else "") + (".gguf" if c.fmt == FORMAT_GGUF else "")
-    out, weights = str(work / name), str(planned_imatrix(job))
+    out, imatrix = str(work / name), planned_imatrix(job)
     if c.fmt == FORMAT_GGUF:
         recipe = dict(c.recipe) or None
-        r = export_gguf(GgufExport(out=out, model=str(merged(job)), quant=c.quant, imatrix=weights, recipe=recipe))
+        cfg = GgufExport(out=out, model=str(merged(job)), quant=c.quant, imatrix=str(imatrix), recipe=recipe)
+        r = export_gguf(cfg)
     else:
-        r = export_onnx(onnx_export(c, merged(job), planned_imatrix(job), Path(out)))
-    weighted = c.fmt == FORMAT_GGUF or QUANT_TYPES[c.quant].onnx_precision == "int4"
-    return dataclasses.replace(r, imatrix_source=str(job.data) if weighted else None)  # what the quantizer weighed by
+        cfg = onnx_export(c, merged(job), imatrix, Path(out))
+        r = export_onnx(cfg)
+    weighted = cfg.imatrix is not None  # what the quantizer weighed by: the matrix, where the export took one
+    return dataclasses.replace(r, imatrix_source=str(job.data) if weighted else None)
 
 
 def artifact(job: Job) -> Path:

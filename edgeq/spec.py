@@ -217,8 +217,8 @@ GGUF_ARCHS = {
     "qwen2": GgufArch("qwen2", permute_qk=False),
     "qwen3": GgufArch("qwen3", permute_qk=False, qk_norm=True),
     "phi3": GgufArch("phi3", permute_qk=False),  # fused qkv_proj and gate_up_proj, written fused (Phi-3, Phi-4-mini)
-    # Gemma 3 270M and 1B (text only); llama.cpp scales the embeddings by √hidden itself, as HF does
     "smollm3": GgufArch("smollm3", permute_qk=True, nope_interval=4),
+    # Gemma 3 270M and 1B (text only); llama.cpp scales the embeddings by √hidden itself, as HF does
     "gemma3_text": GgufArch(
         "gemma3", permute_qk=False, qk_norm=True, norm_offset=1.0, swa_pattern=6, swa_rope_base=10000.0
     ),

@@ -21,14 +21,14 @@ from edgeq.errors import UsageError
 from edgeq.evaluate import TEXT_TOKENS, compare_logits, fidelity_ids, reference_logits
 from edgeq.export.gguf import quantize_gguf
 from edgeq.export.imatrix import load_imatrix
-from edgeq.export.onnx import OnnxExport, export_onnx
+from edgeq.export.onnx import OnnxExport, export_onnx, is_int4
 from edgeq.footprint import footprint_fits
 from edgeq.io import check_free_disk, read_json
 from edgeq.plan import choose, with_measurement
 from edgeq.profiles import Profile
 from edgeq.records import Candidate, Measurement, Plan, Row, StageRecord
 from edgeq.runtime import artifact_bytes
-from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR, FORMAT_GGUF, QUANT_AUTO, QUANT_TYPES
+from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR, FORMAT_GGUF, QUANT_AUTO
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,8 @@ def onnx_export(c: Candidate, merged: Path, imatrix: Path, out: Path) -> OnnxExp
     importance matrix goes only where it weighs something: int4 blocks (int8 and fp32 exports refuse one)."""
     size = float(dict(c.recipe)["max_size_mib"]) if c.recipe else None
     quant = QUANT_AUTO if c.recipe else c.quant
-    int4 = quant == QUANT_AUTO or QUANT_TYPES[quant].onnx_precision == "int4"
-    return OnnxExport(
-        out=str(out), model=str(merged), quant=quant, max_size_mib=size, imatrix=str(imatrix) if int4 else None
-    )
+    weighted = str(imatrix) if is_int4(quant) else None
+    return OnnxExport(out=str(out), model=str(merged), quant=quant, max_size_mib=size, imatrix=weighted)
 
 
 def measure_candidate(s: SweepInputs, c: Candidate, ref, ids, imatrix: dict, work: Path) -> Measurement:

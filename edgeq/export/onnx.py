@@ -108,6 +108,17 @@ def gate_fidelity(onnx_dir: Path, model_dir: Path, tok) -> dict:
     return {"positions": len(ids), "top1": top1, "max_abs_logit": max_abs, "min_top1": GATE_MIN_TOP1}
 
 
+def builder_layout(quant: str) -> str:
+    """The builder's precision and block for --quant: --quant auto starts from ONNX_AUTO_LAYOUT."""
+    return ONNX_AUTO_LAYOUT if quant == QUANT_AUTO else quant
+
+
+def is_int4(quant: str) -> bool:
+    """int4 blocks: what edgeq requantizes after the builder, and the only layout an importance matrix weighs
+    (int8 and fp32 leave it nothing to choose)."""
+    return QUANT_TYPES[builder_layout(quant)].onnx_precision == "int4"
+
+
 def export_onnx(cfg: OnnxExport) -> ExportResult:
 
     if cfg.quant not in (*quant_names(FORMAT_ONNX), QUANT_AUTO):
@@ -115,8 +126,8 @@ def export_onnx(cfg: OnnxExport) -> ExportResult:
         raise UsageError(f"unknown ONNX precision {cfg.quant!r}", None, f"valid: {valid}")
     if (cfg.quant == QUANT_AUTO) != (cfg.max_size_mib is not None):
         raise UsageError(f"--quant {QUANT_AUTO} and --max-size-mib go together", None, "pass both, or neither")
-    kind = ONNX_AUTO_LAYOUT if cfg.quant == QUANT_AUTO else cfg.quant  # the builder's precision and block
-    if (cfg.imatrix_data or cfg.imatrix) and QUANT_TYPES[kind].onnx_precision != "int4":
+    kind = builder_layout(cfg.quant)
+    if (cfg.imatrix_data or cfg.imatrix) and not is_int4(cfg.quant):
         raise UsageError(f"an importance matrix applies to GGUF and ONNX int4, not {cfg.quant}", None, "drop it")
     if cfg.quant == "fp16" and cfg.execution_provider == "cpu":
         raise UsageError("fp16 ONNX targets GPUs", None, "use --execution-provider cuda, or int8/int4/fp32 on CPU")
@@ -152,7 +163,7 @@ def export_onnx(cfg: OnnxExport) -> ExportResult:
             if (model_dir / name).is_file() and not (tmp / name).exists():
                 shutil.copyfile(model_dir / name, tmp / name)
         recipe = None
-        if QUANT_TYPES[kind].onnx_precision == "int4":
+        if is_int4(cfg.quant):
             recipe = requantize_int4(tmp, model_dir, cfg, kind)
         runnable = cfg.execution_provider == "cpu" or "CUDAExecutionProvider" in ort_providers()
         gates = {"generates": gate_generates(tmp, tok) if runnable else "skipped: no CUDA execution provider here"}
