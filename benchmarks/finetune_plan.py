@@ -136,6 +136,7 @@ def fit(points: list[dict]):
         linear_params,
         lora_params,
         other_params,
+        passes,
         step_flops,
     )
 
@@ -164,8 +165,8 @@ def fit(points: list[dict]):
     t_rows = []
     for p in pts:
         d = _dims(p["shape"])
-        passes = 3 if p["checkpointing"] else 2
-        row = [step_flops(d, p["tokens_per_step"], p["checkpointing"]), passes * d.layers * linear_params(d), 1.0]
+        n = passes(p["checkpointing"])
+        row = [step_flops(d, p["tokens_per_step"], p["checkpointing"]), n * d.layers * linear_params(d), 1.0]
         t_rows.append(np.array(row) / p["s_per_step"])
     t = np.linalg.lstsq(np.array(t_rows), np.ones(len(pts)), rcond=None)[0]
     return FinetuneCalibration(

@@ -43,7 +43,7 @@ from edgeq.spec import (
     NF4_BLOCKSIZE,
     QUANT_MODES,
 )
-from edgeq.trainplan import CALIBRATION, FinetunePrediction, predict_finetune
+from edgeq.trainplan import CALIBRATION, FinetunePrediction, activation_bytes, predict_finetune
 
 CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
 
@@ -182,8 +182,8 @@ def checkpointing(cfg: FinetuneConfig, model_config, longest: int, device: str) 
         return True
     import psutil
 
-    per_unit = CALIBRATION.kept_bytes  # measured by benchmarks/finetune_plan.py (trainplan.py)
-    need = cfg.batch_size * longest * model_config.num_hidden_layers * model_config.hidden_size * per_unit
+    tokens, layers, hidden = cfg.batch_size * longest, model_config.num_hidden_layers, model_config.hidden_size
+    need = activation_bytes(tokens, layers, hidden, False, CALIBRATION)  # measured: benchmarks/finetune_plan.py
     return need > psutil.virtual_memory().available / 4
 
 
@@ -524,16 +524,16 @@ def setup(cfg: FinetuneConfig) -> Run:
 
 def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     """What this fine-tune will cost on a CPU (trainplan.py), before any weight loads: the base's shape, the
-    batch padded to the data's longest example (the step that costs most), and the checkpointing setup()
-    would choose."""
+    micro-batch padded to the data's longest example (the one that costs most), the accumulation, and the
+    checkpointing setup() would choose."""
     from transformers import AutoConfig  # deferred: the workstation toolchain, absent from the runtime-only install
 
     base_dir = resolve_model(cfg.base)
     dataset = load_dataset(cfg.data, load_tokenizer(base_dir), cfg.seq_len, cfg.strict)
     longest = max(len(e.input_ids) for e in dataset.examples)
     on = checkpointing(cfg, AutoConfig.from_pretrained(base_dir), longest, "cpu")
-    tokens = cfg.batch_size * cfg.grad_accum * longest
-    return predict_finetune(Dims.from_config(base_dir), CALIBRATION, tokens, cfg.lora_r, on, weights_bytes(base_dir))
+    d, tokens = Dims.from_config(base_dir), cfg.batch_size * longest  # memory holds one micro-batch at a time
+    return predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, on, weights_bytes(base_dir), cfg.grad_accum)
 
 
 def resume_point(run: Run) -> tuple[int, list[float]]:

@@ -94,36 +94,52 @@ def checkpoint_bytes(d: Dims) -> int:
     return 4 * (d.layers * linear_params(d) + other_params(d))
 
 
+def passes(checkpointing: bool) -> int:
+    """Passes over the frozen weights per micro-batch: the forward and the input gradient, and the forward again
+    where activations are recomputed."""
+    return 3 if checkpointing else 2
+
+
 def step_flops(d: Dims, tokens: int, checkpointing: bool) -> float:
-    """Matmul FLOPs of one step over `tokens` (padded) tokens: 2 per weight per token for the forward, 2 for the
-    input gradient (the frozen weights get none), 2 more where the forward is recomputed; the head likewise."""
-    passes = 3 if checkpointing else 2
-    return 2 * passes * tokens * (d.layers * linear_params(d) + d.vocab * d.hidden)
+    """Matmul FLOPs over `tokens` (padded) tokens: 2 per weight per token in each pass (the frozen weights get no
+    gradient of their own); the head likewise."""
+    return 2 * passes(checkpointing) * tokens * (d.layers * linear_params(d) + d.vocab * d.hidden)
+
+
+def activation_bytes(tokens: int, layers: int, hidden: int, checkpointing: bool, cal: FinetuneCalibration) -> float:
+    """What a micro-batch of `tokens` (padded) tokens keeps for backward: all of it, or with checkpointing the
+    layers' inputs and one layer's work."""
+    return tokens * layers * hidden * (cal.checkpointed_bytes if checkpointing else cal.kept_bytes)
 
 
 def predict_finetune(
-    d: Dims, cal: FinetuneCalibration, tokens: int, lora_r: int, checkpointing: bool, files: int | None = None
+    d: Dims,
+    cal: FinetuneCalibration,
+    tokens: int,
+    lora_r: int,
+    checkpointing: bool,
+    files: int | None = None,
+    accum: int = 1,
 ) -> FinetunePrediction:
-    """`tokens`: padded tokens in one optimizer step (batch × longest row, summed over accumulation); `files`: the
-    checkpoint's bytes on disk (a bf16 checkpoint reads half an fp32 one's), else its fp32 size."""
+    """`tokens`: padded tokens in one micro-batch (batch × longest row), what memory holds at once; `accum`:
+    micro-batches per optimizer step, what time adds up; `files`: the checkpoint's bytes on disk (a bf16
+    checkpoint reads half an fp32 one's), else its fp32 size."""
     nf4 = d.layers * linear_params(d) * NF4_BITS / 8
     frozen = nf4 + 4 * other_params(d)
-    per_unit = cal.checkpointed_bytes if checkpointing else cal.kept_bytes
     terms = {
         "base": cal.base_mib * MIB,
         "frozen base": frozen,
         "LoRA + AdamW": lora_params(d, lora_r) * ADAM_BYTES_PER_PARAM,
-        "activations": tokens * d.layers * d.hidden * per_unit,
+        "activations": activation_bytes(tokens, d.layers, d.hidden, checkpointing, cal),
         "logits": tokens * d.vocab * cal.logit_bytes,
     }
     train = sum(terms.values())
     load = cal.base_mib * MIB + cal.load_factor * (files or checkpoint_bytes(d)) + frozen
-    passes = 3 if checkpointing else 2
-    seconds = (
+    micro_batch = (
         step_flops(d, tokens, checkpointing) / cal.flops_per_s
-        + passes * d.layers * linear_params(d) / cal.dequant_per_s
-        + cal.step_s
+        + passes(checkpointing) * d.layers * linear_params(d) / cal.dequant_per_s
     )
+    seconds = accum * micro_batch + cal.step_s
     return FinetunePrediction(
         peak_mib=max(train, load) / MIB,
         load_mib=load / MIB,

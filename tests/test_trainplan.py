@@ -86,3 +86,15 @@ def test_loading_reads_the_checkpoint_files_bytes_where_they_are_known():
     fp32 = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False)
     bf16 = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, files=2 * (160 + 40 + 12))
     assert (fp32.load_mib - bf16.load_mib) * MIB == pytest.approx(1.5 * 2 * (160 + 40 + 12))  # half the bytes read
+
+
+def test_accumulation_adds_time_not_memory():
+    """Gradient accumulation runs micro-batches one after another: memory holds one, the step's time adds them."""
+    cal = FinetuneCalibration(
+        base_mib=500, load_factor=1.0, kept_bytes=100, checkpointed_bytes=10, logit_bytes=4, flops_per_s=1e9,
+        dequant_per_s=1e8, step_s=0.5,
+    )  # fmt: skip
+    one = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False)
+    four = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, accum=4)
+    assert four.peak_mib == one.peak_mib and four.terms_mib == one.terms_mib
+    assert four.s_per_step - 0.5 == pytest.approx(4 * (one.s_per_step - 0.5))
