@@ -128,10 +128,10 @@ def gguf_tokenize(path: str | Path, texts: list[str]) -> list[list[int]]:
     return child_call("gguf_tokenize_here", "tokenizing", path, path=path, texts=texts)
 
 
-def gguf_is_eog(path: str | Path, token_id: int) -> bool:
-    """Whether llama.cpp ends generation at this token."""
+def gguf_is_eog(path: str | Path, token_ids: list[int]) -> list[bool]:
+    """Whether llama.cpp ends generation at each of these tokens (the vocabulary read once)."""
     path, _ = checked_artifact(Path(path))
-    return child_call("gguf_is_eog_here", "reading the vocabulary", path, path=path, token_id=token_id)
+    return child_call("gguf_is_eog_here", "reading the vocabulary", path, path=path, token_ids=token_ids)
 
 
 def quantize(src: Path, dst: Path, quant: str, imatrix: dict | None = None, recipe: dict | None = None) -> None:
@@ -272,11 +272,11 @@ def gguf_tokenize_here(path: str, texts: list[str]) -> list[list[int]]:
     return [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in texts]
 
 
-def gguf_is_eog_here(path: str, token_id: int) -> bool:
+def gguf_is_eog_here(path: str, token_ids: list[int]) -> list[bool]:
     import llama_cpp  # deferred: a native runtime, loaded only where it runs
 
-    llm = load_gguf_here(Path(path), vocab_only=True)
-    return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), token_id))
+    vocab = llama_cpp.llama_model_get_vocab(load_gguf_here(Path(path), vocab_only=True).model)
+    return [bool(llama_cpp.llama_vocab_is_eog(vocab, t)) for t in token_ids]
 
 
 @contextlib.contextmanager

@@ -525,8 +525,8 @@ def gate_special_tokens(gguf_path: Path, info: dict) -> dict:
         raise EdgeqError(
             f"GGUF lost {', '.join(wrong)} on the way (expected {[info[k] for k in wrong]})", str(gguf_path)
         )
-    for t in info["turn_ends"]:
-        if not gguf_is_eog(gguf_path, t):
+    for t, eog in zip(info["turn_ends"], gguf_is_eog(gguf_path, info["turn_ends"]), strict=True):
+        if not eog:
             raise EdgeqError(
                 f"token {t}, which ends the model's answers, is not an end-of-generation token in llama.cpp: "
                 "output would not stop",

@@ -279,8 +279,8 @@ def test_eos_check_tells_an_end_token_from_an_ordinary_one(tmp_path, tiny_model)
     from edgeq.runtime import gguf_is_eog
 
     export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "m.gguf"), quant="F32"))
-    assert gguf_is_eog(tmp_path / "m.gguf", 2)  # <|im_end|>
-    assert not gguf_is_eog(tmp_path / "m.gguf", 100)  # an ordinary token: generation would run on
+    # <|im_end|> ends generation; an ordinary token does not: generation would run on
+    assert gguf_is_eog(tmp_path / "m.gguf", [2, 100]) == [True, False]
 
 
 def test_a_folder_named_phi3_is_refused_before_llama_cpp_keys_its_token_rules_on_it(tmp_path, tiny_model):
