@@ -275,7 +275,8 @@ def gguf_tokenize_here(path: str, texts: list[str]) -> list[list[int]]:
 def gguf_is_eog_here(path: str, token_ids: list[int]) -> list[bool]:
     import llama_cpp  # deferred: a native runtime, loaded only where it runs
 
-    vocab = llama_cpp.llama_model_get_vocab(load_gguf_here(Path(path), vocab_only=True).model)
+    llm = load_gguf_here(Path(path), vocab_only=True)  # held: the vocabulary lives as long as the model
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
     return [bool(llama_cpp.llama_vocab_is_eog(vocab, t)) for t in token_ids]
 
 
