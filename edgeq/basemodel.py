@@ -421,8 +421,7 @@ def random_model(out: Path, tokenizer_dir: Path, seed: int = 0, **overrides) -> 
         bos_token_id=tok.get("bos_token_id"),
         eos_token_id=tok.get("eos_token_id"),
         pad_token_id=tok.get("pad_token_id"),
-        tie_word_embeddings=True,
-        **{**RANDOM_MODEL_DIMS, **overrides},
+        **{"tie_word_embeddings": True, **RANDOM_MODEL_DIMS, **overrides},
     )
     LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
     for name in TOKENIZER_FILES:

@@ -27,7 +27,7 @@ from edgeq.onnxcheck import check_onnx_folder
 from edgeq.profiles import load_profile
 from edgeq.records import BenchResult, BenchSettings, Stats
 from edgeq.runtime import artifact_bytes, artifact_format, fidelity_text, llama_config, llama_setup
-from edgeq.spec import BENCH_OUTPUTS, FORMAT_GGUF
+from edgeq.spec import BENCH_GEN_TOKENS, BENCH_OUTPUTS, FORMAT_GGUF
 
 METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib", "device_mib", "memory_mib")
 WARMUP_TOKENS = 8
@@ -38,7 +38,7 @@ class BenchConfig:
     artifact: str = setting(help="a .gguf file or an ONNX GenAI folder", argument=True)
     profile: str | None = setting(None, "device profile NAME or PATH: gate every budget (exit 3 on breach)")
     prompt_tokens: int | None = setting(None, "prompt length [default: the profile's, else 512]", minimum=1)
-    gen_tokens: int = setting(128, "tokens generated per repetition", minimum=2)
+    gen_tokens: int = setting(BENCH_GEN_TOKENS, "tokens generated per repetition", minimum=2)
     reps: int = setting(5, "repetitions, each in a fresh process", minimum=1)
     threads: int | None = setting(None, "runtime threads [default: the profile's, else all cores]", minimum=1)
     ctx: int | None = setting(None, "context [default: the profile's, else prompt + generated]", minimum=16)
@@ -106,6 +106,19 @@ def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int
     end = time.perf_counter()
     sample()
     return {"load_s": load_s, "ttft_s": first - t1, "decode_s": end - first, "e2e_s": end - t1}
+
+
+def _rss_anon() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) * 1024
+
+
+def runtime_anon(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int) -> int:
+    """Anonymous bytes one GGUF repetition adds to this process (standin.py): the runtime's buffers, not the
+    mmap-ed weights. In the child."""
+    before, during = _rss_anon(), []
+    _measure_gguf(path, n_prompt, n_gen, threads, n_ctx, 0, lambda: during.append(_rss_anon()))
+    return max(during) - before  # read while the model lives: its buffers are freed with it
 
 
 def _measure_onnx(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int, sample) -> dict:

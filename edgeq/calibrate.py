@@ -3,14 +3,14 @@
     edgeq calibrate --out board.json [--threads N] [--onnx/--no-onnx] [--model DIR]
 
 plan predicts peak RSS as runtime base + resident weights + KV cache + compute buffers; the
-runtime terms depend on the CPU and the runtime's configuration (llama.cpp repacks some types for
-x86 and ARM CPUs and keeps them resident twice; with extra buffer types off it does not), so they
-are measured where the artifact will run. GGUF needs only the runtime install: random-weight
+base and the weights' residency depend on the CPU and the runtime's configuration (llama.cpp repacks
+some types for x86 and ARM CPUs and keeps them resident twice; with extra buffer types off it does
+not), so they are measured where the artifact will run. GGUF needs only the runtime install: random-weight
 GGUFs at the default model's shape and a narrow shape are written here with gguf-py, quantized
 by llama.cpp to every type, and benched in fresh children over a grid of context and prompt
 sizes. ONNX needs the ONNX builder (full install): the model (default: the embedded one) and a
 narrow random model are exported to every CPU precision. Then least squares fits:
-  GGUF  RSS = base + Σ_type bytes × resident_factor[type] + KV(f16) + hidden × (a × prompt + b × batch)
+  GGUF  RSS = base + Σ_type bytes × resident_factor[type] + runtime(KV, buffers: a stand-in, standin.py)
   ONNX  RSS = max(base + f[prec] × matmul bytes + other + KV(fp32) + prompt × vocab × c,
                   base + load[prec] × matmul bytes)     (the second: the transient while loading)
 The file names the CPU, the runtime versions and llama.cpp's configuration; plan and build use
@@ -34,17 +34,27 @@ from edgeq.bench import measure_in_child
 from edgeq.config import setting
 from edgeq.errors import UsageError
 from edgeq.export.onnx import OnnxExport, export_onnx
-from edgeq.footprint import Dims, gguf_tensor_types, kv_cache_bytes, onnx_bytes, predict_gguf_rss, predict_onnx_rss
+from edgeq.footprint import (
+    Dims,
+    gguf_runtime,
+    gguf_tensor_types,
+    kv_cache_bytes,
+    onnx_bytes,
+    predict_gguf_rss,
+    predict_onnx_rss,
+)
 from edgeq.io import FILE_MARK, claim_output, read_json, write_json
 from edgeq.machine import package_version, platform_info
 from edgeq.probe import tiny_gguf
 from edgeq.runtime import llama_config, quantize
-from edgeq.spec import CALIBRATION_SCHEMA, FORMAT_GGUF, FORMAT_ONNX, LLAMA_CPP_MAX_BATCH, quant_names
+from edgeq.spec import CALIBRATION_SCHEMA, FORMAT_GGUF, FORMAT_ONNX, quant_names
+from edgeq.standin import RuntimeCost
 from edgeq.validate import Fields
 
 MIB = 2**20
 GGUF_TYPES = quant_names(FORMAT_GGUF, calibrated_only=True)
 ONNX_TYPES = quant_names(FORMAT_ONNX, calibrated_only=True)
+GEN_TOKENS = 32  # per point; llama.cpp clears its whole KV cache at start, so the answer's length adds nothing
 GRID = ((256, 128), (1024, 128), (4096, 128), (1024, 16), (1024, 512))  # (ctx, prompt)
 NARROW_GRID = ((256, 128), (512, 128))
 # SmolLM2-135M's shape, and a narrow one so the runtime's base separates from the per-weight terms
@@ -86,7 +96,9 @@ def gguf_artifacts(work: Path, tag: str, shape: dict, types) -> list[dict]:
         if q != "F16":
             quantize(flt, path, q)
         types_bytes = gguf_tensor_types(flt, q)
-        arts.append({"fmt": FORMAT_GGUF, "quant": q, "path": path, "dims": _dims(shape), "types": types_bytes})
+        arts.append(
+            {"fmt": FORMAT_GGUF, "quant": q, "path": path, "float": flt, "dims": _dims(shape), "types": types_bytes}
+        )
     return arts
 
 
@@ -108,34 +120,32 @@ def measure_all(arts: list[dict], grid, threads: int, update) -> list[dict]:
         for ctx, prompt in grid:
             if ctx > a["dims"].max_positions:
                 continue
-            r = measure_in_child(a["fmt"], a["path"], prompt, 32, threads, ctx)
-            points.append({**a, "ctx": ctx, "prompt": prompt, "rss": r["peak_rss_mib"] * MIB})
+            r = measure_in_child(a["fmt"], a["path"], prompt, GEN_TOKENS, threads, ctx)
+            point = {**a, "ctx": ctx, "prompt": prompt, "rss": r["peak_rss_mib"] * MIB}
+            if a["fmt"] == FORMAT_GGUF:
+                rc = gguf_runtime(point.pop("float"), ctx, prompt, threads, GEN_TOKENS)
+                point |= {"runtime_fixed": rc.fixed, "runtime_kv": rc.kv_cache}
+            points.append(point)
             update(f"{a['fmt']} {a['quant']} ctx {ctx} prompt {prompt}: {r['peak_rss_mib']:.1f} MiB")
     return points
 
 
 def fit_gguf(points: list[dict]) -> dict:
-    """Least squares with a ridge on the per-type extras: a type is resident twice only if the data say so."""
+    """Least squares with a ridge on the per-type extras: a type is resident twice only if the data say so. What the
+    runtime spends beside the weights was measured on a stand-in at each point and is not fitted."""
 
     types = sorted({t for p in points for t in p["types"]})
     X, y = [], []
     for p in points:
-        d = p["dims"]
-        X.append(
-            [1.0, d.hidden * p["prompt"], d.hidden * min(LLAMA_CPP_MAX_BATCH, p["ctx"])]
-            + [p["types"].get(t, 0) for t in types]
-        )
-        y.append(p["rss"] - sum(p["types"].values()) - kv_cache_bytes(d, p["ctx"], 2))
+        X.append([1.0] + [p["types"].get(t, 0) for t in types])
+        y.append(p["rss"] - sum(p["types"].values()) - p["runtime_kv"] - p["runtime_fixed"])
     for i in range(len(types)):  # pull each extra towards 0 with the weight of 4 MiB of evidence
-        X.append([0.0, 0.0, 0.0] + [4 * MIB * (j == i) for j in range(len(types))])
+        X.append([0.0] + [4 * MIB * (j == i) for j in range(len(types))])
         y.append(0.0)
     coef = np.linalg.lstsq(np.array(X), np.array(y), rcond=None)[0]
-    extra = dict(zip(types, coef[3:], strict=True))
+    extra = dict(zip(types, coef[1:], strict=True))
     return {
         "base_mib": round(float(coef[0]) / MIB, 2),
-        "compute_bytes_per_prompt_token_per_hidden": round(float(coef[1]), 2),
-        "compute_bytes_per_batch_token_per_hidden": round(float(coef[2]), 2),
-        "kv_bytes_per_element": 2,
         # only types measurably resident twice get a factor; the rest are served from the mmap (1.0)
         "resident_factor": {t: round(1 + float(e), 3) for t, e in extra.items() if e > 0.1},
     }
@@ -185,7 +195,9 @@ def fit_onnx(points: list[dict]) -> dict:
 def predicted(p: dict, cal: dict) -> float:
 
     if p["fmt"] == FORMAT_GGUF:
-        return predict_gguf_rss(p["dims"], p["types"], p["ctx"], p["prompt"], cal)["total"]
+        layers = p["dims"].layers
+        runtime = RuntimeCost(p["runtime_fixed"], p["runtime_kv"] / layers, layers)
+        return predict_gguf_rss(p["types"], runtime, cal)["total"]
     return predict_onnx_rss(p["dims"], p["quant"], p["ctx"], p["prompt"], cal)["total"]
 
 
@@ -216,7 +228,7 @@ def measure(threads: int, onnx: bool, model: str | None) -> list[dict]:
     return points
 
 
-POINTS_SCHEMA = "edgeq.calibration-points/1"
+POINTS_SCHEMA = "edgeq.calibration-points/2"
 _POINTS_FIX = "pass a --points file written by edgeq calibrate, or a new path to measure again"
 
 
@@ -241,6 +253,8 @@ def load_points(path: Path) -> list[dict]:
         for key, lo in (("ctx", 16), ("prompt", 1)):
             f.number(f"{at}.{key}", p.get(key), lo=lo, hi=1 << 20, integer=True)
         f.number(f"{at}.rss", p.get("rss"), lo=1, hi=1 << 50)
+        for key in ("runtime_fixed", "runtime_kv") if fmt == FORMAT_GGUF else ():
+            f.number(f"{at}.{key}", p.get(key), lo=-(1 << 30), hi=1 << 50)
         dims = f.mapping(f"{at}.dims", p.get("dims"))
         for name in (d.name for d in fields(Dims)):
             if name == "tied":

@@ -15,7 +15,7 @@ from edgeq.errors import UsageError
 from edgeq.io import read_json
 from edgeq.machine import platform_info
 from edgeq.runtime import ASSETS, llama_config
-from edgeq.spec import CALIBRATIONS_DIR, FORMAT_ONNX, QUANT_TYPES
+from edgeq.spec import CALIBRATION_SCHEMA, CALIBRATIONS_DIR, FORMAT_ONNX, QUANT_TYPES
 from edgeq.validate import Fields
 
 
@@ -47,10 +47,13 @@ def load_calibration(path: Path) -> dict:
     f.mapping("runtime_config.llama_cpp")
     if not isinstance(f.get("runtime_config.llama_cpp.extra_buffer_types"), bool):
         raise f.bad("runtime_config.llama_cpp.extra_buffer_types", "must be true or false")
+    if f.obj.get("schema") != CALIBRATION_SCHEMA:
+        raise f.bad(
+            "schema",
+            f"is {f.obj.get('schema')!r}; this edgeq reads {CALIBRATION_SCHEMA} (GGUF's runtime "
+            "buffers are measured on a stand-in of the model now, not fitted): run `edgeq calibrate` again",
+        )
     f.number("gguf.base_mib", lo=0, hi=_MIB_TERM)
-    for term in ("compute_bytes_per_prompt_token_per_hidden", "compute_bytes_per_batch_token_per_hidden"):
-        f.number(f"gguf.{term}", lo=0, hi=_BYTES_TERM)
-    f.number("gguf.kv_bytes_per_element", lo=0.5, hi=8)
     for t, v in f.mapping("gguf.resident_factor").items():
         f.number(f"gguf.resident_factor.{t}", v, lo=0, hi=_FACTOR)
     if f.obj.get("onnx") is not None:

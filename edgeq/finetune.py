@@ -22,11 +22,13 @@ import math
 import os
 import random
 import resource
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from edgeq import __version__, report
+from edgeq import __version__, child, report
 from edgeq.basemodel import MODEL_HELP, base_fingerprint, load_tokenizer, resolve_model, weights_bytes
 from edgeq.config import problems, setting
 from edgeq.data import IGNORE, load_dataset
@@ -42,8 +44,9 @@ from edgeq.spec import (
     MANIFEST_SCHEMA,
     NF4_BLOCKSIZE,
     QUANT_MODES,
+    TOKENIZER_FILES,
 )
-from edgeq.trainplan import CALIBRATION, FinetunePrediction, activation_bytes, predict_finetune
+from edgeq.trainplan import CALIBRATION, MIB, FinetunePrediction, activation_bytes, predict_finetune
 
 CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
 
@@ -85,6 +88,13 @@ class FinetuneConfig:
         "than a quarter of the available memory]",
     )
     loss_chunk: int = setting(128, "tokens per cross-entropy chunk", minimum=1, maximum=1 << 20, flag="")
+    train_memory_mib: int | None = setting(
+        None,
+        "memory the fine-tune may use (MiB): above it checkpointing turns on and micro-batches split, the same "
+        "examples per step [default: what this machine has available]",
+        minimum=64,
+        maximum=1 << 30,
+    )
 
     def check(self) -> None:
         """Report every invalid setting at once: the fields' own bounds, then the open intervals."""
@@ -180,11 +190,60 @@ def checkpointing(cfg: FinetuneConfig, model_config, longest: int, device: str) 
         return cfg.gradient_checkpointing
     if device == "cuda":
         return True
-    import psutil
-
     tokens, layers, hidden = cfg.batch_size * longest, model_config.num_hidden_layers, model_config.hidden_size
     need = activation_bytes(tokens, layers, hidden, False, CALIBRATION)  # measured: benchmarks/finetune_plan.py
-    return need > psutil.virtual_memory().available / 4
+    return need > available_mib() * MIB / 4
+
+
+def available_mib() -> float:
+    import psutil
+
+    return psutil.virtual_memory().available / MIB
+
+
+def fit_memory(cfg: FinetuneConfig, base_dir: Path, longest: int, device: str) -> tuple[FinetuneConfig, str | None]:
+    """cfg with checkpointing decided and, where the predicted peak (trainplan.py) exceeds --train-memory-mib
+    (default: what is available now), checkpointing on and the micro-batch split (the same examples per step,
+    in more micro-batches); with what was chosen and why. UsageError where even one example per micro-batch
+    does not fit. On CUDA the prediction is of host RAM only, so only checkpointing is decided there."""
+    from transformers import AutoConfig  # deferred: the workstation toolchain, absent from the runtime-only install
+
+    asked = cfg
+    on = checkpointing(cfg, AutoConfig.from_pretrained(base_dir), longest, device)
+    cfg = replace(cfg, gradient_checkpointing=on)
+    if device == "cuda":
+        return cfg, None
+    limit = cfg.train_memory_mib or available_mib()
+    d, files = Dims.from_config(base_dir), weights_bytes(base_dir)
+
+    def peak(c: FinetuneConfig) -> float:
+        return predict_finetune(
+            d, CALIBRATION, c.batch_size * longest, c.lora_r, c.gradient_checkpointing, files
+        ).peak_mib
+
+    need = peak(cfg)
+    if need <= limit:
+        return cfg, None
+    if asked.gradient_checkpointing is None and peak(cfg) > limit:
+        cfg = replace(cfg, gradient_checkpointing=True)  # before any split: it costs a sixth of a step, a split more
+    # micro-batches of a divisor of the batch, the largest that fits: every step still sees the examples it would
+    for b in sorted((b for b in range(1, asked.batch_size) if asked.batch_size % b == 0), reverse=True):
+        if peak(cfg) <= limit:
+            break
+        cfg = replace(cfg, batch_size=b, grad_accum=asked.grad_accum * asked.batch_size // b)
+    if peak(cfg) > limit:
+        raise UsageError(
+            f"the fine-tune needs about {peak(cfg):.0f} MiB at one example per micro-batch with checkpointing "
+            f"{'on' if cfg.gradient_checkpointing else 'off'}; the limit is {limit:.0f} MiB",
+            "--train-memory-mib" if asked.train_memory_mib else "this machine's available memory",
+            "use a smaller base, a shorter --seq-len, or a machine with more memory",
+        )
+    chosen = f"checkpointing {'on' if cfg.gradient_checkpointing else 'off'}"
+    if cfg.batch_size != asked.batch_size:
+        chosen += (
+            f", micro-batches of {cfg.batch_size} × {cfg.grad_accum} (asked {asked.batch_size} × {asked.grad_accum})"
+        )
+    return cfg, f"{chosen}: {need:.0f} MiB predicted as asked, over the {limit:.0f} MiB limit; now {peak(cfg):.0f} MiB"
 
 
 def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
@@ -488,7 +547,9 @@ def setup(cfg: FinetuneConfig) -> Run:
     longest = max(len(e.input_ids) for e in examples)
     config = AutoConfig.from_pretrained(base_dir)
     targets = lora_targets(cfg.target_modules, linear_layers(config), base_dir)  # refused before any weight loads
-    cfg = replace(cfg, gradient_checkpointing=checkpointing(cfg, config, longest, device), target_modules=targets)
+    cfg, why = fit_memory(replace(cfg, target_modules=targets), base_dir, longest, device)
+    if why and rank == 0:
+        report.err.print(f"[yellow]note:[/] {why}")
     torch.manual_seed(cfg.seed)
     model = load_model(base_dir, cfg, device)  # the manifest's config records the checkpointing decided here
     frozen_base = quantized_bits_per_param(model) if cfg.quant != "none" else None  # before any eval-mode repacking
@@ -526,14 +587,81 @@ def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     """What this fine-tune will cost on a CPU (trainplan.py), before any weight loads: the base's shape, the
     micro-batch padded to the data's longest example (the one that costs most), the accumulation, and the
     checkpointing setup() would choose."""
-    from transformers import AutoConfig  # deferred: the workstation toolchain, absent from the runtime-only install
 
     base_dir = resolve_model(cfg.base)
     dataset = load_dataset(cfg.data, load_tokenizer(base_dir), cfg.seq_len, cfg.strict)
     longest = max(len(e.input_ids) for e in dataset.examples)
-    on = checkpointing(cfg, AutoConfig.from_pretrained(base_dir), longest, "cpu")
+    cfg, why = fit_memory(cfg, base_dir, longest, "cpu")
     d, tokens = Dims.from_config(base_dir), cfg.batch_size * longest  # memory holds one micro-batch at a time
-    return predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, on, weights_bytes(base_dir), cfg.grad_accum)
+    p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, weights_bytes(base_dir))
+    return replace(p, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, chosen=why)
+
+
+# ---------------------------------------------------------------------------------------------
+# seconds per step, measured on stand-ins of the base
+
+
+def time_steps(cfg: dict, steps: int) -> dict:
+    """In a child: the recipe set up on cfg's base, one warm-up step, then `steps` timed ones on the run's own first
+    batches: median seconds per optimizer step and padded tokens per step, and the process's peak RSS."""
+    run = setup(FinetuneConfig(**{**cfg, "target_modules": tuple(cfg["target_modules"])}))
+    run.model.train()
+    pad = pad_id(run.tokenizer)
+    batches = [[collate(mb, pad, run.device) for mb in batches_for(run, s)] for s in range(steps + 1)]
+    train_step(run.model, run.optim, batches[0], run.cfg, run.world)
+    times = []
+    for b in batches[1:]:
+        t = time.perf_counter()
+        train_step(run.model, run.optim, b, run.cfg, run.world)
+        times.append(time.perf_counter() - t)
+    return {
+        "s_per_step": sorted(times)[len(times) // 2],
+        "tokens_per_step": sum(mb["input_ids"].numel() for b in batches[1:] for mb in b) / steps,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def standin_base(base_dir: Path, layers: int, out: Path) -> Path:
+    """The base's own config cut to `layers` layers (per-layer lists cut with it), random weights in the base's
+    dtype, and its tokenizer files: what one or two of its layers cost to train, without its weights."""
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_dir)
+    for key in ("layer_types", "no_rope_layers"):
+        if isinstance(getattr(config, key, None), list):
+            setattr(config, key, getattr(config, key)[:layers])
+    config.num_hidden_layers = layers
+    torch.manual_seed(0)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(out, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, out / name)
+    return out
+
+
+def measure_step(cfg: FinetuneConfig, steps: int = 2) -> float:
+    """Seconds per optimizer step of this fine-tune on this machine, before it runs: stand-ins of the base with one
+    and two layers (standin_base) trained as the run would train (its data, batches, adapters and checkpointing)
+    in fresh children; their difference is one layer's cost, the rest the embedding, the head and the loss."""
+    from transformers import AutoConfig  # deferred: the workstation toolchain, absent from the runtime-only install
+
+    base_dir = resolve_model(cfg.base)
+    config = AutoConfig.from_pretrained(base_dir)
+    dataset = load_dataset(cfg.data, load_tokenizer(base_dir), cfg.seq_len, cfg.strict)
+    longest = max(len(e.input_ids) for e in dataset.examples)
+    cfg, _ = fit_memory(cfg, base_dir, longest, "cpu")
+    seconds = []
+    with tempfile.TemporaryDirectory(prefix="edgeq-standin-") as work:
+        for n in (1, 2):
+            base = standin_base(base_dir, n, Path(work) / f"base-{n}")
+            run = replace(cfg, base=str(base), out=str(Path(work) / f"run-{n}"), force=True)
+            run = replace(run, max_steps=steps + 1, resume=False)
+            r = child.call("edgeq.finetune:time_steps", "timing a stand-in", str(base), cfg=asdict(run), steps=steps)
+            seconds.append(r["s_per_step"])
+    per_layer = max(0.0, seconds[1] - seconds[0])
+    return seconds[0] + (config.num_hidden_layers - 1) * per_layer
 
 
 def resume_point(run: Run) -> tuple[int, list[float]]:

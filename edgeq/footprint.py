@@ -2,12 +2,15 @@
 
 storage   GGUF: llama.cpp's own quantizer in dry-run mode (it falls back from K-quants where rows do not pack,
           so nominal bits per weight are wrong); ONNX: the model builder's layout, computed from the shape.
-memory    runtime base + resident weights + KV cache + compute buffers; the runtime terms come from a
-          calibration (calibration.py) measured on the machine that serves the artifact.
+memory    runtime base + resident weights + KV cache + compute buffers. GGUF: the base and how many times each
+          weight type is resident come from a calibration (calibration.py) measured on the machine that serves
+          the artifact; the KV cache and the runtime's buffers are measured by llama.cpp itself on a stand-in
+          of the model's shape (standin.py). ONNX: every runtime term from the calibration.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,14 @@ from edgeq.io import read_json
 from edgeq.mixed import Tensor, tensor_bytes
 from edgeq.records import Prediction, Row
 from edgeq.runtime import quantize_plan
-from edgeq.spec import GGUF_FLOAT_TYPES, LLAMA_CPP_MAX_BATCH, PLAN_MARGIN, QUANT_TYPES, TOKENIZER_FILES
+from edgeq.spec import (
+    BENCH_GEN_TOKENS,
+    GGUF_FLOAT_TYPES,
+    PLAN_MARGIN,
+    QUANT_TYPES,
+    TOKENIZER_FILES,
+)
+from edgeq.standin import RuntimeCost, runtime_cost
 from edgeq.validate import Fields
 
 MIB = 2**20
@@ -167,17 +177,30 @@ def onnx_bytes(d: Dims, quant: str, auto=None) -> dict[str, int]:
     return {"matmul": d.layers * per_layer + head, "gather": gather, "other": other}
 
 
-def predict_gguf_rss(d: Dims, tensor_bytes: dict[str, int], n_ctx: int, prompt: int, cal: dict) -> dict:
-    g = cal["gguf"]  # resident_factor lists ggml tensor types measured resident twice; others are mmap-ed once
+_RUNTIME: dict[tuple, RuntimeCost] = {}  # one stand-in run per float GGUF and setting, shared by every candidate
+
+
+def gguf_runtime(
+    float_gguf: Path, n_ctx: int, prompt: int, threads: int | None = None, gen: int = BENCH_GEN_TOKENS
+) -> RuntimeCost:
+    """What llama.cpp spends beside the weights when `edgeq bench` serves this model at (n_ctx, prompt): measured on
+    stand-ins of the model (standin.py)."""
+    st = float_gguf.stat()
+    threads = threads or os.cpu_count() or 1
+    key = (str(float_gguf.resolve()), st.st_size, st.st_mtime_ns, n_ctx, prompt, threads, gen)
+    if key not in _RUNTIME:
+        _RUNTIME[key] = runtime_cost(float_gguf, n_ctx, prompt, gen, threads)
+    return _RUNTIME[key]
+
+
+def predict_gguf_rss(tensor_bytes: dict[str, int], runtime: RuntimeCost, cal: dict) -> dict:
+    """runtime base (calibrated on the device) + weights (mmap-ed once; the types llama.cpp repacks there are
+    resident twice) + the runtime's own buffers at this shape (a stand-in, measured: gguf_runtime)."""
+    g = cal["gguf"]
     weights = sum(b * g["resident_factor"].get(t, 1.0) for t, b in tensor_bytes.items())
-    kv = kv_cache_bytes(d, n_ctx, g["kv_bytes_per_element"])
-    compute = d.hidden * (
-        g["compute_bytes_per_prompt_token_per_hidden"] * prompt
-        + g["compute_bytes_per_batch_token_per_hidden"] * min(LLAMA_CPP_MAX_BATCH, n_ctx)
-    )
     base = g["base_mib"] * MIB
-    total = base + weights + kv + compute
-    return {"base": base, "weights": weights, "kv_cache": kv, "compute": compute, "total": total}
+    total = base + weights + runtime.kv_cache + runtime.fixed
+    return {"base": base, "weights": weights, "kv_cache": runtime.kv_cache, "compute": runtime.fixed, "total": total}
 
 
 def tokenizer_bytes(model_dir: Path) -> int:

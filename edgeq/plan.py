@@ -36,6 +36,7 @@ from edgeq.footprint import (
     Dims,
     gguf_file_bytes,
     gguf_layout,
+    gguf_runtime,
     gguf_tensor_types,
     onnx_bytes,
     predict_gguf_rss,
@@ -98,7 +99,8 @@ def predict(
             types = gguf_tensor_types(float_gguf, c.quant)
             layout = layout or gguf_layout(float_gguf)
             size = gguf_file_bytes(layout, types)
-            mem = predict_gguf_rss(d, types, n_ctx, profile.prompt_tokens, {FORMAT_GGUF: terms})
+            runtime = gguf_runtime(float_gguf, n_ctx, profile.prompt_tokens, profile.threads)
+            mem = predict_gguf_rss(types, runtime, {FORMAT_GGUF: terms})
         else:  # the builder copies the tokenizer files next to the graph
             size = sum(onnx_bytes(d, c.quant).values()) + tokenizer
             mem = predict_onnx_rss(d, c.quant, n_ctx, profile.prompt_tokens, {FORMAT_ONNX: terms})

@@ -26,6 +26,7 @@ from edgeq.footprint import (
     footprint_fits,
     gguf_file_bytes,
     gguf_layout,
+    gguf_runtime,
     onnx_bytes,
     onnx_quantized_weights,
     predict_gguf_rss,
@@ -71,13 +72,14 @@ def plan_mixed(
     forced: dict | None = None,
     data: str | None = None,
     measured: tuple[dict, dict] | None = None,
+    threads: int | None = None,
 ) -> tuple[Candidate, Prediction, dict]:
     """The per-tensor mixture of the types `quants` write that fits both budgets (file bytes, predicted peak RSS)
     with the least predicted KLD; BudgetError when none does. `forced` pins tensors to types; `data` is the task text
     the per-group gains are measured on beside the pricing text; `measured` is (mixed.sensitivity,
-    mixed.group_gains) already measured on this float GGUF over (at least) the palette."""
+    mixed.group_gains) already measured on this float GGUF over (at least) the palette; `threads` the runtime's
+    (default: every core)."""
 
-    d = Dims.from_config(model_dir)
     uniform = {q: dry_run_types(float_gguf, q) for q in quants}
     fixed, tensors = fixed_and_quantizable(next(iter(uniform.values())), float_gguf)
     forced = forced or {}
@@ -94,7 +96,8 @@ def plan_mixed(
     palette = sorted({uniform[q][t.name][0] for q in quants for t in tensors} | set(forced.values()))
     layout = gguf_layout(float_gguf)
     header = layout[0]
-    fixed_rss = predict_gguf_rss(d, bytes_by_type(fixed), n_ctx, prompt_tokens, cal)["total"]
+    runtime = gguf_runtime(float_gguf, n_ctx, prompt_tokens, threads)
+    fixed_rss = predict_gguf_rss(bytes_by_type(fixed), runtime, cal)["total"]
     max_storage = max_storage_mib * MIB - header - mixed.HEADER_SLACK - mixed.layout_bytes(fixed)
     max_memory = max_memory_mib * MIB - fixed_rss
     resident = cal[FORMAT_GGUF]["resident_factor"]
@@ -121,7 +124,7 @@ def plan_mixed(
         raise UsageError(f"llama.cpp would not write {wrong[0]} as {solution.recipe[wrong[0]]}", str(float_gguf))
     tensor_bytes = bytes_by_type(written)
     size = header + mixed.layout_bytes(written)
-    mem = predict_gguf_rss(d, tensor_bytes, n_ctx, prompt_tokens, cal)
+    mem = predict_gguf_rss(tensor_bytes, runtime, cal)
     sizes = {q: gguf_file_bytes(layout, bytes_by_type(t)) for q, t in uniform.items()}
     base = min(quants, key=lambda q: abs(sizes[q] - size))  # the uniform type of nearest size names the file type
     info = {
@@ -184,6 +187,7 @@ def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatr
             imatrix,
             work,
             data=data,
+            threads=profile.threads,
         )
     except BudgetError:
         return None  # nothing fits: no_fit_error names the smallest uniform candidate

@@ -365,10 +365,12 @@ MANIFEST_SCHEMA = "edgeq.manifest/1"
 # ---------------------------------------------------------------------------------------------
 # Planning: which artifact fits a profile.
 CALIBRATIONS_DIR = "calibration"  # in edgeq/assets: shipped calibrations, written by `edgeq calibrate`
-CALIBRATION_SCHEMA = "edgeq.calibration/1"
+CALIBRATION_SCHEMA = "edgeq.calibration/2"  # /2: GGUF's runtime buffers measured on a stand-in, not fitted
 PLAN_SCHEMA = "edgeq.plan/1"
 PLAN_MARGIN = 0.10  # memory headroom plan keeps below the budget: its predictions are checked to ±10 %
 LLAMA_CPP_MAX_BATCH = 512  # n_batch edgeq bench and the Modelfile use: min(512, ctx)
+KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type, f16
+BENCH_GEN_TOKENS = 128  # tokens edgeq bench generates per repetition by default, and plan predicts for
 
 # ---------------------------------------------------------------------------------------------
 # Build: the stages in order, and what the output directory holds.

@@ -69,6 +69,9 @@ class FinetunePrediction:
     terms_mib: dict  # the train moment's terms
     s_per_step: float
     checkpointing: bool
+    batch_size: int | None = None  # the micro-batch and accumulation the fine-tune will use (finetune.fit_memory)
+    grad_accum: int | None = None
+    chosen: str | None = None  # what fit_memory changed to fit the memory limit, and why
 
 
 def linear_params(d: Dims) -> int:

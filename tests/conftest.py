@@ -131,6 +131,8 @@ CALIBRATION_POINT = {
     "prompt": 128,
     "rss": 1e8,
     "types": {"Q8_0": 1e6},
+    "runtime_fixed": 2e7,
+    "runtime_kv": 1e6,
     "dims": {
         "layers": 2,
         "hidden": 64,

@@ -11,7 +11,15 @@ import pytest
 from safetensors.torch import load_file
 
 from edgeq.errors import ConfigError, UsageError
-from edgeq.finetune import CKPT_DIR, CKPT_MARKER, FinetuneConfig, checkpointing, finetune, latest_checkpoint
+from edgeq.finetune import (
+    CKPT_DIR,
+    CKPT_MARKER,
+    FinetuneConfig,
+    checkpointing,
+    finetune,
+    fit_memory,
+    latest_checkpoint,
+)
 from edgeq.spec import EXIT_USAGE, FINETUNE_MANIFEST
 from tests.conftest import run_edgeq, tiny_arch_model
 
@@ -72,6 +80,42 @@ def test_activations_are_recomputed_only_where_memory_would_bind(monkeypatch):
     assert checkpointing(cfg, smol, 256, "cuda")  # the QLoRA recipe on a GPU, where memory binds
     assert checkpointing(FinetuneConfig(data="d", out="o", gradient_checkpointing=True), smol, 8, "cpu")
     assert not checkpointing(FinetuneConfig(data="d", out="o", gradient_checkpointing=False), smol, 8192, "cuda")
+
+
+def test_a_memory_limit_turns_checkpointing_on_then_splits_the_micro_batch_keeping_the_step(tiny_model, monkeypatch):
+    """Limits placed between trainplan's own predictions: each picks the first setting under it, in the order
+    checkpointing, then halved micro-batches with doubled accumulation; below one example, a usage error."""
+    import psutil
+
+    from edgeq.basemodel import weights_bytes
+    from edgeq.footprint import Dims
+    from edgeq.trainplan import CALIBRATION, predict_finetune
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 64 << 30})())
+    d, files, longest = Dims.from_config(tiny_model), weights_bytes(tiny_model), 4096
+
+    def peak(batch, on):
+        return predict_finetune(d, CALIBRATION, batch * longest, 16, on, files).peak_mib
+
+    def fit(limit):
+        cfg = FinetuneConfig(data="d", out="o", train_memory_mib=int(limit), batch_size=8, grad_accum=1)
+        return fit_memory(cfg, tiny_model, longest, "cpu")
+
+    assert peak(8, False) > peak(8, True) > peak(4, True) > peak(2, True)
+    cfg, why = fit(peak(8, False) + 1)
+    assert (cfg.gradient_checkpointing, cfg.batch_size, cfg.grad_accum, why) == (False, 8, 1, None)
+    cfg, why = fit(peak(8, True) + 1)
+    assert (cfg.gradient_checkpointing, cfg.batch_size, cfg.grad_accum) == (True, 8, 1) and "checkpointing on" in why
+    cfg, why = fit(peak(4, True) + 1)
+    assert (cfg.gradient_checkpointing, cfg.batch_size, cfg.grad_accum) == (True, 4, 2) and "4 × 2" in why
+    cfg, _ = fit(peak(2, True) + 1)
+    assert (cfg.batch_size, cfg.grad_accum) == (2, 4)
+    odd = FinetuneConfig(data="d", out="o", train_memory_mib=int(peak(2, True) + 1), batch_size=6, grad_accum=1)
+    cfg, _ = fit_memory(odd, tiny_model, longest, "cpu")
+    assert (cfg.batch_size, cfg.grad_accum) == (2, 3)  # divisors only: 6 examples a step, as asked
+    with pytest.raises(UsageError, match="one example per micro-batch") as e:
+        fit(peak(1, True) - 1)
+    assert e.value.where == "--train-memory-mib"
 
 
 def test_the_loss_is_taken_where_a_label_follows_and_predicted_one_position_before():

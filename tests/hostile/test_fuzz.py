@@ -193,7 +193,7 @@ def test_calibration_file(tmp_path, blob):
 
 
 @fuzz
-@given(blob=inputs(json.dumps({"schema": "edgeq.calibration-points/1", "points": [CALIBRATION_POINT]}).encode()))
+@given(blob=inputs(json.dumps({"schema": "edgeq.calibration-points/2", "points": [CALIBRATION_POINT]}).encode()))
 def test_points_file(tmp_path, blob):
     from edgeq.calibrate import load_points
 

@@ -36,8 +36,6 @@ def calibration(tmp_path):
     [
         ("base_mib", float("nan"), "NaN is not a number JSON allows"),
         ("base_mib", -512.0, "gguf.base_mib is -512"),
-        ("compute_bytes_per_prompt_token_per_hidden", -1.0, "compute_bytes_per_prompt_token_per_hidden is -1"),
-        ("kv_bytes_per_element", 0, "gguf.kv_bytes_per_element is 0"),
         ("base_mib", "62", "gguf.base_mib must be a number, not str"),
         ("base_mib", True, "gguf.base_mib must be a number, not bool"),
     ],
@@ -49,6 +47,14 @@ def test_a_calibration_with_a_bad_memory_term_is_refused(calibration, field, val
     with pytest.raises(UsageError, match=said) as e:
         load_calibration(path)
     assert e.value.where == str(path)
+
+
+def test_a_calibration_of_the_fitted_runtime_model_is_refused_naming_the_way_out(calibration):
+    cal, path = calibration
+    cal["schema"] = "edgeq.calibration/1"
+    path.write_text(json.dumps(cal))
+    with pytest.raises(UsageError, match=r"schema is 'edgeq.calibration/1'.*run `edgeq calibrate` again"):
+        load_calibration(path)
 
 
 def test_a_negative_resident_factor_and_a_wrong_shape_are_refused(calibration):
