@@ -2,9 +2,9 @@
 
     python benchmarks/plan_out_of_sample.py --work /tmp/oos [--shapes 30M,360M,...] [--onnx-shapes 30M,...]
 
-Each shape is a random-weight HF model (bf16 safetensors, the default model's tokenizer padded to the shape's
-vocabulary), exported by edgeq to an F16 GGUF and quantized by llama.cpp to Q8_0, Q4_K_M and a mixed recipe
-(attention values and FFN down-projections Q6_K over Q4_K_M), and by the ONNX builder to int4 and int8. Each
+Each shape is a random-weight HF model (bf16 safetensors, the default model's tokenizer — or, under its 49152
+entries, the test suite's Llama-3-layout one — padded to the shape's vocabulary), exported by edgeq to an F16 GGUF and quantized by llama.cpp to Q8_0, Q4_K_M and a mixed recipe
+(attention outputs Q8_0, FFN down-projections Q6_K, over Q4_K_M), and by the ONNX builder to int4 and int8. Each
 artifact is measured by bench's own child (one repetition, 256-token prompt, 32 generated) at three contexts up to
 8192 and predicted the way plan predicts: GGUF from the artifact's tensor table (llama.cpp's dry run), the base
 and residency from the shipped calibration for this machine, the KV cache and llama.cpp's buffers from a stand-in
@@ -26,6 +26,7 @@ from edgeq.export.gguf import quantize_gguf, write_float_gguf
 from edgeq.footprint import Dims, bytes_by_type, dry_run_types, gguf_runtime, predict_gguf_rss, predict_onnx_rss
 from edgeq.machine import platform_info
 from edgeq.profiles import load_profile
+from edgeq.spec import TOKENIZER_FILES
 
 MIB = 2**20
 PROMPT, GEN = 256, 32
@@ -38,7 +39,7 @@ SHAPES = {
     "0.6B": ("llama", 1536, 16, 16, 2, 4096, 65536, False),  # GQA 8, untied
     "1.2B": ("llama", 2048, 16, 32, 8, 8192, 128256, True),  # Llama-3.2-1B's shape, GQA 4
 }
-MIXED = {"attn_v": "Q6_K", "ffn_down": "Q6_K"}  # over Q4_K_M: a recipe llama.cpp's own mixes resemble
+MIXED = {"attn_output": "Q8_0", "ffn_down": "Q6_K"}  # over Q4_K_M; rows of every shape pack these
 
 
 def make_model(work: Path, name: str) -> Path:
@@ -50,6 +51,10 @@ def make_model(work: Path, name: str) -> Path:
         return out
     kind, hidden, layers, heads, kv, inter, vocab, tied = SHAPES[name]
     tok_dir = resolve_model(None)
+    if vocab < 49152:  # under the default tokenizer's: a Llama-3-layout one of 800 tokens, padded like the others
+        from tests.export.test_tokenizer_families import llama3_tokenizer
+
+        tok_dir = llama3_tokenizer(work / name / "tokenizer")
     cfg = AutoConfig.for_model(
         kind,
         vocab_size=vocab,
@@ -67,7 +72,7 @@ def make_model(work: Path, name: str) -> Path:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for f in TOKENIZER_FILES:
         if (tok_dir / f).is_file():
             (out / f).write_bytes((tok_dir / f).read_bytes())
     return out

@@ -108,6 +108,10 @@ def finetune_table(p):
     rows = [["peak RSS", f"{p.peak_mib:.0f} MiB"], ["  loading the base", f"{p.load_mib:.0f} MiB"]]
     rows += [["  training", f"{p.train_mib:.0f} MiB"]] + [[f"    {k}", f"{v:.0f} MiB"] for k, v in p.terms_mib.items()]
     rows += [["gradient checkpointing", "on" if p.checkpointing else "off"]]
+    if p.batch_size:
+        rows += [["micro-batch × accumulation", f"{p.batch_size} × {p.grad_accum}"]]
+    if p.chosen:
+        rows += [["to fit the memory limit", p.chosen]]
     rows += [["calibrated on", TRAINPLAN_SOURCE], ["error out of sample", TRAINPLAN_ERRORS]]
     return report.table("fine-tune on a CPU (predicted)", ["", ""], rows)
 

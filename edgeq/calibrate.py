@@ -47,7 +47,7 @@ from edgeq.io import FILE_MARK, claim_output, read_json, write_json
 from edgeq.machine import package_version, platform_info
 from edgeq.probe import tiny_gguf
 from edgeq.runtime import llama_config, quantize
-from edgeq.spec import CALIBRATION_SCHEMA, FORMAT_GGUF, FORMAT_ONNX, quant_names
+from edgeq.spec import CALIBRATION_SCHEMA, FORMAT_GGUF, FORMAT_ONNX, GGUF_TOKEN_EMBD, quant_names
 from edgeq.standin import RuntimeCost
 from edgeq.validate import Fields
 
@@ -134,7 +134,7 @@ def fit_gguf(points: list[dict]) -> dict:
     """Least squares with a ridge on the per-type extras: a type is resident twice only if the data say so. What the
     runtime spends beside the weights was measured on a stand-in at each point and is not fitted."""
 
-    types = sorted({t for p in points for t in p["types"]})
+    types = sorted({t for p in points for t in p["types"]} - {GGUF_TOKEN_EMBD})  # that one is resident once
     X, y = [], []
     for p in points:
         X.append([1.0] + [p["types"].get(t, 0) for t in types])

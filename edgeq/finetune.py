@@ -22,13 +22,11 @@ import math
 import os
 import random
 import resource
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from edgeq import __version__, child, report
+from edgeq import __version__, report
 from edgeq.basemodel import MODEL_HELP, base_fingerprint, load_tokenizer, resolve_model, weights_bytes
 from edgeq.config import problems, setting
 from edgeq.data import IGNORE, load_dataset
@@ -44,7 +42,6 @@ from edgeq.spec import (
     MANIFEST_SCHEMA,
     NF4_BLOCKSIZE,
     QUANT_MODES,
-    TOKENIZER_FILES,
 )
 from edgeq.trainplan import CALIBRATION, MIB, FinetunePrediction, activation_bytes, predict_finetune
 
@@ -595,73 +592,6 @@ def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     d, tokens = Dims.from_config(base_dir), cfg.batch_size * longest  # memory holds one micro-batch at a time
     p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, weights_bytes(base_dir))
     return replace(p, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, chosen=why)
-
-
-# ---------------------------------------------------------------------------------------------
-# seconds per step, measured on stand-ins of the base
-
-
-def time_steps(cfg: dict, steps: int) -> dict:
-    """In a child: the recipe set up on cfg's base, one warm-up step, then `steps` timed ones on the run's own first
-    batches: median seconds per optimizer step and padded tokens per step, and the process's peak RSS."""
-    run = setup(FinetuneConfig(**{**cfg, "target_modules": tuple(cfg["target_modules"])}))
-    run.model.train()
-    pad = pad_id(run.tokenizer)
-    batches = [[collate(mb, pad, run.device) for mb in batches_for(run, s)] for s in range(steps + 1)]
-    train_step(run.model, run.optim, batches[0], run.cfg, run.world)
-    times = []
-    for b in batches[1:]:
-        t = time.perf_counter()
-        train_step(run.model, run.optim, b, run.cfg, run.world)
-        times.append(time.perf_counter() - t)
-    return {
-        "s_per_step": sorted(times)[len(times) // 2],
-        "tokens_per_step": sum(mb["input_ids"].numel() for b in batches[1:] for mb in b) / steps,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-
-
-def standin_base(base_dir: Path, layers: int, out: Path) -> Path:
-    """The base's own config cut to `layers` layers (per-layer lists cut with it), random weights in the base's
-    dtype, and its tokenizer files: what one or two of its layers cost to train, without its weights."""
-    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(base_dir)
-    for key in ("layer_types", "no_rope_layers"):
-        if isinstance(getattr(config, key, None), list):
-            setattr(config, key, getattr(config, key)[:layers])
-    config.num_hidden_layers = layers
-    torch.manual_seed(0)
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
-    AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(out, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (base_dir / name).is_file():
-            shutil.copyfile(base_dir / name, out / name)
-    return out
-
-
-def measure_step(cfg: FinetuneConfig, steps: int = 2) -> float:
-    """Seconds per optimizer step of this fine-tune on this machine, before it runs: stand-ins of the base with one
-    and two layers (standin_base) trained as the run would train (its data, batches, adapters and checkpointing)
-    in fresh children; their difference is one layer's cost, the rest the embedding, the head and the loss."""
-    from transformers import AutoConfig  # deferred: the workstation toolchain, absent from the runtime-only install
-
-    base_dir = resolve_model(cfg.base)
-    config = AutoConfig.from_pretrained(base_dir)
-    dataset = load_dataset(cfg.data, load_tokenizer(base_dir), cfg.seq_len, cfg.strict)
-    longest = max(len(e.input_ids) for e in dataset.examples)
-    cfg, _ = fit_memory(cfg, base_dir, longest, "cpu")
-    seconds = []
-    with tempfile.TemporaryDirectory(prefix="edgeq-standin-") as work:
-        for n in (1, 2):
-            base = standin_base(base_dir, n, Path(work) / f"base-{n}")
-            run = replace(cfg, base=str(base), out=str(Path(work) / f"run-{n}"), force=True)
-            run = replace(run, max_steps=steps + 1, resume=False)
-            r = child.call("edgeq.finetune:time_steps", "timing a stand-in", str(base), cfg=asdict(run), steps=steps)
-            seconds.append(r["s_per_step"])
-    per_layer = max(0.0, seconds[1] - seconds[0])
-    return seconds[0] + (config.num_hidden_layers - 1) * per_layer
 
 
 def resume_point(run: Run) -> tuple[int, list[float]]:

@@ -25,6 +25,7 @@ from edgeq.runtime import quantize_plan
 from edgeq.spec import (
     BENCH_GEN_TOKENS,
     GGUF_FLOAT_TYPES,
+    GGUF_TOKEN_EMBD,
     PLAN_MARGIN,
     QUANT_TYPES,
     TOKENIZER_FILES,
@@ -104,11 +105,12 @@ def dry_run_types(float_gguf: Path, quant: str, recipe: dict | None = None) -> d
 
 
 def bytes_by_type(types: dict[str, tuple[str, list[int]]]) -> dict[str, int]:
-    """Tensor bytes per ggml type."""
+    """Tensor bytes per ggml type; the token embedding's under its own name (GGUF_TOKEN_EMBD: resident once)."""
 
     out: dict[str, int] = {}
     for name, (kind, dims) in types.items():
-        out[kind] = out.get(kind, 0) + tensor_bytes(Tensor(name, tuple(dims)), kind)
+        key = name if name == GGUF_TOKEN_EMBD else kind
+        out[key] = out.get(key, 0) + tensor_bytes(Tensor(name, tuple(dims)), kind)
     return out
 
 

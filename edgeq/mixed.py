@@ -28,6 +28,7 @@ import numpy as np
 from edgeq.errors import BudgetError, EdgeqError
 from edgeq.ggufcheck import check_gguf
 from edgeq.runtime import quantize
+from edgeq.spec import GGUF_TOKEN_EMBD
 
 GGUF_ALIGNMENT = 32  # gguf-py's and llama.cpp's default general.alignment
 HEADER_SLACK = 4096  # bytes of metadata the quantizer may add to the float file's (general.quantization_version, …)
@@ -252,8 +253,12 @@ def priced(errors: dict, gains: dict) -> dict:
 def options_for(t: Tensor, errors: dict, resident: dict, forced: str | None = None) -> list[Option]:
     """The types t may take, measured, each with its bytes and error; only `forced` when given."""
     kinds = [forced] if forced else sorted(errors)
+
+    def factor(q: str) -> float:
+        return 1.0 if t.name == GGUF_TOKEN_EMBD else resident.get(q, 1.0)
+
     return [
-        Option(q, file_bytes(t, q), tensor_bytes(t, q) * resident.get(q, 1.0), errors.get(q, 0.0))
+        Option(q, file_bytes(t, q), tensor_bytes(t, q) * factor(q), errors.get(q, 0.0))
         for q in kinds
         if fits_rows(t, q)
     ]
