@@ -22,3 +22,28 @@ def test_the_token_embedding_is_resident_once_where_its_type_is_repacked():
     assert p["weights"] == 144_000 + 2 * 288_000 + 210_000
     assert p["kv_cache"] == 2 * MIB and p["compute"] == 3 * MIB
     assert p["total"] == 50 * MIB + 930_000 + 5 * MIB
+
+
+def test_plan_bytes_of_a_gguf_whose_tensors_the_test_wrote(tmp_path):
+    """A GGUF of known shapes: F16 bytes are 2 a weight for matrices and 4 for norms; Q8_0 is 34 bytes per 32
+    weights; the file llama.cpp writes is that, its header and each tensor's alignment (under 32 bytes)."""
+    from edgeq.footprint import gguf_file_bytes, gguf_layout, gguf_tensor_types
+    from edgeq.probe import tiny_gguf
+    from edgeq.runtime import quantize
+
+    h, kv, ffn, layers, vocab = 64, 32, 128, 2, 512  # 4 heads of 16, 2 KV heads
+    shape = {"hidden": h, "heads": 4, "kv_heads": 2, "ffn": ffn, "layers": layers, "vocab": vocab}
+    flt = tiny_gguf(tmp_path / "m.F16.gguf", dims=shape, ftype="F16")
+    matrices = vocab * h + layers * (2 * h * h + 2 * kv * h + 3 * ffn * h)  # embedding (tied), q o k v, ffn
+    norms = h + layers * 2 * h
+    assert gguf_tensor_types(flt, "F16") == {
+        "token_embd.weight": 2 * vocab * h,
+        "F16": 2 * (matrices - vocab * h),
+        "F32": 4 * norms,
+    }
+    q8 = gguf_tensor_types(flt, "Q8_0")
+    assert sum(q8.values()) == matrices // 32 * 34 + 4 * norms
+    quantize(flt, tmp_path / "m.Q8_0.gguf", "Q8_0")
+    header, n = gguf_layout(flt)
+    written = (tmp_path / "m.Q8_0.gguf").stat().st_size
+    assert abs(written - gguf_file_bytes((header, n), q8)) <= 16 * n
