@@ -369,7 +369,6 @@ CALIBRATION_SCHEMA = "edgeq.calibration/2"  # /2: GGUF's runtime buffers measure
 PLAN_SCHEMA = "edgeq.plan/1"
 PLAN_MARGIN = 0.10  # memory headroom plan keeps below the budget: its predictions are checked to ±10 %
 LLAMA_CPP_MAX_BATCH = 512  # n_batch edgeq bench and the Modelfile use: min(512, ctx)
-KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type, f16
 # llama.cpp reads the token embedding by row and never repacks it for the CPU: resident once, whatever its type
 GGUF_TOKEN_EMBD = "token_embd.weight"
 BENCH_GEN_TOKENS = 128  # tokens edgeq bench generates per repetition by default, and plan predicts for

@@ -3,9 +3,9 @@
 A stand-in is the model's own GGUF header — architecture, hyper-parameters, vocabulary — cut to a few layers,
 with every tensor's data left as a hole in a sparse file (zeros, no disk). `edgeq bench`'s own measurement runs
 it in a child, and the anonymous memory the run adds is the runtime's cost: compute buffers as the graph
-touches them, the KV cells a prompt and its answer write, the vocabulary's tables, the output buffer. The
-weights are file pages of the mmap and do not count; the artifact's own weights are priced from its tensor
-table instead (footprint.py).
+touches them, the KV cache (cleared whole when the context is made), the vocabulary's tables, the output
+buffer. The weights are file pages of the mmap and do not count; the artifact's own weights are priced from
+its tensor table instead (footprint.py).
 
 llama.cpp reuses its compute buffer from layer to layer, so the anonymous memory grows linearly in the layer count
 (the KV cache, and each layer's nodes in the graph): stand-ins of two and four periods (a period is the
