@@ -3,13 +3,15 @@
     python benchmarks/plan_out_of_sample.py --work /tmp/oos [--shapes 30M,360M,...] [--onnx-shapes 30M,...]
 
 Each shape is a random-weight HF model (bf16 safetensors, the default model's tokenizer — or, under its 49152
-entries, the test suite's Llama-3-layout one — padded to the shape's vocabulary), exported by edgeq to an F16 GGUF and quantized by llama.cpp to Q8_0, Q4_K_M and a mixed recipe
-(attention outputs Q8_0, FFN down-projections Q6_K, over Q4_K_M), and by the ONNX builder to int4 and int8. Each
+entries, the test suite's Llama-3-layout one — padded to the shape's vocabulary), exported by edgeq to an F16
+GGUF and quantized by llama.cpp to Q8_0, Q4_K_M and a mixed recipe (attention outputs Q8_0, FFN down-projections
+Q6_K, over Q4_K_M), and by the ONNX builder to int4 and int8. Each
 artifact is measured by bench's own child (one repetition, 256-token prompt, 32 generated) at three contexts up to
 8192 and predicted the way plan predicts: GGUF from the artifact's tensor table (llama.cpp's dry run), the base
 and residency from the shipped calibration for this machine, the KV cache and llama.cpp's buffers from a stand-in
 of the model (standin.py); ONNX from the builder's layout and the calibration's terms. Results are cached in
---work/results.json, so a stopped run resumes. Prints every pair and the worst error.
+--work/results.json, so a stopped run resumes (benchmarks/plan_out_of_sample.json: the run of 2026-12-06). Prints
+every pair and the worst error.
 """
 
 from __future__ import annotations
