@@ -214,8 +214,9 @@ def fit_memory(cfg: FinetuneConfig, base_dir: Path, longest: int, device: str) -
     d, files = Dims.from_config(base_dir), weights_bytes(base_dir)
 
     def peak(c: FinetuneConfig) -> float:
+        tokens, quantized = c.batch_size * longest, c.quant != "none"
         return predict_finetune(
-            d, CALIBRATION, c.batch_size * longest, c.lora_r, c.gradient_checkpointing, files
+            d, CALIBRATION, tokens, c.lora_r, c.gradient_checkpointing, files, 1, quantized
         ).peak_mib
 
     need = peak(cfg)
@@ -590,7 +591,8 @@ def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     longest = max(len(e.input_ids) for e in dataset.examples)
     cfg, why = fit_memory(cfg, base_dir, longest, "cpu")
     d, tokens = Dims.from_config(base_dir), cfg.batch_size * longest  # memory holds one micro-batch at a time
-    p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, weights_bytes(base_dir))
+    files, quantized = weights_bytes(base_dir), cfg.quant != "none"
+    p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, files, 1, quantized)
     return replace(p, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, chosen=why)
 
 

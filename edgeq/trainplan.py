@@ -58,7 +58,7 @@ CALIBRATION = FinetuneCalibration(
 
 TRAINPLAN_SOURCE = "AMD EPYC (2 cores), 2026-12-06"
 # How far CALIBRATION held on shapes never in its fit (benchmarks/RESULTS.md): printed with every prediction
-TRAINPLAN_ERRORS = "±13 % (peak RSS)"
+TRAINPLAN_ERRORS = "±13 % (QLoRA peak RSS, four shapes); plain LoRA (--quant none): -9 to +16 % on the default model"
 
 
 @dataclass(frozen=True)
@@ -123,12 +123,14 @@ def predict_finetune(
     checkpointing: bool,
     files: int | None = None,
     accum: int = 1,
+    quantized: bool = True,
 ) -> FinetunePrediction:
     """`tokens`: padded tokens in one micro-batch (batch × longest row), what memory holds at once; `accum`:
     micro-batches per optimizer step, what time adds up; `files`: the checkpoint's bytes on disk (a bf16
-    checkpoint reads half an fp32 one's), else its fp32 size."""
-    nf4 = d.layers * linear_params(d) * NF4_BITS / 8
-    frozen = nf4 + 4 * other_params(d)
+    checkpoint reads half an fp32 one's), else its fp32 size; `quantized`: the frozen linears in NF4 (QLoRA),
+    else in fp32 (--quant none, as edgeq loads them)."""
+    linears = d.layers * linear_params(d) * (NF4_BITS / 8 if quantized else 4)  # --quant none: fp32, as loaded
+    frozen = linears + 4 * other_params(d)
     terms = {
         "base": cal.base_mib * MIB,
         "frozen base": frozen,
@@ -140,7 +142,7 @@ def predict_finetune(
     load = cal.base_mib * MIB + cal.load_factor * (files or checkpoint_bytes(d)) + frozen
     micro_batch = (
         step_flops(d, tokens, checkpointing) / cal.flops_per_s
-        + passes(checkpointing) * d.layers * linear_params(d) / cal.dequant_per_s
+        + passes(checkpointing) * d.layers * linear_params(d) / cal.dequant_per_s * quantized
     )
     seconds = accum * micro_batch + cal.step_s
     return FinetunePrediction(

@@ -98,3 +98,18 @@ def test_accumulation_adds_time_not_memory():
     four = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, accum=4)
     assert four.peak_mib == one.peak_mib and four.terms_mib == one.terms_mib
     assert four.s_per_step - 0.5 == pytest.approx(4 * (one.s_per_step - 0.5))
+
+
+def test_plain_lora_holds_its_frozen_linears_in_fp32_and_dequantizes_nothing():
+    """--quant none loads the base in fp32: its linears cost 4 bytes a weight (32 / 4.127 of QLoRA's), and a step
+    has no NF4 weight to dequantize."""
+    cal = FinetuneCalibration(
+        base_mib=500, load_factor=1.0, kept_bytes=100, checkpointed_bytes=10, logit_bytes=4, flops_per_s=1e9,
+        dequant_per_s=1e8, step_s=0.5,
+    )  # fmt: skip
+    qlora = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False)
+    lora = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, quantized=False)
+    linears = HAND.layers * linear_params(HAND)
+    gap = (lora.terms_mib["frozen base"] - qlora.terms_mib["frozen base"]) * MIB
+    assert gap == pytest.approx(linears * (4 - NF4_BITS / 8))
+    assert qlora.s_per_step - lora.s_per_step == pytest.approx(2 * linears / 1e8)
