@@ -103,8 +103,9 @@ def default_model_dir() -> Path:
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
-def resolve_model(path: str | os.PathLike | None, allow_pickle: bool = False) -> Path:
-    """A model argument → a checked HF model directory. None means the embedded default.
+def resolve_model(path: str | os.PathLike | None, allow_pickle: bool = False, weights: bool = True) -> Path:
+    """A model argument → a checked HF model directory. None means the embedded default. weights=False: its config
+    and tokenizer are enough (what the model will cost, predicted before its weights are downloaded).
 
     Model files are treated as hostile: safetensors only (a pickle checkpoint is refused unless
     the user opts in, and even then loaded with weights_only=True), no remote code, weights
@@ -137,8 +138,10 @@ def resolve_model(path: str | os.PathLike | None, allow_pickle: bool = False) ->
             str(path),
             "save the tokenizer with the model (tokenizer.save_pretrained)",
         )
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
+    files = sorted(path.glob("*.safetensors"))
+    if not weights and not files:
+        return path
+    if not files:
         pickles = [p for p in sorted(path.iterdir()) if p.suffix in _PICKLE_SUFFIXES]
         if not pickles:
             raise UsageError("no weights (*.safetensors) in the model directory", str(path), "add the weights")
@@ -149,7 +152,7 @@ def resolve_model(path: str | os.PathLike | None, allow_pickle: bool = False) ->
                 "convert to safetensors, or pass --allow-pickle to load them with weights_only=True",
             )
         return _from_pickle(path, pickles)
-    for w in weights:
+    for w in files:
         check_safetensors(w)
     return path
 

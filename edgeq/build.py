@@ -179,7 +179,7 @@ def stage_settings(job: Job) -> dict:
     """Everything each stage's output depends on besides the stages before it."""
 
     ft = dataclasses.asdict(FinetuneConfig(data="", out="", max_steps=job.cfg.max_steps))
-    for k in ("data", "out", "base", "resume", "force"):
+    for k in ("data", "out", "base", "resume", "force", "dry_run"):
         ft.pop(k)
     mg = dataclasses.asdict(MergeConfig(adapter="", out="", system_prompt=job.system.text))
     for k in ("adapter", "out", "base", "force"):

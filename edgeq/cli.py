@@ -23,7 +23,7 @@ from edgeq.bench import gate as bench_gate
 from edgeq.benchreport import publish
 from edgeq.build import BuildConfig, build, dry_run
 from edgeq.build import gate as build_gate
-from edgeq.buildreport import dry_run_view, summary
+from edgeq.buildreport import dry_run_view, finetune_table, summary
 from edgeq.calibrate import CalibrateConfig, calibrate
 from edgeq.calibrate import view as calibration_view
 from edgeq.chat import RunConfig, run
@@ -37,6 +37,7 @@ from edgeq.export.gguf import export_table as gguf_table
 from edgeq.export.onnx import OnnxExport, export_onnx
 from edgeq.export.onnx import export_table as onnx_table
 from edgeq.finetune import FinetuneConfig, finetune, summary_table
+from edgeq.finetune import plan as plan_finetune
 from edgeq.machine import platform_info
 from edgeq.merge import MergeConfig, merge, merge_table
 from edgeq.plan import NoFitError, PlanConfig, plan
@@ -192,7 +193,11 @@ def model_info(model_dir: str | None) -> None:
 @options(FinetuneConfig)
 def finetune_command(**kw) -> None:
     """QLoRA fine-tune: NF4 + double-quant frozen base, LoRA adapters on top."""
-    result = finetune(FinetuneConfig(**_keep(FinetuneConfig, kw)))
+    cfg = FinetuneConfig(**_keep(FinetuneConfig, kw))
+    if cfg.dry_run:
+        report.out.print(finetune_table(plan_finetune(cfg)))
+        return
+    result = finetune(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun one summary, from the rank that saved
         report.out.print(summary_table(result))
 

@@ -32,7 +32,16 @@ from edgeq.config import problems, setting
 from edgeq.data import IGNORE, load_dataset
 from edgeq.errors import ConfigError, EdgeqError, UsageError
 from edgeq.footprint import Dims
-from edgeq.io import OUTPUT_MARK, atomic_dir, check_free_disk, check_not_input, remove_output, sha256_file, write_json
+from edgeq.io import (
+    OUTPUT_MARK,
+    atomic_dir,
+    check_free_disk,
+    check_not_input,
+    read_json,
+    remove_output,
+    sha256_file,
+    write_json,
+)
 from edgeq.machine import platform_info, versions
 from edgeq.records import FinetuneResult
 from edgeq.spec import (
@@ -43,7 +52,14 @@ from edgeq.spec import (
     NF4_BLOCKSIZE,
     QUANT_MODES,
 )
-from edgeq.trainplan import CALIBRATION, MIB, FinetunePrediction, activation_bytes, predict_finetune
+from edgeq.trainplan import (
+    CALIBRATION,
+    MIB,
+    FinetunePrediction,
+    activation_bytes,
+    checkpoint_bytes,
+    predict_finetune,
+)
 
 CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
 
@@ -85,6 +101,11 @@ class FinetuneConfig:
         "than a quarter of the available memory]",
     )
     loss_chunk: int = setting(128, "tokens per cross-entropy chunk", minimum=1, maximum=1 << 20, flag="")
+    dry_run: bool = setting(
+        False,
+        "print the predicted peak memory and what fits --train-memory-mib; train and write nothing (the base may be "
+        "a folder with only its config.json and tokenizer)",
+    )
     train_memory_mib: int | None = setting(
         None,
         "memory the fine-tune may use (MiB): above it checkpointing turns on and micro-batches split, the same "
@@ -192,17 +213,31 @@ def checkpointing(cfg: FinetuneConfig, model_config, longest: int, device: str) 
     return need > available_mib() * MIB / 4
 
 
+def checkpoint_size(base_dir: Path) -> int:
+    """Bytes loading reads: the safetensors files, or for a folder with only its config the parameters at the
+    config's dtype."""
+    on_disk = weights_bytes(base_dir)
+    if on_disk:
+        return on_disk
+    cfg = read_json(base_dir / "config.json", "config.json", "fix the model's config.json", 4 << 20)
+    width = 4 if str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32") == "float32" else 2
+    return checkpoint_bytes(Dims.from_config(base_dir)) // 4 * width
+
+
 def available_mib() -> float:
     import psutil
 
     return psutil.virtual_memory().available / MIB
 
 
-def fit_memory(cfg: FinetuneConfig, base_dir: Path, longest: int, device: str) -> tuple[FinetuneConfig, str | None]:
+def fit_memory(
+    cfg: FinetuneConfig, base_dir: Path, longest: int, device: str, strict: bool = True
+) -> tuple[FinetuneConfig, str | None]:
     """cfg with checkpointing decided and, where the predicted peak (trainplan.py) exceeds --train-memory-mib
     (default: what is available now), checkpointing on and the micro-batch split (the same examples per step,
-    in more micro-batches); with what was chosen and why. UsageError where even one example per micro-batch
-    does not fit. On CUDA the prediction is of host RAM only, so only checkpointing is decided there."""
+    in more micro-batches); with what was chosen and why. Where even one example per micro-batch does not fit:
+    UsageError, or with strict=False that setting and the reason. On CUDA the prediction is of host RAM only, so
+    only checkpointing is decided there."""
     from transformers import AutoConfig  # deferred: the workstation toolchain, absent from the runtime-only install
 
     asked = cfg
@@ -211,28 +246,38 @@ def fit_memory(cfg: FinetuneConfig, base_dir: Path, longest: int, device: str) -
     if device == "cuda":
         return cfg, None
     limit = cfg.train_memory_mib or available_mib()
-    d, files = Dims.from_config(base_dir), weights_bytes(base_dir)
+    d, files = Dims.from_config(base_dir), checkpoint_size(base_dir)
+
+    def predict(c: FinetuneConfig):
+        tokens, quantized = c.batch_size * longest, c.quant != "none"
+        return predict_finetune(d, CALIBRATION, tokens, c.lora_r, c.gradient_checkpointing, files, 1, quantized)
 
     def peak(c: FinetuneConfig) -> float:
-        tokens, quantized = c.batch_size * longest, c.quant != "none"
-        return predict_finetune(
-            d, CALIBRATION, tokens, c.lora_r, c.gradient_checkpointing, files, 1, quantized
-        ).peak_mib
+        return predict(c).peak_mib
 
-    need = peak(cfg)
+    need, loading = peak(cfg), predict(cfg).load_mib
     if need <= limit:
         return cfg, None
-    if asked.gradient_checkpointing is None and peak(cfg) > limit:
-        cfg = replace(cfg, gradient_checkpointing=True)  # before any split: it costs a sixth of a step, a split more
-    # micro-batches of a divisor of the batch, the largest that fits: every step still sees the examples it would
-    for b in sorted((b for b in range(1, asked.batch_size) if asked.batch_size % b == 0), reverse=True):
-        if peak(cfg) <= limit:
-            break
-        cfg = replace(cfg, batch_size=b, grad_accum=asked.grad_accum * asked.batch_size // b)
+    # loading the base does not depend on the batch: only the training moment is worth a change of setting
+    if loading <= limit:
+        if asked.gradient_checkpointing is None:
+            cfg = replace(cfg, gradient_checkpointing=True)  # before any split: a sixth of a step, a split more
+        # micro-batches of a divisor of the batch, the largest that fits: every step still sees the examples it would
+        for b in sorted((b for b in range(1, asked.batch_size) if asked.batch_size % b == 0), reverse=True):
+            if peak(cfg) <= limit:
+                break
+            cfg = replace(cfg, batch_size=b, grad_accum=asked.grad_accum * asked.batch_size // b)
     if peak(cfg) > limit:
+        what = (
+            f"loading the base needs about {loading:.0f} MiB"
+            if loading > limit
+            else f"the fine-tune needs about {peak(cfg):.0f} MiB at {cfg.batch_size} example(s) per micro-batch "
+            f"with checkpointing {'on' if cfg.gradient_checkpointing else 'off'}"
+        ) + f"; the limit is {limit:.0f} MiB"
+        if not strict:
+            return cfg, f"does not fit: {what}"
         raise UsageError(
-            f"the fine-tune needs about {peak(cfg):.0f} MiB at one example per micro-batch with checkpointing "
-            f"{'on' if cfg.gradient_checkpointing else 'off'}; the limit is {limit:.0f} MiB",
+            what,
             "--train-memory-mib" if asked.train_memory_mib else "this machine's available memory",
             "use a smaller base, a shorter --seq-len, or a machine with more memory",
         )
@@ -586,12 +631,12 @@ def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     micro-batch padded to the data's longest example (the one that costs most), the accumulation, and the
     checkpointing setup() would choose."""
 
-    base_dir = resolve_model(cfg.base)
+    base_dir = resolve_model(cfg.base, weights=False)
     dataset = load_dataset(cfg.data, load_tokenizer(base_dir), cfg.seq_len, cfg.strict)
     longest = max(len(e.input_ids) for e in dataset.examples)
-    cfg, why = fit_memory(cfg, base_dir, longest, "cpu")
+    cfg, why = fit_memory(cfg, base_dir, longest, "cpu", strict=False)
     d, tokens = Dims.from_config(base_dir), cfg.batch_size * longest  # memory holds one micro-batch at a time
-    files, quantized = weights_bytes(base_dir), cfg.quant != "none"
+    files, quantized = checkpoint_size(base_dir), cfg.quant != "none"
     p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, files, 1, quantized)
     return replace(p, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, chosen=why)
 

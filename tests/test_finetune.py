@@ -113,9 +113,26 @@ def test_a_memory_limit_turns_checkpointing_on_then_splits_the_micro_batch_keepi
     odd = FinetuneConfig(data="d", out="o", train_memory_mib=int(peak(2, True) + 1), batch_size=6, grad_accum=1)
     cfg, _ = fit_memory(odd, tiny_model, longest, "cpu")
     assert (cfg.batch_size, cfg.grad_accum) == (2, 3)  # divisors only: 6 examples a step, as asked
-    with pytest.raises(UsageError, match="one example per micro-batch") as e:
+    with pytest.raises(UsageError, match="needs about .* at 1 example.s. per micro-batch") as e:
         fit(peak(1, True) - 1)
     assert e.value.where == "--train-memory-mib"
+    cfg, why = fit_memory(  # the dry run: the smallest setting and why it does not fit, no error
+        FinetuneConfig(data="d", out="o", train_memory_mib=int(peak(1, True) - 1)), tiny_model, longest, "cpu", False
+    )
+    assert cfg.batch_size == 1 and why.startswith("does not fit: the fine-tune needs about")
+
+
+def test_where_loading_the_base_is_over_the_limit_no_batch_is_split(tiny_model, monkeypatch):
+    """Loading holds the checkpoint and the quantized base whatever the batch: splitting would change nothing."""
+    from edgeq.basemodel import weights_bytes
+    from edgeq.footprint import Dims
+    from edgeq.trainplan import CALIBRATION, predict_finetune
+
+    p = predict_finetune(Dims.from_config(tiny_model), CALIBRATION, 8, 16, False, weights_bytes(tiny_model))
+    assert p.load_mib > p.train_mib  # a tiny model on rows of one token: loading is the peak
+    cfg = FinetuneConfig(data="d", out="o", train_memory_mib=int(p.load_mib - 1))
+    got, why = fit_memory(cfg, tiny_model, 1, "cpu", strict=False)
+    assert (got.batch_size, got.grad_accum) == (8, 1) and why.startswith("does not fit: loading the base needs")
 
 
 def test_the_loss_is_taken_where_a_label_follows_and_predicted_one_position_before():
@@ -327,3 +344,30 @@ def test_phi3_fused_projections_are_trained_and_merged(default_model, small_data
     assert {k.split(".")[-3] for k in adapter} == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
     merged = merge(MergeConfig(adapter=str(tmp_path / "ft"), out=str(tmp_path / "merged"), base=str(phi3)))
     assert merged.verification.max_abs_logit_diff <= merged.verification.tolerance
+
+
+def test_the_dry_run_predicts_a_7b_base_from_its_config_alone_and_writes_nothing(tmp_path, default_model):
+    """Llama-2-7B's published shape, no weights: the prediction a user gets before downloading 13 GB — the frozen
+    base in NF4 (6.5 B linear weights at 4.127 bits) beside fp32 embeddings, and for --quant none in fp32."""
+    import shutil
+
+    base = tmp_path / "llama-2-7b"
+    base.mkdir()
+    shape = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32}
+    shape |= {"num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096, "model_type": "llama"}
+    (base / "config.json").write_text(json.dumps(shape | {"tie_word_embeddings": False, "torch_dtype": "float16"}))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copyfile(default_model / name, base / name)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "take off", "response": "ok"}) + "\n")
+    frozen = {}
+    for quant in ("nf4", "none"):
+        r = run_edgeq("finetune", "--data", data, "--out", tmp_path / "out", "--base", base, "--dry-run",
+                      "--quant", quant, "--train-memory-mib", 1 << 20)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        frozen[quant] = int(next(ln for ln in r.stdout.splitlines() if "frozen base" in ln).split("│")[2].split()[0])
+    linears = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+    embeddings = 4 * (2 * 32000 * 4096 + 65 * 4096)
+    assert frozen["nf4"] == round((linears * 4.127 / 8 + embeddings) / 2**20)
+    assert frozen["none"] == round((linears * 4 + embeddings) / 2**20)
+    assert not (tmp_path / "out").exists()
