@@ -1,6 +1,8 @@
 """The fine-tune's plan: each term against an independent count (peft's trainable parameters, bitsandbytes'
 storage, a FLOP count by hand), and the prediction's sum against its terms."""
 
+import dataclasses
+
 import pytest
 
 from edgeq.footprint import Dims
@@ -54,11 +56,15 @@ def test_nf4_bits_are_what_bitsandbytes_stores():
     assert bits / w.numel() == pytest.approx(NF4_BITS + 32 / w.numel(), rel=1e-9)  # the offset: once a tensor
 
 
+# round numbers, so every expected value below is arithmetic on them
+HAND_CAL = FinetuneCalibration(
+    base_mib=500, load_factor=1.0, kept_bytes=100, checkpointed_bytes=10, logit_bytes=4, flops_per_s=1e9,
+    dequant_per_s=1e8, step_s=0.5,
+)  # fmt: skip
+
+
 def test_the_prediction_is_its_terms_and_the_larger_moment():
-    cal = FinetuneCalibration(
-        base_mib=500, load_factor=1.0, kept_bytes=100, checkpointed_bytes=10, logit_bytes=4, flops_per_s=1e9,
-        dequant_per_s=1e8, step_s=0.5,
-    )  # fmt: skip
+    cal = HAND_CAL
     d = Dims(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab=1000, max_positions=256,
              tied=False)  # fmt: skip
     p = predict_finetune(d, cal, tokens=100, lora_r=4, checkpointing=False)
@@ -79,10 +85,7 @@ def test_the_prediction_is_its_terms_and_the_larger_moment():
 
 
 def test_loading_reads_the_checkpoint_files_bytes_where_they_are_known():
-    cal = FinetuneCalibration(
-        base_mib=500, load_factor=1.5, kept_bytes=100, checkpointed_bytes=10, logit_bytes=4, flops_per_s=1e9,
-        dequant_per_s=1e8, step_s=0.5,
-    )  # fmt: skip
+    cal = dataclasses.replace(HAND_CAL, load_factor=1.5)
     fp32 = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False)
     bf16 = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, files=2 * (160 + 40 + 12))
     assert (fp32.load_mib - bf16.load_mib) * MIB == pytest.approx(1.5 * 2 * (160 + 40 + 12))  # half the bytes read
@@ -90,10 +93,7 @@ def test_loading_reads_the_checkpoint_files_bytes_where_they_are_known():
 
 def test_accumulation_adds_time_not_memory():
     """Gradient accumulation runs micro-batches one after another: memory holds one, the step's time adds them."""
-    cal = FinetuneCalibration(
-        base_mib=500, load_factor=1.0, kept_bytes=100, checkpointed_bytes=10, logit_bytes=4, flops_per_s=1e9,
-        dequant_per_s=1e8, step_s=0.5,
-    )  # fmt: skip
+    cal = HAND_CAL
     one = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False)
     four = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, accum=4)
     assert four.peak_mib == one.peak_mib and four.terms_mib == one.terms_mib
@@ -103,10 +103,7 @@ def test_accumulation_adds_time_not_memory():
 def test_plain_lora_holds_its_frozen_linears_in_fp32_and_dequantizes_nothing():
     """--quant none loads the base in fp32: its linears cost 4 bytes a weight (32 / 4.127 of QLoRA's), and a step
     has no NF4 weight to dequantize."""
-    cal = FinetuneCalibration(
-        base_mib=500, load_factor=1.0, kept_bytes=100, checkpointed_bytes=10, logit_bytes=4, flops_per_s=1e9,
-        dequant_per_s=1e8, step_s=0.5,
-    )  # fmt: skip
+    cal = HAND_CAL
     qlora = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False)
     lora = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, quantized=False)
     linears = HAND.layers * linear_params(HAND)
