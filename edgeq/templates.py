@@ -95,6 +95,9 @@ def turn_ends(tok) -> list[int]:
     if _ANSWER not in text:  # a template that drops answers teaches no end of turn
         return ends
     ids = tok.encode(text.split(_ANSWER, 1)[1], add_special_tokens=False)
-    if ids and ids[0] in tok.all_special_ids and ids[0] not in ends:
+    # special: named in the config (Gemma lists <end_of_turn> there) or only flagged so among the added tokens
+    # (Llama-3's base names <|end_of_text|> as eos and flags <|eot_id|> in tokenizer.json alone)
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    if ids and ids[0] in special and ids[0] not in ends:
         ends.append(ids[0])
     return ends

@@ -53,3 +53,20 @@ def test_the_picture_shows_every_candidate_of_the_plan(tmp_path):
     }
     assert drawn["measured"] >= 1 and drawn["predicted"] >= 1
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_llama3_modelfile_stops_at_its_own_turn_end_and_eos_and_keeps_its_template(tmp_path):
+    """Llama-3's layout as the base model has it: eos <|end_of_text|>, turns ended by <|eot_id|>. The Modelfile
+    keeps the GGUF's own template (no TEMPLATE line: it is not ChatML) and stops at exactly those two tokens."""
+    from transformers import AutoTokenizer
+
+    from edgeq.buildreport import modelfile
+    from edgeq.profiles import load_profile
+    from tests.export.test_tokenizer_families import llama3_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama3_tokenizer(tmp_path / "tok"))
+    tok.eos_token = "<|end_of_text|>"
+    text, chatml = modelfile("model.Q4_K_M.gguf", tok, load_profile("drone"))
+    stops = {ln.split(" ", 2)[2] for ln in text.splitlines() if ln.startswith("PARAMETER stop ")}
+    assert not chatml and "TEMPLATE" not in text
+    assert stops == {'"<|end_of_text|>"', '"<|eot_id|>"'}

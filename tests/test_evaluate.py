@@ -152,3 +152,53 @@ def test_eval_tells_another_models_artifact_from_the_reference(fmt, tmp_path, tw
     for part in ("text", "task_text") if task else ("text",):
         assert getattr(wrong, part).mean_kld > 100 * max(getattr(faithful, part).mean_kld, 1e-5), part
         assert getattr(wrong, part).top1_agreement < 0.5, part
+
+
+def test_the_served_score_is_the_ggufs_own_template_decoded_greedily_by_llama_cpp(tmp_path, two_models, small_data):
+    """An independent serving path: the template read from the GGUF's metadata, rendered here with Jinja over the
+    user's turns, tokenized and decoded greedily token by token in llama.cpp until it says end-of-generation, then
+    scored with sacrebleu. The served score is that score; the evaluation render (the data's system turn, the HF
+    template) gives other answers on this model, so serving through the wrong template would show."""
+    import gguf
+    import jinja2.sandbox
+    import llama_cpp
+    from sacrebleu.metrics import CHRF
+
+    from edgeq.basemodel import load_tokenizer
+    from edgeq.evaluate import answer_budget
+    from edgeq.task import load_task
+
+    model, path = two_models[0], tmp_path / "m.gguf"  # weights of std 0.1: answers follow the prompt
+    export_gguf(GgufExport(model=str(model), out=str(path), quant="F32"))
+    r = run_edgeq(
+        "eval", path, "--reference", model, "--data", small_data, "--limit", 3, "--metric", "chrf", "--served", "--json"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+
+    task = load_task(small_data, 3, "chrf")
+    budget = answer_budget(load_tokenizer(model), task)
+    meta = gguf.GGUFReader(path).fields
+    template, tokens = meta["tokenizer.chat_template"].contents(), meta["tokenizer.ggml.tokens"].contents()
+    specials = {k: tokens[meta[f"tokenizer.ggml.{k}_id"].contents()] for k in ("bos_token", "eos_token")}
+    render = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+    llm = llama_cpp.Llama(str(path), n_ctx=2048, logits_all=True, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    answers = []
+    for prompt in task.prompts:
+        users = [m for m in prompt if m["role"] == "user"]
+        text = render.render(messages=users, add_generation_prompt=True, **specials)
+        llm.reset()
+        llm.eval(llm.tokenize(text.encode(), add_bos=False, special=True))
+        out: list[int] = []
+        while len(out) < budget:
+            t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            if llama_cpp.llama_vocab_is_eog(vocab, t):
+                break
+            out.append(t)
+            llm.eval([t])
+        answers.append(llm.detokenize(out).decode("utf-8", "replace"))
+    assert res["task_served"]["answers"] == answers
+    by_hand = CHRF().corpus_score(answers, [task.refs]).score
+    assert res["task_served"]["score"] == pytest.approx(by_hand, abs=1e-9)
+    assert res["task"]["answers"] != answers and res["task"]["score"] != pytest.approx(by_hand, abs=0.01)

@@ -236,9 +236,33 @@ def test_existing_adapter_is_not_overwritten(tiny_model, small_data, tmp_path):
         finetune(_cfg(tiny_model, small_data, tmp_path / "ft", max_steps=1))
 
 
-def test_plain_lora_without_quantization(tiny_model, small_data, tmp_path):
+def test_plain_lora_held_out_loss_is_hfs_own_loss_on_the_seeded_tenth(tiny_model, small_data, tmp_path):
+    """Without quantization the held-out loss can be recomputed independently: HF's own shifted cross-entropy of
+    the base with the saved adapter (peft) on the examples a Random(seed) shuffle puts first, a tenth of 48 rounded
+    down. A split that trains on them, a loss at the wrong positions or an adapter saved at another scale shows."""
+    import random
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from edgeq.basemodel import load_tokenizer
+    from edgeq.data import IGNORE, load_dataset
+
     summary = finetune(_cfg(tiny_model, small_data, tmp_path / "ft", quant="none", max_steps=2))
     assert summary.frozen_base is None
+    assert (summary.examples["train"], summary.examples["eval"]) == (44, 4)
+    examples = list(load_dataset(small_data, load_tokenizer(tiny_model), 128).examples)
+    random.Random(0).shuffle(examples)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, tmp_path / "ft" / "adapter").eval()
+    total = count = 0.0
+    with torch.no_grad():
+        for e in examples[:4]:
+            n = sum(v != IGNORE for v in e.labels[1:])
+            out = model(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels]))
+            total, count = total + float(out.loss) * n, count + n
+    assert summary.eval_loss == pytest.approx(total / count, rel=1e-5)
 
 
 @pytest.mark.slow

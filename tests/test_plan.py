@@ -148,6 +148,25 @@ def test_plan_names_its_calibration_and_a_missing_one_is_a_usage_error(tiny_plan
     assert r.returncode == 2 and "calibration 'nowhere.json' not found" in r.stderr
 
 
+def test_a_named_calibration_is_the_one_the_numbers_come_from(tiny_plan, tiny_model, tmp_path):
+    """The machine's calibration with its runtime bases moved (GGUF +100 MiB, ONNX +50 MiB), named with
+    --calibration: every candidate's predicted memory moves by exactly that, its base term is the file's."""
+    cal = json.loads(Path(tiny_plan["calibration"]["path"]).read_text())
+    cal["gguf"]["base_mib"] += 100
+    cal["onnx"]["base_mib"] += 50
+    named = tmp_path / "device.json"
+    named.write_text(json.dumps(cal))
+    r, moved = _plan("--profile", "drone", "--model", tiny_model, "--ctx", 256, "--calibration", named, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert moved["calibration"]["path"] == str(named)
+    before = {(c["format"], c["quant"]): c for c in tiny_plan["candidates"]}
+    assert len(moved["candidates"]) == len(before)
+    for c in moved["candidates"]:
+        shift, fmt = (100, "gguf") if c["format"] == "gguf" else (50, "onnx")
+        assert c["memory_terms_mib"]["base"] == pytest.approx(cal[fmt]["base_mib"]), c["quant"]
+        assert c["memory_mib"] - before[c["format"], c["quant"]]["memory_mib"] == pytest.approx(shift), c["quant"]
+
+
 def test_the_onnx_mixture_prior_follows_the_measured_curve():
     from edgeq.pricing import interpolate_prior
     from edgeq.spec import ONNX_AUTO_KLD_PRIOR

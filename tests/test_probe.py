@@ -56,3 +56,36 @@ def test_the_environment_forces_a_configuration(monkeypatch):
 
 def test_extra_buffer_types_off_decodes_on_this_machine():
     assert probe.probe(False) == OK  # the fallback works on every CPU edgeq has met
+
+
+_LOAD_WITH_SETUP = """
+import importlib, sys
+from edgeq.runtime import llama_setup
+op, kwargs = llama_setup()  # what every llama.cpp child runs first: this machine's configuration
+module, name = op.split(":")
+getattr(importlib.import_module(module), name)(**kwargs)
+from llama_cpp import Llama
+Llama(sys.argv[1], n_ctx=64, verbose=True)
+"""
+
+
+@pytest.mark.parametrize("forced", ["0", "1"])
+def test_the_configuration_reaches_llama_cpp_as_its_own_log_reports(forced, tmp_path):
+    """Forced either way, a child's setup decides which buffers llama.cpp loads a Q4_0 model into, as llama.cpp
+    itself logs them: only plain CPU buffers with extra buffer types off, a repacked (or AMX) one with them on."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from edgeq.runtime import quantize_here
+
+    q4 = tmp_path / "q4.gguf"
+    quantize_here(probe.tiny_gguf(tmp_path / "f32.gguf"), q4, "Q4_0")
+    env = {**os.environ, ENV_LLAMA_EXTRA_BUFTS: forced}
+    r = subprocess.run([sys.executable, "-c", _LOAD_WITH_SETUP, str(q4)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    buffers = set(re.findall(r"load_tensors: +(\S+) model buffer size", r.stderr))
+    assert buffers, r.stderr[-2000:]
+    extra = buffers - {"CPU", "CPU_Mapped"}
+    assert bool(extra) == (forced == "1"), buffers

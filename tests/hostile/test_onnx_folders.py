@@ -44,6 +44,23 @@ def test_a_model_file_outside_the_folder_is_refused(folder, name):
         check_onnx_folder(folder)
 
 
+# Files other parts of a GenAI config open (multimodal encoders, pipelines, adapters): each as contained as the
+# decoder's.
+@pytest.mark.parametrize(
+    ("where", "key", "value"),
+    [
+        ("vision", "filename", "../v.onnx"),
+        ("embedding", "filename", "/etc/passwd"),
+        ("speech", "config_path", "../../speech.json"),
+        ("pipeline", "file_name", "x/../../p.onnx"),
+    ],
+)
+def test_a_file_named_outside_the_decoder_is_contained_too(folder, where, key, value):
+    _config(folder, lambda c: c["model"].update({where: {key: value}}))
+    with pytest.raises(UsageError, match=rf"model\.{where}\.{key} .* is not a file inside the model folder"):
+        check_onnx_folder(folder)
+
+
 def test_external_data_outside_the_folder_is_refused(folder):
     graph = folder / "model.onnx"
     graph.write_bytes(graph.read_bytes().replace(b"model.onnx.data", b"../../etc/passw"))  # same length
