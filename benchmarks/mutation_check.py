@@ -38,6 +38,11 @@ class Mutation:
     tests: tuple[str, ...]  # pytest node ids expected to fail with the mutation applied
 
 
+FT_HELD_OUT = "tests/test_finetune.py::test_plain_lora_held_out_loss_is_hfs_own_loss_on_the_seeded_tenth"
+KLD_BY_HAND = "tests/test_evaluate.py::test_kld_is_the_references_distribution_against_the_artifacts_by_hand"
+HOLDOUT = "tests/test_data.py::test_the_held_out_split_is_the_seeded_tenth_and_never_trained_on"
+WORST_AND_NAN = "tests/test_bench.py::test_the_memory_gate_reads_the_worst_repetition_and_a_nan_measurement_fails"
+
 MUTATIONS = (
     Mutation(
         "resume restarts from step 0",
@@ -105,8 +110,8 @@ MUTATIONS = (
     Mutation(
         "eval compares the reference with itself",
         "edgeq/evaluate.py",
-        '"text": compare_logits(artifact, reference_logits(model, text_ids), text_ids),',
-        '"text": compare(reference_logits(model, text_ids), reference_logits(model, text_ids), text_ids),',
+        "    text = compare_logits(artifact, reference_logits(model, text_ids), text_ids)",
+        "    text = compare(reference_logits(model, text_ids), reference_logits(model, text_ids), text_ids)",
         ("tests/test_evaluate.py::test_eval_tells_another_models_artifact_from_the_reference",),
     ),
     Mutation(
@@ -133,8 +138,8 @@ MUTATIONS = (
     Mutation(
         "bench decode budget never breached",
         "edgeq/bench.py",
-        'results["decode_tok_s"]["median"], profile.min_decode_tok_s, MIN)',
-        'results["decode_tok_s"]["median"], profile.min_decode_tok_s, MAX)',
+        'results["decode_tok_s"].median, profile.min_decode_tok_s, MIN)',
+        'results["decode_tok_s"].median, profile.min_decode_tok_s, MAX)',
         ("tests/test_bench.py::test_each_budget_breach_exits_3_and_fails_only_its_check",),
     ),
     Mutation(
@@ -143,6 +148,194 @@ MUTATIONS = (
         "[_check(m, full) for m in TOOLCHAIN]",
         "[_check(m, True) for m in TOOLCHAIN]",
         ("tests/test_doctor.py::test_missing_optional_backend_is_not_fatal",),
+    ),
+    # What the fine-tune computes: which examples it trains and scores on, where the loss is taken, the adapter.
+    Mutation(
+        "fine-tune trains on its held-out examples",
+        "edgeq/finetune.py",
+        "        train_set=examples[n_eval:],",
+        "        train_set=examples,",
+        (FT_HELD_OUT,),
+    ),
+    Mutation(
+        "held-out loss on other examples than the held-out ones",
+        "edgeq/finetune.py",
+        "        eval_set=examples[:n_eval],",
+        "        eval_set=examples[len(examples) - n_eval :],",
+        (FT_HELD_OUT,),
+    ),
+    Mutation(
+        "LoRA scale alpha / r forced to 1",
+        "edgeq/finetune.py",
+        "        lora_alpha=cfg.lora_alpha,",
+        "        lora_alpha=cfg.lora_r,",
+        ("tests/test_finetune.py::test_qlora_run_writes_adapter_manifest_and_checkpoints",),
+    ),
+    Mutation(
+        "loss taken at the label's own position",
+        "edgeq/finetune.py",
+        "    h = hidden[:, :-1][keep]  # (N, H)",
+        "    h = hidden[:, 1:][keep]  # (N, H)",
+        ("tests/test_finetune.py::test_the_loss_is_taken_where_a_label_follows_and_predicted_one_position_before",),
+    ),
+    Mutation(
+        "loss on the prompt's tokens too",
+        "edgeq/data.py",
+        "    labels.extend(new if train else [IGNORE] * len(new))",
+        "    labels.extend(new)",
+        ("tests/test_data.py::test_both_formats_and_loss_only_on_assistant_tokens",),
+    ),
+    # What a score means.
+    Mutation(
+        "KLD the other way round",
+        "edgeq/evaluate.py",
+        "    kld = (np.exp(p) * (p - q)).sum(-1)",
+        "    kld = (np.exp(q) * (q - p)).sum(-1)",
+        (KLD_BY_HAND,),
+    ),
+    Mutation(
+        "top-1 agreement of the reference with itself",
+        "edgeq/evaluate.py",
+        "top1_agreement=float((ref_logits.argmax(-1) == art_logits.argmax(-1)).mean()),",
+        "top1_agreement=float((ref_logits.argmax(-1) == ref_logits.argmax(-1)).mean()),",
+        (KLD_BY_HAND,),
+    ),
+    Mutation(
+        "the artifact's perplexity read from the reference",
+        "edgeq/evaluate.py",
+        "    nll_art = -q[np.arange(len(nxt)), nxt]",
+        "    nll_art = -p[np.arange(len(nxt)), nxt]",
+        (KLD_BY_HAND,),
+    ),
+    Mutation(
+        "chrF of the references against the answers",
+        "edgeq/metrics.py",
+        "CHRF().corpus_score(answers, [refs])",
+        "CHRF().corpus_score(refs, [answers])",
+        ("tests/test_metrics.py::test_chrf_is_the_answers_against_the_reference_by_hand",),
+    ),
+    Mutation(
+        "JSON match on the text, not the parsed value",
+        "edgeq/metrics.py",
+        "exact = sum(g is not None and g == _reference(r) for g, r in zip(got, refs, strict=True))",
+        "exact = sum(g is not None and json.dumps(g) == r for g, r in zip(got, refs, strict=True))",
+        ("tests/test_metrics.py::test_json_exact_match_ignores_key_order_and_spacing_but_not_values",),
+    ),
+    Mutation(
+        "exact match minds case",
+        "edgeq/metrics.py",
+        '    text = unicodedata.normalize("NFKC", text).casefold()',
+        '    text = unicodedata.normalize("NFKC", text)',
+        ("tests/test_metrics.py::test_exact_normalises_case_space_and_edge_punctuation",),
+    ),
+    Mutation(
+        "answer NLL of the float model one position late",
+        "edgeq/evaluate.py",
+        "logp = torch.log_softmax(logits[j, start - 1 : len(seq) - 1].double(), -1)",
+        "logp = torch.log_softmax(logits[j, start : len(seq)].double(), -1)",
+        ("tests/test_evaluate.py::test_batched_answer_nll_equals_one_sequence_at_a_time",),
+    ),
+    Mutation(
+        "answer NLL of the artifact one position late",
+        "edgeq/runtime.py",
+        "        x = logits_of(ids)[start - 1 : len(ids) - 1]",
+        "        x = logits_of(ids)[start : len(ids)]",
+        ("tests/test_runtime.py::test_answer_nll_sums_minus_log_softmax_of_each_answer_token_at_the_position_before",),
+    ),
+    Mutation(
+        "answers run past a turn end that is not eos",
+        "edgeq/templates.py",
+        "        ends.append(ids[0])",
+        "        pass",
+        ("tests/test_templates.py::test_llama3_base_ends_at_an_eot_flagged_special_only_among_its_added_tokens",),
+    ),
+    Mutation(
+        "served score taken from the evaluation render",
+        "edgeq/evaluate.py",
+        '    as_served = scored(task, [c["text"] for c in chats]) if chats else None',
+        "    as_served = scored(task, answers) if chats else None",
+        ("tests/test_evaluate.py::test_the_served_score_is_the_ggufs_own_template_decoded_greedily_by_llama_cpp",),
+    ),
+    Mutation(
+        "decode rate counts the first token",
+        "edgeq/bench.py",
+        '"decode_tok_s": (n_gen - 1) / raw["decode_s"] if n_gen > 1 else float("nan"),',
+        '"decode_tok_s": n_gen / raw["decode_s"] if n_gen > 1 else float("nan"),',
+        ("tests/test_bench.py::test_rates_come_from_the_timed_spans_with_the_first_token_counted_in_the_prompt",),
+    ),
+    # What the build decides.
+    Mutation(
+        "held-out split not seeded",
+        "edgeq/data.py",
+        "    random.Random(HOLDOUT_SEED).shuffle(order)",
+        "    random.Random().shuffle(order)",
+        (HOLDOUT,),
+    ),
+    Mutation(
+        "held-out examples trained on too",
+        "edgeq/data.py",
+        '    write_text(train_path, "".join(text for h, text in pick if not h))',
+        '    write_text(train_path, "".join(text for h, text in pick))',
+        (HOLDOUT,),
+    ),
+    Mutation(
+        "merge policies swapped",
+        "edgeq/merge.py",
+        '    if p.policy == "dequantized":\n        with torch.no_grad():',
+        '    if p.policy == "pristine":\n        with torch.no_grad():',
+        ("tests/test_merge.py::test_every_merged_weight_is_its_definition",),
+    ),
+    Mutation(
+        "input memo blind to a same-size edit with its mtime put back",
+        "edgeq/build.py",
+        'k = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"',
+        'k = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"',
+        ("tests/test_build.py::test_a_same_size_edit_in_place_with_its_mtime_put_back_is_a_new_input",),
+    ),
+    # What a gate reads.
+    Mutation(
+        "a named calibration checked, the machine's used",
+        "edgeq/calibration.py",
+        "    if not source:\n        path, cal = machine_calibration(llama)",
+        "    if True:\n        _, cal = machine_calibration(llama)",
+        ("tests/test_plan.py::test_a_named_calibration_is_the_one_the_numbers_come_from",),
+    ),
+    Mutation(
+        "memory gate reads the median repetition",
+        "edgeq/bench.py",
+        'Check("memory", "MiB", max(results["memory_mib"].samples), profile.memory_budget_mib, MAX),',
+        'Check("memory", "MiB", results["memory_mib"].median, profile.memory_budget_mib, MAX),',
+        (WORST_AND_NAN,),
+    ),
+    Mutation(
+        "a NaN passes a max check",
+        "edgeq/checks.py",
+        "return self.measured <= self.limit if self.kind == MAX else self.measured >= self.limit",
+        "return not self.measured > self.limit if self.kind == MAX else self.measured >= self.limit",
+        (WORST_AND_NAN,),
+    ),
+    Mutation(
+        "ONNX config: only the decoder's files contained",
+        "edgeq/onnxcheck.py",
+        "    for where, key, value in _walk(cfg):",
+        '    for where, key, value in _walk({"model": {"decoder": decoder}}):',
+        ("tests/hostile/test_onnx_folders.py::test_a_file_named_outside_the_decoder_is_contained_too",),
+    ),
+    Mutation(
+        "the probe's decision never reaches llama.cpp",
+        "edgeq/runtime.py",
+        '        p.use_extra_bufts = cfg["extra_buffer_types"]',
+        "        p.use_extra_bufts = True",
+        ("tests/test_probe.py::test_the_configuration_reaches_llama_cpp_as_its_own_log_reports",),
+    ),
+    Mutation(
+        "Modelfile stops only at eos",
+        "edgeq/buildreport.py",
+        'stops = sorted({t for t in (tok.eos_token, *ends, "<|im_end|>" if chatml else None) if t})',
+        'stops = sorted({t for t in (tok.eos_token, "<|im_end|>" if chatml else None) if t})',
+        (
+            "tests/test_buildreport.py::test_a_llama3_modelfile_stops_at_its_own_turn_end_and_eos_and_keeps_its_template",
+        ),
     ),
     Mutation(
         "build exits 0 on a breached budget",

@@ -179,3 +179,20 @@ def test_the_memory_gate_reads_the_worst_repetition_and_a_nan_measurement_fails(
     assert checks["memory"].measured == budget + 10 and not checks["memory"].passed
     assert not checks["decode"].passed  # NaN is neither above nor below a limit: it fails
     assert checks["storage"].measured == 1.0 and checks["storage"].passed and checks["ttft"].passed
+    results["ttft_ms"] = _stat(float("nan"))  # a max check too
+    checks = {c.name: c for c in check_budgets(results, {"artifact_bytes": 2**20}, profile, profile.prompt_tokens)}
+    assert not checks["ttft"].passed
+
+
+def test_rates_come_from_the_timed_spans_with_the_first_token_counted_in_the_prompt(monkeypatch):
+    """Injected timings: TTFT is the prompt's span and covers the first token, so prefill = prompt / TTFT and
+    decode = the n − 1 later tokens / their span; on a CPU the memory gated on is the peak RSS alone."""
+    from edgeq import bench
+
+    spans = {"load_s": 0.5, "ttft_s": 0.2, "decode_s": 1.5, "e2e_s": 1.7}
+    monkeypatch.setattr(bench, "_measure_gguf", lambda *a, **k: spans)
+    monkeypatch.setattr(bench, "peak_rss_mib", lambda: 321.5)
+    got = bench.measure("gguf", "unused.gguf", 64, 31, 2, 512)
+    assert got["ttft_ms"] == pytest.approx(200) and got["prefill_tok_s"] == pytest.approx(64 / 0.2)
+    assert got["decode_tok_s"] == pytest.approx(30 / 1.5) and got["e2e_s"] == 1.7 and got["load_s"] == 0.5
+    assert got["peak_rss_mib"] == got["memory_mib"] == 321.5 and got["device_mib"] == 0

@@ -36,3 +36,16 @@ def test_the_readme_is_short_and_the_rest_is_in_docs():
     assert len((ROOT / "README.md").read_text().splitlines()) < 150
     for page in ("build", "fine-tuning", "export", "plan", "mixed-precision", "serving", "security", "profiles"):
         assert (ROOT / "docs" / f"{page}.md").is_file()
+
+
+def test_every_mutation_still_applies_and_names_tests_that_exist():
+    """benchmarks/mutation_check.py breaks the code on purpose: a refactor that moves a line it breaks, or renames a
+    test it expects to turn red, would silently retire that check."""
+    import mutation_check
+
+    for m in mutation_check.MUTATIONS:
+        assert (ROOT / m.file).read_text().count(m.old) == 1, m.name
+        for node in m.tests:
+            file, name = node.split("::")
+            assert f"def {name.split('[')[0]}(" in (ROOT / file).read_text(), (m.name, node)
+    assert len({m.name for m in mutation_check.MUTATIONS}) == len(mutation_check.MUTATIONS)
