@@ -230,18 +230,33 @@ def onnx_quantized_weights(d: Dims) -> int:
     return d.layers * sum(rows * cols for rows, cols in onnx_layer_matmuls(d)) + d.vocab * d.hidden
 
 
+def apart(value: float, limit: float) -> tuple[str, str]:
+    """The two numbers rounded to the fewest significant digits (3 at least) that tell them apart, written plainly
+    (`1500`, `9.996`, `4.12e-05`): a breach never reads as `0.000 > 1e-06` or `10.0 < 10`."""
+
+    def shown(x: float, digits: int) -> str:
+        r = repr(float(f"{x:.{digits}g}"))
+        return r[:-2] if r.endswith(".0") else r
+
+    for digits in range(3, 18):
+        a, b = shown(value, digits), shown(limit, digits)
+        if a != b:
+            break
+    return a, b
+
+
 def rejections(p: Prediction, kld: float, kld_source: str, decode_tok_s: float | None, profile) -> list[str]:
     """Why a candidate does not fit: memory (with the plan's margin), storage, latency, quality."""
     reasons = []
     limit = profile.memory_budget_mib * (1 - PLAN_MARGIN)
     if p.memory_mib > limit:
-        reasons.append(f"memory {p.memory_mib:.0f} > {limit:.0f} MiB (budget − {PLAN_MARGIN:.0%} margin)")
+        reasons.append("memory {} > {} MiB (budget − {:.0%} margin)".format(*apart(p.memory_mib, limit), PLAN_MARGIN))
     if p.storage_mib > profile.storage_budget_mib:
-        reasons.append(f"storage {p.storage_mib:.0f} > {profile.storage_budget_mib} MiB")
+        reasons.append("storage {} > {} MiB".format(*apart(p.storage_mib, profile.storage_budget_mib)))
     if decode_tok_s is not None and decode_tok_s < profile.min_decode_tok_s:
-        reasons.append(f"decode {decode_tok_s:.1f} < {profile.min_decode_tok_s:g} tok/s (measured here)")
+        reasons.append("decode {} < {} tok/s (measured here)".format(*apart(decode_tok_s, profile.min_decode_tok_s)))
     if kld > profile.max_mean_kld:
-        reasons.append(f"KLD {kld:.3f} > {profile.max_mean_kld:g} ({kld_source})")
+        reasons.append("KLD {} > {} ({})".format(*apart(kld, profile.max_mean_kld), kld_source))
     return reasons
 
 

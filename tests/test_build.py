@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 DRONE = Path(__file__).parent.parent / "examples" / "drone"
 
 
-def _profile(path: Path, memory: int = 512, quants=("Q8_0", "Q4_K_M", "int4-block32"), **latency) -> Path:
+def _profile(
+    path: Path, memory: int = 512, quants=("Q8_0", "Q4_K_M", "int4-block32"), max_kld: float = 0.1, **latency
+) -> Path:
     """The drone profile with three candidate types, so a tiny build stays quick; latency budgets out of reach
     (UNBREACHABLE_LATENCY) unless a test about a latency gate sets its own."""
     src = load_profile("drone")
@@ -35,7 +37,7 @@ def _profile(path: Path, memory: int = 512, quants=("Q8_0", "Q4_K_M", "int4-bloc
         "formats": [f for f in FORMATS if any(QUANT_TYPES[q].fmt == f for q in quants)],
         "allowed_quant_types": list(quants),
         "latency": {"prompt_tokens": 128, **UNBREACHABLE_LATENCY, **latency},
-        "quality": {"max_mean_kld": 0.1, "max_task_accuracy_drop_points": 100},
+        "quality": {"max_mean_kld": max_kld, "max_task_accuracy_drop_points": 100},
         "rationale": dict(src.rationale),
     }
     path.write_text(yaml.safe_dump(p))
@@ -320,17 +322,60 @@ def test_a_budget_breached_at_bench_exits_3_with_the_report_written(setup, built
     assert m["profile"]["ttft_ms"] == 1  # the outputs are this build's, breach and all (the sweep does not judge TTFT)
 
 
-def test_no_candidate_fitting_at_the_sweep_exits_3_and_keeps_the_previous_outputs(setup, built, tmp_path):
+def test_a_served_score_that_drops_past_the_budget_exits_3_with_report_and_manifest_written(setup, tmp_path):
+    """The quality gate seen failing inside a build. A base of weights with std 0.1 (its greedy answers follow the
+    prompt), references that are its own answers (a 2-step fine-tune barely moves them: chrF near 100 for the
+    merged model), one 4-bit candidate whose served answers differ, and no drop allowed. The served score is chrF
+    of those answers, recomputed here with sacrebleu; the gate's drop is merged minus served."""
+    from sacrebleu.metrics import CHRF
+
+    from edgeq.task import generate_hf, load_task
+
+    base = make_tiny_model(tmp_path / "base", setup["base"], initializer_range=0.1, max_position_embeddings=2048)
+    prompts = load_task(setup["test"]).prompts
+    own = generate_hf(base, prompts, 24)
+    assert all(a.strip() for a in own), own
+    test = tmp_path / "own-answers.jsonl"
+    test.write_text(
+        "".join(
+            json.dumps({"messages": [*p, {"role": "assistant", "content": a}]}) + "\n"
+            for p, a in zip(prompts, own, strict=True)
+        )
+    )
+    profile = yaml.safe_load(setup["profile"].read_text())
+    profile |= {"allowed_quant_types": ["Q4_K_M"], "formats": ["gguf"]}
+    profile["quality"] = {"max_mean_kld": 10, "max_task_accuracy_drop_points": 0}
+    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(profile))
+    out = tmp_path / "out"
+    r = run_edgeq(*_args({**setup, "base": base, "test": test}, out, tmp_path / "strict.yaml"), "--metric", "chrf")
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "task_drop" in r.stderr and "report.md" in r.stderr and "Traceback" not in r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    ev = json.loads((out / BUILD_STATE_DIR / "eval" / "stage.json").read_text())["result"]
+    assert m["task"]["metric"] == "chrf" and m["task"]["merged"] == ev["merged"]["score"]
+    assert ev["merged"]["score"] == pytest.approx(CHRF().corpus_score(ev["merged"]["answers"], [own]).score)
+    served = m["fidelity"]["task_served"]["score"]
+    assert served == pytest.approx(CHRF().corpus_score(ev["served"]["answers"], [own]).score, abs=1e-9)
+    drop = {c["name"]: c for c in m["quality_checks"]}["task_drop"]
+    assert drop["measured"] == pytest.approx(m["task"]["merged"] - served) and drop["measured"] > 0
+    assert not drop["passed"] and (out / "model.Q4_K_M.gguf").is_file()
+    assert "task_drop" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("gate", "budget"),
+    [("decode", {"min_decode_tok_s": 100000}), ("kld", {"max_kld": 1e-6})],  # tiny: ~1500 tok/s, Q4_K_M KLD ≫ 1e-6
+)
+def test_no_candidate_fitting_at_the_sweep_exits_3_and_keeps_the_previous_outputs(setup, built, tmp_path, gate, budget):
     import shutil
 
     out = tmp_path / "out"
     shutil.copytree(built, out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    r = run_edgeq(
-        *_args(setup, out, _profile(tmp_path / "fast.yaml", quants=["Q8_0"], min_decode_tok_s=100000))
-    )  # tiny: ~1500
+    r = run_edgeq(*_args(setup, out, _profile(tmp_path / "strict.yaml", quants=["Q4_K_M"], **budget)))
     assert r.returncode == 3, r.stderr[-2000:]
     assert "no candidate fits profile mini" in r.stderr and "Traceback" not in r.stderr
+    assert re.search(rf"misses {gate} [0-9.e+-]+ [<>] [0-9.e+-]+ ", r.stderr, re.IGNORECASE), r.stderr[-2000:]
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 

@@ -1,5 +1,7 @@
 """footprint's arithmetic on hand-made numbers: what each tensor costs resident, and the prediction's sum."""
 
+import pytest
+
 from edgeq.footprint import bytes_by_type, predict_gguf_rss
 from edgeq.standin import RuntimeCost
 
@@ -47,3 +49,19 @@ def test_plan_bytes_of_a_gguf_whose_tensors_the_test_wrote(tmp_path):
     header, n = gguf_layout(flt)
     written = (tmp_path / "m.Q8_0.gguf").stat().st_size
     assert abs(written - gguf_file_bytes((header, n), q8)) <= 16 * n
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "shown"),
+    [
+        (4.12e-5, 1e-6, ("4.12e-05", "1e-06")),  # not 0.000 > 1e-06
+        (9.996, 10, ("9.996", "10")),  # not 10.0 < 10
+        (461.34, 460.8, ("461.3", "460.8")),  # not 461 > 461
+        (1500.0, 100000, ("1500", "100000")),
+        (0.0712, 0.05, ("0.0712", "0.05")),
+    ],
+)
+def test_a_rejection_prints_its_two_numbers_apart(value, limit, shown):
+    from edgeq.footprint import apart
+
+    assert apart(value, limit) == shown
