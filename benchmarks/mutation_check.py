@@ -296,8 +296,8 @@ MUTATIONS = (
     Mutation(
         "a named calibration checked, the machine's used",
         "edgeq/calibration.py",
-        "    if not source:\n        path, cal = machine_calibration(llama)",
-        "    if True:\n        _, cal = machine_calibration(llama)",
+        "        cal = load_calibration(path)",
+        "        cal = machine_calibration()[1]",
         ("tests/test_plan.py::test_a_named_calibration_is_the_one_the_numbers_come_from",),
     ),
     Mutation(
@@ -392,7 +392,9 @@ def apply(tree: Path, m: Mutation) -> str:
 
 
 def failed_tests(output: str) -> list[str]:
-    return [line.split(" ", 1)[1].split(" - ")[0] for line in output.splitlines() if line.startswith("FAILED ")]
+    """The tests that turned red: failed, or errored in a fixture the mutation broke."""
+    red = ("FAILED ", "ERROR ")
+    return [line.split(" ", 1)[1].split(" - ")[0] for line in output.splitlines() if line.startswith(red)]
 
 
 def main() -> int:

@@ -25,7 +25,8 @@ def test_answer_nll_sums_minus_log_softmax_of_each_answer_token_at_the_position_
 
     from edgeq.runtime import answer_nll_of
 
-    rows = {0: [2.0, 0.0, 0.0], 1: [0.0, 1.0, 3.0], 2: [1.0, 1.0, 1.0], 3: [0.0, 0.0, 5.0]}
+    # no two rows alike, none uniform: read one position late, the sum differs (by 1 here)
+    rows = {0: [2.0, 0.0, 0.0], 1: [0.0, 1.0, 3.0], 2: [1.0, 0.0, 2.0], 3: [0.0, 0.0, 5.0]}
 
     def logits_of(ids):  # a row per position, chosen by the token there
         return np.array([rows[i] for i in ids])
