@@ -163,7 +163,7 @@ def agreement(answers: list[str], reference: list[str], tok) -> Agreement:
         ta, tb = tok.encode(a, add_special_tokens=False), tok.encode(b, add_special_tokens=False)
         same += ta == tb
         common = next((i for i, (x, y) in enumerate(zip(ta, tb, strict=False)) if x != y), min(len(ta), len(tb)))
-        prefix += common / max(len(ta), len(tb), 1)
+        prefix += common / max(len(ta), len(tb)) if ta or tb else 1.0  # two empty answers agree entirely
     n = max(len(answers), 1)
     return Agreement(100.0 * same / n, 100.0 * prefix / n, len(answers))
 

@@ -196,3 +196,15 @@ def test_rates_come_from_the_timed_spans_with_the_first_token_counted_in_the_pro
     assert got["ttft_ms"] == pytest.approx(200) and got["prefill_tok_s"] == pytest.approx(64 / 0.2)
     assert got["decode_tok_s"] == pytest.approx(30 / 1.5) and got["e2e_s"] == 1.7 and got["load_s"] == 0.5
     assert got["peak_rss_mib"] == got["memory_mib"] == 321.5 and got["device_mib"] == 0
+
+
+def test_repetition_statistics_by_hand():
+    """Samples 1, 2, 6: mean 3, sample standard deviation √((4 + 1 + 9) / 2) = √7, min 1, median 2."""
+    import math
+
+    from edgeq.bench import _stats
+
+    s = _stats([6.0, 1.0, 2.0])
+    assert (s.mean, s.min, s.median, s.n, s.samples) == (3.0, 1.0, 2.0, 3, (6.0, 1.0, 2.0))
+    assert s.sd == pytest.approx(math.sqrt(7))
+    assert _stats([5.0]).sd == 0.0

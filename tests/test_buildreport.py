@@ -70,3 +70,21 @@ def test_a_llama3_modelfile_stops_at_its_own_turn_end_and_eos_and_keeps_its_temp
     stops = {ln.split(" ", 2)[2] for ln in text.splitlines() if ln.startswith("PARAMETER stop ")}
     assert not chatml and "TEMPLATE" not in text
     assert stops == {'"<|end_of_text|>"', '"<|eot_id|>"'}
+
+
+def test_the_reports_gains_are_the_differences_of_its_own_rows():
+    """Base 10 points and 2.0 nats/token, merged 77.5 and 0.03, served 70: the fine-tune gained +67.5 points, the
+    served artifact keeps +60.0, the answer NLL fell by 1.970 — each sign as a reader reads it."""
+    import dataclasses
+
+    from edgeq.records import AnswerNLL
+    from tests.test_records import SCORE
+
+    built = built_result()
+    base = dataclasses.replace(SCORE, score=10.0, answer_nll=AnswerNLL(2.0, 7.39, 40, 2))
+    built = dataclasses.replace(built, eval=dataclasses.replace(built.eval, base=base))
+    text = markdown(built, manifest(built, True))
+    assert "| base model | 10.0 | 2.000 |" in text and "| fine-tuned, merged (float32) | 77.5 | 0.030 |" in text
+    assert "The fine-tune gained **+67.5 points**; the artifact as served keeps +60.0 over the base." in text
+    assert "lowered it by 1.970 nats/token" in text
+    assert "96.0 % identical answers, 98.5 % of tokens before the first difference" in text

@@ -100,3 +100,21 @@ def test_the_held_out_split_is_the_seeded_tenth_and_never_trained_on(tmp_path):
     held, trained = test.read_text().splitlines(), train.read_text().splitlines()
     assert (n_train, n_test) == (27, 3) and set(held) == expected and len(held) == 3
     assert not set(held) & set(trained) and sorted(held + trained) == sorted(lines)
+
+
+def test_data_statistics_from_the_chat_template_by_hand(tmp_path, tok):
+    """Three conversations: their lengths are the chat template's own token counts, the loss tokens each answer
+    with the <|im_end|>\\n that closes its turn, the median the middle length."""
+    pairs = [("Land.", '{"action": "land"}'), ("Hover at 5 m please.", "ok"), ("Go home", "Returning to home now.")]
+    p = _write(tmp_path, [{"prompt": q, "response": a} for q, a in pairs])
+    stats = load_dataset(p, tok, seq_len=512).stats
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in pairs]
+    lengths = sorted(len(tok.encode(tok.apply_chat_template(c, tokenize=False), add_special_tokens=False)) for c in convs)
+    answers = sum(len(tok.encode(a + "<|im_end|>\n", add_special_tokens=False)) for _, a in pairs)
+    assert stats == {
+        "examples": 3,
+        "tokens": sum(lengths),
+        "max_len": lengths[2],
+        "median_len": lengths[1],
+        "loss_tokens": answers,
+    }

@@ -202,3 +202,17 @@ def test_the_served_score_is_the_ggufs_own_template_decoded_greedily_by_llama_cp
     by_hand = CHRF().corpus_score(answers, [task.refs]).score
     assert res["task_served"]["score"] == pytest.approx(by_hand, abs=1e-9)
     assert res["task"]["answers"] != answers and res["task"]["score"] != pytest.approx(by_hand, abs=0.01)
+
+
+def test_agreement_is_identical_answers_and_tokens_agreeing_before_the_first_difference():
+    """One token per character: abc/abc agree entirely, abd/abc on 2 of 3 tokens, xy/xyz on 2 of the longer's 3,
+    two empty answers entirely. Identical: 2 of 4; tokens before the first difference: (1 + ⅔ + ⅔ + 1) / 4."""
+    from edgeq.evaluate import agreement
+
+    class Chars:
+        def encode(self, text, add_special_tokens=False):
+            return [ord(c) for c in text]
+
+    a = agreement(["abc", "abd", "xy", ""], ["abc", "abc", "xyz", ""], Chars())
+    assert a.identical_pct == 50.0 and a.n == 4
+    assert a.prefix_agreement_pct == pytest.approx(100 * (1 + 2 / 3 + 2 / 3 + 1) / 4)

@@ -62,6 +62,11 @@ def test_qlora_run_writes_adapter_manifest_and_checkpoints(tiny_model, small_dat
         t.shape[1] for k, t in tensors.items() if "lora_B" in k
     }
     assert ranks == {16}
+    c = json.loads((tiny_model / "config.json").read_text())
+    h, i, d = c["hidden_size"], c["intermediate_size"], c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
+    per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)  # A: r × in, B: out × r, per linear
+    assert summary.trainable_params == c["num_hidden_layers"] * 16 * per_layer
     ckpts = sorted(p.name for p in (tmp_path / "ft" / CKPT_DIR).glob("step-*"))
     assert ckpts == ["step-000002", "step-000004", "step-000006"]
     assert all((tmp_path / "ft" / CKPT_DIR / c / CKPT_MARKER).is_file() for c in ckpts)
