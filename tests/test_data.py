@@ -109,7 +109,8 @@ def test_data_statistics_from_the_chat_template_by_hand(tmp_path, tok):
     p = _write(tmp_path, [{"prompt": q, "response": a} for q, a in pairs])
     stats = load_dataset(p, tok, seq_len=512).stats
     convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in pairs]
-    lengths = sorted(len(tok.encode(tok.apply_chat_template(c, tokenize=False), add_special_tokens=False)) for c in convs)
+    rendered = [tok.apply_chat_template(c, tokenize=False) for c in convs]
+    lengths = sorted(len(tok.encode(r, add_special_tokens=False)) for r in rendered)
     answers = sum(len(tok.encode(a + "<|im_end|>\n", add_special_tokens=False)) for _, a in pairs)
     assert stats == {
         "examples": 3,

@@ -63,7 +63,8 @@ def test_qlora_run_writes_adapter_manifest_and_checkpoints(tiny_model, small_dat
     }
     assert ranks == {16}
     c = json.loads((tiny_model / "config.json").read_text())
-    h, i, d = c["hidden_size"], c["intermediate_size"], c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    h, i = c["hidden_size"], c["intermediate_size"]
+    d = c.get("head_dim") or h // c["num_attention_heads"]
     q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
     per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)  # A: r × in, B: out × r, per linear
     assert summary.trainable_params == c["num_hidden_layers"] * 16 * per_layer
