@@ -96,3 +96,19 @@ def test_the_readme_support_matrix_is_the_one_spec_writes_and_names_real_tests()
         tree = ast.parse((ROOT / path).read_text())
         assert function in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, named
     assert all(f"refused: {why}" in support.matrix() for why in support.REFUSED_ARCHS.values())
+
+
+def test_every_test_the_figure_map_names_exists():
+    """docs/figures.md: each figure → the test that fixes its value. A renamed test must not leave it pointing
+    nowhere."""
+    import ast
+    import re
+
+    text = (ROOT / "docs" / "figures.md").read_text()
+    named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", text)
+    assert len(named) > 30
+    for path, function in named:
+        assert (ROOT / path).is_file(), path
+        if function:
+            tree = ast.parse((ROOT / path).read_text())
+            assert function in {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}, function
