@@ -162,9 +162,15 @@ def test_a_named_calibration_is_the_one_the_numbers_come_from(tiny_plan, tiny_mo
     before = {(c["format"], c["quant"]): c for c in tiny_plan["candidates"]}
     assert len(moved["candidates"]) == len(before)
     for c in moved["candidates"]:
-        shift, fmt = (100, "gguf") if c["format"] == "gguf" else (50, "onnx")
+        old, fmt = before[c["format"], c["quant"]], c["format"]
         assert c["memory_terms_mib"]["base"] == pytest.approx(cal[fmt]["base_mib"]), c["quant"]
-        assert c["memory_mib"] - before[c["format"], c["quant"]]["memory_mib"] == pytest.approx(shift), c["quant"]
+        assert c["memory_terms_mib"]["base"] - old["memory_terms_mib"]["base"] == pytest.approx(
+            100 if fmt == "gguf" else 50
+        )
+        # the rest is the same prediction: llama.cpp's buffers are measured again (a stand-in, in a child) and
+        # differ by a page or two from run to run
+        rest = c["memory_mib"] - c["memory_terms_mib"]["base"]
+        assert rest == pytest.approx(old["memory_mib"] - old["memory_terms_mib"]["base"], abs=0.05), c["quant"]
 
 
 def test_the_onnx_mixture_prior_follows_the_measured_curve():
