@@ -7,7 +7,7 @@ script copies the working tree, applies one mutation at a time, and runs those t
 copy in a throw-away venv that sees the copy's `edgeq` first (children started with `python -I`
 included) and the project's installed dependencies after it. Every mutation must be caught.
 
-    python benchmarks/mutation_check.py              # all mutations (about 15 minutes on 2 cores)
+    python benchmarks/mutation_check.py              # all mutations (about 20 minutes on 2 cores)
     python benchmarks/mutation_check.py --only eos   # the mutations whose name contains "eos"
 
 The named tests first run once on the unmutated copy and must pass: a test red before any mutation would
