@@ -177,7 +177,7 @@ PROFILE_FIELDS = (
     Field(
         "max_task_accuracy_drop_points",
         "float",
-        "task exact-match loss vs the float model",
+        "points of the task score the artifact as served may lose against the merged float model",
         0,
         100,
         section="quality",
