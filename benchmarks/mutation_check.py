@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -367,11 +368,12 @@ def copy_tree(dst: Path) -> None:
 
 def map_packages(tree: Path) -> None:
     """The packages pyproject maps from other folders (edgeq.shipped_profiles = profiles/), linked where the
-    copy's `import edgeq` looks for them, as the editable install resolves them."""
-    import tomllib
-
-    mapped = tomllib.loads((tree / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    for package, folder in mapped.items():
+    copy's `import edgeq` looks for them, as the editable install resolves them. The table read line by line:
+    tomllib is Python 3.11's, and the project runs on 3.10."""
+    table = (tree / "pyproject.toml").read_text().split("[tool.setuptools.package-dir]", 1)[1].split("\n[", 1)[0]
+    mapped = re.findall(r'^"([\w.]+)"\s*=\s*"([^"]+)"', table, re.MULTILINE)
+    assert mapped, "pyproject.toml maps no package: update map_packages"
+    for package, folder in mapped:
         link = tree.joinpath(*package.split("."))
         if not link.exists():
             link.symlink_to(tree / folder, target_is_directory=True)

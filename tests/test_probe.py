@@ -59,11 +59,11 @@ def test_extra_buffer_types_off_decodes_on_this_machine():
 
 
 _LOAD_WITH_SETUP = """
-import importlib, sys
+import sys
+from edgeq.child import _op
 from edgeq.runtime import llama_setup
-op, kwargs = llama_setup()  # what every llama.cpp child runs first: this machine's configuration
-module, name = op.split(":")
-getattr(importlib.import_module(module), name)(**kwargs)
+op, kwargs = llama_setup()  # what every llama.cpp child runs first (child.serve): this machine's configuration
+_op(op)(**kwargs)
 from llama_cpp import Llama
 Llama(sys.argv[1], n_ctx=64, verbose=True)
 """
