@@ -44,14 +44,15 @@ FIT = ("17M", "135M")  # trainplan's constants come from these; the others are o
 BATCHES = {"17M": (4, 16), "135M": (4, 16)}  # two batch sizes separate the activations from the rest
 
 
-def one(model: str, on: bool, steps: int, batch: int) -> dict:
-    """In a fresh process: set up the default recipe, one warm-up step, then `steps` timed ones."""
+def one(model: str, on: bool, steps: int, batch: int, quant: str = "nf4") -> dict:
+    """In a fresh process: set up the default recipe (or --quant `quant`), one warm-up step, then `steps` timed
+    ones."""
     from edgeq.finetune import FinetuneConfig, batches_for, collate, labelled_tokens, pad_id, setup, train_step
     from edgeq.spec import BUILD_EXAMPLE_DATA, SHIPPED_EXAMPLES
 
     with tempfile.TemporaryDirectory() as out:
         data = str(files(SHIPPED_EXAMPLES) / BUILD_EXAMPLE_DATA)
-        cfg = FinetuneConfig(data=data, out=out, base=model, gradient_checkpointing=on, batch_size=batch)
+        cfg = FinetuneConfig(data=data, out=out, base=model, gradient_checkpointing=on, batch_size=batch, quant=quant)
         run = setup(cfg)
         run.model.train()
         batches = [[collate(mb, pad_id(run.tokenizer), "cpu") for mb in batches_for(run, s)] for s in range(steps + 1)]
@@ -92,11 +93,42 @@ def measure(root: Path, steps: int, done: list[dict]) -> list[dict]:
     return points
 
 
+def plain_lora(steps: int) -> None:
+    """--quant none on the default model (the base in finetune.compute_dtype), batch 4 and 16, checkpointing off and
+    on, each in a fresh process: peak RSS measured against trainplan's prediction. Memory only: the fit of time is
+    QLoRA's."""
+    from edgeq.basemodel import ensure_default_model
+    from edgeq.finetune import checkpoint_size, compute_dtype, dtype_bytes
+    from edgeq.footprint import Dims
+    from edgeq.machine import platform_info
+    from edgeq.trainplan import CALIBRATION, predict_finetune
+
+    model, width = ensure_default_model(), dtype_bytes(compute_dtype("cpu"))
+    print(f"CPU: {platform_info()['cpu']}; --quant none, the base in {compute_dtype('cpu')}")
+    print("| batch | checkpointing | padded tokens | peak RSS MiB measured → predicted |")
+    print("|---|---|---|---|")
+    for batch in (4, 16):
+        for on in (False, True):
+            call = f"b.one({str(model)!r}, {on}, {steps}, {batch}, 'none')"
+            code = f"import json, benchmarks.finetune_plan as b; print(json.dumps({call}))"
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            p = json.loads(r.stdout.splitlines()[-1])
+            d, files = Dims.from_config(model), checkpoint_size(model)
+            pr = predict_finetune(d, CALIBRATION, p["tokens_per_step"], 16, on, files, 1, False, width)
+            e = pr.peak_mib / p["peak_rss_mib"] - 1
+            measured = f"{p['peak_rss_mib']:.0f} → {pr.peak_mib:.0f} ({100 * e:+.1f} %)"
+            print(f"| {batch} | {'on' if on else 'off'} | {p['tokens_per_step']} | {measured} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--points", type=Path)
+    ap.add_argument("--plain-lora", action="store_true", help="measure --quant none on the default model instead")
     a = ap.parse_args()
+    if a.plain_lora:
+        plain_lora(a.steps)
+        return
     done = json.loads(a.points.read_text()) if a.points and a.points.is_file() else []
     with tempfile.TemporaryDirectory() as root:
         points = measure(Path(root), a.steps, done)

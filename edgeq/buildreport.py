@@ -29,7 +29,7 @@ from edgeq.spec import (
     PLAN_MARGIN,
     SERVED_GAP_POINTS,
 )
-from edgeq.trainplan import TRAINPLAN_ERRORS, TRAINPLAN_SOURCE
+from edgeq.trainplan import CUDA_CONTEXT_MIB, TRAINPLAN_ERRORS, TRAINPLAN_SOURCE
 
 # ---------------------------------------------------------------------------------------------
 # the live view: one line per stage (done, cached, running with its own bar, pending)
@@ -113,7 +113,24 @@ def finetune_table(p):
     if p.chosen:
         rows += [["to fit the memory limit", p.chosen]]
     rows += [["calibrated on", TRAINPLAN_SOURCE], ["error out of sample", TRAINPLAN_ERRORS]]
-    return report.table("fine-tune on a CPU (predicted)", ["", ""], rows)
+    cpu = report.table("fine-tune on a CPU (predicted)", ["", ""], rows)
+    if not p.gpu:
+        return cpu
+    from rich.console import Group
+
+    return Group(cpu, gpu_table(p.gpu))
+
+
+def gpu_table(predictions):
+    """The same micro-batch on a CUDA GPU (trainplan.predict_gpu), MiB, a column per method and checkpointing. Not
+    measured: no GPU was lent here."""
+    names = {"qlora": "QLoRA", "lora-16bit": "LoRA bf16"}
+    head = ["MiB"] + [f"{names[g.method]}{', ckpt' if g.checkpointing else ''}" for g in predictions]
+    rows = [[term] + [f"{g.terms_mib[term]:.0f}" for g in predictions] for term in predictions[0].terms_mib]
+    rows += [["allocated (torch peak)"] + [f"{g.allocated_mib:.0f}" for g in predictions]]
+    rows += [[f"+ CUDA context {CUDA_CONTEXT_MIB}"] + [f"{g.device_mib:.0f}" for g in predictions]]
+    title = "fine-tune on a CUDA GPU (predicted from the architecture; never measured on a GPU)"
+    return report.table(title, head, rows)
 
 
 # ---------------------------------------------------------------------------------------------

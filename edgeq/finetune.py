@@ -59,6 +59,7 @@ from edgeq.trainplan import (
     activation_bytes,
     checkpoint_bytes,
     predict_finetune,
+    predict_gpu,
 )
 
 CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
@@ -246,11 +247,11 @@ def fit_memory(
     if device == "cuda":
         return cfg, None
     limit = cfg.train_memory_mib or available_mib()
-    d, files = Dims.from_config(base_dir), checkpoint_size(base_dir)
+    d, files, width = Dims.from_config(base_dir), checkpoint_size(base_dir), dtype_bytes(compute_dtype(device))
 
     def predict(c: FinetuneConfig):
         tokens, quantized = c.batch_size * longest, c.quant != "none"
-        return predict_finetune(d, CALIBRATION, tokens, c.lora_r, c.gradient_checkpointing, files, 1, quantized)
+        return predict_finetune(d, CALIBRATION, tokens, c.lora_r, c.gradient_checkpointing, files, 1, quantized, width)
 
     def peak(c: FinetuneConfig) -> float:
         return predict(c).peak_mib
@@ -289,20 +290,31 @@ def fit_memory(
     return cfg, f"{chosen}: {need:.0f} MiB predicted as asked, over the {limit:.0f} MiB limit; now {peak(cfg):.0f} MiB"
 
 
+def compute_dtype(device: str) -> str:
+    """The 16-bit type where the hardware multiplies it natively, else fp32: the 4-bit base's compute type, and
+    the frozen base's storage for plain LoRA (--quant none). On a CPU without native bf16 it is slower than fp32."""
+    return "bfloat16" if device == "cuda" or cpu_has_bf16() else "float32"
+
+
+def dtype_bytes(dtype: str) -> int:
+    return {"bfloat16": 2, "float32": 4}[dtype]
+
+
 def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
-    """The frozen base (quantized unless --quant none) with LoRA adapters attached."""
+    """The frozen base (quantized unless --quant none, then in compute_dtype) with LoRA adapters attached; the
+    adapters themselves stay fp32 (peft's autocast_adapter_dtype), whatever the base's type."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs = {"dtype": torch.float32}
+    dtype = getattr(torch, compute_dtype(device))
+    kwargs = {"dtype": torch.float32 if cfg.quant != "none" else dtype}
     if cfg.quant != "none":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=cfg.quant,
             bnb_4bit_use_double_quant=cfg.double_quant,
-            # bf16 halves the bytes of every dequantized weight; on a CPU without native bf16 it is slower
-            bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" or cpu_has_bf16() else torch.float32,
+            bnb_4bit_compute_dtype=dtype,  # bf16 halves the bytes of every dequantized weight
         )
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
@@ -323,7 +335,7 @@ def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, lora, autocast_adapter_dtype=True)
     wrapped = wrapped_modules(model)["names"]
     if set(wrapped) != set(cfg.target_modules):  # lora_targets checked the names: a miss here is a defect
         raise EdgeqError(f"LoRA wrapped {', '.join(wrapped)} of {', '.join(cfg.target_modules)}", str(base_dir))
@@ -355,7 +367,7 @@ def chunked_loss(hidden, labels, lm_weight, chunk: int):
     total = hidden.new_zeros(())
 
     def piece(h_part, y_part):
-        return F.cross_entropy(h_part @ lm_weight.T, y_part, reduction="sum")  # (n, vocab) lives only here
+        return F.cross_entropy((h_part @ lm_weight.T).float(), y_part, reduction="sum")  # (n, vocab) lives only here
 
     for i in range(0, h.shape[0], chunk):
         total = total + checkpoint(piece, h[i : i + chunk], y[i : i + chunk], use_reentrant=False)
@@ -636,9 +648,12 @@ def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     longest = max(len(e.input_ids) for e in dataset.examples)
     cfg, why = fit_memory(cfg, base_dir, longest, "cpu", strict=False)
     d, tokens = Dims.from_config(base_dir), cfg.batch_size * longest  # memory holds one micro-batch at a time
-    files, quantized = checkpoint_size(base_dir), cfg.quant != "none"
-    p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, files, 1, quantized)
-    return replace(p, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, chosen=why)
+    files, quantized, width = checkpoint_size(base_dir), cfg.quant != "none", dtype_bytes(compute_dtype("cpu"))
+    p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, files, 1, quantized, width)
+    gpu = tuple(
+        predict_gpu(d, CALIBRATION, tokens, cfg.lora_r, on, q, cfg.optim_bits) for q in (True, False) for on in (True, False)
+    )
+    return replace(p, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, chosen=why, gpu=gpu)
 
 
 def resume_point(run: Run) -> tuple[int, list[float]]:
@@ -763,7 +778,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     steps_run = train_loop(run, start_step, losses)
     result = summarize(run, start_step, steps_run, losses, time.time() - t0)
     if run.rank == 0:
-        _write_adapter(run.out, run.model, run.cfg, run.base_dir, run.base_sha, run.structure, losses, result)
+        _write_adapter(run, losses, result)
     return result
 
 
@@ -787,7 +802,8 @@ def wrapped_modules(model) -> dict:
     return {"names": sorted({n.rsplit(".", 1)[-1] for n in wrapped}), "count": len(wrapped)}
 
 
-def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, result: FinetuneResult) -> None:
+def _write_adapter(run: Run, losses: list[float], result: FinetuneResult) -> None:
+    out, model, cfg, base_dir = run.out, run.model, run.cfg, run.base_dir
 
     with atomic_dir(out / ADAPTER_DIR, force=True, protect=[base_dir, cfg.data]) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -799,13 +815,18 @@ def _write_adapter(out, model, cfg, base_dir, base_sha, structure, losses, resul
                 "stage": "finetune",
                 "inputs": {
                     "base": str(base_dir),
-                    "base_sha256": base_sha,
+                    "base_sha256": run.base_sha,
                     "data": cfg.data,
                     "data_sha256": sha256_file(cfg.data),
                 },
                 "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
-                "quantization": {"quant": cfg.quant, "double_quant": cfg.double_quant, "blocksize": NF4_BLOCKSIZE},
-                "structure": structure,
+                "quantization": {
+                    "quant": cfg.quant,
+                    "double_quant": cfg.double_quant,
+                    "blocksize": NF4_BLOCKSIZE,
+                    "compute_dtype": compute_dtype(run.device),  # --quant none: the frozen base's own type too
+                },
+                "structure": run.structure,
                 "lora_modules": wrapped_modules(model),  # what peft really wrapped: every --target-modules layer
                 "losses": losses,
                 "summary": result.summary(),

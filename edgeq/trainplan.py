@@ -18,6 +18,7 @@ there on larger ones that were never part of the fit.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from edgeq.footprint import Dims
@@ -61,6 +62,24 @@ TRAINPLAN_SOURCE = "AMD EPYC (2 cores), 2026-12-06"
 TRAINPLAN_ERRORS = "±13 % (QLoRA peak RSS, four shapes); plain LoRA (--quant none): -9 to +16 % on the default model"
 
 
+# What a CUDA prediction adds to the architecture's bytes. Not measured here: no GPU has been lent to this project.
+CUDA_CONTEXT_MIB = 512  # the CUDA context and library workspaces, outside torch's allocator: an allowance
+BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes' 8-bit optimizers keep a smaller tensor's state in 32 bits
+BNB_STATE_BLOCK = 256  # one fp32 absmax per 256 values of each 8-bit moment (blockwise quantization)
+
+
+@dataclass(frozen=True)
+class GpuPrediction:
+    """One CUDA fine-tune, predicted from the architecture: what torch's allocator peaks at, and that plus the
+    CUDA context (what nvidia-smi shows)."""
+
+    method: str  # "qlora" (NF4 + double quantization) or "lora-16bit" (the base in bf16)
+    checkpointing: bool
+    allocated_mib: float  # torch.cuda.max_memory_allocated
+    device_mib: float  # + CUDA_CONTEXT_MIB
+    terms_mib: dict
+
+
 @dataclass(frozen=True)
 class FinetunePrediction:
     peak_mib: float
@@ -72,6 +91,7 @@ class FinetunePrediction:
     batch_size: int | None = None  # the micro-batch and accumulation the fine-tune will use (finetune.fit_memory)
     grad_accum: int | None = None
     chosen: str | None = None  # what fit_memory changed to fit the memory limit, and why
+    gpu: tuple[GpuPrediction, ...] = ()  # the same micro-batch on a CUDA GPU, by method and checkpointing
 
 
 def linear_params(d: Dims) -> int:
@@ -85,6 +105,27 @@ def lora_params(d: Dims, r: int) -> int:
     q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
     per_layer = (d.hidden + q) * 2 + (d.hidden + kv) * 2 + 3 * (d.hidden + d.intermediate)
     return d.layers * r * per_layer
+
+
+def lora_shapes(d: Dims, r: int) -> list[tuple[int, int]]:
+    """(rows, columns) of every adapter matrix of one layer: A is r × in, B is out × r, for q, k, v, o, gate, up,
+    down."""
+    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    linears = [(d.hidden, q), (d.hidden, kv), (d.hidden, kv), (q, d.hidden)] + [(d.hidden, d.intermediate)] * 2
+    linears += [(d.intermediate, d.hidden)]
+    return [m for i, o in linears for m in ((r, i), (o, r))]
+
+
+def optimizer_bytes(d: Dims, r: int, bits: int) -> float:
+    """AdamW's two moments for every adapter matrix: fp32, or with `bits` 8 one byte each plus a block's fp32
+    absmax, except where bitsandbytes keeps a small tensor in 32 bits."""
+    per_layer, any8 = 0, False
+    for rows, cols in lora_shapes(d, r):
+        n = rows * cols
+        eight = bits == 8 and n >= BNB_MIN_8BIT_SIZE
+        per_layer += 2 * n + 2 * 4 * math.ceil(n / BNB_STATE_BLOCK) if eight else 8 * n
+        any8 |= eight
+    return d.layers * per_layer + any8 * 2 * 4 * 256  # + the two moments' 256-entry code maps, shared
 
 
 def other_params(d: Dims) -> int:
@@ -115,6 +156,15 @@ def activation_bytes(tokens: int, layers: int, hidden: int, checkpointing: bool,
     return tokens * layers * hidden * (cal.checkpointed_bytes if checkpointing else cal.kept_bytes)
 
 
+def frozen_bytes(d: Dims, quantized: bool, width: int) -> float:
+    """The frozen base as edgeq loads it: the linears in NF4 at their measured bits beside every other weight in
+    fp32 (QLoRA: the model's own type stays fp32), or every weight at `width` bytes (--quant none: the base in
+    finetune.compute_dtype, 2 bytes for bf16)."""
+    if quantized:
+        return d.layers * linear_params(d) * NF4_BITS / 8 + 4 * other_params(d)
+    return width * (d.layers * linear_params(d) + other_params(d))
+
+
 def predict_finetune(
     d: Dims,
     cal: FinetuneCalibration,
@@ -124,13 +174,13 @@ def predict_finetune(
     files: int | None = None,
     accum: int = 1,
     quantized: bool = True,
+    width: int = 4,
 ) -> FinetunePrediction:
     """`tokens`: padded tokens in one micro-batch (batch × longest row), what memory holds at once; `accum`:
     micro-batches per optimizer step, what time adds up; `files`: the checkpoint's bytes on disk (a bf16
     checkpoint reads half an fp32 one's), else its fp32 size; `quantized`: the frozen linears in NF4 (QLoRA),
-    else in fp32 (--quant none, as edgeq loads them)."""
-    linears = d.layers * linear_params(d) * (NF4_BITS / 8 if quantized else 4)  # --quant none: fp32, as loaded
-    frozen = linears + 4 * other_params(d)
+    else every weight at `width` bytes (--quant none)."""
+    frozen = frozen_bytes(d, quantized, width)
     terms = {
         "base": cal.base_mib * MIB,
         "frozen base": frozen,
@@ -152,4 +202,28 @@ def predict_finetune(
         terms_mib={k: v / MIB for k, v in terms.items()},
         s_per_step=seconds,
         checkpointing=checkpointing,
+    )
+
+
+def predict_gpu(
+    d: Dims, cal: FinetuneCalibration, tokens: int, lora_r: int, checkpointing: bool, quantized: bool, optim_bits: int
+) -> GpuPrediction:
+    """A CUDA fine-tune of `tokens` padded tokens a micro-batch, as edgeq runs it there: QLoRA with the rest of the
+    model in fp32, or LoRA on the base in bf16; fp32 adapters with their gradients; paged AdamW at `optim_bits`.
+    Activations and logits take the CPU's measured bytes per token: the same autograd graph runs on both, and a
+    bf16 stream keeps fewer (62-78 % as many bytes, counted from autograd's saved tensors), so this is the most."""
+    terms = {
+        "frozen base": frozen_bytes(d, quantized, 2),
+        "LoRA + gradients": lora_params(d, lora_r) * 8,
+        "AdamW states": optimizer_bytes(d, lora_r, optim_bits),
+        "activations": activation_bytes(tokens, d.layers, d.hidden, checkpointing, cal),
+        "logits": tokens * d.vocab * cal.logit_bytes,
+    }
+    allocated = sum(terms.values()) / MIB
+    return GpuPrediction(
+        method="qlora" if quantized else "lora-16bit",
+        checkpointing=checkpointing,
+        allocated_mib=allocated,
+        device_mib=allocated + CUDA_CONTEXT_MIB,
+        terms_mib={k: v / MIB for k, v in terms.items()},
     )

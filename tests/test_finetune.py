@@ -16,6 +16,8 @@ from edgeq.finetune import (
     CKPT_MARKER,
     FinetuneConfig,
     checkpointing,
+    compute_dtype,
+    cpu_has_bf16,
     finetune,
     fit_memory,
     latest_checkpoint,
@@ -50,7 +52,8 @@ def test_qlora_run_writes_adapter_manifest_and_checkpoints(tiny_model, small_dat
     adapter = tmp_path / "ft" / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
     manifest = json.loads((adapter / FINETUNE_MANIFEST).read_text())
-    assert manifest["quantization"] == {"quant": "nf4", "double_quant": True, "blocksize": 64}
+    dtype = compute_dtype("cpu")
+    assert manifest["quantization"] == {"quant": "nf4", "double_quant": True, "blocksize": 64, "compute_dtype": dtype}
     assert manifest["config"]["gradient_checkpointing"] is False  # decided, and recorded: a tiny model on a CPU
     assert len(manifest["losses"]) == 6 and manifest["losses"][-1] < manifest["losses"][0]
     assert 4.1 < summary.frozen_base["bits_per_param"] < 4.14  # NF4 + double quant
@@ -260,7 +263,12 @@ def test_plain_lora_held_out_loss_is_hfs_own_loss_on_the_seeded_tenth(tiny_model
     assert (summary.examples["train"], summary.examples["eval"]) == (44, 4)
     examples = list(load_dataset(small_data, load_tokenizer(tiny_model), 128).examples)
     random.Random(0).shuffle(examples)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    manifest = json.loads((tmp_path / "ft" / "adapter" / FINETUNE_MANIFEST).read_text())
+    dtype = manifest["quantization"]["compute_dtype"]  # the frozen base trained in it: bf16 where the CPU has it
+    assert dtype == ("bfloat16" if cpu_has_bf16() else "float32")
+    adapter = load_file(str(tmp_path / "ft" / "adapter" / "adapter_model.safetensors"))
+    assert {t.dtype for t in adapter.values()} == {torch.float32}  # the adapters themselves stay fp32
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=getattr(torch, dtype))
     model = PeftModel.from_pretrained(base, tmp_path / "ft" / "adapter").eval()
     total = count = 0.0
     with torch.no_grad():
@@ -397,7 +405,11 @@ def test_the_dry_run_predicts_a_7b_base_from_its_config_alone_and_writes_nothing
         assert r.returncode == 0, r.stderr
         frozen[quant] = int(next(ln for ln in r.stdout.splitlines() if "frozen base" in ln).split("│")[2].split()[0])
     linears = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
-    embeddings = 4 * (2 * 32000 * 4096 + 65 * 4096)
-    assert frozen["nf4"] == round((linears * 4.127 / 8 + embeddings) / 2**20)
-    assert frozen["none"] == round((linears * 4 + embeddings) / 2**20)
+    others = 2 * 32000 * 4096 + 65 * 4096  # untied embedding and head; 2 × 32 + 1 norms
+    width = 2 if cpu_has_bf16() else 4  # --quant none: the base in bf16 where the CPU multiplies it natively
+    assert frozen["nf4"] == round((linears * 4.127 / 8 + 4 * others) / 2**20)
+    assert frozen["none"] == round(width * (linears + others) / 2**20)
+    # on a CUDA GPU: QLoRA as on the CPU, LoRA on the base in bf16, checkpointing on and off
+    gpu = [ln.split("│")[2:-1] for ln in r.stdout.splitlines() if "frozen base" in ln and ln.count("│") == 6]
+    assert [int(c) for c in gpu[0]] == [frozen["nf4"]] * 2 + [round(2 * (linears + others) / 2**20)] * 2
     assert not (tmp_path / "out").exists()

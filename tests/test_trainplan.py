@@ -8,12 +8,17 @@ import pytest
 from edgeq.footprint import Dims
 from edgeq.trainplan import (
     ADAM_BYTES_PER_PARAM,
+    CUDA_CONTEXT_MIB,
     MIB,
     NF4_BITS,
     FinetuneCalibration,
+    frozen_bytes,
     linear_params,
     lora_params,
+    lora_shapes,
+    optimizer_bytes,
     predict_finetune,
+    predict_gpu,
     step_flops,
 )
 
@@ -100,13 +105,61 @@ def test_accumulation_adds_time_not_memory():
     assert four.s_per_step - 0.5 == pytest.approx(4 * (one.s_per_step - 0.5))
 
 
-def test_plain_lora_holds_its_frozen_linears_in_fp32_and_dequantizes_nothing():
-    """--quant none loads the base in fp32: its linears cost 4 bytes a weight (32 / 4.127 of QLoRA's), and a step
-    has no NF4 weight to dequantize."""
+def test_plain_lora_holds_every_weight_at_its_width_and_dequantizes_nothing():
+    """--quant none loads the whole base in one type (bf16: 2 bytes a weight; fp32: 4), where QLoRA keeps NF4
+    linears beside fp32 embeddings and norms; a step has no NF4 weight to dequantize."""
     cal = HAND_CAL
     qlora = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False)
     lora = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, quantized=False)
-    linears = HAND.layers * linear_params(HAND)
-    gap = (lora.terms_mib["frozen base"] - qlora.terms_mib["frozen base"]) * MIB
-    assert gap == pytest.approx(linears * (4 - NF4_BITS / 8))
+    half = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, quantized=False, width=2)
+    linears, others = HAND.layers * linear_params(HAND), 10 * 4 + 3 * 4  # tied embedding; two norms and the last
+    assert qlora.terms_mib["frozen base"] * MIB == pytest.approx(linears * NF4_BITS / 8 + 4 * others)
+    assert lora.terms_mib["frozen base"] * MIB == 4 * (linears + others)
+    assert half.terms_mib["frozen base"] * MIB == 2 * (linears + others)
     assert qlora.s_per_step - lora.s_per_step == pytest.approx(2 * linears / 1e8)
+
+
+def test_a_16bit_base_is_the_bytes_of_the_model_transformers_loads_in_bf16(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    stored = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied head is one parameter
+    assert stored == frozen_bytes(Dims.from_config(tiny_model), quantized=False, width=2)
+
+
+@pytest.mark.parametrize("bits", [8, 32])
+def test_the_optimizer_states_are_what_bitsandbytes_allocates(bits):
+    """Every adapter matrix of a 3-layer shape through one step of bitsandbytes' AdamW (8- and 32-bit, the states
+    its paged variants keep on CUDA): the bytes of its state tensors, shared code maps once, against the formula.
+    r 8 × hidden 576 takes 8-bit moments; r 8 × a 64-wide projection stays in 32 bits (under 4096 values)."""
+    import bitsandbytes as bnb
+    import torch
+
+    d = Dims(layers=3, hidden=576, heads=1, kv_heads=1, head_dim=64, intermediate=1536, vocab=10, max_positions=64,
+             tied=True)  # fmt: skip
+    params = [torch.nn.Parameter(torch.zeros(shape)) for _ in range(d.layers) for shape in lora_shapes(d, 8)]
+    assert sum(p.numel() for p in params) == lora_params(d, 8)
+    optim = (bnb.optim.AdamW8bit if bits == 8 else bnb.optim.AdamW32bit)(params, lr=1e-3)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optim.step()
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for p in params for t in optim.state[p].values() if torch.is_tensor(t)}  # fmt: skip
+    assert sum(storages.values()) == optimizer_bytes(d, 8, bits)
+
+
+def test_the_gpu_prediction_is_its_terms_and_the_cuda_context():
+    """QLoRA and LoRA on a bf16 base differ by the frozen base alone; adapters and their gradients are fp32 (8 bytes
+    a parameter) under either; the device figure adds the CUDA context allowance."""
+    cal = HAND_CAL
+    q = predict_gpu(HAND, cal, tokens=3, lora_r=2, checkpointing=False, quantized=True, optim_bits=32)
+    h = predict_gpu(HAND, cal, tokens=3, lora_r=2, checkpointing=True, quantized=False, optim_bits=32)
+    assert q.terms_mib["frozen base"] * MIB == pytest.approx(frozen_bytes(HAND, True, 4))
+    assert h.terms_mib["frozen base"] * MIB == 2 * (HAND.layers * linear_params(HAND) + 10 * 4 + 3 * 4)
+    assert q.terms_mib["LoRA + gradients"] * MIB == 8 * lora_params(HAND, 2)
+    assert q.terms_mib["AdamW states"] * MIB == 8 * lora_params(HAND, 2)  # every matrix under 4096: 32-bit states
+    assert q.terms_mib["activations"] * MIB == 3 * 1 * 4 * 100 and h.terms_mib["activations"] * MIB == 3 * 4 * 10
+    assert q.terms_mib["logits"] * MIB == 3 * 10 * 4
+    assert q.allocated_mib == pytest.approx(sum(q.terms_mib.values()))
+    assert (q.method, h.method, q.device_mib - q.allocated_mib) == ("qlora", "lora-16bit", CUDA_CONTEXT_MIB)
