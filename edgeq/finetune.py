@@ -650,9 +650,8 @@ def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     d, tokens = Dims.from_config(base_dir), cfg.batch_size * longest  # memory holds one micro-batch at a time
     files, quantized, width = checkpoint_size(base_dir), cfg.quant != "none", dtype_bytes(compute_dtype("cpu"))
     p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, files, 1, quantized, width)
-    gpu = tuple(
-        predict_gpu(d, CALIBRATION, tokens, cfg.lora_r, on, q, cfg.optim_bits) for q in (True, False) for on in (True, False)
-    )
+    both = [(q, on) for q in (True, False) for on in (True, False)]  # QLoRA, LoRA on bf16; checkpointing on, off
+    gpu = tuple(predict_gpu(d, CALIBRATION, tokens, cfg.lora_r, on, q, cfg.optim_bits) for q, on in both)
     return replace(p, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, chosen=why, gpu=gpu)
 
 
