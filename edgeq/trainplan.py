@@ -210,8 +210,8 @@ def predict_gpu(
 ) -> GpuPrediction:
     """A CUDA fine-tune of `tokens` padded tokens a micro-batch, as edgeq runs it there: QLoRA with the rest of the
     model in fp32, or LoRA on the base in bf16; fp32 adapters with their gradients; paged AdamW at `optim_bits`.
-    Activations and logits take the CPU's measured bytes per token: the same autograd graph runs on both, and a
-    bf16 stream keeps fewer (62-78 % as many bytes, counted from autograd's saved tensors), so this is the most."""
+    Activations and logits take the CPU's measured bytes per token: the same autograd graph runs on both, measured
+    with QLoRA's fp32 stream; a bf16 stream keeps fewer bytes, so this is the most they take."""
     terms = {
         "frozen base": frozen_bytes(d, quantized, 2),
         "LoRA + gradients": lora_params(d, lora_r) * 8,
