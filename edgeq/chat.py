@@ -18,7 +18,14 @@ from pathlib import Path
 from edgeq import child
 from edgeq.config import setting
 from edgeq.errors import UsageError
-from edgeq.runtime import checked_artifact, llama_setup, load_gguf_here
+from edgeq.runtime import (
+    checked_adapters,
+    checked_artifact,
+    llama_setup,
+    load_adapters_here,
+    load_gguf_here,
+    use_adapter_here,
+)
 from edgeq.spec import FORMAT_GGUF
 
 
@@ -30,6 +37,12 @@ class RunConfig:
     max_tokens: int = setting(256, "longest answer in tokens", minimum=1, maximum=1 << 20)
     temperature: float = setting(0.0, "0 = greedy, as edgeq scores the artifact", minimum=0, maximum=100)
     ctx: int = setting(2048, "context window in tokens", minimum=16, maximum=1 << 20)
+    adapter: tuple[str, ...] = setting(
+        (),
+        "a GGUF LoRA adapter for the artifact, its base (edgeq export --adapter); repeat it to load several once: the "
+        "first is applied, `/adapter NAME` switches (NAME: the file's name without .gguf), `/adapter none` removes it",
+        repeated=True,
+    )
 
 
 def run(cfg: RunConfig) -> None:
@@ -37,6 +50,10 @@ def run(cfg: RunConfig) -> None:
     if not (1 <= cfg.max_tokens <= 1 << 20 and 0 <= cfg.temperature <= 100 and 16 <= cfg.ctx <= 1 << 20):
         raise UsageError("need --max-tokens in [1, 2^20], --temperature in [0, 100] and --ctx in [16, 2^20]")
     path, fmt = checked_artifact(Path(cfg.artifact))
+    adapters = checked_adapters(path, [Path(a) for a in cfg.adapter])
+    names = [adapter_name(a) for a in adapters]
+    if len(set(names)) != len(names):
+        raise UsageError("two adapters share a name", ", ".join(adapters), "give each adapter file its own name")
     child.call_attached(
         "edgeq.chat:session_here",
         "the chat session",
@@ -49,7 +66,14 @@ def run(cfg: RunConfig) -> None:
         max_tokens=cfg.max_tokens,
         temperature=cfg.temperature,
         ctx=cfg.ctx,
+        adapters=adapters,
     )
+
+
+def adapter_name(path: str) -> str:
+    """What `/adapter NAME` calls an adapter: its file's name without .gguf."""
+    name = Path(path).name
+    return name[: -len(".gguf")] if name.endswith(".gguf") else name
 
 
 def _turns(prompt: str | None):
@@ -73,9 +97,18 @@ def _too_long(detail: str, path: str, ctx: int) -> UsageError:
     return UsageError(f"the conversation does not fit the context ({detail})", path, f"raise --ctx above {ctx}")
 
 
-def _gguf_stream(path: str, ctx: int, max_tokens: int, temperature: float):
+def _gguf_stream(path: str, ctx: int, max_tokens: int, temperature: float, adapters: list[str]):
 
     llm = load_gguf_here(Path(path), n_ctx=ctx)
+    loaded = dict(zip(map(adapter_name, adapters), load_adapters_here(llm, adapters), strict=True))
+    if loaded:
+        use_adapter_here(llm, next(iter(loaded.values())))
+
+    def switch(name: str) -> str:
+        if name != "none" and name not in loaded:
+            return f"no adapter {name!r}: {', '.join([*loaded, 'none'])}"
+        use_adapter_here(llm, loaded.get(name))
+        return f"adapter: {name}"
 
     def answer(messages):
         try:
@@ -92,7 +125,7 @@ def _gguf_stream(path: str, ctx: int, max_tokens: int, temperature: float):
                 raise
             raise _too_long(str(e), path, ctx) from None
 
-    return answer
+    return answer, switch
 
 
 def _onnx_stream(path: str, ctx: int, max_tokens: int, temperature: float):
@@ -116,16 +149,29 @@ def _onnx_stream(path: str, ctx: int, max_tokens: int, temperature: float):
             gen.generate_next_token()
             yield stream.decode(gen.get_next_tokens()[0])
 
-    return answer
+    return answer, None
 
 
 def session_here(
-    path: str, fmt: str, prompt: str | None, system: str | None, max_tokens: int, temperature: float, ctx: int
+    path: str,
+    fmt: str,
+    prompt: str | None,
+    system: str | None,
+    max_tokens: int,
+    temperature: float,
+    ctx: int,
+    adapters: list[str] = (),
 ) -> None:
     """In the child, on the user's terminal: one answer or a loop, streamed."""
-    answer = (_gguf_stream if fmt == FORMAT_GGUF else _onnx_stream)(path, ctx, max_tokens, temperature)
+    if fmt == FORMAT_GGUF:
+        answer, switch = _gguf_stream(path, ctx, max_tokens, temperature, adapters)
+    else:
+        answer, switch = _onnx_stream(path, ctx, max_tokens, temperature)
     messages = [{"role": "system", "content": system}] if system is not None else []
     for text in _turns(prompt):
+        if switch and text.startswith("/adapter "):
+            print(switch(text.removeprefix("/adapter ").strip()), file=sys.stderr)
+            continue
         messages.append({"role": "user", "content": text})
         t0, first, pieces = time.perf_counter(), None, []
         for piece in answer(messages):

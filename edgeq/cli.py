@@ -32,6 +32,7 @@ from edgeq.doctor import view as doctor_view
 from edgeq.errors import BackendError, EdgeqError, UsageError
 from edgeq.evaluate import EvalConfig, evaluate
 from edgeq.evaluate import view as eval_view
+from edgeq.export.adapter import adapter_table, export_adapter
 from edgeq.export.gguf import GgufExport, export_gguf, write_f16_gguf
 from edgeq.export.gguf import export_table as gguf_table
 from edgeq.export.onnx import OnnxExport, export_onnx
@@ -87,6 +88,8 @@ def _param(f: dataclasses.Field):
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=default, show_default=default is not None, **kw)
     if meta["listed"]:
         return click.option(flag, f.name, default=None, callback=_listed, **kw)
+    if meta["repeated"]:
+        return click.option(flag, f.name, multiple=True, metavar="PATH", **kw)
     if meta["choices"] is not None:
         choices = [str(c) for c in meta["choices"]]
         convert = (lambda ctx, p, v: v if v is None else int(v)) if kind.startswith("int") else None
@@ -242,6 +245,11 @@ def export_command(fmt: str, tensor_types: tuple[str, ...], **kw) -> None:
             None,
             f"pass --quant {QUANT_AUTO} with --max-size-mib and/or --max-rss-mib (GGUF; ONNX: --max-size-mib)",
         )
+    if kw["adapter"]:
+        if fmt != FORMAT_GGUF or targets:
+            raise UsageError("--adapter exports a GGUF LoRA adapter", None, "pass --format gguf and no size targets")
+        report.out.print(adapter_table(export_adapter(GgufExport(**_keep(GgufExport, kw)))))
+        return
     if fmt == FORMAT_GGUF:
         cfg = GgufExport(**_keep(GgufExport, kw), forced=parse_tensor_types(tensor_types))
         report.out.print(gguf_table(export_gguf(cfg)))

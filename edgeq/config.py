@@ -21,11 +21,13 @@ def setting(
     flag: str | None = None,
     argument: bool = False,
     listed: bool = False,
+    repeated: bool = False,
 ):
     """A config field. `flag`: the option's spelling when it is not --field-name (e.g. "--format");
-    `argument`: a positional argument; `listed`: a tuple given as one comma-separated option."""
+    `argument`: a positional argument; `listed`: a tuple given as one comma-separated option; `repeated`: a tuple
+    given as the option repeated."""
     meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "flag": flag, "argument": argument}
-    meta["listed"] = listed
+    meta |= {"listed": listed, "repeated": repeated}
     if isinstance(default, (list, dict, set)):
         raise TypeError("a mutable default needs default_factory")
     return field(default=default, metadata=meta)

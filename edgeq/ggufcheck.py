@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from edgeq.errors import UsageError
-from edgeq.spec import GGUF_MAGIC, GGUF_VERSIONS
+from edgeq.spec import ADAPTER_BASE_KEY, GGUF_MAGIC, GGUF_SOURCE_KEY, GGUF_VERSIONS
 
 _MAX_DIMS = 4
 _MAX_TENSORS = 1 << 18  # the largest real models have a few thousand tensors
@@ -277,3 +277,35 @@ def _check(path: Path, size: int) -> dict:
         "data_start": data_start,
         "tensor_info": infos,  # name, dims (ggml order), type name, absolute start, bytes: checked to lie in the file
     }
+
+
+def check_adapter(base: dict, adapter: dict, where: str) -> None:
+    """A GGUF LoRA adapter (check_gguf's header) against the base GGUF it is to be applied to, before llama.cpp
+    reads either: the adapter's type and architecture, every `W.lora_a` / `W.lora_b` pair shaped for a weight W of
+    the base (ggml order: a [in, r], b [r, out], W [in, out]), and, where both carry edgeq's fingerprints, the same
+    base by content."""
+    am, bm = adapter["metadata"], base["metadata"]
+
+    def bad(what: str, fix: str = "export the adapter for this base (edgeq export --adapter RUN --model BASE)"):
+        return UsageError(f"not an adapter for this base: {what}", where, fix)
+
+    if am.get("general.type") != "adapter" or am.get("adapter.type") != "lora":
+        raise bad("its general.type / adapter.type are not adapter / lora", "pass a GGUF LoRA adapter")
+    if am.get("general.architecture") != bm.get("general.architecture"):
+        raise bad(f"architecture {am.get('general.architecture')!r}, the base's {bm.get('general.architecture')!r}")
+    mine, theirs = am.get(ADAPTER_BASE_KEY), bm.get(GGUF_SOURCE_KEY)
+    if mine and theirs and mine != theirs:
+        raise bad(f"trained on base {str(mine)[:12]}, the base GGUF was written from {str(theirs)[:12]}")
+    weights = {t["name"]: t["dims"] for t in base["tensor_info"]}
+    parts = {t["name"]: t["dims"] for t in adapter["tensor_info"]}
+    names = {n.rsplit(".", 1)[0] for n in parts}
+    if not names:
+        raise bad("it has no tensors", "pass a GGUF LoRA adapter")
+    for name in sorted(names):
+        a, b, w = parts.get(f"{name}.lora_a"), parts.get(f"{name}.lora_b"), weights.get(name)
+        if a is None or b is None:
+            raise bad(f"{name} lacks its lora_a or lora_b")
+        if w is None:
+            raise bad(f"the base has no tensor {name}")
+        if len(a) != 2 or len(b) != 2 or len(w) != 2 or a[0] != w[0] or b[1] != w[1] or a[1] != b[0]:
+            raise bad(f"{name}: lora_a {a} and lora_b {b} do not fit the base's {w}")

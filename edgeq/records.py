@@ -310,6 +310,22 @@ class ExportResult(Flat):
         return found if isinstance(found, dict) else {}
 
 
+@dataclass(frozen=True)
+class AdapterResult(Flat):
+    """A LoRA adapter exported as a GGUF adapter (export/adapter.py) and the gate it passed."""
+
+    path: str
+    base: str  # the HF base it was checked on
+    base_sha256: str  # basemodel.base_fingerprint of that base: a GGUF of another is refused beside it
+    float_type: str  # spec.ADAPTER_FLOAT_TYPES
+    bytes: int
+    rank: int
+    alpha: float
+    weights: int  # adapted weights of the base (A/B pairs)
+    params: int
+    gate: dict  # F32 base + adapter in llama.cpp against peft in float32 (export/adapter.gate_adapter)
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluation
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgeq import child, probe
 from edgeq.errors import EdgeqError, UsageError
-from edgeq.ggufcheck import check_gguf
+from edgeq.ggufcheck import check_adapter, check_gguf
 from edgeq.onnxcheck import check_onnx_folder
 from edgeq.probe import llama_setup as setup
 from edgeq.probe import tiny_gguf
@@ -84,15 +84,26 @@ def checked_artifact(path: Path) -> tuple[Path, str]:
     return path, fmt
 
 
+def checked_adapters(base: Path, adapters: list[Path]) -> list[str]:
+    """GGUF LoRA adapters, each header validated and checked to fit `base` (a GGUF) before llama.cpp reads it."""
+    if adapters and artifact_format(base) != FORMAT_GGUF:
+        raise UsageError("LoRA adapters apply to a GGUF base", str(base), "pass the GGUF of the adapters' base")
+    for a in adapters:
+        check_adapter(check_gguf(base), check_gguf(Path(a)), str(a))
+    return [str(Path(a).resolve()) for a in adapters]  # a child runs in a folder of its own
+
+
 # ---------------------------------------------------------------------------------------------
 # the parent's side: one child per call
 
 
-def logits(path: str | Path, ids: list[int]) -> np.ndarray:
-    """(T, vocab) float64 logits of a GGUF or an ONNX artifact for every position of `ids`."""
+def logits(path: str | Path, ids: list[int], adapters: list[Path] = ()) -> np.ndarray:
+    """(T, vocab) float64 logits of a GGUF or an ONNX artifact for every position of `ids`; a GGUF with its LoRA
+    `adapters` applied (each checked against it first)."""
     path, fmt = checked_artifact(Path(path))
+    adapters = checked_adapters(path, adapters)
     if fmt == FORMAT_GGUF:
-        return child_call("gguf_logits_here", "computing logits", path, path=path, ids=ids)
+        return child_call("gguf_logits_here", "computing logits", path, path=path, ids=ids, adapters=adapters)
     return child_call("onnx_logits_here", "computing logits", path, path=path, ids=ids)
 
 
@@ -203,8 +214,43 @@ def load_gguf_here(path: Path, n_ctx: int = 2048, logits_all: bool = False, n_th
     )
 
 
-def gguf_logits_here(path: str, ids: list[int]) -> np.ndarray:
+def load_adapters_here(llm, paths: list[str]) -> list:
+    """Each GGUF LoRA adapter loaded once beside the model (freed with it); none applied yet (use_adapter_here)."""
+    import llama_cpp  # deferred: a native runtime, loaded only where it runs
+
+    loaded = []
+    for p in paths:
+        adapter = llama_cpp.llama_adapter_lora_init(llm._model.model, p.encode())
+        if adapter is None:
+            raise EdgeqError("llama.cpp could not load the adapter", p, "re-export it: edgeq export --adapter RUN")
+        llm._stack.callback(llama_cpp.llama_adapter_lora_free, adapter)
+        loaded.append(adapter)
+    return loaded
+
+
+def use_adapter_here(llm, adapter, scale: float = 1.0) -> None:
+    """Apply one loaded adapter (None: the bare base) and forget the cached prompt: tokens evaluated under another
+    adapter must not be reused."""
+    import llama_cpp  # deferred: a native runtime, loaded only where it runs
+
+    chosen = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter) if adapter is not None else None
+    scales = (ctypes.c_float * 1)(scale) if adapter is not None else None
+    if llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, chosen, int(adapter is not None), scales):
+        raise EdgeqError("llama.cpp could not apply the adapter", None, "re-export it: edgeq export --adapter RUN")
+    llm.reset()
+
+
+def apply_adapters(llm, paths: list[str]) -> None:
+    """The one adapter `paths` names, applied (logits and answers of one base + adapter pair)."""
+    if len(paths) > 1:
+        raise UsageError("one adapter at a time here", ", ".join(paths), "pass one --adapter")
+    if paths:
+        use_adapter_here(llm, load_adapters_here(llm, paths)[0])
+
+
+def gguf_logits_here(path: str, ids: list[int], adapters: list[str] = ()) -> np.ndarray:
     llm = load_gguf_here(Path(path), n_ctx=max(512, len(ids)), logits_all=True)
+    apply_adapters(llm, adapters)
     llm.eval(ids)
     return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
 

@@ -318,6 +318,9 @@ GATE_MIN_TOP1 = 0.99  # and max |Δlogit| ≤ the type's gate_max_abs_logit
 GGUF_MAGIC = b"GGUF"
 GGUF_PROVENANCE_KEY = "edgeq.provenance"  # io.FILE_MARK and edgeq's version: a GGUF edgeq wrote
 GGUF_VERSIONS = (2, 3)
+GGUF_SOURCE_KEY = "edgeq.source.sha256"  # basemodel.base_fingerprint of the HF model a float GGUF was written from
+ADAPTER_BASE_KEY = "edgeq.adapter.base_sha256"  # the same fingerprint of the base a GGUF LoRA adapter was trained on
+ADAPTER_FLOAT_TYPES = ("F16", "F32")  # F16 first: the default; an adapter is small and stays float
 
 BENCH_SCHEMA = "edgeq.bench/1"  # versioned JSON of edgeq bench
 BENCH_OUTPUTS = ("md", "json", "csv", "junit")  # md first: the default

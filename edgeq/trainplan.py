@@ -59,7 +59,9 @@ CALIBRATION = FinetuneCalibration(
 
 TRAINPLAN_SOURCE = "AMD EPYC (2 cores), 2026-12-06"
 # How far CALIBRATION held on shapes never in its fit (benchmarks/RESULTS.md): printed with every prediction
-TRAINPLAN_ERRORS = "±13 % (QLoRA peak RSS, four shapes); LoRA on a bf16 base (--quant none): -8 to +20 % on the default model"
+TRAINPLAN_ERRORS = (
+    "±13 % (QLoRA peak RSS, four shapes); LoRA on a bf16 base (--quant none): -8 to +20 % on the default model"
+)
 
 
 # What a CUDA prediction adds to the architecture's bytes. Not measured here: no GPU has been lent to this project.

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq import __version__, report
-from edgeq.basemodel import load_tokenizer, resolve_model, weights_bytes
+from edgeq.basemodel import base_fingerprint, load_tokenizer, resolve_model, weights_bytes
 from edgeq.calibration import machine_calibration
 from edgeq.config import setting
 from edgeq.data import read_jsonl
@@ -38,12 +38,14 @@ from edgeq.pricing import plan_mixed
 from edgeq.records import ExportResult
 from edgeq.runtime import ASSETS, gguf_is_eog, gguf_tokenize, quantize
 from edgeq.spec import (
+    ADAPTER_FLOAT_TYPES,
     DEFAULT_QUANT,
     FORMAT_GGUF,
     GATE_MIN_TOP1,
     GGUF_ARCHS,
     GGUF_FLOAT_TYPES,
     GGUF_PROVENANCE_KEY,
+    GGUF_SOURCE_KEY,
     LLAMA_CPP_MAX_BATCH,
     QUANT_AUTO,
     QUANT_TYPES,
@@ -59,9 +61,14 @@ class GgufExport(ExportConfig):
     max_rss_mib: float | None = setting(None, "--quant auto: peak RSS at --ctx, in MiB", minimum=16)
     ctx: int = setting(2048, "the context --max-rss-mib is for", minimum=16)
     forced: dict | None = setting(None, "--quant auto: {tensor: ggml type} the solver must keep", flag="")
+    adapter: str | None = setting(
+        None,
+        "a fine-tune's --out: export its LoRA adapter as a GGUF adapter for a GGUF of --model (its base) instead of a "
+        f"model, in {' or '.join(ADAPTER_FLOAT_TYPES)} [default: {ADAPTER_FLOAT_TYPES[0]}]",
+    )
 
     def __post_init__(self):
-        self.quant = self.quant or DEFAULT_QUANT[FORMAT_GGUF]
+        self.quant = self.quant or (ADAPTER_FLOAT_TYPES[0] if self.adapter else DEFAULT_QUANT[FORMAT_GGUF])
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -230,6 +237,7 @@ def write_float_gguf(model_dir: Path, path: Path, ftype: str) -> dict:
     w = GGUFWriter(str(path), arch.gguf_arch)
     # second key, in the file's first bytes: what lets `--force` replace this file later (io.edgeq_wrote)
     w.add_string(GGUF_PROVENANCE_KEY, f"{FILE_MARK} {__version__}")
+    w.add_string(GGUF_SOURCE_KEY, base_fingerprint(model_dir))  # what a GGUF adapter names as its base
     w.add_name(model_dir.name)
     w.add_file_type(QUANT_TYPES[ftype].ftype)
     _add_model_metadata(w, cfg, arch)
