@@ -89,7 +89,7 @@ def _param(f: dataclasses.Field):
     if meta["listed"]:
         return click.option(flag, f.name, default=None, callback=_listed, **kw)
     if meta["repeated"]:
-        return click.option(flag, f.name, multiple=True, metavar="PATH", **kw)
+        return click.option(flag, f.name, multiple=True, default=default, metavar="PATH", **kw)
     if meta["choices"] is not None:
         choices = [str(c) for c in meta["choices"]]
         convert = (lambda ctx, p, v: v if v is None else int(v)) if kind.startswith("int") else None
