@@ -26,7 +26,16 @@ from edgeq.machine import package_version, platform_info
 from edgeq.onnxcheck import check_onnx_folder
 from edgeq.profiles import load_profile
 from edgeq.records import BenchResult, BenchSettings, Stats
-from edgeq.runtime import artifact_bytes, artifact_format, fidelity_text, llama_config, llama_setup
+from edgeq.runtime import (
+    artifact_bytes,
+    artifact_format,
+    checked_adapters,
+    fidelity_text,
+    llama_config,
+    llama_setup,
+    load_adapters_here,
+    use_adapter_here,
+)
 from edgeq.spec import BENCH_GEN_TOKENS, BENCH_OUTPUTS, FORMAT_GGUF
 
 METRICS = ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "e2e_s", "peak_rss_mib", "device_mib", "memory_mib")
@@ -54,6 +63,12 @@ class BenchConfig:
         "GGUF: layers to offload with a GPU build of llama.cpp; device memory then counts in the memory gate",
         minimum=0,
     )
+    adapter: tuple[str, ...] = setting(
+        (),
+        "GGUF: a LoRA adapter for the artifact, its base (edgeq export --adapter); repeat it for several: all load in "
+        "every repetition, the first is applied while timing, and switching to the next is timed (switch_ms)",
+        repeated=True,
+    )
 
 
 def prompt_ids(encode, n: int) -> list[int]:
@@ -75,8 +90,11 @@ def _greedy_next(llm) -> int:
     return int(np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).argmax())
 
 
-def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int, sample) -> dict:
-    """Prefill, then a greedy eval loop: what llama-bench times (tokenization and sampler chain excluded)."""
+def _measure_gguf(
+    path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int, sample, adapters=()
+) -> dict:
+    """Prefill, then a greedy eval loop: what llama-bench times (tokenization and sampler chain excluded). With
+    adapters: all loaded with the model (load time), the first applied; the switch to the second timed at the end."""
     from llama_cpp import Llama  # deferred: a native runtime, loaded only where it runs
 
     t0 = time.perf_counter()
@@ -89,6 +107,9 @@ def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int
         n_gpu_layers=gpu_layers,
         verbose=False,
     )
+    loaded = load_adapters_here(llm, list(adapters))
+    if loaded:
+        use_adapter_here(llm, loaded[0])
     load_s = time.perf_counter() - t0
     sample()
     ids = prompt_ids(lambda s: llm.tokenize(s.encode("utf-8"), add_bos=False, special=False), n_prompt)
@@ -105,7 +126,12 @@ def _measure_gguf(path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int
         tok = _greedy_next(llm)
     end = time.perf_counter()
     sample()
-    return {"load_s": load_s, "ttft_s": first - t1, "decode_s": end - first, "e2e_s": end - t1}
+    out = {"load_s": load_s, "ttft_s": first - t1, "decode_s": end - first, "e2e_s": end - t1}
+    if len(loaded) > 1:  # applying another loaded adapter; its first prompt is then prefilled anew (ttft)
+        t2 = time.perf_counter()
+        use_adapter_here(llm, loaded[1])
+        out["switch_ms"] = 1000 * (time.perf_counter() - t2)
+    return out
 
 
 def _rss_anon() -> int:
@@ -170,14 +196,19 @@ def onnx_uses_gpu(path: str | Path) -> bool:
     return any(k.lower() in ("cuda", "dml", "webgpu") for o in options if isinstance(o, dict) for k in o)
 
 
-def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int = 0) -> dict:
+def measure(
+    fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int = 0, adapters=()
+) -> dict:
     """One repetition, in the child. Memory = peak RSS + device memory (devicemem.py) where a GPU is used."""
 
     uses_gpu = gpu_layers > 0 if fmt == FORMAT_GGUF else onnx_uses_gpu(path)
     method, read = devicemem.reader(uses_gpu)
     readings = [read()]
-    run = _measure_gguf if fmt == FORMAT_GGUF else _measure_onnx
-    raw = run(path, n_prompt, n_gen, threads, n_ctx, gpu_layers, lambda: readings.append(read()))
+    sample = lambda: readings.append(read())  # noqa: E731 - a reading at each phase of the run
+    if fmt == FORMAT_GGUF:
+        raw = _measure_gguf(path, n_prompt, n_gen, threads, n_ctx, gpu_layers, sample, adapters)
+    else:
+        raw = _measure_onnx(path, n_prompt, n_gen, threads, n_ctx, gpu_layers, sample)
     memory = devicemem.account(peak_rss_mib(), method, readings)
     return {
         "load_s": raw["load_s"],
@@ -189,11 +220,11 @@ def measure(fmt: str, path: str, n_prompt: int, n_gen: int, threads: int, n_ctx:
         "device_mib": memory["device_mib"],
         "memory_mib": memory["total_mib"],
         "memory_method": memory["method"],
-    }
+    } | ({"switch_ms": raw["switch_ms"]} if "switch_ms" in raw else {})
 
 
 def measure_in_child(
-    fmt: str, path: str | Path, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int = 0
+    fmt: str, path: str | Path, n_prompt: int, n_gen: int, threads: int, n_ctx: int, gpu_layers: int = 0, adapters=()
 ) -> dict:
     """One repetition in a fresh, isolated Python process (child.py): nothing loaded before it counts in its
     peak RSS, and a crash of the runtime is a message."""
@@ -210,6 +241,7 @@ def measure_in_child(
         threads=threads,
         n_ctx=n_ctx,
         gpu_layers=gpu_layers,
+        adapters=list(adapters),
     )
 
 
@@ -294,6 +326,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
     fmt = artifact_format(artifact)
     if fmt == FORMAT_GGUF:
         check_gguf(artifact)
+    adapters = checked_adapters(artifact, [Path(a) for a in cfg.adapter])
     profile = load_profile(cfg.profile) if cfg.profile else None
     baseline = load_baseline(cfg.baseline) if cfg.baseline else None
     n_prompt = cfg.prompt_tokens or (profile.prompt_tokens if profile else 512)
@@ -306,15 +339,22 @@ def bench(cfg: BenchConfig) -> BenchResult:
     runs = []
     for rep in range(cfg.reps):
         report.err.print(f"bench {artifact.name}: repetition {rep + 1}/{cfg.reps} (fresh process) …")
-        runs.append(measure_in_child(fmt, artifact, n_prompt, cfg.gen_tokens, threads, n_ctx, cfg.gpu_layers))
-    results = {m: _stats([r[m] for r in runs]) for m in METRICS}
+        runs.append(measure_in_child(fmt, artifact, n_prompt, cfg.gen_tokens, threads, n_ctx, cfg.gpu_layers, adapters))
+    results = {m: _stats([r[m] for r in runs]) for m in (*METRICS, "switch_ms") if m in runs[0]}
     methods = sorted({r["memory_method"] for r in runs})
     env = environment(artifact)
     checks = check_budgets(results, env, profile, n_prompt) if profile else []
     if baseline:
         checks += check_baseline(results, baseline, cfg.regression_pct)
     settings = BenchSettings(
-        n_prompt, cfg.gen_tokens, cfg.reps, threads, n_ctx, cfg.gpu_layers, profile.name if profile else None
+        n_prompt,
+        cfg.gen_tokens,
+        cfg.reps,
+        threads,
+        n_ctx,
+        cfg.gpu_layers,
+        profile.name if profile else None,
+        tuple(adapters),
     )
     accounting = {
         "method": methods[0] if len(methods) == 1 else methods,

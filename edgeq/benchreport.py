@@ -62,6 +62,11 @@ def markdown(r: dict) -> str:
         f"| {name} | {size} | {r['backend']} | {s['threads']} | tg{s['gen_tokens']} | {ts('decode_tok_s')} | | |",
     ]
     foot = f"\n{s['reps']} fresh-process repetitions; load {res['load_s']['median']:.2f} s (median)"
+    if s.get("adapters"):
+        names = ", ".join(a.rsplit("/", 1)[-1] for a in s["adapters"])
+        foot += f"; LoRA adapters {names} loaded with it, the first applied while timing"
+    if "switch_ms" in res:
+        foot += f"; switching to the next {res['switch_ms']['median']:.2f} ms (median), its prompt then prefilled anew"
     if r["checks"]:
         foot += "\n\n| check | measured | limit | result |\n| --- | ---: | ---: | --- |\n" + "\n".join(
             f"| {c['name']} | {c['measured']:.4g} {c['unit']} | {c['kind']} {c['limit']:g} | "

@@ -480,6 +480,7 @@ class BenchSettings:
     ctx: int
     gpu_layers: int
     profile: str | None  # the profile's name, where its budgets were checked
+    adapters: tuple[str, ...] = ()  # GGUF LoRA adapters loaded with the artifact, the first applied while timing
 
 
 @dataclass(frozen=True)
@@ -513,7 +514,7 @@ class BenchResult:
             "artifact": self.artifact,
             "format": self.fmt,
             "backend": self.backend,
-            "settings": asdict(self.settings),
+            "settings": asdict(self.settings) | {"adapters": list(self.settings.adapters)},  # as JSON reads back
             "memory_accounting": self.memory_accounting,
             "environment": self.environment,
             "results": {m: s.as_dict() for m, s in self.results.items()},
@@ -528,7 +529,9 @@ class BenchResult:
             d["artifact"],
             d["format"],
             d["backend"],
-            BenchSettings(**_fields(BenchSettings, d["settings"])),
+            BenchSettings(
+                **_fields(BenchSettings, d["settings"]) | {"adapters": tuple(d["settings"].get("adapters", ()))}
+            ),
             d["memory_accounting"],
             d["environment"],
             {m: Stats.from_dict(s) for m, s in d["results"].items()},

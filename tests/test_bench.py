@@ -208,3 +208,36 @@ def test_repetition_statistics_by_hand():
     assert (s.mean, s.min, s.median, s.n, s.samples) == (3.0, 1.0, 2.0, 3, (6.0, 1.0, 2.0))
     assert s.sd == pytest.approx(math.sqrt(7))
     assert _stats([5.0]).sd == 0.0
+
+
+def test_bench_loads_adapters_with_their_base_and_times_the_switch(tmp_path, tiny_model, default_model):
+    """Two GGUF LoRA adapters on their base: both recorded in the settings, the switch timed in every repetition,
+    the record read back whole; one adapter has nothing to switch to; an adapter of another base is refused before
+    any repetition runs."""
+    from edgeq.bench import BenchConfig, bench
+    from edgeq.errors import UsageError
+    from edgeq.export.adapter import export_adapter
+    from edgeq.export.gguf import write_float_gguf
+    from edgeq.records import BenchResult
+    from tests.conftest import make_tiny_model
+    from tests.export.test_adapter import random_adapter
+
+    base = tmp_path / "base.F32.gguf"
+    write_float_gguf(tiny_model, base, "F32")
+    adapters = []
+    for name, seed in (("survey", 1), ("inspect", 2)):
+        run = random_adapter(tiny_model, tmp_path / name, seed)
+        adapters.append(
+            export_adapter(GgufExport(out=str(tmp_path / f"{name}.gguf"), model=str(tiny_model), adapter=str(run))).path
+        )
+    settings = {"reps": 2, "prompt_tokens": 16, "gen_tokens": 4}
+    r = bench(BenchConfig(artifact=str(base), adapter=tuple(adapters), **settings))
+    assert r.settings.adapters == tuple(str(Path(a).resolve()) for a in adapters)
+    assert r.results["switch_ms"].n == 2 and all(v > 0 for v in r.results["switch_ms"].samples)
+    assert BenchResult.from_dict(json.loads(json.dumps(r.as_dict()))) == r
+    assert "switch_ms" not in bench(BenchConfig(artifact=str(base), adapter=tuple(adapters[:1]), **settings)).results
+    other = make_tiny_model(tmp_path / "other", default_model, seed=9)
+    other_gguf = tmp_path / "other.F32.gguf"
+    write_float_gguf(other, other_gguf, "F32")
+    with pytest.raises(UsageError, match="not an adapter for this base: trained on base"):
+        bench(BenchConfig(artifact=str(other_gguf), adapter=tuple(adapters[:1]), **settings))
