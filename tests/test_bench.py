@@ -78,7 +78,7 @@ def test_memory_breach_exits_3_and_names_the_limit(tiny_gguf, tmp_path):
 def test_baseline_regression_exits_3(tiny_gguf, tmp_path):
     assert run_edgeq("bench", tiny_gguf, *FAST, "--output", "json", "--out", tmp_path / "base.json").returncode == 0
     base = json.loads((tmp_path / "base.json").read_text())
-    base["results"]["decode_tok_s"]["median"] *= 3  # the old build was 3x faster
+    base["results"]["decode_tok_s"]["median"] *= 1000  # the old build was 1000x faster: no load makes up for it
     (tmp_path / "base.json").write_text(json.dumps(base))
     r = run_edgeq("bench", tiny_gguf, *FAST, "--baseline", tmp_path / "base.json")
     assert r.returncode == EXIT_BUDGET and "baseline_decode_tok_s" in r.stderr
@@ -104,9 +104,10 @@ def test_each_budget_breach_exits_3_and_fails_only_its_check(budget, changes, pr
 def test_a_baseline_within_tolerance_passes(tiny_gguf, tmp_path):
     assert run_edgeq("bench", tiny_gguf, *FAST, "--output", "json", "--out", tmp_path / "base.json").returncode == 0
     base = json.loads((tmp_path / "base.json").read_text())
-    # the old build was 5x slower and bigger: no regression even on a busy machine (a CI run on 2
-    # shared cores measured prefill 57 % below the run before it, failing a 2x margin)
-    for metric, factor in (("decode_tok_s", 0.2), ("prefill_tok_s", 0.2), ("peak_rss_mib", 5.0)):
+    # the old build was 1000x slower and bigger: no regression however busy the machine (a CI run on 2 shared
+    # cores measured prefill 57 % below the run before it, failing a 2x margin); the tolerance's own arithmetic is
+    # test_baseline_threshold_is_the_tolerance_in_the_worse_direction's
+    for metric, factor in (("decode_tok_s", 0.001), ("prefill_tok_s", 0.001), ("peak_rss_mib", 1000.0)):
         base["results"][metric]["median"] *= factor
     (tmp_path / "base.json").write_text(json.dumps(base))
     r = run_edgeq("bench", tiny_gguf, *FAST, "--baseline", tmp_path / "base.json")

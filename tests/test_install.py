@@ -5,8 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from edgeq.export.gguf import GgufExport, export_gguf
+from edgeq.profiles import load_profile
+from tests.conftest import UNBREACHABLE_LATENCY
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent
@@ -25,6 +28,10 @@ def test_runtime_only_install_runs_doctor_and_bench(tmp_path, tiny_model):
     )
     assert probe.stdout.split() == ["None", "None"]
     export_gguf(GgufExport(model=str(tiny_model), out=str(tmp_path / "m.gguf"), quant="Q8_0"))
+    # the drone profile's memory and storage budgets gate; its latency budgets would gate the CPU's load instead
+    profile = yaml.safe_load(Path(load_profile("drone").source).read_text())
+    profile["latency"] |= UNBREACHABLE_LATENCY
+    (tmp_path / "drone.yaml").write_text(yaml.safe_dump(profile))
     edgeq = venv / "bin" / "edgeq"
     assert subprocess.run([edgeq, "doctor"], capture_output=True).returncode == 0
     r = subprocess.run(
@@ -39,7 +46,7 @@ def test_runtime_only_install_runs_doctor_and_bench(tmp_path, tiny_model):
             "--gen-tokens",
             "4",
             "--profile",
-            "drone",
+            tmp_path / "drone.yaml",
         ],
         capture_output=True,
         text=True,
