@@ -30,6 +30,15 @@ def source_gguf():
     return default_gguf_path()
 
 
+def cpu_seconds_of_children() -> float:
+    """CPU seconds (user + system) of every child process this one has waited for: what a command cost, whatever
+    else shares the machine."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_edgeq(*args, cwd=None, timeout=600):
     """Run the real console entry point in a subprocess: exit codes and stderr as a user sees them."""
     return subprocess.run(
