@@ -367,7 +367,8 @@ def chunked_loss(hidden, labels, lm_weight, chunk: int):
     total = hidden.new_zeros(())
 
     def piece(h_part, y_part):
-        return F.cross_entropy((h_part @ lm_weight.T).float(), y_part, reduction="sum")  # (n, vocab) lives only here
+        logits = h_part @ lm_weight.T  # (n, vocab): lives only here
+        return F.cross_entropy(logits.float() if logits.element_size() < 4 else logits, y_part, reduction="sum")
 
     for i in range(0, h.shape[0], chunk):
         total = total + checkpoint(piece, h[i : i + chunk], y[i : i + chunk], use_reentrant=False)

@@ -100,7 +100,7 @@ def test_a_memory_limit_turns_checkpointing_on_then_splits_the_micro_batch_keepi
     from edgeq.footprint import Dims
     from edgeq.trainplan import CALIBRATION, predict_finetune
 
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 64 << 30})())
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 64 << 30, "total": 64 << 30})())
     d, files, longest = Dims.from_config(tiny_model), weights_bytes(tiny_model), 4096
 
     def peak(batch, on):
