@@ -167,10 +167,19 @@ def test_a_named_calibration_is_the_one_the_numbers_come_from(tiny_plan, tiny_mo
         assert c["memory_terms_mib"]["base"] - old["memory_terms_mib"]["base"] == pytest.approx(
             100 if fmt == "gguf" else 50
         )
-        # the rest is the same prediction: llama.cpp's buffers are measured again (a stand-in, in a child) and
-        # differ by a page or two from run to run
-        rest = c["memory_mib"] - c["memory_terms_mib"]["base"]
-        assert rest == pytest.approx(old["memory_mib"] - old["memory_terms_mib"]["base"], abs=0.05), c["quant"]
+        # the rest is the same prediction: every other term the same, exactly, but llama.cpp's buffers, which are
+        # measured again on a stand-in in a fresh child and move by a few pages from run to run (52 KiB seen)
+        for term, value in c["memory_terms_mib"].items():
+            if term == "base":
+                continue
+            measured = fmt == "gguf" and term in ("kv_cache", "compute")
+            want = old["memory_terms_mib"][term]
+            assert value == pytest.approx(want, abs=1.0 if measured else 1e-9), (c["quant"], term)
+        rest, old_rest = (
+            c["memory_mib"] - c["memory_terms_mib"]["base"],
+            old["memory_mib"] - old["memory_terms_mib"]["base"],
+        )
+        assert rest == pytest.approx(old_rest, abs=2.0 if fmt == "gguf" else 1e-9), c["quant"]
 
 
 def test_the_onnx_mixture_prior_follows_the_measured_curve():
