@@ -23,8 +23,8 @@ import numpy as np
 from edgeq import __version__, report
 from edgeq.basemodel import base_fingerprint, load_tokenizer, resolve_model
 from edgeq.errors import EdgeqError, UsageError
-from edgeq.evaluate import GATE_TOKENS, compare, fidelity_ids
-from edgeq.export.gguf import GgufExport, permute_qk, write_float_gguf
+from edgeq.evaluate import GATE_TOKENS, compare, fidelity_ids, reference_logits
+from edgeq.export.gguf import GgufExport, rope_rows, write_float_gguf
 from edgeq.ggufcheck import check_adapter, check_gguf
 from edgeq.io import FILE_MARK, atomic_path, claim_output
 from edgeq.merge import adapter_config, find_adapter, trained_manifest
@@ -86,11 +86,7 @@ def write_gguf_adapter(adapter_dir: Path, base_dir: Path, path: Path, ftype: str
         if name is None or set(ab) != {"A", "B"}:
             what = "has no GGUF name" if name is None else "lacks its A or B half"
             raise UsageError(f"adapter weight {hf_name!r} {what} for {cfg.model_type}", str(adapter_dir), _FIX)
-        a, b = ab["A"], ab["B"]  # (r, in), (out, r)
-        if arch.permute_qk and hf_name.endswith("q_proj.weight"):
-            b = permute_qk(b, cfg.num_attention_heads)
-        elif arch.permute_qk and hf_name.endswith("k_proj.weight"):
-            b = permute_qk(b, cfg.num_key_value_heads)
+        a, b = ab["A"], rope_rows(ab["B"], hf_name, cfg, arch)  # (r, in), (out, r): B's rows are W's
         w.add_tensor(f"{name}.lora_a", np.ascontiguousarray(a, dtype=dtype))
         w.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b, dtype=dtype))
         params += a.size + b.size
@@ -108,9 +104,7 @@ def peft_logits(base_dir: Path, adapter_dir: Path, ids: list[int]) -> np.ndarray
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, adapter_dir).eval()
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].double().numpy()
+    return reference_logits(PeftModel.from_pretrained(base, adapter_dir).eval(), ids)
 
 
 def gate_adapter(base_gguf: Path, adapter_gguf: Path, base_dir: Path, adapter_dir: Path, tok, ftype: str) -> dict:

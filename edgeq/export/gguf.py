@@ -77,6 +77,16 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def rope_rows(w: np.ndarray, hf_name: str, cfg, arch) -> np.ndarray:
+    """A q/k projection's output rows (a weight, or a LoRA adapter's B) in llama.cpp's rope order where the
+    architecture needs it; any other tensor as it is."""
+    if arch.permute_qk and hf_name.endswith("q_proj.weight"):
+        return permute_qk(w, cfg.num_attention_heads)
+    if arch.permute_qk and hf_name.endswith("k_proj.weight"):
+        return permute_qk(w, cfg.num_key_value_heads)
+    return w
+
+
 # The splits of the byte-level BPE layouts edgeq writes, by llama.cpp's pre-tokenizer name: each regex exactly as
 # transformers builds it (tokenizer.json's Split step) and llama.cpp's pre-tokenizer of that name runs it.
 _QWEN2_REGEX = (
@@ -401,12 +411,8 @@ def _add_tensors(w, model_dir: Path, cfg, arch, ftype: str) -> int:
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise UsageError(f"tensor {hf_name!r} has no GGUF name for {cfg.model_type}", str(model_dir))
-        a = t.to(torch.float32).numpy()
-        if arch.permute_qk and hf_name.endswith("q_proj.weight"):
-            a = permute_qk(a, cfg.num_attention_heads)
-        elif arch.permute_qk and hf_name.endswith("k_proj.weight"):
-            a = permute_qk(a, cfg.num_key_value_heads)
-        elif arch.norm_offset and hf_name.endswith("norm.weight"):
+        a = rope_rows(t.to(torch.float32).numpy(), hf_name, cfg, arch)
+        if arch.norm_offset and hf_name.endswith("norm.weight"):
             a = a + arch.norm_offset
         n_params += a.size
         if a.ndim == 1 or ftype == "F32":
