@@ -24,7 +24,7 @@ from edgeq import __version__, report
 from edgeq.basemodel import base_fingerprint, load_tokenizer, resolve_model
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.evaluate import GATE_TOKENS, compare, fidelity_ids, reference_logits
-from edgeq.export.gguf import GgufExport, rope_rows, write_float_gguf
+from edgeq.export.gguf import GgufExport, rope_rows, tensor_names, write_float_gguf
 from edgeq.ggufcheck import check_adapter, check_gguf
 from edgeq.io import FILE_MARK, atomic_path, claim_output
 from edgeq.merge import adapter_config, find_adapter, trained_manifest
@@ -54,8 +54,8 @@ def check_plain_lora(adapter_dir: Path, acfg: dict) -> None:
 
 def write_gguf_adapter(adapter_dir: Path, base_dir: Path, path: Path, ftype: str, base_sha: str) -> dict:
     """The adapter's A/B pairs under the base's GGUF tensor names, in `ftype`; what was written."""
-    from gguf import GGUFWriter, get_tensor_name_map  # deferred: gguf-py's import costs the CLI's start-up
-    from gguf.constants import MODEL_ARCH_NAMES, Keys
+    from gguf import GGUFWriter  # deferred: gguf-py's import costs the CLI's start-up
+    from gguf.constants import Keys
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
@@ -65,8 +65,7 @@ def write_gguf_adapter(adapter_dir: Path, base_dir: Path, path: Path, ftype: str
     arch = GGUF_ARCHS.get(cfg.model_type)
     if arch is None:
         raise UsageError(f"architecture {cfg.model_type!r} is not supported for GGUF export", str(base_dir))
-    arch_id = next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
-    names = get_tensor_name_map(arch_id, cfg.num_hidden_layers)
+    names = tensor_names(cfg, arch)
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, t in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
         m = _PEFT_KEY.fullmatch(key)

@@ -77,6 +77,15 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def tensor_names(cfg, arch):
+    """gguf-py's HF → GGUF tensor-name map for the architecture and its layer count."""
+    from gguf import get_tensor_name_map  # deferred: gguf-py's import costs the CLI's start-up
+    from gguf.constants import MODEL_ARCH_NAMES
+
+    arch_id = next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
+    return get_tensor_name_map(arch_id, cfg.num_hidden_layers)
+
+
 def rope_rows(w: np.ndarray, hf_name: str, cfg, arch) -> np.ndarray:
     """A q/k projection's output rows (a weight, or a LoRA adapter's B) in llama.cpp's rope order where the
     architecture needs it; any other tensor as it is."""
@@ -392,12 +401,10 @@ def _add_tensors(w, model_dir: Path, cfg, arch, ftype: str) -> int:
     """Every safetensors weight under its GGUF name (q/k permuted where llama.cpp's rope expects it); the
     parameter count written."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
-    from gguf import GGMLQuantizationType, get_tensor_name_map
-    from gguf.constants import MODEL_ARCH_NAMES
+    from gguf import GGMLQuantizationType
     from safetensors.torch import load_file
 
-    arch_id = next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
-    names = get_tensor_name_map(arch_id, cfg.num_hidden_layers)
+    names = tensor_names(cfg, arch)
     state = {}
     for f in sorted(model_dir.glob("*.safetensors")):
         state.update(load_file(str(f)))
