@@ -37,7 +37,7 @@ def main() -> None:
     from edgeq.calibration import machine_calibration
     from edgeq.evaluate import (
         answer_budget,
-        artifact_answers,
+        artifact_task,
         compare_logits,
     )
     from edgeq.export.gguf import quantize_gguf, write_f16_gguf
@@ -84,9 +84,8 @@ def main() -> None:
             r = {"bytes": path.stat().st_size}
             for k in ("task", "text"):
                 c = compare_logits(path, refs[k], ids[k])
-                r[f"{k}_kld"], r[f"{k}_top1"] = c["mean_kld"], c["top1_agreement"]
-            answers, _ = artifact_answers(path, tok, task.prompts, budget)
-            r["task_score"] = task.score(answers)["score"]
+                r[f"{k}_kld"], r[f"{k}_top1"] = c.mean_kld, c.top1_agreement
+            r["task_score"] = artifact_task(path, tok, task, budget)[0].score
             return r
 
         def errors_of(path: Path) -> dict:

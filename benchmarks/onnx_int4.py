@@ -37,7 +37,7 @@ def main() -> None:
     from edgeq.child import run_process
     from edgeq.evaluate import (
         answer_budget,
-        artifact_answers,
+        artifact_task,
         compare_logits,
     )
     from edgeq.export import onnxquant
@@ -74,9 +74,8 @@ def main() -> None:
         r = {"name": name, "bytes": artifact_bytes(path), **(extra or {})}
         for k in ("task", "text"):
             c = compare_logits(path, refs[k], ids[k])
-            r[f"{k}_kld"], r[f"{k}_top1"] = c["mean_kld"], c["top1_agreement"]
-        answers, _ = artifact_answers(path, tok, short.prompts, budget)
-        r["task_score"] = short.score(answers)["score"]
+            r[f"{k}_kld"], r[f"{k}_top1"] = c.mean_kld, c.top1_agreement
+        r["task_score"] = artifact_task(path, tok, short, budget)[0].score
         fmt = "gguf" if path.suffix == ".gguf" else "onnx"
         speed = measure_in_child(fmt, path, 128, 64, 2, 256)
         r["decode_tok_s"], r["peak_rss_mib"] = speed["decode_tok_s"], speed["peak_rss_mib"]

@@ -330,8 +330,9 @@ def run_eval(job: Job, work: Path) -> EvalResult:
     limit, metric = job.cfg.eval_limit, job.cfg.metric
     task = load_task(job.test_data, limit, metric)
     art = evaluate(artifact(job), merged(job), job.test_data, limit, served=True, metric=metric)
-    merged_score = float_score(job, "merged", merged(job), task)
-    base_score = float_score(job, "base", job.base, task)
+    flt = planned_gguf(job) if planned_gguf(job).is_file() else None  # a GGUF profile's: llama.cpp scores both
+    merged_score = float_score(job, "merged", merged(job), task, flt)
+    base_score = float_score(job, "base", job.base, task, work / BUILD_FLOAT_GGUF if flt else None)
     tok = load_tokenizer(merged(job))
     return EvalResult(
         text=art.text,
@@ -344,10 +345,11 @@ def run_eval(job: Job, work: Path) -> EvalResult:
     )
 
 
-def float_score(job: Job, which: str, model_dir: Path, task) -> Score:
-    """A float model's task score, kept in OUT/.edgeq/scores/ under the hash of what it depends on: minutes of
-    HF generation on a CPU that a rebuild need not repeat. The base's serves every fine-tune and profile of one
-    base and held-out set; the merged model's every profile of one fine-tune (the merge key covers it)."""
+def float_score(job: Job, which: str, model_dir: Path, task, gguf: Path | None) -> Score:
+    """A float model's task score, kept in OUT/.edgeq/scores/ under the hash of what it depends on: a minute or
+    more of generation on a CPU that a rebuild need not repeat. The base's serves every fine-tune and profile of one
+    base and held-out set; the merged model's every profile of one fine-tune (the merge key covers it). With
+    `gguf`, scored by llama.cpp on the model's F16 GGUF (written there first if absent, removed after)."""
 
     model = {"merged": job.keys["merge"], "base": job.hashes["base"]}[which]
     key = _hash(
@@ -356,7 +358,8 @@ def float_score(job: Job, which: str, model_dir: Path, task) -> Score:
             "test_data": job.hashes["test_data"],
             "limit": job.cfg.eval_limit,
             "metric": job.cfg.metric,
-            "libraries": job.hashes["training_libraries"],  # edgeq's version and HF's: how it is scored
+            "libraries": job.hashes["runtime_libraries" if gguf else "training_libraries"],  # what scores it
+            "scored_by": "llama.cpp F16" if gguf else "transformers fp32",
         }
     )
     path = job.state / BUILD_SCORES_DIR / f"{which}-{key}.json"
@@ -369,7 +372,14 @@ def float_score(job: Job, which: str, model_dir: Path, task) -> Score:
         return score
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # absent, unreadable or older: scored again
         pass
-    score = float_task_score(model_dir, task)
+    written = gguf is not None and not gguf.is_file()
+    if written:
+        write_f16_gguf(model_dir, gguf)
+    try:
+        score = float_task_score(model_dir, task, gguf)
+    finally:
+        if written:
+            gguf.unlink()
     path.parent.mkdir(exist_ok=True)
     write_json(path, {"schema": SCORE_SCHEMA, **score.as_dict()})
     return score
@@ -443,7 +453,8 @@ def disk_need(job: Job, stage: str) -> int:
     """Bytes a stage may write, checked before it starts (the exports check their own too)."""
 
     w = weights_bytes(job.base)
-    return {"finetune": 64 << 20, "merge": 2 * w, "plan": w, "export": 2 * w, "report": w}.get(stage, 0)
+    sizes = {"finetune": 64 << 20, "merge": 2 * w, "plan": w, "export": 2 * w, "eval": w, "report": w}  # eval: base F16
+    return sizes.get(stage, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,8 +21,7 @@ from edgeq.basemodel import load_tokenizer, resolve_model
 from edgeq.config import setting
 from edgeq.errors import EdgeqError
 from edgeq.records import Agreement, AnswerNLL, Evaluation, Fidelity, Score
-from edgeq.runtime import answer_nll as nll
-from edgeq.runtime import artifact_format, chat, fidelity_text, generate, gguf_tokenize, logits
+from edgeq.runtime import artifact_format, fidelity_text, gguf_tokenize, logits, task_answers
 from edgeq.serving import user_only
 from edgeq.spec import FORMAT_GGUF, TASK_METRICS
 from edgeq.task import METRIC_HELP, generate_hf, load_task
@@ -97,27 +96,6 @@ def compare_logits(artifact: Path, reference, ids: list[int]) -> Fidelity:
     return compare(reference, artifact_logits(artifact, ids), ids)
 
 
-def artifact_answers(path: Path, tok, prompts: list[list[dict]], budget: int, served: list[dict] | None = None):
-    """Greedy answers from the artifact's own runtime (in a child), prompts rendered with the model's chat template
-    as in training, and how many were taken from `served`: where the served prompt (served_answers) is the same
-    token ids, the served answer is this answer too (same runtime, same greedy decode), so it is not generated
-    twice."""
-
-    ids = [tok.encode(templates.render(tok, m, True), add_special_tokens=False) for m in prompts]
-    same = [bool(served) and served[i]["prompt_ids"] == x for i, x in enumerate(ids)]
-    todo = [x for x, s in zip(ids, same, strict=True) if not s]
-    new = iter(generate(path, todo, budget, templates.turn_ends(tok)) if todo else [])
-    answers = [served[i]["text"] if s else tok.decode(next(new), skip_special_tokens=True) for i, s in enumerate(same)]
-    return answers, sum(same)
-
-
-def served_answers(path: Path, prompts: list[list[dict]], max_new_tokens: int = 64) -> list[dict]:
-    """Answers as the artifact is served: only the user's turns, its own embedded chat template, its runtime.
-    [{"text", "prompt_ids", …}] (runtime.chat)"""
-
-    return chat(path, [user_only(p) for p in prompts], max_new_tokens)
-
-
 def task_text_ids(tok, task, n: int) -> list[int]:
     """The first n tokens of the held-out conversations (prompt and reference answer), each rendered with the
     chat template as in training: where the task's KLD is measured."""
@@ -129,17 +107,23 @@ def task_text_ids(tok, task, n: int) -> list[int]:
     return ids[:n]
 
 
+def rendered(tok, task) -> tuple[list[list[int]], list[list[int] | None]]:
+    """Each held-out prompt's ids, rendered with the chat template as in training (generation prompt added), and the
+    ids its reference answer continues them with (the whole conversation rendered, less the prompt); None where
+    the whole conversation does not begin with the prompt token for token."""
+    prompts, refs = [], []
+    for prompt, convo in zip(task.prompts, task.conversations(), strict=True):
+        head = tok.encode(templates.render(tok, prompt, True), add_special_tokens=False)
+        full = tok.encode(templates.render(tok, convo), add_special_tokens=False)
+        prompts.append(head)
+        refs.append(full[len(head) :] if full[: len(head)] == head and len(full) > len(head) else None)
+    return prompts, refs
+
+
 def answer_positions(tok, task) -> tuple[list[list[int]], list[int]]:
     """Each held-out conversation's ids and where its reference answer starts (after the generation prompt)."""
-    seqs, starts = [], []
-    for prompt, convo in zip(task.prompts, task.conversations(), strict=True):
-        text = templates.render(tok, prompt, True)
-        head = tok.encode(text, add_special_tokens=False)
-        full = tok.encode(templates.render(tok, convo), add_special_tokens=False)
-        if full[: len(head)] == head and len(full) > len(head):  # the answer continues the prompt token for token
-            seqs.append(full)
-            starts.append(len(head))
-    return seqs, starts
+    pairs = [(p + r, len(p)) for p, r in zip(*rendered(tok, task), strict=True) if r is not None]
+    return [q for q, _ in pairs], [s for _, s in pairs]
 
 
 def _nll_summary(r: dict, examples: int) -> AnswerNLL:
@@ -147,12 +131,18 @@ def _nll_summary(r: dict, examples: int) -> AnswerNLL:
     return AnswerNLL(mean, float(np.exp(mean)), r["tokens"], examples)
 
 
-def answer_nll(path: Path, tok, task) -> AnswerNLL:
-    """Mean negative log-likelihood (nats per token) of the reference answers, teacher-forced, and its perplexity:
-    a fine-tune signal for every kind of task, no generation needed. The artifact's own runtime, in a child."""
-
-    seqs, starts = answer_positions(tok, task)
-    return _nll_summary(nll(path, seqs, starts), len(seqs))
+def artifact_task(path: Path, tok, task, budget: int, served: bool = False) -> tuple[Score, Score | None]:
+    """The artifact's task score from its own greedy answers to the prompts rendered as in training, with the
+    reference answers' NLL (teacher-forced); with `served`, its score as served too (only the user's turns, its
+    own embedded template, its runtime's chat completion). One child, one pass (runtime.task_answers)."""
+    prompts, refs = rendered(tok, task)
+    convos = [user_only(p) for p in task.prompts] if served else []
+    r = task_answers(path, prompts, refs, convos, budget, templates.turn_ends(tok))
+    answers = [tok.decode(a, skip_special_tokens=True) for a in r["answers"]]
+    nll = _nll_summary(r, sum(x is not None for x in refs))
+    if not served:
+        return scored(task, answers, nll), None
+    return scored(task, answers, nll, same_prompt_as_served=r["reused"]), scored(task, [c["text"] for c in r["served"]])
 
 
 def agreement(answers: list[str], reference: list[str], tok) -> Agreement:
@@ -198,13 +188,16 @@ def hf_answer_nll(model, sequences: list[list[int]], starts: list[int], batch_si
     return {"nll_sum": total, "tokens": count}
 
 
-def float_task_score(model_dir: Path, task) -> Score:
-    """The task score and answer NLL of an HF float model: batched greedy generation (faster here than one
-    sequence at a time in llama.cpp) and batched teacher-forced forward passes."""
+def float_task_score(model_dir: Path, task, gguf: Path | None = None) -> Score:
+    """The task score and answer NLL of a float model: through llama.cpp on its float GGUF where one is given
+    (answers and NLL in one batched pass, as the artifact is scored), else in transformers (batched greedy
+    generation, then batched teacher-forced forward passes)."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(model_dir)
+    if gguf is not None:
+        return artifact_task(gguf, tok, task, answer_budget(tok, task))[0]
     answers = generate_hf(model_dir, task.prompts, answer_budget(tok, task))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     seqs, starts = answer_positions(tok, task)
@@ -262,11 +255,7 @@ def evaluate(
         return Evaluation(str(artifact), fmt, str(ref_dir), text)
     task_ids = task_text_ids(tok, task, min(TASK_TOKENS, positions))
     task_text = compare_logits(artifact, reference_logits(model, task_ids), task_ids)
-    budget = answer_budget(tok, task)
-    chats = served_answers(artifact, task.prompts, budget) if served else None
-    answers, reused = artifact_answers(artifact, tok, task.prompts, budget, chats)
-    score = scored(task, answers, answer_nll(artifact, tok, task), same_prompt_as_served=reused)
-    as_served = scored(task, [c["text"] for c in chats]) if chats else None
+    score, as_served = artifact_task(artifact, tok, task, answer_budget(tok, task), served)
     return Evaluation(str(artifact), fmt, str(ref_dir), text, task_text, score, as_served)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq import child, probe
+from edgeq import child, decode, probe
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.ggufcheck import check_adapter, check_gguf
 from edgeq.onnxcheck import check_onnx_folder
@@ -107,14 +107,6 @@ def logits(path: str | Path, ids: list[int], adapters: list[Path] = ()) -> np.nd
     return child_call("onnx_logits_here", "computing logits", path, path=path, ids=ids)
 
 
-def answer_nll(path: str | Path, sequences: list[list[int]], starts: list[int]) -> dict:
-    """Teacher-forced negative log-likelihood of each sequence's tokens from `starts[i]` on (the reference
-    answer after its prompt): {"nll_sum", "tokens"} over all sequences, computed in the child (no logits move)."""
-    path, fmt = checked_artifact(Path(path))
-    what = "scoring reference answers"
-    return child_call("answer_nll_here", what, path, path=path, fmt=fmt, sequences=sequences, starts=starts)
-
-
 def generate(path: str | Path, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids), stopping at any of `stop_ids` (not included)."""
     path, fmt = checked_artifact(Path(path))
@@ -122,6 +114,24 @@ def generate(path: str | Path, prompts: list[list[int]], max_new_tokens: int, st
     return child_call(
         op, "generating", path, path=path, prompts=prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids
     )
+
+
+def task_answers(
+    path: str | Path,
+    prompts: list[list[int]],
+    refs: list[list[int] | None],
+    conversations: list[list[dict]],
+    max_new_tokens: int,
+    stop_ids: list[int],
+) -> dict:
+    """All the eval asks of an artifact on a held-out task, in one child: each prompt's greedy answer (token ids,
+    stopping before any of `stop_ids`), the teacher-forced NLL of each reference continuation given (None: not
+    scored), and each conversation answered as served (as chat() does; prompt i's answer is reused for
+    conversation i where the served prompt is the same ids). {"answers", "nll_sum", "tokens", "served", "reused"}"""
+    path, fmt = checked_artifact(Path(path))
+    op = "gguf_task_here" if fmt == FORMAT_GGUF else "onnx_task_here"
+    kw = {"prompts": prompts, "refs": refs, "conversations": conversations, "max_new_tokens": max_new_tokens}
+    return child_call(op, "answering the held-out task", path, path=path, stop_ids=stop_ids, **kw)
 
 
 def chat(path: str | Path, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
@@ -255,19 +265,6 @@ def gguf_logits_here(path: str, ids: list[int], adapters: list[str] = ()) -> np.
     return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
 
 
-def answer_nll_here(path: str, fmt: str, sequences: list[list[int]], starts: list[int]) -> dict:
-    if fmt == FORMAT_GGUF:
-        llm = load_gguf_here(Path(path), n_ctx=max([512, *map(len, sequences)]), logits_all=True)
-
-        def logits_of(ids):
-            llm.reset()
-            llm.eval(ids)
-            return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
-    else:
-        logits_of = _onnx_logits_fn(path)
-    return answer_nll_of(logits_of, sequences, starts)
-
-
 def answer_nll_of(logits_of, sequences: list[list[int]], starts: list[int]) -> dict:
     """Σ −log p(token) over each sequence's tokens from its start on; `logits_of(ids)` → (T, vocab) logits.
     Pure numpy, in the child that holds the artifact (evaluate.hf_answer_nll does the same for an HF model)."""
@@ -283,34 +280,67 @@ def answer_nll_of(logits_of, sequences: list[list[int]], starts: list[int]) -> d
 
 
 def gguf_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list:
-    longest = max((len(p) for p in prompts), default=0)
-    llm = load_gguf_here(Path(path), n_ctx=max(512, longest + max_new_tokens))
-    answers = []
-    for ids in prompts:
-        out: list[int] = []
-        for t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-            if t in stop_ids or len(out) >= max_new_tokens:
-                break
-            out.append(int(t))
-        answers.append(out)
-    return answers
+    return [a["ids"] for a in decode.answers_here(path, prompts, max_new_tokens, stop_ids)]
+
+
+class _Rendered(Exception):
+    """Carries the prompt ids out of a chat completion at the moment it would start decoding."""
+
+
+def served_prompt_here(llm, messages: list[dict]) -> list[int]:
+    """The token ids llama-cpp-python's chat completion feeds for `messages`: its own choice of the GGUF's template,
+    its rendering and tokenization, captured where it hands them to the completion (which never runs)."""
+
+    def render_only(prompt, **kwargs):
+        raise _Rendered(prompt)
+
+    llm.create_completion = render_only  # this instance only: the handler calls llama.create_completion(prompt=…)
+    try:
+        llm.create_chat_completion(messages, max_tokens=1, temperature=0.0, top_k=1)
+    except _Rendered as r:
+        return [int(t) for t in r.args[0]]
+    raise AssertionError("the chat completion never reached its prompt")
+
+
+def eog_ids_here(llm) -> set[int]:
+    """Every token llama.cpp ends generation at (end of turn, end of text, …)."""
+    import llama_cpp  # deferred: a native runtime, loaded only where it runs
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    return {t for t in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+
+
+def gguf_task_here(path: str, prompts: list, refs: list, conversations: list, max_new_tokens: int, stop_ids) -> dict:
+    """runtime.task_answers for a GGUF, in one batched pass (decode.py): each prompt's greedy answer and its
+    reference's NLL, and each conversation as served: the prompt the chat completion renders, greedy until an
+    end-of-generation token or max_new_tokens, as llama-cpp-python's completion decodes it. A served prompt that is
+    the evaluated prompt token for token is decoded once for both."""
+    llm = load_gguf_here(Path(path), vocab_only=True)  # the template and the vocabulary; decode loads the weights
+    served = [served_prompt_here(llm, c) for c in conversations]
+    stops = sorted(set(stop_ids) | eog_ids_here(llm))  # the runtime stops at these whatever the template says
+    extra = [i for i, ids in enumerate(served) if i >= len(prompts) or ids != prompts[i]]
+    out = decode.answers_here(
+        path, prompts + [served[i] for i in extra], max_new_tokens, stops, refs + [None] * len(extra)
+    )
+    own = dict(zip(extra, out[len(prompts) :], strict=True))
+    chats = []
+    for i, ids in enumerate(served):
+        answer = own.get(i, out[i])["ids"]
+        text = llm.detokenize(answer, prev_tokens=ids).decode("utf-8", errors="ignore")
+        finish = "length" if len(answer) >= max_new_tokens else "stop"
+        chats.append({"text": text, "finish_reason": finish, "completion_tokens": len(answer), "prompt_ids": ids})
+    scored = [o for o, r in zip(out, refs, strict=False) if r]
+    return {
+        "answers": [o["ids"] for o in out[: len(prompts)]],
+        "nll_sum": sum(o["nll_sum"] for o in scored),
+        "tokens": sum(o["nll_tokens"] for o in scored),
+        "served": chats,
+        "reused": len(served) - len(extra),
+    }
 
 
 def gguf_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
-    llm = load_gguf_here(Path(path), n_ctx=2048)
-    out = []
-    for messages in conversations:
-        r = llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0.0, top_k=1)
-        choice = r["choices"][0]
-        out.append(
-            {
-                "text": choice["message"]["content"],
-                "finish_reason": choice["finish_reason"],
-                "completion_tokens": r["usage"]["completion_tokens"],
-                "prompt_ids": [int(t) for t in llm.input_ids[: r["usage"]["prompt_tokens"]]],
-            }
-        )
-    return out
+    return gguf_task_here(path, [], [], conversations, max_tokens, [])["served"]
 
 
 def gguf_tokenize_here(path: str, texts: list[str]) -> list[list[int]]:
@@ -391,26 +421,44 @@ def onnx_generate_here(path: str, prompts: list[list[int]], max_new_tokens: int,
     return [_onnx_greedy(og, model, ids, max_new_tokens, set(stop_ids))[0] for ids in prompts]
 
 
-def onnx_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
-
+def onnx_task_here(path: str, prompts: list, refs: list, conversations: list, max_new_tokens: int, stop_ids) -> dict:
+    """runtime.task_answers for an ONNX GenAI folder, one sequence at a time: each conversation as served (the
+    GenAI tokenizer's own template, greedy until its eos), each prompt's greedy answer (taken from the served one
+    where the prompt ids are the same), each reference's NLL from the decoder graph's logits."""
     import onnxruntime_genai as og  # deferred: a native runtime, loaded only where it runs
 
     model = og.Model(str(path))
     tok = og.Tokenizer(model)
-    eos, out = set(tok.eos_token_ids), []
-    for messages in conversations:
-        ids = tok.encode(tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True))
-        answer, stopped = _onnx_greedy(og, model, list(ids), max_tokens, eos)
+    eos, chats, same = set(tok.eos_token_ids), [], {}
+    for i, messages in enumerate(conversations):
+        ids = [int(t) for t in tok.encode(tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True))]
+        answer, stopped = _onnx_greedy(og, model, ids, max_new_tokens, eos)
         finish = "stop" if stopped else "length"
-        out.append(
+        chats.append(
             {
                 "text": tok.decode(answer),
                 "finish_reason": finish,
                 "completion_tokens": len(answer) + stopped,
-                "prompt_ids": [int(t) for t in ids],
+                "prompt_ids": ids,
             }
         )
-    return out
+        if i < len(prompts) and ids == prompts[i]:
+            same[i] = answer
+    answers = [
+        same[i] if i in same else _onnx_greedy(og, model, p, max_new_tokens, set(stop_ids))[0]
+        for i, p in enumerate(prompts)
+    ]
+    scored = [(p + r, len(p)) for p, r in zip(prompts, refs, strict=True) if r]
+    nll = (
+        answer_nll_of(_onnx_logits_fn(path), [q for q, _ in scored], [s for _, s in scored])
+        if scored
+        else {"nll_sum": 0.0, "tokens": 0}
+    )
+    return {"answers": answers, **nll, "served": chats, "reused": len(same)}
+
+
+def onnx_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) -> list[dict]:
+    return onnx_task_here(path, [], [], conversations, max_tokens, [])["served"]
 
 
 def onnx_logits_here(path: str, ids: list[int]) -> np.ndarray:

@@ -1,6 +1,7 @@
 """`edgeq eval`: fidelity numbers of an artifact against its float reference."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,21 +80,30 @@ def test_served_mode_scores_the_artifact_through_its_own_template(tmp_path, tiny
 def test_served_answers_are_reused_exactly_where_the_prompt_tokens_match(tmp_path, two_models, small_data):
     from transformers import AutoTokenizer
 
-    from edgeq.evaluate import artifact_answers, served_answers
-    from edgeq.runtime import chat
+    from edgeq.evaluate import rendered
+    from edgeq.runtime import task_answers
+    from edgeq.serving import user_only
     from edgeq.task import load_task
+    from edgeq.templates import turn_ends
 
     gguf, model = tmp_path / "m.gguf", two_models[0]  # weights of std 0.1: answers differ from prompt to prompt
     export_gguf(GgufExport(model=str(model), out=str(gguf), quant="F32"))
     task, tok = load_task(small_data, 3), AutoTokenizer.from_pretrained(model)
-    generated, reused = artifact_answers(gguf, tok, task.prompts, 12)
-    assert reused == 0 and len(set(generated)) == 3
-    whole = chat(gguf, task.prompts, 12)  # the training data's system turn sent along: rendered as in training
-    answers, reused = artifact_answers(gguf, tok, task.prompts, 12, whole)
-    assert reused == 3 and answers == generated
+    prompts, refs = rendered(tok, task)
+    alone = task_answers(gguf, prompts, refs, [], 12, turn_ends(tok))
+    assert alone["reused"] == 0 and alone["served"] == [] and len({tuple(a) for a in alone["answers"]}) == 3
+    # the training data's system turn sent along: the served render is the evaluation's, so one decode answers both
+    whole = task_answers(gguf, prompts, refs, task.prompts, 12, turn_ends(tok))
+    assert whole["reused"] == 3 and whole["answers"] == alone["answers"]
+    assert [c["prompt_ids"] for c in whole["served"]] == prompts
+    assert [c["text"] for c in whole["served"]] == [tok.decode(a) for a in alone["answers"]]
     # only the user's turn: the tiny model's template adds the base's own system prompt, not the data's
-    _, reused = artifact_answers(gguf, tok, task.prompts, 12, served_answers(gguf, task.prompts, 12))
-    assert reused == 0
+    users = task_answers(gguf, prompts, refs, [user_only(p) for p in task.prompts], 12, turn_ends(tok))
+    assert users["reused"] == 0 and users["answers"] == alone["answers"]
+    assert [c["prompt_ids"] for c in users["served"]] != prompts
+    # the batch's make-up changes the order of float sums, nothing else
+    assert users["nll_sum"] == pytest.approx(alone["nll_sum"], rel=1e-6) == whole["nll_sum"]
+    assert alone["tokens"] == sum(map(len, refs)) > 0
 
 
 def test_batched_answer_nll_equals_one_sequence_at_a_time(tiny_model, small_data):
@@ -216,3 +226,22 @@ def test_agreement_is_identical_answers_and_tokens_agreeing_before_the_first_dif
     a = agreement(["abc", "abd", "xy", ""], ["abc", "abc", "xyz", ""], Chars())
     assert a.identical_pct == 50.0 and a.n == 4
     assert a.prefix_agreement_pct == pytest.approx(100 * (1 + 2 / 3 + 2 / 3 + 1) / 4)
+
+
+def test_a_float_model_scored_by_llama_cpp_on_its_f16_gguf_keeps_the_transformers_score(tmp_path, default_model):
+    """The build scores the merged and base models through llama.cpp on their F16 GGUF (batched, answers and NLL in
+    one pass) instead of transformers in fp32. On the default model's real weights, free-text answers to 16
+    held-out drone prompts (chrF: every differing character counts): the score within 1 point, the answer NLL
+    within 1 %, nearly every answer identical."""
+    from edgeq.evaluate import float_task_score
+    from edgeq.export.gguf import write_f16_gguf
+    from edgeq.task import load_task
+
+    test = Path(__file__).parent.parent / "examples" / "drone" / "test.jsonl"
+    task = load_task(test, 16, "chrf")
+    write_f16_gguf(default_model, tmp_path / "m.F16.gguf")
+    hf, llama = float_task_score(default_model, task), float_task_score(default_model, task, tmp_path / "m.F16.gguf")
+    assert llama.score == pytest.approx(hf.score, abs=1.0) and 0 < hf.score < 100
+    assert llama.answer_nll.tokens == hf.answer_nll.tokens > 0
+    assert llama.answer_nll.mean_nll == pytest.approx(hf.answer_nll.mean_nll, rel=0.01)
+    assert sum(a == b for a, b in zip(llama.answers, hf.answers, strict=True)) >= 14

@@ -12,6 +12,7 @@ from edgeq.errors import EdgeqError, UsageError
 from edgeq.export import gguf as export_mod
 from edgeq.export.gguf import GgufExport, export_gguf, parity_corpus, pre_tokenizer_name
 from edgeq.ggufcheck import check_gguf
+from edgeq.task import Task
 
 # Llama-3's split (tokenizer.json of Llama-3.x and SmolLM3): the Qwen2 regex, digits in groups of up to three.
 LLAMA3_REGEX = (
@@ -24,6 +25,7 @@ LLAMA3_TEMPLATE = (
     "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
+NOTHING_ANSWERED = {"answers": [[]], "nll_sum": 0.0, "tokens": 0, "served": [], "reused": 0}
 CORPUS = [
     "Take off and hover at 20 meters. Return to home now; battery 87 %.",
     "The drone lands at 17:45 on pad 3 — 12345 m² of field, 0.5 m/s wind.",
@@ -341,8 +343,9 @@ def test_a_gemma_answer_ends_at_end_of_turn_in_the_gguf_the_evaluation_and_the_m
     assert check_gguf(tmp_path / "m.gguf")["metadata"]["tokenizer.ggml.eot_token_id"] == end_of_turn
 
     asked = []
-    monkeypatch.setattr(evaluate, "generate", lambda path, prompts, budget, stops: asked.append(stops) or [[]])
-    evaluate.artifact_answers(tmp_path / "m.gguf", tok, [[{"role": "user", "content": "hover"}]], 8)
+    monkeypatch.setattr(evaluate, "task_answers", lambda *a: asked.append(a[-1]) or NOTHING_ANSWERED)
+    task = Task([[{"role": "user", "content": "hover"}]], ["land"], "exact", "test", "-")
+    evaluate.artifact_task(tmp_path / "m.gguf", tok, task, 8)
     assert asked == [[tok.eos_token_id, end_of_turn]]
 
     text, _ = modelfile("m.gguf", tok, load_profile("drone"))
