@@ -20,13 +20,13 @@ def main() -> None:
     from edgeq.evaluate import float_task_score
     from edgeq.machine import platform_info
     from edgeq.records import Score
-    from edgeq.spec import BUILD_EXAMPLE_TEST
+    from edgeq.spec import BUILD_EXAMPLE_TEST, SHIPPED_EXAMPLES
     from edgeq.task import load_task
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--merged", required=True, help="a merged drone fine-tune (a build's .edgeq/merge/model)")
     a = ap.parse_args()
-    task = load_task(files("edgeq") / BUILD_EXAMPLE_TEST, None, None)
+    task = load_task(files(SHIPPED_EXAMPLES) / BUILD_EXAMPLE_TEST, None, None)
     print(f"CPU: {platform_info()['cpu']}; {len(task.prompts)} held-out prompts")
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in (("merged", Path(a.merged)), ("base", resolve_model(None))):
