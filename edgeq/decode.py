@@ -25,7 +25,10 @@ import numpy as np
 
 from edgeq.errors import EdgeqError
 
-SLOTS = 32  # sequences decoded together: a 2-core CPU is compute-bound well before this; more only grows the cache
+# Sequences decoded together. Every token attends over the whole shared cache (masked), so more slots cost
+# attention: 64 prompts of the drone task on the F16 default model took 279 s one at a time, 129 / 126 / 131 / 193 s
+# with 8 / 16 / 32 / 64 slots (2-core AMD EPYC, CPU shared with a test run; benchmarks/RESULTS.md).
+SLOTS = 16
 MAX_CELLS = 1 << 16  # the shared KV cache's cap, in token cells; fewer slots where long sequences would pass it
 
 
