@@ -124,15 +124,28 @@ def answers_here(
     per_seq = max(map(len, prompts)) + max_new_tokens + longest_ref  # its cells at most, teacher copy's included
     slots = max(1, min(slots, len(prompts), MAX_CELLS // per_seq))
     n_ctx = -(-(slots * per_seq + 256) // 256) * 256
-    ctx = _Context(path, n_ctx, 2 * slots, slots * (max(map(len, prompts)) + longest_ref + 1))
+    ctx = _Context(path, n_ctx, 2 * slots + 1, slots * (max(map(len, prompts)) + longest_ref + 1))
     try:
         return _run(ctx, prompts, refs, max_new_tokens, set(stop_ids), slots)
     finally:
         ctx.close()
 
 
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """How many leading tokens every prompt has in common, leaving each at least one of its own (whose logits
+    choose its first answer token)."""
+    first, n = prompts[0], min(map(len, prompts)) - 1
+    return next((i for i in range(n) if any(p[i] != first[i] for p in prompts)), max(n, 0))
+
+
 def _run(ctx: _Context, prompts, refs, max_new: int, stops: set, slots: int) -> list[dict]:
-    """The decode loop. Slot s decodes its answer as sequence s; its teacher copy, if any, is sequence s + slots."""
+    """The decode loop. Slot s decodes its answer as sequence s; its teacher copy, if any, is sequence s + slots.
+    The prompts' common head (a chat template's system turn) is computed once, as sequence 2·slots, and every
+    prompt starts from a copy of it."""
+    head, prefix = shared_prefix(prompts), 2 * slots
+    for p, t in enumerate(prompts[0][:head]):
+        ctx.add(t, p, prefix, False)
+    ctx.decode()
     todo = deque(range(len(prompts)))
     free = list(range(slots - 1, -1, -1))
     live: dict[int, _Seq] = {}  # slot → the sequence it decodes
@@ -146,7 +159,8 @@ def _run(ctx: _Context, prompts, refs, max_new: int, stops: set, slots: int) -> 
         while todo and free:
             s, q = free.pop(), _Seq(todo[0], prompts[todo[0]], refs[todo.popleft()])
             live[s] = q
-            rows = [ctx.add(t, p, s, p == len(q.prompt) - 1) for p, t in enumerate(q.prompt)]
+            ctx.copy(prefix, s, head)
+            rows = [ctx.add(q.prompt[p], p, s, p == len(q.prompt) - 1) for p in range(head, len(q.prompt))]
             reads.append((s, rows[-1]))
         teach = [(q, seq, k, [ctx.add(q.ref[j], len(q.prompt) + j, seq, True) for j in range(k, len(q.ref) - 1)])
                  for q, seq, k in feeds]  # fmt: skip
@@ -190,4 +204,5 @@ def _run(ctx: _Context, prompts, refs, max_new: int, stops: set, slots: int) -> 
             done[q.index] = {"ids": q.out, "nll_sum": q.nll, "nll_tokens": q.scored}
             ctx.drop(s)
             free.append(s)
+    ctx.drop(prefix)
     return done

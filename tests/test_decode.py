@@ -4,7 +4,7 @@ independent computation with llama-cpp-python's own one-sequence API (in this pr
 import numpy as np
 import pytest
 
-from edgeq.decode import answers_here
+from edgeq.decode import answers_here, shared_prefix
 from edgeq.export.gguf import GgufExport, export_gguf
 from tests.conftest import make_tiny_model
 
@@ -27,7 +27,7 @@ def llm(gguf):
     return llama_cpp.Llama(str(gguf), n_ctx=512, logits_all=True, verbose=False)
 
 
-PROMPTS = [[1, 30 + k, 40 + 2 * k, 7] + [100 + k] * k for k in range(7)]  # 7 prompts of 4 to 10 tokens
+PROMPTS = [[1, 5, 9, 30 + k, 40 + 2 * k, 7] + [100 + k] * k for k in range(7)]  # 6 to 12 tokens, 3 shared
 
 
 def alone(llm, ids: list[int]) -> np.ndarray:
@@ -70,10 +70,11 @@ def test_each_answer_is_its_prompts_own_greedy_decode_whatever_the_slots(gguf, b
 
 
 def test_a_stop_token_ends_the_answer_before_it(gguf, llm, by_hand):
-    stop = by_hand[0][3]  # the 4th token of the first answer: that answer stops at 3 tokens
-    want = [greedy(llm, p, BUDGET, {stop}) for p in PROMPTS]
-    assert len(want[0]) == 3
-    got = answers_here(str(gguf), PROMPTS, BUDGET, [stop], slots=2)
+    first = by_hand[0]
+    at = next(i for i in range(2, len(first)) if first[i] not in first[:i])  # a token new to the first answer
+    want = [greedy(llm, p, BUDGET, {first[at]}) for p in PROMPTS]
+    assert want[0] == first[:at]
+    got = answers_here(str(gguf), PROMPTS, BUDGET, [first[at]], slots=2)
     assert [g["ids"] for g in got] == want
 
 
@@ -104,3 +105,9 @@ def test_no_new_tokens_scores_the_references_only(gguf, llm):
     assert all(g["ids"] == [] for g in got)
     want = [nll(llm, p, r) for p, r in zip(PROMPTS, refs, strict=True)]
     assert [g["nll_sum"] for g in got] == pytest.approx(want, rel=1e-4)
+
+
+def test_the_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    assert shared_prefix(PROMPTS) == 3
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token
+    assert shared_prefix([[1, 2, 3]]) == 2 and shared_prefix([[7]]) == 0 and shared_prefix([[1, 2], [3, 2]]) == 0
