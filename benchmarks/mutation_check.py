@@ -41,6 +41,7 @@ class Mutation:
     tests: tuple[str, ...]  # pytest node ids expected to fail with the mutation applied
 
 
+DECODE_NLL = "tests/test_decode.py::test_reference_nll_read_off_the_greedy_pass_is_teacher_forcing"
 FT_HELD_OUT = "tests/test_finetune.py::test_plain_lora_held_out_loss_is_hfs_own_loss_on_the_seeded_tenth"
 KLD_BY_HAND = "tests/test_evaluate.py::test_kld_is_the_references_distribution_against_the_artifacts_by_hand"
 HOLDOUT = "tests/test_data.py::test_the_held_out_split_is_the_seeded_tenth_and_never_trained_on"
@@ -246,6 +247,27 @@ MUTATIONS = (
         ("tests/test_runtime.py::test_answer_nll_sums_minus_log_softmax_of_each_answer_token_at_the_position_before",),
     ),
     Mutation(
+        "batched answer NLL reads the next reference token",
+        "edgeq/decode.py",
+        "            q.nll += _nll(logits, q.ref[k])",
+        "            q.nll += _nll(logits, q.ref[min(k + 1, len(q.ref) - 1)])",
+        (DECODE_NLL,),
+    ),
+    Mutation(
+        "a diverging reference teacher-forced on the answer's own cache",
+        "edgeq/decode.py",
+        "                    seq = s if q.ended else s + slots",
+        "                    seq = s",
+        (DECODE_NLL,),
+    ),
+    Mutation(
+        "every prompt's shared head copied one token short",
+        "edgeq/decode.py",
+        "            ctx.copy(prefix, s, head)",
+        "            ctx.copy(prefix, s, head - 1)",
+        ("tests/test_decode.py::test_each_answer_is_its_prompts_own_greedy_decode_whatever_the_slots",),
+    ),
+    Mutation(
         "answers run past a turn end that is not eos",
         "edgeq/templates.py",
         "        ends.append(ids[0])",
@@ -255,8 +277,8 @@ MUTATIONS = (
     Mutation(
         "served score taken from the evaluation render",
         "edgeq/evaluate.py",
-        '    as_served = scored(task, [c["text"] for c in chats]) if chats else None',
-        "    as_served = scored(task, answers) if chats else None",
+        'same_prompt_as_served=r["reused"]), scored(task, [c["text"] for c in r["served"]])',
+        'same_prompt_as_served=r["reused"]), scored(task, answers)',
         ("tests/test_evaluate.py::test_the_served_score_is_the_ggufs_own_template_decoded_greedily_by_llama_cpp",),
     ),
     Mutation(
