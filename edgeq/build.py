@@ -43,7 +43,7 @@ from edgeq.data import HOLDOUT_SEED, read_jsonl, split_holdout
 from edgeq.errors import BudgetError, UsageError
 from edgeq.evaluate import agreement, evaluate, float_task_score
 from edgeq.export.gguf import GgufExport, export_gguf, write_f16_gguf
-from edgeq.export.imatrix import compute_imatrix, save_imatrix
+from edgeq.export.imatrix import compute_imatrix, load_imatrix, save_imatrix
 from edgeq.export.onnx import export_onnx
 from edgeq.finetune import FinetuneConfig, finetune, latest_checkpoint
 from edgeq.finetune import plan as plan_finetune
@@ -188,11 +188,11 @@ def stage_settings(job: Job) -> dict:
         "finetune": {"config": ft, "inputs": ["base", "data", "training_libraries"]},
         "merge": {"config": mg, "inputs": []},
         "plan": {
-            "config": {"imatrix": f"training data → {BUILD_IMATRIX}", "mixed": "recipe where the budget binds"},
+            "config": {"imatrix": "the training data's, where a mixed recipe is priced", "mixed": "where it binds"},
             "inputs": ["profile", "calibration", "runtime_libraries", "data"],
         },
         "sweep": {"config": {"mode": job.cfg.sweep}, "inputs": []},
-        "export": {"config": {"imatrix": f"plan/{BUILD_IMATRIX}"}, "inputs": []},
+        "export": {"config": {"imatrix": "the training data's, for types that weigh by one"}, "inputs": []},
         "eval": {"config": {"limit": job.cfg.eval_limit, "metric": job.cfg.metric}, "inputs": ["test_data", "base"]},
         "bench": {"config": {"reps": job.cfg.reps}, "inputs": []},
         "report": {"config": {}, "inputs": []},
@@ -275,12 +275,21 @@ def planned_gguf(job: Job) -> Path:
     return job.dir("plan") / BUILD_FLOAT_GGUF
 
 
+def importance(job: Job) -> Path:
+    """The training data's importance matrix on the merged model, computed the first time a stage asks (a mixed
+    recipe's pricing, or a candidate whose quantizer weighs by one: never for Q8_0 or the float types) and kept
+    beside the stages' folders, named by the merge it was computed on. A new merge's matrix replaces the old."""
+    path = job.state / BUILD_IMATRIX.format(key=job.keys["merge"][:16])
+    if not path.is_file():
+        for old in job.state.glob(BUILD_IMATRIX.format(key="*")):
+            old.unlink()
+        save_imatrix(*compute_imatrix(merged(job), job.data), path)
+    return path
+
+
 def run_plan(job: Job, work: Path) -> Plan:
     """Every candidate predicted from the merged model; a plan with no fitting candidate is a result here (the
-    sweep decides with measured quality, and reports no fit itself). The importance matrix of the training data is
-    saved for the sweep and the export (GGUF and ONNX int4 quantize with it) and weighs a mixed recipe's errors."""
-    imatrix, summary = compute_imatrix(merged(job), job.data)  # GGUF's quantizer and ONNX int4's weigh by it
-    save_imatrix(imatrix, summary, work / BUILD_IMATRIX)
+    sweep decides with measured quality, and reports no fit itself)."""
     flt = None
     if FORMAT_GGUF in job.profile.formats:  # what the quantizer plans from, and the sweep and export quantize
         flt = work / BUILD_FLOAT_GGUF
@@ -289,15 +298,11 @@ def run_plan(job: Job, work: Path) -> Plan:
     cfg = PlanConfig(
         profile=job.profile.source, model=str(merged(job)), calibration=str(job.calibration), data=str(job.data)
     )
-    return make_plan(cfg, float_gguf=flt, imatrix=imatrix)
-
-
-def planned_imatrix(job: Job) -> Path:
-    return job.dir("plan") / BUILD_IMATRIX
+    return make_plan(cfg, float_gguf=flt, imatrix=lambda: load_imatrix(importance(job))[0])
 
 
 def sweep_inputs(job: Job) -> SweepInputs:
-    return SweepInputs(merged(job), planned_gguf(job), planned_imatrix(job), job.profile, job.cfg.sweep)
+    return SweepInputs(merged(job), planned_gguf(job), lambda: importance(job), job.profile, job.cfg.sweep)
 
 
 def run_sweep(job: Job, work: Path) -> Plan:
@@ -307,16 +312,14 @@ def run_sweep(job: Job, work: Path) -> Plan:
 def run_export(job: Job, work: Path) -> ExportResult:
     c = job.results["sweep"].chosen
     name = f"model.{c.quant}" + ("-mixed" if c.recipe else "") + (".gguf" if c.fmt == FORMAT_GGUF else "")
-    out, imatrix = str(work / name), planned_imatrix(job)
+    out, imatrix = str(work / name), importance(job) if c.uses_imatrix else None
     if c.fmt == FORMAT_GGUF:
         recipe = dict(c.recipe) or None
-        cfg = GgufExport(out=out, model=str(merged(job)), quant=c.quant, imatrix=str(imatrix), recipe=recipe)
-        r = export_gguf(cfg)
+        matrix = str(imatrix) if imatrix else None
+        r = export_gguf(GgufExport(out=out, model=str(merged(job)), quant=c.quant, imatrix=matrix, recipe=recipe))
     else:
-        cfg = onnx_export(c, merged(job), imatrix, Path(out))
-        r = export_onnx(cfg)
-    weighted = cfg.imatrix is not None  # what the quantizer weighed by: the matrix, where the export took one
-    return dataclasses.replace(r, imatrix_source=str(job.data) if weighted else None)
+        r = export_onnx(onnx_export(c, merged(job), imatrix, Path(out)))
+    return dataclasses.replace(r, imatrix_source=str(job.data) if imatrix else None)
 
 
 def artifact(job: Job) -> Path:

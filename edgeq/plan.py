@@ -169,7 +169,7 @@ def make_plan(
     cfg: PlanConfig,
     write_float_gguf: Callable[[Path, Path], None] | None = None,
     float_gguf: Path | None = None,
-    imatrix: dict | None = None,
+    imatrix: Callable[[], dict | None] | None = None,
     measured: dict[str, Measurement] | None = None,
 ) -> Plan:
     """Every candidate predicted and the choice (None where nothing fits: the build's sweep decides then).
@@ -178,7 +178,8 @@ def make_plan(
     one `write_float_gguf(model_dir, path)` writes into a scratch folder (the caller passes export's writer: plan
     sits below the exports). `measured` (a build's sweep, by candidate key) replaces prior quality. Where the best
     GGUF type allowed does not fit, a mixed recipe sized to the budgets joins the uniform candidates; its errors are
-    weighed by `imatrix`, else by one computed on cfg.data."""
+    weighed by the matrix `imatrix()` returns, else by one computed on cfg.data: only then, as nothing else here
+    needs one."""
     profile = load_profile(cfg.profile)
     if cfg.ctx is not None and cfg.ctx < 16:
         raise UsageError(f"--ctx {cfg.ctx} is too small", None, "use at least 16 tokens")
@@ -195,9 +196,8 @@ def make_plan(
         rows = predict(model_dir, profile, n_ctx, float_gguf, measured, cal)
         mixed: list[Row | None] = []
         if float_gguf is not None and FORMAT_GGUF in profile.formats:
-            if imatrix is None and cfg.data:
-                imatrix, _ = compute_imatrix(model_dir, cfg.data)
-            mixed.append(mixed_row(model_dir, profile, n_ctx, float_gguf, rows, cal, imatrix, cfg.data, Path(scratch)))
+            weights = imatrix or (lambda: compute_imatrix(model_dir, cfg.data)[0] if cfg.data else None)
+            mixed.append(mixed_row(model_dir, profile, n_ctx, float_gguf, rows, cal, weights, cfg.data, Path(scratch)))
         if FORMAT_ONNX in profile.formats:
             mixed.append(onnx_mixed_row(model_dir, profile, n_ctx, rows, cal))
     for row in filter(None, mixed):  # a mixture the build's sweep measured reads back as measured, like the rest

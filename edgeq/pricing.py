@@ -169,7 +169,8 @@ def kld_probe(model_dir: Path, data: str | None):
 
 
 def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatrix, data, work: Path) -> Row | None:
-    """Where the best uniform GGUF type the profile allows does not fit, a mixture sized to its budgets."""
+    """Where the best uniform GGUF type the profile allows does not fit, a mixture sized to its budgets, its errors
+    weighed by the matrix `imatrix()` returns (asked for only here: it costs a pass of the float model)."""
     gguf = [r for r in rows if r.candidate.fmt == FORMAT_GGUF and not QUANT_TYPES[r.candidate.quant].is_float_gguf]
     if not gguf or footprint_fits(min(gguf, key=lambda r: r.kld), profile):
         return None
@@ -184,7 +185,7 @@ def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatr
             {FORMAT_GGUF: terms},
             profile.storage_budget_mib,
             profile.memory_budget_mib * (1 - PLAN_MARGIN),
-            imatrix,
+            imatrix(),
             work,
             data=data,
             threads=profile.threads,

@@ -21,7 +21,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from edgeq.checks import Check
 from edgeq.profiles import Profile
 from edgeq.serving import SystemPrompt
-from edgeq.spec import BENCH_SCHEMA, FORMAT_ONNX, PLAN_SCHEMA, STAGE_SCHEMA
+from edgeq.spec import BENCH_SCHEMA, FORMAT_ONNX, PLAN_SCHEMA, QUANT_TYPES, STAGE_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class Candidate:
         if self.recipe and self.fmt == FORMAT_ONNX:  # the rule: the export solves the layout for this size
             return f"onnx mixed 4/8-bit ≤ {dict(self.recipe)['max_size_mib']} MiB"
         return f"{self.fmt} mixed ≈{self.quant}" if self.recipe else f"{self.fmt} {self.quant}"
+
+    @property
+    def uses_imatrix(self) -> bool:
+        """Its quantizer weighs by an importance matrix: a type that does, or a mixture (K-types, ONNX int4 blocks)."""
+        return bool(self.recipe) or QUANT_TYPES[self.quant].uses_imatrix
 
     def as_dict(self) -> dict:
         d = {"format": self.fmt, "quant": self.quant}

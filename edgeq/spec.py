@@ -64,6 +64,9 @@ class QuantType:
     block_size: int | None = None  # ONNX int4: weights per scale
     gate_max_abs_logit: float | None = None  # float GGUF types, written directly: export fidelity gate
     calibrated: bool = True  # `edgeq calibrate` measures it (not F32/BF16 GGUF, not fp16 ONNX: CUDA only)
+    # Its quantizer weighs each weight's rounding by an importance matrix (llama.cpp's quant_weights; edgeq's ONNX
+    # int4 blocks). Q8_0 and the float types round every weight alike: no build computes a matrix for them.
+    uses_imatrix: bool = False
 
     def __post_init__(self):
         gguf, onnx = self.fmt == FORMAT_GGUF, self.fmt == FORMAT_ONNX
@@ -91,6 +94,7 @@ class QuantType:
 # "Every export type"). Larger models lose less at every type; the order is what the prior is for.
 _DRONE = "measured: drone fine-tune of the default model (benchmarks/RESULTS.md, Every export type)"
 _DRONE_ONNX4 = "measured: drone fine-tune, edgeq's int4 without an imatrix (benchmarks/RESULTS.md, ONNX 4-bit)"
+_INT4 = {"onnx_precision": "int4", "uses_imatrix": True}  # edgeq requantizes the builder's int4 blocks
 _GUESS = "not measured: placed between the float types and the 8-bit ones"
 QUANT_TYPES = {
     q.name: q
@@ -99,17 +103,17 @@ QUANT_TYPES = {
         QuantType("F16", FORMAT_GGUF, 16.0, 0.0, _DRONE, "MOSTLY_F16", gate_max_abs_logit=0.5),
         QuantType("BF16", FORMAT_GGUF, 16.0, 0.0005, _GUESS, "MOSTLY_BF16", gate_max_abs_logit=1.0, calibrated=False),
         QuantType("Q8_0", FORMAT_GGUF, 8.5, 0.0051, _DRONE, "MOSTLY_Q8_0"),
-        QuantType("Q6_K", FORMAT_GGUF, 6.56, 0.0114, _DRONE, "MOSTLY_Q6_K"),
-        QuantType("Q5_K_M", FORMAT_GGUF, 5.70, 0.0542, _DRONE, "MOSTLY_Q5_K_M"),
-        QuantType("Q5_0", FORMAT_GGUF, 5.5, 0.0846, _DRONE, "MOSTLY_Q5_0"),
-        QuantType("Q4_K_M", FORMAT_GGUF, 4.89, 0.0713, _DRONE, "MOSTLY_Q4_K_M"),
-        QuantType("Q4_K_S", FORMAT_GGUF, 4.67, 0.1193, _DRONE, "MOSTLY_Q4_K_S"),
-        QuantType("Q4_0", FORMAT_GGUF, 4.5, 0.4666, _DRONE, "MOSTLY_Q4_0"),
-        QuantType("IQ4_XS", FORMAT_GGUF, 4.25, 0.1949, _DRONE, "MOSTLY_IQ4_XS"),
-        QuantType("Q3_K_M", FORMAT_GGUF, 3.9, 0.2536, _DRONE, "MOSTLY_Q3_K_M"),
-        QuantType("Q2_K", FORMAT_GGUF, 3.35, 0.7421, _DRONE, "MOSTLY_Q2_K"),
-        QuantType("int4-block32", FORMAT_ONNX, 5.125, 0.2845, _DRONE_ONNX4, onnx_precision="int4", block_size=32),
-        QuantType("int4-block128", FORMAT_ONNX, 4.28, 0.6202, _DRONE_ONNX4, onnx_precision="int4", block_size=128),
+        QuantType("Q6_K", FORMAT_GGUF, 6.56, 0.0114, _DRONE, "MOSTLY_Q6_K", uses_imatrix=True),
+        QuantType("Q5_K_M", FORMAT_GGUF, 5.70, 0.0542, _DRONE, "MOSTLY_Q5_K_M", uses_imatrix=True),
+        QuantType("Q5_0", FORMAT_GGUF, 5.5, 0.0846, _DRONE, "MOSTLY_Q5_0", uses_imatrix=True),
+        QuantType("Q4_K_M", FORMAT_GGUF, 4.89, 0.0713, _DRONE, "MOSTLY_Q4_K_M", uses_imatrix=True),
+        QuantType("Q4_K_S", FORMAT_GGUF, 4.67, 0.1193, _DRONE, "MOSTLY_Q4_K_S", uses_imatrix=True),
+        QuantType("Q4_0", FORMAT_GGUF, 4.5, 0.4666, _DRONE, "MOSTLY_Q4_0", uses_imatrix=True),
+        QuantType("IQ4_XS", FORMAT_GGUF, 4.25, 0.1949, _DRONE, "MOSTLY_IQ4_XS", uses_imatrix=True),
+        QuantType("Q3_K_M", FORMAT_GGUF, 3.9, 0.2536, _DRONE, "MOSTLY_Q3_K_M", uses_imatrix=True),
+        QuantType("Q2_K", FORMAT_GGUF, 3.35, 0.7421, _DRONE, "MOSTLY_Q2_K", uses_imatrix=True),
+        QuantType("int4-block32", FORMAT_ONNX, 5.125, 0.2845, _DRONE_ONNX4, block_size=32, **_INT4),
+        QuantType("int4-block128", FORMAT_ONNX, 4.28, 0.6202, _DRONE_ONNX4, block_size=128, **_INT4),
         QuantType("int8", FORMAT_ONNX, 8.0, 0.0047, _DRONE, onnx_precision="int8"),
         QuantType("fp16", FORMAT_ONNX, 16.0, 0.0005, _GUESS + " (CUDA only)", onnx_precision="fp16", calibrated=False),
         QuantType("fp32", FORMAT_ONNX, 32.0, 0.0, "exact", onnx_precision="fp32"),
@@ -389,7 +393,7 @@ BUILD_REPORT = "report.md"
 BUILD_PLOT = "candidates.png"
 BUILD_MODELFILE = "Modelfile"
 BUILD_FLOAT_GGUF = "model.F16.gguf"  # in the plan's folder: what plan sizes from, the sweep and export quantize
-BUILD_IMATRIX = "imatrix.safetensors"  # in the plan's folder: the importance matrix the sweep and export quantize with
+BUILD_IMATRIX = "imatrix-{key}.safetensors"  # in the state folder: the matrix the sweep and export quantize with
 # The build's sweep: `first-fit` builds candidates in order of expected quality (the profile's formats in order,
 # each by prior KLD) and stops at the first whose measurements meet every budget; `all` builds every candidate
 # predicted to fit memory and storage (a full table and plot, one build and bench per candidate).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from edgeq.errors import UsageError
 from edgeq.evaluate import TEXT_TOKENS, compare_logits, fidelity_ids, reference_logits
 from edgeq.export.gguf import quantize_gguf
 from edgeq.export.imatrix import load_imatrix
-from edgeq.export.onnx import OnnxExport, export_onnx, is_int4
+from edgeq.export.onnx import OnnxExport, export_onnx
 from edgeq.footprint import footprint_fits
 from edgeq.io import check_free_disk, read_json
 from edgeq.plan import choose, with_measurement
@@ -33,33 +34,36 @@ from edgeq.spec import BUILD_STAGE_RECORD, BUILD_STATE_DIR, FORMAT_GGUF, QUANT_A
 
 @dataclass(frozen=True)
 class SweepInputs:
-    """What the sweep builds from: the merged float model, the F16 GGUF and importance matrix the plan stage wrote
-    (the export quantizes with the same ones), the profile, and first-fit or all."""
+    """What the sweep builds from: the merged float model, the F16 GGUF the plan stage wrote, the importance
+    matrix's file (`imatrix()` computes it the first time a candidate's quantizer weighs by one; the export
+    quantizes with the same), the profile, and first-fit or all."""
 
     merged: Path
     float_gguf: Path
-    imatrix: Path
+    imatrix: Callable[[], Path]
     profile: Profile
     mode: str
 
 
-def onnx_export(c: Candidate, merged: Path, imatrix: Path, out: Path) -> OnnxExport:
-    """The ONNX export of a candidate: its precision, or --quant auto at the size an ONNX mixture names. The
-    importance matrix goes only where it weighs something: int4 blocks (int8 and fp32 exports refuse one)."""
+def onnx_export(c: Candidate, merged: Path, imatrix: Path | None, out: Path) -> OnnxExport:
+    """The ONNX export of a candidate: its precision, or --quant auto at the size an ONNX mixture names, weighed by
+    `imatrix` (the caller passes one only where c.uses_imatrix)."""
     size = float(dict(c.recipe)["max_size_mib"]) if c.recipe else None
     quant = QUANT_AUTO if c.recipe else c.quant
-    weighted = str(imatrix) if is_int4(quant) else None
+    weighted = str(imatrix) if imatrix else None
     return OnnxExport(out=str(out), model=str(merged), quant=quant, max_size_mib=size, imatrix=weighted)
 
 
-def measure_candidate(s: SweepInputs, c: Candidate, ref, ids, imatrix: dict, work: Path) -> Measurement:
+def measure_candidate(s: SweepInputs, c: Candidate, ref, ids, work: Path) -> Measurement:
     """Build `c` in `work`, measure it against the merged model's logits `ref` on `ids` and in one bench run,
     delete it."""
     path = work / (f"{c.key.split(':', 1)[1]}.gguf" if c.fmt == FORMAT_GGUF else c.quant)
+    imatrix = s.imatrix() if c.uses_imatrix else None
     if c.fmt == FORMAT_GGUF:
-        quantize_gguf(s.float_gguf, path, c.quant, imatrix, dict(c.recipe) or None)
+        matrix = load_imatrix(imatrix)[0] if imatrix else None
+        quantize_gguf(s.float_gguf, path, c.quant, matrix, dict(c.recipe) or None)
     else:
-        export_onnx(onnx_export(c, s.merged, s.imatrix, path))
+        export_onnx(onnx_export(c, s.merged, imatrix, path))
     fidelity = compare_logits(path, ref, ids)
     p = s.profile
     run = measure_in_child(c.fmt, path, p.prompt_tokens, 32, p.threads, p.max_context_tokens)
@@ -97,12 +101,11 @@ def sweep(planned: Plan, s: SweepInputs, work: Path) -> Plan:
     ids = fidelity_ids(tok, TEXT_TOKENS, model.config.max_position_embeddings)
     ref = reference_logits(model, ids)
     del model
-    imatrix, _ = load_imatrix(s.imatrix)  # the export quantizes with this same matrix
     built: dict[Candidate, Row] = {}
     with report.progress("sweep", len(todo)) as update:
         for i, r in enumerate(todo):
             update(i, r.candidate.label)
-            m = measure_candidate(s, r.candidate, ref, ids, imatrix, work)
+            m = measure_candidate(s, r.candidate, ref, ids, work)
             built[r.candidate] = with_measurement(r, m, s.profile)
             if s.mode == "first-fit" and built[r.candidate].fits:
                 break
@@ -111,7 +114,7 @@ def sweep(planned: Plan, s: SweepInputs, work: Path) -> Plan:
         if won is not None and won.recipe:  # the report compares the mixture with the best uniform type that fits
             uniform = next((r for r in todo if not r.candidate.recipe and r.candidate not in built), None)
             if uniform is not None:
-                m = measure_candidate(s, uniform.candidate, ref, ids, imatrix, work)
+                m = measure_candidate(s, uniform.candidate, ref, ids, work)
                 built[uniform.candidate] = with_measurement(uniform, m, s.profile)
     rows = [built.get(r.candidate, r) for r in planned.rows]
     measured = [r for r in rows if r.measured]

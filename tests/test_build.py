@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgeq.errors import EdgeqError
 from edgeq.profiles import load_profile
-from edgeq.spec import BUILD_SCORES_DIR, BUILD_STATE_DIR, FORMATS, QUANT_TYPES
+from edgeq.spec import BUILD_SCORES_DIR, BUILD_STATE_DIR, FORMATS, GGUF_FLOAT_TYPES, QUANT_TYPES
 from tests.conftest import UNBREACHABLE_LATENCY, cpu_seconds_of_children, make_tiny_model, run_edgeq
 
 pytestmark = pytest.mark.slow
@@ -117,7 +118,9 @@ def test_outputs(setup, built):
     assert {"model.Q8_0.gguf", "Modelfile", "manifest.json", "report.md", "candidates.png"} <= names
     assert (built / "Modelfile").read_text() == MODELFILE.format(version=__version__)
     m = json.loads((built / "manifest.json").read_text())
-    assert m["quant_recipe"]["quant"] == "Q8_0" and m["quant_recipe"]["imatrix_source"]
+    # Q8_0 rounds every weight alike: no importance matrix is computed, and none is claimed
+    assert m["quant_recipe"]["quant"] == "Q8_0" and m["quant_recipe"]["imatrix_source"] is None
+    assert not list((built / BUILD_STATE_DIR).glob("imatrix-*"))
     assert m["inputs"]["data"]["sha256"] == sha256_file(setup["data"])
     assert m["inputs"]["test_data"]["sha256"] == sha256_file(setup["test"])
     assert m["inputs"]["base"]["sha256"]["model.safetensors"] == sha256_file(setup["base"] / "model.safetensors")
@@ -359,6 +362,9 @@ def test_a_served_score_that_drops_past_the_budget_exits_3_with_report_and_manif
     drop = {c["name"]: c for c in m["quality_checks"]}["task_drop"]
     assert drop["measured"] == pytest.approx(m["task"]["merged"] - served) and drop["measured"] > 0
     assert not drop["passed"] and (out / "model.Q4_K_M.gguf").is_file()
+    # Q4_K_M weighs its rounding by the training data's importance matrix: computed once, and said
+    assert Path(m["quant_recipe"]["imatrix_source"]).samefile(setup["data"])
+    assert len(list((out / BUILD_STATE_DIR).glob("imatrix-*.safetensors"))) == 1
     assert "task_drop" in (out / "report.md").read_text()
 
 
@@ -418,17 +424,18 @@ def test_a_same_size_edit_in_place_with_its_mtime_put_back_is_a_new_input(tmp_pa
     assert file_sha(data, memo) != before
 
 
-@pytest.mark.parametrize(("quant", "weighted"), [("int4-block32", True), ("int8", False), ("fp32", False)])
-def test_an_onnx_candidate_gets_the_importance_matrix_only_where_it_weighs_something(quant, weighted, tmp_path):
-    """The Jetson profile's sweep reached ONNX int8 with the plan's matrix, which that export refuses (exit 2
-    mid-build, 1.24B model, 2026-12-06): the matrix goes to int4 candidates only."""
-    from edgeq.export.onnx import export_onnx
+@pytest.mark.parametrize("quant", [q for q in QUANT_TYPES if q not in GGUF_FLOAT_TYPES])
+def test_an_export_takes_an_importance_matrix_exactly_where_the_build_hands_it_one(quant, tmp_path):
+    """The build quantizes with the matrix only where Candidate.uses_imatrix; every export refuses one elsewhere
+    (the Jetson profile's sweep once reached ONNX int8 with the plan's matrix: exit 2 mid-build, 1.24B model,
+    2026-12-06), and accepts one wherever the build hands it one (it fails later here: there is no model)."""
+    from edgeq.export.gguf import GgufExport, export_gguf
+    from edgeq.export.onnx import OnnxExport, export_onnx
     from edgeq.records import Candidate
-    from edgeq.sweep import onnx_export
 
-    cfg = onnx_export(Candidate("onnx", quant), tmp_path / "m", tmp_path / "imatrix.dat", tmp_path / "out")
-    assert (cfg.imatrix is not None) == weighted
-    if not weighted:  # what the export itself says of it: no refusal for the matrix
-        with pytest.raises(Exception) as e:
-            export_onnx(cfg)
-        assert "importance matrix" not in str(e.value)
+    row = QUANT_TYPES[quant]
+    export, cfg = (export_gguf, GgufExport) if row.fmt == "gguf" else (export_onnx, OnnxExport)
+    matrix = tmp_path / "imatrix.safetensors"
+    with pytest.raises(EdgeqError) as e:
+        export(cfg(model=str(tmp_path / "absent"), out=str(tmp_path / "out"), quant=quant, imatrix=str(matrix)))
+    assert ("rounds every weight alike" not in e.value.what) == Candidate(row.fmt, quant).uses_imatrix

@@ -30,7 +30,7 @@ from edgeq.data import read_jsonl
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
 from edgeq.export import ExportConfig
-from edgeq.export.imatrix import imatrix_for
+from edgeq.export.imatrix import imatrix_for, refuse_unweighted
 from edgeq.ggufcheck import check_gguf
 from edgeq.io import FILE_MARK, atomic_path, check_free_disk, claim_output
 from edgeq.mixed import verify
@@ -587,6 +587,8 @@ def export_gguf(cfg: GgufExport) -> ExportResult:
     if cfg.quant not in (*quant_names(FORMAT_GGUF), QUANT_AUTO):
         valid = ", ".join((*quant_names(FORMAT_GGUF), QUANT_AUTO))
         raise UsageError(f"unknown GGUF quant type {cfg.quant!r}", None, f"valid: {valid}")
+    if (cfg.imatrix_data or cfg.imatrix) and cfg.quant != QUANT_AUTO and not cfg.recipe:
+        refuse_unweighted(cfg.quant, cfg.quant)
     inputs = [cfg.model, cfg.imatrix_data, cfg.imatrix]
     out = claim_output(cfg.out, inputs, cfg.force)
     if cfg.imatrix_data:  # read now: a bad file fails before the minutes of export, not after them

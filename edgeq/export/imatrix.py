@@ -15,9 +15,9 @@ import numpy as np
 from edgeq import report, templates
 from edgeq.basemodel import load_tokenizer
 from edgeq.data import read_jsonl
-from edgeq.errors import EdgeqError
+from edgeq.errors import EdgeqError, UsageError
 from edgeq.io import atomic_path
-from edgeq.spec import GGUF_ARCHS
+from edgeq.spec import GGUF_ARCHS, QUANT_TYPES
 
 CHUNK_TOKENS = 512
 
@@ -71,6 +71,20 @@ def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) 
         "tensors": len(matrix),
         "source": str(data),
     }
+
+
+def refuse_unweighted(quant: str, layout: str) -> None:
+    """An importance matrix given for a type whose quantizer rounds every weight alike (Q8_0, int8, the float
+    types; `layout` is the QUANT_TYPES row the export writes): refused, since it would change nothing and the
+    manifest would say it weighed."""
+    row = QUANT_TYPES[layout]
+    if not row.uses_imatrix:
+        weighing = ", ".join(q.name for q in QUANT_TYPES.values() if q.fmt == row.fmt and q.uses_imatrix)
+        raise UsageError(
+            f"{quant} rounds every weight alike: an importance matrix changes nothing",
+            None,
+            f"drop --imatrix-data/--imatrix, or choose a type that weighs by one: {weighing}",
+        )
 
 
 def imatrix_for(model_dir: Path, path: str | None, data: str | None) -> tuple[dict | None, dict | None]:

@@ -28,7 +28,7 @@ from edgeq.data import read_jsonl
 from edgeq.errors import BudgetError, EdgeqError, UsageError
 from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
 from edgeq.export import ExportConfig, onnxquant
-from edgeq.export.imatrix import imatrix_for
+from edgeq.export.imatrix import imatrix_for, refuse_unweighted
 from edgeq.footprint import Dims, onnx_bytes, tokenizer_bytes
 from edgeq.io import atomic_dir, check_free_disk, claim_output
 from edgeq.records import ExportResult
@@ -114,8 +114,7 @@ def builder_layout(quant: str) -> str:
 
 
 def is_int4(quant: str) -> bool:
-    """int4 blocks: what edgeq requantizes after the builder, and the only layout an importance matrix weighs
-    (int8 and fp32 leave it nothing to choose)."""
+    """int4 blocks: what edgeq requantizes after the builder (int8 and fp32 are the builder's own)."""
     return QUANT_TYPES[builder_layout(quant)].onnx_precision == "int4"
 
 
@@ -127,8 +126,8 @@ def export_onnx(cfg: OnnxExport) -> ExportResult:
     if (cfg.quant == QUANT_AUTO) != (cfg.max_size_mib is not None):
         raise UsageError(f"--quant {QUANT_AUTO} and --max-size-mib go together", None, "pass both, or neither")
     kind = builder_layout(cfg.quant)
-    if (cfg.imatrix_data or cfg.imatrix) and not is_int4(cfg.quant):
-        raise UsageError(f"an importance matrix applies to GGUF and ONNX int4, not {cfg.quant}", None, "drop it")
+    if cfg.imatrix_data or cfg.imatrix:
+        refuse_unweighted(cfg.quant, kind)
     if cfg.quant == "fp16" and cfg.execution_provider == "cpu":
         raise UsageError("fp16 ONNX targets GPUs", None, "use --execution-provider cuda, or int8/int4/fp32 on CPU")
     inputs = [cfg.model, cfg.imatrix_data, cfg.imatrix]

@@ -9,11 +9,11 @@ import pytest
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
 from edgeq.export import gguf as export_mod
-from edgeq.export.gguf import GgufExport, export_gguf
+from edgeq.export.gguf import GgufExport, export_gguf, quantize_gguf, write_float_gguf
 from edgeq.export.imatrix import compute_imatrix, load_imatrix, save_imatrix
 from edgeq.ggufcheck import check_gguf
 from edgeq.io import FILE_MARK
-from edgeq.spec import EXIT_USAGE, QUANT_TYPES
+from edgeq.spec import EXIT_USAGE, FORMAT_GGUF, GGUF_FLOAT_TYPES, QUANT_TYPES, quant_names
 from tests.conftest import make_tiny_model, run_edgeq, tiny_arch_model
 
 
@@ -215,6 +215,26 @@ def test_imatrix_changes_the_quantization_and_is_recorded(tmp_path, tiny_model, 
     assert imx.gates["imatrix"]["tensors"] == 2 * 7 + 1
     assert imx.gates["imatrix"]["tokens"] > 1000
     assert (tmp_path / "p.gguf").read_bytes() != (tmp_path / "i.gguf").read_bytes()
+
+
+def test_the_types_said_to_weigh_by_an_importance_matrix_are_those_llama_cpp_rounds_differently_with_one(
+    tmp_path, default_model, small_data
+):
+    """spec's uses_imatrix column against llama.cpp itself: a build computes the matrix only for these types. Rows
+    of 256 weights: narrower ones make llama.cpp fall back from the K-types (Q6_K to Q8_0)."""
+    model = make_tiny_model(tmp_path / "hf", default_model, hidden_size=256, intermediate_size=512, head_dim=64)
+    flt = tmp_path / "m.F16.gguf"
+    write_float_gguf(model, flt, "F16")
+    matrix, _ = compute_imatrix(model, small_data)
+    differs = {}
+    for q in quant_names(FORMAT_GGUF, calibrated_only=True):
+        if q in GGUF_FLOAT_TYPES:
+            continue
+        quantize_gguf(flt, tmp_path / "plain.gguf", q)
+        quantize_gguf(flt, tmp_path / "weighed.gguf", q, matrix)
+        differs[q] = (tmp_path / "plain.gguf").read_bytes() != (tmp_path / "weighed.gguf").read_bytes()
+    assert differs == {q: QUANT_TYPES[q].uses_imatrix for q in differs}
+    assert differs["Q4_K_M"] and not differs["Q8_0"]
 
 
 def test_a_saved_imatrix_quantizes_exactly_as_the_computed_one(tmp_path, tiny_model, small_data):

@@ -90,7 +90,7 @@ CASES = [
     (["finetune", "--base", "{input}", "--data", "{data}", "--out", "{out}", "--max-steps", "1"], "model"),
     (["merge", "--adapter", "{input}", "--out", "{out}"], "adapter"),
     (["export", "--model", "{input}", "--quant", "F32", "--out", "{out}"], "model"),
-    (["export", "--imatrix-data", "{input}", "--quant", "Q8_0", "--out", "{out}"], "jsonl"),
+    (["export", "--imatrix-data", "{input}", "--quant", "Q4_K_M", "--out", "{out}"], "jsonl"),
     (["eval", "{input}"], "artifact"),
     (["bench", "{input}", "--reps", "1", "--out", "{out}"], "artifact"),
     (["bench", "{gguf}", "--reps", "1", "--baseline", "{input}", "--out", "{out}"], "json"),
