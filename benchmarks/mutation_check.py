@@ -369,6 +369,23 @@ MUTATIONS = (
         "    if False:\n        raise BudgetError(",
         ("tests/test_build.py::test_a_budget_breached_at_bench_exits_3_with_the_report_written",),
     ),
+    Mutation(
+        "a Q8_0 build's manifest claims an importance matrix",
+        "edgeq/build.py",
+        "imatrix_source=str(job.data) if imatrix else None)",
+        "imatrix_source=str(job.data))",
+        ("tests/test_build.py::test_outputs",),
+    ),
+    Mutation(
+        "the table says Q6_K rounds without the matrix",
+        "edgeq/spec.py",
+        '"MOSTLY_Q6_K", uses_imatrix=True)',
+        '"MOSTLY_Q6_K")',
+        (
+            "tests/export/test_gguf.py::"
+            "test_the_types_said_to_weigh_by_an_importance_matrix_are_those_llama_cpp_rounds_differently_with_one",
+        ),
+    ),
 )
 
 
