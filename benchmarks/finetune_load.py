@@ -42,14 +42,14 @@ def make(work: Path) -> dict[str, Path]:
     return out
 
 
-def one(model: str, quant: str) -> float:
+def one(model: str, method: str) -> float:
     """In a fresh process: the fine-tune's setup at batch 1; its peak RSS in MiB."""
     from edgeq.finetune import FinetuneConfig, setup
     from edgeq.spec import BUILD_EXAMPLE_DATA, SHIPPED_EXAMPLES
 
     with tempfile.TemporaryDirectory() as out:
         data = str(files(SHIPPED_EXAMPLES) / BUILD_EXAMPLE_DATA)
-        setup(FinetuneConfig(data=data, out=out, base=model, quant=quant, batch_size=1))
+        setup(FinetuneConfig(data=data, out=out, base=model, method=method, batch_size=1))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -66,13 +66,13 @@ def main() -> None:
     print("| checkpoint | method | peak RSS MiB measured → trainplan's load moment |")
     print("|---|---|---|")
     for name, path in make(a.work).items():
-        for quant in ("nf4", "none"):
-            code = f"import benchmarks.finetune_load as b; print(b.one({str(path)!r}, {quant!r}))"
+        for method in ("qlora", "lora"):
+            code = f"import benchmarks.finetune_load as b; print(b.one({str(path)!r}, {method!r}))"
             r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             measured = float(r.stdout.splitlines()[-1])
             d, width = Dims.from_config(path), dtype_bytes(compute_dtype("cpu"))
-            p = predict_finetune(d, CALIBRATION, 1, 16, False, checkpoint_size(path), 1, quant != "none", width)
-            method = "QLoRA" if quant == "nf4" else "LoRA, 16-bit base"
+            p = predict_finetune(d, CALIBRATION, 1, 16, False, checkpoint_size(path), 1, method, width)
+            method = "QLoRA" if method == "qlora" else "LoRA, 16-bit base"
             error = 100 * (p.load_mib / measured - 1)
             print(f"| {name} | {method} | {measured:.0f} → {p.load_mib:.0f} ({error:+.1f} %) |", flush=True)
 

@@ -44,15 +44,15 @@ FIT = ("17M", "135M")  # trainplan's constants come from these; the others are o
 BATCHES = {"17M": (4, 16), "135M": (4, 16)}  # two batch sizes separate the activations from the rest
 
 
-def one(model: str, on: bool, steps: int, batch: int, quant: str = "nf4") -> dict:
-    """In a fresh process: set up the default recipe (or --quant `quant`), one warm-up step, then `steps` timed
+def one(model: str, on: bool, steps: int, batch: int, method: str = "qlora") -> dict:
+    """In a fresh process: set up the default recipe (or --method `method`), one warm-up step, then `steps` timed
     ones."""
     from edgeq.finetune import FinetuneConfig, batches_for, collate, labelled_tokens, pad_id, setup, train_step
     from edgeq.spec import BUILD_EXAMPLE_DATA, SHIPPED_EXAMPLES
 
     with tempfile.TemporaryDirectory() as out:
         data = str(files(SHIPPED_EXAMPLES) / BUILD_EXAMPLE_DATA)
-        cfg = FinetuneConfig(data=data, out=out, base=model, gradient_checkpointing=on, batch_size=batch, quant=quant)
+        cfg = FinetuneConfig(data=data, out=out, base=model, gradient_checkpointing=on, batch_size=batch, method=method)
         run = setup(cfg)
         run.model.train()
         batches = [[collate(mb, pad_id(run.tokenizer), "cpu") for mb in batches_for(run, s)] for s in range(steps + 1)]
@@ -93,41 +93,78 @@ def measure(root: Path, steps: int, done: list[dict]) -> list[dict]:
     return points
 
 
-def plain_lora(steps: int) -> None:
-    """--quant none on the default model (the base in finetune.compute_dtype), batch 4 and 16, checkpointing off and
-    on, each in a fresh process: peak RSS measured against trainplan's prediction. Memory only: the fit of time is
-    QLoRA's."""
+def other_methods(steps: int, methods: list[str]) -> None:
+    """--method lora (the base in finetune.compute_dtype) and full (every weight in fp32) on the default model,
+    batch 4 and 16, checkpointing off and on, each in a fresh process: peak RSS and seconds per step measured
+    against trainplan's prediction. trainplan's constants were fitted on QLoRA runs only: every point here is out of
+    sample."""
     from edgeq.basemodel import ensure_default_model
-    from edgeq.finetune import checkpoint_size, compute_dtype, dtype_bytes
+    from edgeq.finetune import FinetuneConfig, checkpoint_size, dtype_bytes, weights_dtype
     from edgeq.footprint import Dims
     from edgeq.machine import platform_info
     from edgeq.trainplan import CALIBRATION, predict_finetune
 
-    model, width = ensure_default_model(), dtype_bytes(compute_dtype("cpu"))
-    print(f"CPU: {platform_info()['cpu']}; --quant none, the base in {compute_dtype('cpu')}")
-    print("| batch | checkpointing | padded tokens | peak RSS MiB measured → predicted |")
-    print("|---|---|---|---|")
-    for batch in (4, 16):
-        for on in (False, True):
-            call = f"b.one({str(model)!r}, {on}, {steps}, {batch}, 'none')"
-            code = f"import json, benchmarks.finetune_plan as b; print(json.dumps({call}))"
-            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-            p = json.loads(r.stdout.splitlines()[-1])
-            d, files = Dims.from_config(model), checkpoint_size(model)
-            pr = predict_finetune(d, CALIBRATION, p["tokens_per_step"], 16, on, files, 1, False, width)
-            e = pr.peak_mib / p["peak_rss_mib"] - 1
-            measured = f"{p['peak_rss_mib']:.0f} → {pr.peak_mib:.0f} ({100 * e:+.1f} %)"
-            print(f"| {batch} | {'on' if on else 'off'} | {p['tokens_per_step']} | {measured} |", flush=True)
+    model = ensure_default_model()
+    print(f"CPU: {platform_info()['cpu']}; the default model, batch × longest row of the drone data")
+    print("| method | batch | checkpointing | padded tokens | peak RSS MiB measured → predicted | s/step → predicted |")
+    print("|---|---|---|---|---|---|")
+    for method in methods:
+        width = dtype_bytes(weights_dtype(FinetuneConfig(data="", out="", method=method), "cpu"))
+        for batch in (4, 16):
+            for on in (False, True):
+                call = f"b.one({str(model)!r}, {on}, {steps}, {batch}, {method!r})"
+                code = f"import json, benchmarks.finetune_plan as b; print(json.dumps({call}))"
+                r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                p = json.loads(r.stdout.splitlines()[-1])
+                d, files = Dims.from_config(model), checkpoint_size(model)
+                pr = predict_finetune(d, CALIBRATION, p["tokens_per_step"], 16, on, files, 1, method, width)
+                em, et = pr.peak_mib / p["peak_rss_mib"] - 1, pr.s_per_step / p["s_per_step"] - 1
+                memory = f"{p['peak_rss_mib']:.0f} → {pr.peak_mib:.0f} ({100 * em:+.1f} %)"
+                time_ = f"{p['s_per_step']:.2f} → {pr.s_per_step:.2f} ({100 * et:+.1f} %)"
+                row = (
+                    f"| {method} ({width * 8}-bit base) | {batch} | {'on' if on else 'off'} | {p['tokens_per_step']} |"
+                )
+                print(f"{row} {memory} | {time_} |", flush=True)
+
+
+def adamw_rate(steps: int = 5) -> float:
+    """fp32 parameters AdamW, as edgeq finetune configures it on a CPU, updates per second, over tensors of the
+    default model's shapes with a gradient each: the optimizer's share of a full fine-tune's step."""
+    import torch
+
+    from edgeq.basemodel import ensure_default_model
+    from edgeq.finetune import cpu_adamw
+    from edgeq.footprint import Dims
+
+    d = Dims.from_config(ensure_default_model())
+    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    shapes = [(d.vocab, d.hidden)] + d.layers * [(q, d.hidden), (kv, d.hidden), (kv, d.hidden), (d.hidden, q)]
+    shapes += d.layers * [(d.intermediate, d.hidden), (d.intermediate, d.hidden), (d.hidden, d.intermediate)]
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optim = cpu_adamw(params, 1e-4)
+    optim.step()  # the moments are allocated here: not part of a step's cost
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        optim.step()
+        times.append(time.perf_counter() - t)
+    return sum(p.numel() for p in params) / statistics.median(times)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--points", type=Path)
-    ap.add_argument("--plain-lora", action="store_true", help="measure --quant none on the default model instead")
+    ap.add_argument("--methods", nargs="*", help="measure these --method values on the default model instead")
+    ap.add_argument("--adamw", action="store_true", help="measure AdamW's fp32 update rate (parameters per second)")
     a = ap.parse_args()
-    if a.plain_lora:
-        plain_lora(a.steps)
+    if a.adamw:
+        print(f"AdamW: {adamw_rate():.3g} fp32 parameters per second")
+        return
+    if a.methods:
+        other_methods(a.steps, a.methods)
         return
     done = json.loads(a.points.read_text()) if a.points and a.points.is_file() else []
     with tempfile.TemporaryDirectory() as root:

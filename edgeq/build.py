@@ -45,11 +45,11 @@ from edgeq.evaluate import agreement, evaluate, float_task_score
 from edgeq.export.gguf import GgufExport, export_gguf, write_f16_gguf
 from edgeq.export.imatrix import compute_imatrix, load_imatrix, save_imatrix
 from edgeq.export.onnx import export_onnx
-from edgeq.finetune import FinetuneConfig, finetune, latest_checkpoint
+from edgeq.finetune import METHOD_HELP, FinetuneConfig, finetune, latest_checkpoint
 from edgeq.finetune import plan as plan_finetune
 from edgeq.io import atomic_path, check_free_disk, check_not_input, parse_json, sha256_file, write_json
 from edgeq.machine import versions
-from edgeq.merge import MergeConfig, merge
+from edgeq.merge import MergeConfig, adopt, merge
 from edgeq.plan import PlanConfig, make_plan, no_fit_error
 from edgeq.profiles import PROFILE_HELP, load_profile
 from edgeq.records import (
@@ -77,6 +77,7 @@ from edgeq.spec import (
     BUILD_STAGE_RECORD,
     BUILD_STAGES,
     BUILD_STATE_DIR,
+    FINETUNE_METHODS,
     FORMAT_GGUF,
     SCORE_SCHEMA,
     SHIPPED_EXAMPLES,
@@ -99,6 +100,7 @@ class BuildConfig:
     out: str | None = setting(None, "output directory [default: builds/PROFILE]")
     dry_run: bool = setting(False, "print the plan and the stages that would run; write nothing")
     max_steps: int | None = setting(None, "cap the fine-tune's optimizer steps", minimum=1)
+    method: str = setting(FINETUNE_METHODS[0], METHOD_HELP, choices=FINETUNE_METHODS)
     eval_limit: int | None = setting(None, "score only the first N held-out task examples", minimum=1)
     reps: int = setting(3, "bench repetitions (fresh processes)", minimum=1)
     calibration: str | None = setting(None, CALIBRATION_HELP)
@@ -178,7 +180,7 @@ RUNTIME_LIBRARIES = ("llama_cpp", "gguf", "onnxruntime", "onnxruntime_genai", "t
 def stage_settings(job: Job) -> dict:
     """Everything each stage's output depends on besides the stages before it."""
 
-    ft = dataclasses.asdict(FinetuneConfig(data="", out="", max_steps=job.cfg.max_steps))
+    ft = dataclasses.asdict(FinetuneConfig(data="", out="", max_steps=job.cfg.max_steps, method=job.cfg.method))
     for k in ("data", "out", "base", "resume", "force", "dry_run"):
         ft.pop(k)
     mg = dataclasses.asdict(MergeConfig(adapter="", out="", system_prompt=job.system.text))
@@ -253,6 +255,7 @@ def run_finetune(job: Job, work: Path) -> FinetuneResult:
             out=str(work),
             base=str(job.base),
             max_steps=job.cfg.max_steps,
+            method=job.cfg.method,
             resume=resume,
             force=True,
         )
@@ -260,8 +263,11 @@ def run_finetune(job: Job, work: Path) -> FinetuneResult:
 
 
 def run_merge(job: Job, work: Path) -> MergeResult:
-
-    adapter = job.results["finetune"].path
+    """Fold the adapter into the base; a full fine-tune's model has nothing to fold and is taken as it is."""
+    ft = job.results["finetune"]
+    if ft.method == "full":
+        return adopt(Path(ft.path) / ft.output, work / "model", job.system.text)
+    adapter = ft.path
     return merge(
         MergeConfig(adapter=adapter, out=str(work / "model"), base=str(job.base), system_prompt=job.system.text)
     )
@@ -635,7 +641,9 @@ def dry_run(cfg: BuildConfig) -> tuple[Plan, FinetunePrediction, dict[str, str]]
     model (same shapes, prior quality; None-chosen where nothing fits) and each stage's state."""
 
     with prepared(cfg) as job:
-        ft = plan_finetune(FinetuneConfig(data=str(job.data), out="", base=str(job.base), max_steps=cfg.max_steps))
+        ft = plan_finetune(
+            FinetuneConfig(data=str(job.data), out="", base=str(job.base), max_steps=cfg.max_steps, method=cfg.method)
+        )
         cfg = PlanConfig(profile=job.profile.source, model=str(job.base), calibration=str(job.calibration))
         planned = make_plan(cfg, write_f16_gguf)
         return planned, ft, {s: "cached" if cached(job, s) else "would run" for s in job.keys}

@@ -312,7 +312,7 @@ def manifest(b: BuildResult, template_ok: bool | None) -> dict:
         "inputs": b.inputs.as_dict(),
         "stages": {s: {"key": k} for s, k in b.keys.items()},
         "finetune": b.finetune.summary(),
-        "merge": {"config": b.merge.config(), "verification": asdict(b.merge.verification)},
+        "merge": {k: v for k, v in b.merge.as_dict().items() if k != "path"},
         "quant_recipe": chosen.as_dict()
         | {"imatrix_source": export.imatrix_source, "gates": export.gates}
         | mixed_record(b.plan, chosen, export)

@@ -195,7 +195,7 @@ def model_info(model_dir: str | None) -> None:
 @cli.command("finetune")
 @options(FinetuneConfig)
 def finetune_command(**kw) -> None:
-    """QLoRA fine-tune: NF4 + double-quant frozen base, LoRA adapters on top."""
+    """Fine-tune: QLoRA (NF4 + double-quant frozen base, LoRA adapters on top), LoRA or full (--method)."""
     cfg = FinetuneConfig(**_keep(FinetuneConfig, kw))
     if cfg.dry_run:
         report.out.print(finetune_table(plan_finetune(cfg)))

@@ -1,14 +1,16 @@
-"""`edgeq finetune`: QLoRA — base frozen in 4-bit NormalFloat (double-quantized), LoRA adapters on top.
+"""`edgeq finetune`: QLoRA — base frozen in 4-bit NormalFloat (double-quantized), LoRA adapters on top — or, by
+--method, LoRA on a 16-bit base, or a full fine-tune of every weight.
 
 The recipe, top to bottom:
   1. validate the config (all problems at once), read and tokenize the data (nothing written on error)
-  2. load the base quantized by bitsandbytes (NF4/FP4, double quant) or un-quantized (--quant none)
-  3. wrap the target linears with peft LoRA (W' = W_frozen + B·A · alpha/r); only A and B train
+  2. load the base: quantized by bitsandbytes (NF4/FP4, double quant: qlora), in 16 bits (lora), in fp32 (full)
+  3. qlora, lora: wrap the target linears with peft LoRA (W' = W_frozen + B·A · alpha/r); only A and B train.
+     full: every weight trains
   4. train: gradient checkpointing, loss over assistant tokens only, computed in chunks so the
      (tokens × 49k vocab) logits are never materialized; AdamW (paged 8-bit AdamW on CUDA)
   5. checkpoint atomically (temp dir → rename → COMPLETE marker); resume from the newest complete one
-  6. write the adapter and a manifest; print a summary
-Runs unchanged under torchrun / accelerate launch: gradients of the LoRA parameters are all-reduced.
+  6. write the adapter (full: the whole model) and a manifest; print a summary
+Runs unchanged under torchrun / accelerate launch: gradients of the trained parameters are all-reduced.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -46,11 +49,14 @@ from edgeq.machine import platform_info, versions
 from edgeq.records import FinetuneResult
 from edgeq.spec import (
     FINETUNE_MANIFEST,
+    FINETUNE_METHODS,
     FINETUNE_STRUCTURAL,
     LORA_ALL_LINEAR,
     MANIFEST_SCHEMA,
     NF4_BLOCKSIZE,
     QUANT_MODES,
+    TOKENIZER_FILES,
+    UNQUANTIZED,
 )
 from edgeq.trainplan import (
     CALIBRATION,
@@ -62,7 +68,12 @@ from edgeq.trainplan import (
     predict_gpu,
 )
 
-CKPT_DIR, CKPT_MARKER, ADAPTER_DIR = "checkpoints", "COMPLETE", "adapter"
+CKPT_DIR, CKPT_MARKER, ADAPTER_DIR, MODEL_DIR = "checkpoints", "COMPLETE", "adapter", "model"
+METHOD_HELP = (
+    "what trains: qlora = LoRA adapters on a base frozen in 4 bits; lora = LoRA adapters on a base frozen in 16 bits "
+    "(bf16 where the hardware multiplies it natively, else fp32); full = every weight (fp32, AdamW; writes a whole "
+    "model, nothing to merge)"
+)
 
 
 @dataclass
@@ -70,8 +81,11 @@ class FinetuneConfig:
     data: str = setting(help="training JSONL: messages or prompt/response per line")
     out: str = setting(help="output directory (adapter, checkpoints, manifest)")
     base: str | None = setting(None, MODEL_HELP)
-    quant: str = setting("nf4", "frozen base storage; none = plain LoRA", choices=QUANT_MODES)
-    double_quant: bool = setting(True, "quantize the quantization constants too (QLoRA's double quantization)")
+    method: str = setting(FINETUNE_METHODS[0], METHOD_HELP, choices=FINETUNE_METHODS)
+    quant: str = setting("nf4", "the 4-bit type of the frozen base (--method qlora)", choices=QUANT_MODES)
+    double_quant: bool = setting(
+        True, "quantize the quantization constants too (QLoRA's double quantization; --method qlora)"
+    )
     lora_r: int = setting(16, "LoRA rank", minimum=1, maximum=1 << 12)
     lora_alpha: int = setting(32, "LoRA scale numerator (scale = alpha / r)", minimum=1, maximum=1 << 16)
     lora_dropout: float = setting(0.0, "dropout on the LoRA input", minimum=0, maximum=0.99)
@@ -94,7 +108,7 @@ class FinetuneConfig:
     save_every: int = setting(25, "checkpoint every N optimizer steps", minimum=1, maximum=1 << 30)
     strict: bool = setting(False, "reject examples longer than --seq-len instead of truncating them")
     resume: bool = setting(False, "continue from the newest complete checkpoint in --out")
-    force: bool = setting(False, "replace an existing adapter in --out")
+    force: bool = setting(False, "replace an existing adapter (or model) in --out")
     optim_bits: int = setting(8, "paged AdamW state precision on CUDA", choices=(8, 32))
     gradient_checkpointing: bool | None = setting(
         None,
@@ -114,6 +128,20 @@ class FinetuneConfig:
         minimum=64,
         maximum=1 << 30,
     )
+
+    @property
+    def adapters(self) -> bool:
+        """LoRA adapters train on a frozen base (qlora, lora); full trains the base itself."""
+        return self.method != "full"
+
+    @property
+    def quantized(self) -> bool:
+        return self.method == "qlora"
+
+    @property
+    def output_dir(self) -> str:
+        """What the run leaves in --out: the adapter, or for a full fine-tune the whole model."""
+        return ADAPTER_DIR if self.adapters else MODEL_DIR
 
     def check(self) -> None:
         """Report every invalid setting at once: the fields' own bounds, then the open intervals."""
@@ -250,8 +278,8 @@ def fit_memory(
     d, files, width = Dims.from_config(base_dir), checkpoint_size(base_dir), dtype_bytes(compute_dtype(device))
 
     def predict(c: FinetuneConfig):
-        tokens, quantized = c.batch_size * longest, c.quant != "none"
-        return predict_finetune(d, CALIBRATION, tokens, c.lora_r, c.gradient_checkpointing, files, 1, quantized, width)
+        tokens = c.batch_size * longest
+        return predict_finetune(d, CALIBRATION, tokens, c.lora_r, c.gradient_checkpointing, files, 1, c.method, width)
 
     def peak(c: FinetuneConfig) -> float:
         return predict(c).peak_mib
@@ -292,8 +320,14 @@ def fit_memory(
 
 def compute_dtype(device: str) -> str:
     """The 16-bit type where the hardware multiplies it natively, else fp32: the 4-bit base's compute type, and
-    the frozen base's storage for plain LoRA (--quant none). On a CPU without native bf16 it is slower than fp32."""
+    the frozen base's storage for --method lora. On a CPU without native bf16 it is slower than fp32."""
     return "bfloat16" if device == "cuda" or cpu_has_bf16() else "float32"
+
+
+def weights_dtype(cfg: FinetuneConfig, device: str) -> str:
+    """The type the base's weights load in: fp32 for a full fine-tune (AdamW updates of a 16-bit weight round
+    away), the compute type for a 16-bit LoRA base; QLoRA's non-quantized weights (embedding, norms) stay fp32."""
+    return compute_dtype(device) if cfg.method == "lora" else "float32"
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -301,30 +335,33 @@ def dtype_bytes(dtype: str) -> int:
 
 
 def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
-    """The frozen base (quantized unless --quant none, then in compute_dtype) with LoRA adapters attached; the
-    adapters themselves stay fp32 (peft's autocast_adapter_dtype), whatever the base's type."""
+    """The base, loaded as cfg.method trains it: frozen in 4 bits (qlora) or in weights_dtype (lora) with LoRA
+    adapters attached, which stay fp32 (peft's autocast_adapter_dtype) whatever the base's type; or whole in fp32
+    with every weight trainable (full)."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = getattr(torch, compute_dtype(device))
-    kwargs = {"dtype": torch.float32 if cfg.quant != "none" else dtype}
-    if cfg.quant != "none":
+    kwargs = {"dtype": getattr(torch, weights_dtype(cfg, device))}
+    if cfg.quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=cfg.quant,
             bnb_4bit_use_double_quant=cfg.double_quant,
-            bnb_4bit_compute_dtype=dtype,  # bf16 halves the bytes of every dequantized weight
+            bnb_4bit_compute_dtype=getattr(torch, compute_dtype(device)),  # bf16 halves each dequantized weight
         )
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
-    if cfg.quant == "none":
+    if not cfg.quantized:
         model.to(device)
     if device == "cpu":
         own_weights(model)
         release_freed_memory(model)
     for p in model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(not cfg.adapters)
+    if not cfg.adapters:
+        _checkpoint_activations(model, cfg)
+        return model
     # No prepare_model_for_kbit_training: it up-casts every non-quantized weight (the 28M-param tied
     # embedding included) to fp32 copies we do not need; the base stays frozen as loaded.
     lora = LoraConfig(
@@ -339,14 +376,23 @@ def load_model(base_dir: Path, cfg: FinetuneConfig, device: str):
     wrapped = wrapped_modules(model)["names"]
     if set(wrapped) != set(cfg.target_modules):  # lora_targets checked the names: a miss here is a defect
         raise EdgeqError(f"LoRA wrapped {', '.join(wrapped)} of {', '.join(cfg.target_modules)}", str(base_dir))
+    _checkpoint_activations(causal_lm(model), cfg)
+    return model
+
+
+def _checkpoint_activations(inner, cfg: FinetuneConfig) -> None:
     if cfg.gradient_checkpointing:
-        inner = model.get_base_model()
         # transformers 5.x renamed gradient_checkpointing_enable; support both names in our range
         if hasattr(inner, "activation_checkpointing_enable"):
             inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
+
+
+def causal_lm(model):
+    """The Hugging Face model (LlamaForCausalLM-like: .model, the decoder, and .lm_head) under peft's wrapper, or
+    the model itself for a full fine-tune."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def chunked_loss(hidden, labels, lm_weight, chunk: int):
@@ -376,8 +422,9 @@ def chunked_loss(hidden, labels, lm_weight, chunk: int):
 
 
 def forward_loss(model, batch, chunk: int):
-    """Decoder forward without the LM head, then the chunked loss against the (frozen, tied) head."""
-    inner = model.get_base_model()  # LlamaForCausalLM-like: .model (decoder) + .lm_head
+    """Decoder forward without the LM head, then the chunked loss against the head (frozen, or trained by a full
+    fine-tune, tied or not)."""
+    inner = causal_lm(model)
     out = inner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return chunked_loss(out.last_hidden_state, batch["labels"], inner.lm_head.weight, chunk)
 
@@ -581,8 +628,9 @@ def setup(cfg: FinetuneConfig) -> Run:
         torch.cuda.set_device(rank % torch.cuda.device_count())
     out = Path(cfg.out)
     check_not_input(out, [cfg.base, cfg.data])  # checkpoints land in OUT long before the adapter does
-    if (out / ADAPTER_DIR).exists() and not (cfg.force or cfg.resume):
-        raise UsageError("an adapter already exists", str(out / ADAPTER_DIR), "pass --resume, --force or another --out")
+    if (out / cfg.output_dir).exists() and not (cfg.force or cfg.resume):
+        what = "an adapter" if cfg.adapters else "a model"
+        raise UsageError(f"{what} already exists", str(out / cfg.output_dir), "pass --resume, --force or another --out")
     if (out / CKPT_DIR).exists() and not (cfg.force or cfg.resume):
         raise UsageError(
             "checkpoints of an earlier run are here",
@@ -602,13 +650,14 @@ def setup(cfg: FinetuneConfig) -> Run:
 
     longest = max(len(e.input_ids) for e in examples)
     config = AutoConfig.from_pretrained(base_dir)
-    targets = lora_targets(cfg.target_modules, linear_layers(config), base_dir)  # refused before any weight loads
-    cfg, why = fit_memory(replace(cfg, target_modules=targets), base_dir, longest, device)
+    if cfg.adapters:  # refused before any weight loads
+        cfg = replace(cfg, target_modules=lora_targets(cfg.target_modules, linear_layers(config), base_dir))
+    cfg, why = fit_memory(cfg, base_dir, longest, device)
     if why and rank == 0:
         report.err.print(f"[yellow]note:[/] {why}")
     torch.manual_seed(cfg.seed)
     model = load_model(base_dir, cfg, device)  # the manifest's config records the checkpointing decided here
-    frozen_base = quantized_bits_per_param(model) if cfg.quant != "none" else None  # before any eval-mode repacking
+    frozen_base = quantized_bits_per_param(model) if cfg.quantized else None  # before any eval-mode repacking
     trainable = [p for _, p in _trainable(model)]
     if device == "cuda":
         import bitsandbytes as bnb
@@ -618,7 +667,7 @@ def setup(cfg: FinetuneConfig) -> Run:
     else:
         if rank == 0:
             report.err.print("[yellow]note:[/] paged optimizers need CUDA; on CPU edgeq uses plain AdamW")
-        optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+        optim = cpu_adamw(trainable, cfg.lr)
     return Run(
         cfg=cfg,
         rank=rank,
@@ -639,6 +688,14 @@ def setup(cfg: FinetuneConfig) -> Run:
     )
 
 
+def cpu_adamw(params, lr: float):
+    """AdamW without weight decay, its update fused into one kernel: the same arithmetic as the per-tensor loop,
+    about 5× faster on a CPU (benchmarks/finetune_plan.py --adamw), which a full fine-tune's step feels."""
+    import torch  # deferred: the workstation toolchain, absent from the runtime-only install
+
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+
+
 def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     """What this fine-tune will cost on a CPU (trainplan.py), before any weight loads: the base's shape, the
     micro-batch padded to the data's longest example (the one that costs most), the accumulation, and the
@@ -649,8 +706,8 @@ def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     longest = max(len(e.input_ids) for e in dataset.examples)
     cfg, why = fit_memory(cfg, base_dir, longest, "cpu", strict=False)
     d, tokens = Dims.from_config(base_dir), cfg.batch_size * longest  # memory holds one micro-batch at a time
-    files, quantized, width = checkpoint_size(base_dir), cfg.quant != "none", dtype_bytes(compute_dtype("cpu"))
-    p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, files, 1, quantized, width)
+    files, width = checkpoint_size(base_dir), dtype_bytes(weights_dtype(cfg, "cpu"))
+    p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, files, 1, cfg.method, width)
     both = [(q, on) for q in (True, False) for on in (True, False)]  # QLoRA, LoRA on bf16; checkpointing on, off
     gpu = tuple(predict_gpu(d, CALIBRATION, tokens, cfg.lora_r, on, q, cfg.optim_bits) for q, on in both)
     return replace(p, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, chosen=why, gpu=gpu)
@@ -751,6 +808,8 @@ def summarize(run: Run, start_step: int, steps_run: int, losses: list[float], se
         eval_loss = float(t[0] / max(float(t[1]), 1.0))
     return FinetuneResult(
         path=str(run.out),
+        method=run.cfg.method,
+        output=run.cfg.output_dir,
         train_loss_first=losses[0] if losses else None,
         train_loss_last=losses[-1] if losses else None,
         eval_loss=eval_loss,
@@ -778,7 +837,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     steps_run = train_loop(run, start_step, losses)
     result = summarize(run, start_step, steps_run, losses, time.time() - t0)
     if run.rank == 0:
-        _write_adapter(run, losses, result)
+        _write_output(run, losses, result)
     return result
 
 
@@ -802,11 +861,16 @@ def wrapped_modules(model) -> dict:
     return {"names": sorted({n.rsplit(".", 1)[-1] for n in wrapped}), "count": len(wrapped)}
 
 
-def _write_adapter(run: Run, losses: list[float], result: FinetuneResult) -> None:
+def _write_output(run: Run, losses: list[float], result: FinetuneResult) -> None:
+    """The adapter (peft's folder), or for a full fine-tune the whole model as a Hugging Face folder with the base's
+    tokenizer and template: what export reads directly. Either with the run's manifest."""
     out, model, cfg, base_dir = run.out, run.model, run.cfg, run.base_dir
 
-    with atomic_dir(out / ADAPTER_DIR, force=True, protect=[base_dir, cfg.data]) as tmp:
+    with atomic_dir(out / cfg.output_dir, force=True, protect=[base_dir, cfg.data]) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        for name in () if cfg.adapters else TOKENIZER_FILES:
+            if (base_dir / name).is_file():
+                shutil.copyfile(base_dir / name, tmp / name)
         write_json(
             tmp / FINETUNE_MANIFEST,
             {
@@ -821,10 +885,11 @@ def _write_adapter(run: Run, losses: list[float], result: FinetuneResult) -> Non
                 },
                 "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
                 "quantization": {
-                    "quant": cfg.quant,
-                    "double_quant": cfg.double_quant,
+                    "quant": cfg.quant if cfg.quantized else UNQUANTIZED,
+                    "double_quant": cfg.double_quant and cfg.quantized,
                     "blocksize": NF4_BLOCKSIZE,
-                    "compute_dtype": compute_dtype(run.device),  # --quant none: the frozen base's own type too
+                    "compute_dtype": compute_dtype(run.device),
+                    "weights_dtype": weights_dtype(cfg, run.device),  # the base as it trained (frozen or not)
                 },
                 "structure": run.structure,
                 "lora_modules": wrapped_modules(model),  # what peft really wrapped: every --target-modules layer
@@ -849,7 +914,9 @@ def summary_table(s: FinetuneResult):
         [
             "frozen base",
             "not quantized" if fb is None else f"{fb['bits_per_param']:.3f} bits/param (QLoRA paper: 4.127)",
-        ],
-        ["adapter", str(Path(s.path) / ADAPTER_DIR)],
+        ]
+        if s.trainable_params < s.total_params
+        else ["frozen base", "none: every weight trained (full fine-tune)"],
+        [s.output, str(Path(s.path) / s.output)],
     ]
     return report.table("finetune summary", ["", ""], rows)

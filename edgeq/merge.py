@@ -44,6 +44,7 @@ from edgeq.spec import (
     NF4_BLOCKSIZE,
     QUANT_MODES,
     TOKENIZER_FILES,
+    UNQUANTIZED,
 )
 from edgeq.validate import Fields
 
@@ -92,6 +93,12 @@ def find_adapter(path: str | Path) -> Path:
                 raise UsageError("no adapter_model.safetensors", str(cand), _ADAPTER_FIX)
             check_safetensors(weights)
             return cand
+    if (path / "model" / FINETUNE_MANIFEST).is_file():
+        raise UsageError(
+            "a full fine-tune's model, not an adapter: there is nothing to merge",
+            str(path / "model"),
+            "export that folder directly (edgeq export --model " + str(path / "model") + ")",
+        )
     raise UsageError("no adapter_config.json", str(path), _ADAPTER_FIX)
 
 
@@ -116,8 +123,8 @@ def trained_manifest(adapter_dir: Path) -> dict | None:
     f = Fields(read_json(path, FINETUNE_MANIFEST, _ADAPTER_FIX, 4 << 20), str(path), _ADAPTER_FIX, FINETUNE_MANIFEST)
     f.text("inputs.base_sha256")
     f.text("inputs.base")
-    if f.text("quantization.quant") not in QUANT_MODES:
-        raise f.bad("quantization.quant", f"must be one of {', '.join(QUANT_MODES)}")
+    if f.text("quantization.quant") not in (*QUANT_MODES, UNQUANTIZED):
+        raise f.bad("quantization.quant", f"must be one of {', '.join((*QUANT_MODES, UNQUANTIZED))}")
     if not isinstance(f.get("quantization.double_quant"), bool):
         raise f.bad("quantization.double_quant", "must be true or false")
     return f.obj
@@ -208,9 +215,9 @@ def provenance(cfg: MergeConfig) -> Provenance:
             str(adapter_dir),
             "pass --base with the model the adapter was trained on",
         )
-    quant = trained["quantization"] if trained else {"quant": "none", "double_quant": False}
+    quant = trained["quantization"] if trained else {"quant": UNQUANTIZED, "double_quant": False}
     policy = cfg.merge_into
-    if policy == "dequantized" and quant["quant"] == "none":
+    if policy == "dequantized" and quant["quant"] == UNQUANTIZED:
         policy = "pristine"  # trained on an un-quantized base: the two policies are the same weights
         report.err.print("note: the adapter was trained on an un-quantized base; merging into the pristine weights")
     check_free_disk(out.parent, 3 * weights_bytes(base_dir), "the merged model")
@@ -310,6 +317,23 @@ def merge(cfg: MergeConfig) -> MergeResult:
             write_template(tmp, template)
         write_json(tmp / MERGE_MANIFEST, manifest)
     return result
+
+
+def adopt(model_dir: Path, out: Path, system_prompt: str | None) -> MergeResult:
+    """A full fine-tune's model (edgeq finetune --method full wrote it, weights in fp32) where a merged one is due:
+    nothing to fold in, so its files are copied as they are, the chat template given the default system prompt the
+    way merge gives it. The build's merge stage for --method full."""
+    trained = read_json(model_dir / FINETUNE_MANIFEST, FINETUNE_MANIFEST, "run the fine-tune again", 4 << 20)
+    tok = load_tokenizer(model_dir)
+    template = embed(tok.chat_template, system_prompt, tok) if system_prompt else None
+    with atomic_dir(out, force=True, protect=[model_dir]) as tmp:
+        for f in sorted(model_dir.iterdir()):
+            if f.is_file() and f.name != FINETUNE_MANIFEST:
+                shutil.copyfile(f, tmp / f.name)
+        if template is not None:
+            write_template(tmp, template)
+    quant = trained.get("quantization") or {"quant": UNQUANTIZED}
+    return MergeResult(str(out), "float32", "none", "none", quant, system_prompt, None)
 
 
 def merge_table(r: MergeResult):

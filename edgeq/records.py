@@ -214,9 +214,12 @@ class Flat:
 
 @dataclass(frozen=True)
 class FinetuneResult(Flat):
-    """What a fine-tune left: its --out (the adapter is in its adapter/ folder) and the run's summary."""
+    """What a fine-tune left: its --out (the adapter in its adapter/ folder, a full fine-tune's model in model/)
+    and the run's summary."""
 
     path: str
+    method: str  # qlora, lora or full (spec.FINETUNE_METHODS)
+    output: str  # the folder under path the run wrote: adapter, or model for a full fine-tune
     train_loss_first: float | None
     train_loss_last: float | None
     eval_loss: float | None  # None: no held-out examples
@@ -264,7 +267,7 @@ class MergeResult:
     requested_merge_into: str
     trained_quantization: dict | None  # the frozen base's quantization during training (none for plain LoRA)
     system_prompt: str | None  # embedded as the template's default; None: the base template's own
-    verification: MergeCheck
+    verification: MergeCheck | None  # None: a full fine-tune's model, nothing merged (merge.adopt)
 
     def config(self) -> dict:
         return {k: getattr(self, k) for k in ("dtype", "merge_into", "requested_merge_into")} | {
@@ -273,11 +276,16 @@ class MergeResult:
         }
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "config": self.config(), "verification": asdict(self.verification)}
+        return {
+            "path": self.path,
+            "config": self.config(),
+            "verification": self.verification and asdict(self.verification),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> MergeResult:
-        return cls(path=d["path"], **d["config"], verification=MergeCheck(**d["verification"]))
+        check = d["verification"] and MergeCheck(**d["verification"])
+        return cls(path=d["path"], **d["config"], verification=check)
 
 
 # ---------------------------------------------------------------------------------------------

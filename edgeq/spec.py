@@ -333,12 +333,17 @@ TASK_METRICS = ("json", "exact", "chrf")  # task scoring (metrics.py); the defau
 
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning.
-QUANT_MODES = ("nf4", "fp4", "none")  # frozen-base storage during fine-tuning
+# What a fine-tune trains (first: the default): LoRA adapters on a 4-bit frozen base, LoRA adapters on a 16-bit
+# frozen base, or every weight of the model.
+FINETUNE_METHODS = ("qlora", "lora", "full")
+QUANT_MODES = ("nf4", "fp4")  # the 4-bit type of QLoRA's frozen base
+UNQUANTIZED = "none"  # a manifest's quantization.quant where the base trained un-quantized (lora, full)
 NF4_BLOCKSIZE = 64  # bitsandbytes' 4-bit block size (the QLoRA paper's)
 # --target-modules: every linear layer of the model but its output head, found from its config (fused projections too)
 LORA_ALL_LINEAR = "all-linear"
 # Settings that change what a checkpoint means: resuming with any of them changed is refused.
 FINETUNE_STRUCTURAL = (
+    "method",
     "quant",
     "double_quant",
     "lora_r",

@@ -1,16 +1,18 @@
 """What a CPU fine-tune will cost, before it runs: peak RSS and seconds per optimizer step of `edgeq finetune`
-(QLoRA: NF4 base, LoRA adapters, AdamW) for a base model's shape and the user's batch.
+(QLoRA: NF4 base, LoRA adapters, AdamW; or LoRA on a 16-bit base; or a full fine-tune) for a base model's shape
+and the user's batch.
 
 Peak RSS is the larger of two moments:
   load   runtime base + the checkpoint's bytes as it is read (mmap'd safetensors, a factor of its size) +
          the frozen base being built
-  train  runtime base + frozen base (NF4 linears at their measured bits, everything else fp32) + LoRA
-         (weight, gradient, two AdamW moments: 16 bytes a parameter) + activations (bytes per token × layer ×
-         hidden unit: kept for backward, or, with checkpointing, only each layer's input and one layer's work) +
-         the head's output (bytes per token × vocabulary entry)
-Seconds per step: the step's matmul FLOPs (forward, the input gradients backward, the forward again where
-activations are recomputed, the head included) at a measured rate, plus the dequantization of every NF4
-weight once per pass, plus a fixed cost.
+  train  runtime base + frozen base (NF4 linears at their measured bits, everything else fp32) + the trained
+         weights (LoRA's, or for a full fine-tune every one; weight, gradient, two AdamW moments: 16 bytes a
+         parameter) + activations (bytes per token × layer × hidden unit: kept for backward, or, with
+         checkpointing, only each layer's input and one layer's work) + the head's output (bytes per token ×
+         vocabulary entry)
+Seconds per step: the step's matmul FLOPs (forward, the input gradients backward, the weight gradients of a full
+fine-tune, the forward again where activations are recomputed, the head included) at a measured rate, plus the
+dequantization of every NF4 weight once per pass, plus AdamW's update of every trained weight, plus a fixed cost.
 
 The constants (FinetuneCalibration) are measured by benchmarks/finetune_plan.py on small shapes and checked
 there on larger ones that were never part of the fit.
@@ -41,8 +43,10 @@ class FinetuneCalibration:
     flops_per_s: float  # the step's matmuls
     dequant_per_s: float  # NF4 weights dequantized per second
     step_s: float  # fixed cost of a step (optimizer, Python)
+    adamw_per_s: float  # fp32 parameters AdamW updates per second (what a full fine-tune's optimizer costs)
 
 
+ADAMW_PER_S = 2.5e8
 # Measured 2026-12-06 on a 2-core AMD EPYC (AVX2, AVX-512 with BF16: the NF4 base computes in bf16) by
 # benchmarks/finetune_plan.py, fitted on random-weight models of 17M and 135M parameters (benchmarks/RESULTS.md).
 CALIBRATION = FinetuneCalibration(
@@ -54,6 +58,7 @@ CALIBRATION = FinetuneCalibration(
     flops_per_s=2.07e11,
     dequant_per_s=3.92e8,
     step_s=0.076,
+    adamw_per_s=ADAMW_PER_S,
 )
 
 
@@ -137,19 +142,23 @@ def other_params(d: Dims) -> int:
 
 def checkpoint_bytes(d: Dims) -> int:
     """A safetensors checkpoint of the shape in fp32: what loading reads where the files are not at hand."""
-    return 4 * (d.layers * linear_params(d) + other_params(d))
+    return 4 * all_params(d)
 
 
-def passes(checkpointing: bool) -> int:
-    """Passes over the frozen weights per micro-batch: the forward and the input gradient, and the forward again
-    where activations are recomputed."""
-    return 3 if checkpointing else 2
+def passes(checkpointing: bool, full: bool = False) -> int:
+    """Passes over the base's weights per micro-batch: the forward and the input gradient, the weight gradient
+    where the weights themselves train (a full fine-tune), and the forward again where activations are
+    recomputed."""
+    return 2 + full + checkpointing
 
 
-def step_flops(d: Dims, tokens: int, checkpointing: bool) -> float:
-    """Matmul FLOPs over `tokens` (padded) tokens: 2 per weight per token in each pass (the frozen weights get no
-    gradient of their own); the head likewise."""
-    return 2 * passes(checkpointing) * tokens * (d.layers * linear_params(d) + d.vocab * d.hidden)
+def step_flops(d: Dims, tokens: int, checkpointing: bool, full: bool = False) -> float:
+    """Matmul FLOPs over `tokens` (padded) tokens: 2 per weight per token in each pass; the head likewise."""
+    return 2 * passes(checkpointing, full) * tokens * (d.layers * linear_params(d) + d.vocab * d.hidden)
+
+
+def all_params(d: Dims) -> int:
+    return d.layers * linear_params(d) + other_params(d)
 
 
 def activation_bytes(tokens: int, layers: int, hidden: int, checkpointing: bool, cal: FinetuneCalibration) -> float:
@@ -160,11 +169,11 @@ def activation_bytes(tokens: int, layers: int, hidden: int, checkpointing: bool,
 
 def frozen_bytes(d: Dims, quantized: bool, width: int) -> float:
     """The frozen base as edgeq loads it: the linears in NF4 at their measured bits beside every other weight in
-    fp32 (QLoRA: the model's own type stays fp32), or every weight at `width` bytes (--quant none: the base in
+    fp32 (QLoRA: the model's own type stays fp32), or every weight at `width` bytes (--method lora: the base in
     finetune.compute_dtype, 2 bytes for bf16)."""
     if quantized:
         return d.layers * linear_params(d) * NF4_BITS / 8 + 4 * other_params(d)
-    return width * (d.layers * linear_params(d) + other_params(d))
+    return width * all_params(d)
 
 
 def predict_finetune(
@@ -175,28 +184,30 @@ def predict_finetune(
     checkpointing: bool,
     files: int | None = None,
     accum: int = 1,
-    quantized: bool = True,
+    method: str = "qlora",
     width: int = 4,
 ) -> FinetunePrediction:
     """`tokens`: padded tokens in one micro-batch (batch × longest row), what memory holds at once; `accum`:
     micro-batches per optimizer step, what time adds up; `files`: the checkpoint's bytes on disk (a bf16
-    checkpoint reads half an fp32 one's), else its fp32 size; `quantized`: the frozen linears in NF4 (QLoRA),
-    else every weight at `width` bytes (--quant none)."""
-    frozen = frozen_bytes(d, quantized, width)
+    checkpoint reads half an fp32 one's), else its fp32 size; `method` (spec.FINETUNE_METHODS): qlora, the frozen
+    linears in NF4; lora, every frozen weight at `width` bytes; full, every weight in fp32 and trained."""
+    quantized, full = method == "qlora", method == "full"
+    loaded = 4 * all_params(d) if full else frozen_bytes(d, quantized, width)
+    trained = all_params(d) if full else lora_params(d, lora_r)
     terms = {
         "base": cal.base_mib * MIB,
-        "frozen base": frozen,
-        "LoRA + AdamW": lora_params(d, lora_r) * ADAM_BYTES_PER_PARAM,
+        "frozen base": 0.0 if full else loaded,
+        ("weights + AdamW" if full else "LoRA + AdamW"): trained * ADAM_BYTES_PER_PARAM,  # the weight's 4 included
         "activations": activation_bytes(tokens, d.layers, d.hidden, checkpointing, cal),
         "logits": tokens * d.vocab * cal.logit_bytes,
     }
     train = sum(terms.values())
-    load = cal.base_mib * MIB + cal.load_factor * (files or checkpoint_bytes(d)) + frozen
+    load = cal.base_mib * MIB + cal.load_factor * (files or checkpoint_bytes(d)) + loaded
     micro_batch = (
-        step_flops(d, tokens, checkpointing) / cal.flops_per_s
+        step_flops(d, tokens, checkpointing, full) / cal.flops_per_s
         + passes(checkpointing) * d.layers * linear_params(d) / cal.dequant_per_s * quantized
     )
-    seconds = accum * micro_batch + cal.step_s
+    seconds = accum * micro_batch + cal.step_s + full * trained / cal.adamw_per_s
     return FinetunePrediction(
         peak_mib=max(train, load) / MIB,
         load_mib=load / MIB,

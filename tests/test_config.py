@@ -74,7 +74,7 @@ def test_problems_names_each_setting_out_of_bounds():
     cfg = FinetuneConfig(data="d", out="o", quant="int3", lora_r=0, lora_dropout=float("nan"), seq_len=10**9)
     got = problems(cfg)
     assert got == [
-        "--quant 'int3': expected one of nf4, fp4, none",
+        "--quant 'int3': expected one of nf4, fp4",
         "--lora-r 0: must be in [1, 4096]",
         "--lora-dropout nan: must be a finite number",
         "--seq-len 1000000000: must be in [8, 1048576]",

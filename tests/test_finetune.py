@@ -53,7 +53,13 @@ def test_qlora_run_writes_adapter_manifest_and_checkpoints(tiny_model, small_dat
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
     manifest = json.loads((adapter / FINETUNE_MANIFEST).read_text())
     dtype = compute_dtype("cpu")
-    assert manifest["quantization"] == {"quant": "nf4", "double_quant": True, "blocksize": 64, "compute_dtype": dtype}
+    assert manifest["quantization"] == {
+        "quant": "nf4",
+        "double_quant": True,
+        "blocksize": 64,
+        "compute_dtype": dtype,
+        "weights_dtype": "float32",  # what is not NF4 (embedding, norms) stays fp32
+    }
     assert manifest["config"]["gradient_checkpointing"] is False  # decided, and recorded: a tiny model on a CPU
     assert len(manifest["losses"]) == 6 and manifest["losses"][-1] < manifest["losses"][0]
     assert 4.1 < summary.frozen_base["bits_per_param"] < 4.14  # NF4 + double quant
@@ -258,13 +264,13 @@ def test_plain_lora_held_out_loss_is_hfs_own_loss_on_the_seeded_tenth(tiny_model
     from edgeq.basemodel import load_tokenizer
     from edgeq.data import IGNORE, load_dataset
 
-    summary = finetune(_cfg(tiny_model, small_data, tmp_path / "ft", quant="none", max_steps=2))
+    summary = finetune(_cfg(tiny_model, small_data, tmp_path / "ft", method="lora", max_steps=2))
     assert summary.frozen_base is None
     assert (summary.examples["train"], summary.examples["eval"]) == (44, 4)
     examples = list(load_dataset(small_data, load_tokenizer(tiny_model), 128).examples)
     random.Random(0).shuffle(examples)
     manifest = json.loads((tmp_path / "ft" / "adapter" / FINETUNE_MANIFEST).read_text())
-    dtype = manifest["quantization"]["compute_dtype"]  # the frozen base trained in it: bf16 where the CPU has it
+    dtype = manifest["quantization"]["weights_dtype"]  # the frozen base trained in it: bf16 where the CPU has it
     assert dtype == ("bfloat16" if cpu_has_bf16() else "float32")
     adapter = load_file(str(tmp_path / "ft" / "adapter" / "adapter_model.safetensors"))
     assert {t.dtype for t in adapter.values()} == {torch.float32}  # the adapters themselves stay fp32
@@ -386,7 +392,9 @@ def test_phi3_fused_projections_are_trained_and_merged(default_model, small_data
 
 def test_the_dry_run_predicts_a_7b_base_from_its_config_alone_and_writes_nothing(tmp_path, default_model):
     """Llama-2-7B's published shape, no weights: the prediction a user gets before downloading 13 GB — the frozen
-    base in NF4 (6.5 B linear weights at 4.127 bits) beside fp32 embeddings, and for --quant none in fp32."""
+    base in NF4 (6.5 B linear weights at 4.127 bits) beside fp32 embeddings; for --method lora every weight in 16
+    bits where the CPU multiplies them natively, else fp32; for --method full nothing frozen, every weight with its
+    gradient and two AdamW moments in fp32 (16 bytes)."""
     import shutil
 
     base = tmp_path / "llama-2-7b"
@@ -398,18 +406,95 @@ def test_the_dry_run_predicts_a_7b_base_from_its_config_alone_and_writes_nothing
         shutil.copyfile(default_model / name, base / name)
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"prompt": "take off", "response": "ok"}) + "\n")
-    frozen = {}
-    for quant in ("nf4", "none"):
+    frozen, trained = {}, {}
+    for method in ("qlora", "lora", "full"):
         r = run_edgeq("finetune", "--data", data, "--out", tmp_path / "out", "--base", base, "--dry-run",
-                      "--quant", quant, "--train-memory-mib", 1 << 20)  # fmt: skip
+                      "--method", method, "--train-memory-mib", 1 << 20)  # fmt: skip
         assert r.returncode == 0, r.stderr
-        frozen[quant] = int(next(ln for ln in r.stdout.splitlines() if "frozen base" in ln).split("│")[2].split()[0])
+        lines = r.stdout.splitlines()
+        frozen[method] = int(next(ln for ln in lines if "frozen base" in ln).split("│")[2].split()[0])
+        trained[method] = int(next(ln for ln in lines if "AdamW" in ln).split("│")[2].split()[0])
     linears = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
     others = 2 * 32000 * 4096 + 65 * 4096  # untied embedding and head; 2 × 32 + 1 norms
-    width = 2 if cpu_has_bf16() else 4  # --quant none: the base in bf16 where the CPU multiplies it natively
-    assert frozen["nf4"] == round((linears * 4.127 / 8 + 4 * others) / 2**20)
-    assert frozen["none"] == round(width * (linears + others) / 2**20)
+    width = 2 if cpu_has_bf16() else 4  # --method lora: the base in bf16 where the CPU multiplies it natively
+    assert frozen["qlora"] == round((linears * 4.127 / 8 + 4 * others) / 2**20)
+    assert frozen["lora"] == round(width * (linears + others) / 2**20)
+    lora = 32 * 16 * (2 * (4096 + 4096) * 2 + 3 * (4096 + 11008))  # rank 16 on q, k, v, o, gate, up, down
+    assert trained["qlora"] == trained["lora"] == round(16 * lora / 2**20)
+    assert frozen["full"] == 0 and trained["full"] == round(16 * (linears + others) / 2**20)
     # on a CUDA GPU: QLoRA as on the CPU, LoRA on the base in bf16, checkpointing on and off
     gpu = [ln.split("│")[2:-1] for ln in r.stdout.splitlines() if "frozen base" in ln and ln.count("│") == 6]
-    assert [int(c) for c in gpu[0]] == [frozen["nf4"]] * 2 + [round(2 * (linears + others) / 2**20)] * 2
+    assert [int(c) for c in gpu[0]] == [frozen["qlora"]] * 2 + [round(2 * (linears + others) / 2**20)] * 2
     assert not (tmp_path / "out").exists()
+
+
+def _frozen(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_adapter_methods_leave_the_base_bit_identical_and_qlora_keeps_it_in_nf4(
+    method, tiny_model, small_data, tmp_path
+):
+    """Two optimizer steps: every frozen tensor is the same bits after as before, and only LoRA's A and B train.
+    Before training the frozen base is checked against an independent load: for lora the checkpoint's weights in
+    the compute type, for qlora every linear as bitsandbytes itself packs the checkpoint's weight in NF4 with
+    double quantization (blocks of 64)."""
+    import torch
+    from bitsandbytes import functional as bnbf
+    from bitsandbytes.nn import Linear4bit
+
+    from edgeq.finetune import setup, train_loop
+
+    run = setup(_cfg(tiny_model, small_data, tmp_path / "ft", method=method, max_steps=2))
+    original = load_file(str(tiny_model / "model.safetensors"))
+    before = _frozen(run.model)
+    trained = [n for n, p in run.model.named_parameters() if p.requires_grad]
+    assert trained and all(".lora_A." in n or ".lora_B." in n for n in trained)
+    linears = {n: m for n, m in run.model.named_modules() if isinstance(m, Linear4bit)}
+    if method == "qlora":
+        assert len(linears) == 7 * json.loads((tiny_model / "config.json").read_text())["num_hidden_layers"]
+        for name, m in linears.items():
+            w = m.weight
+            assert w.dtype == torch.uint8 and w.quant_state.quant_type == "nf4" and w.quant_state.nested
+            key = name.split("base_model.model.", 1)[1].removesuffix(".base_layer") + ".weight"
+            packed, _ = bnbf.quantize_4bit(
+                original[key].float(), blocksize=64, compress_statistics=True, quant_type="nf4"
+            )
+            assert torch.equal(w.data, packed)
+    else:
+        assert not linears
+        dtype = getattr(torch, compute_dtype("cpu"))
+        for name, t in before.items():
+            key = name.split("base_model.model.", 1)[1].replace(".base_layer", "")
+            assert torch.equal(t, original[key].to(dtype)), name
+    train_loop(run, 0, [])
+    after = _frozen(run.model)
+    assert after.keys() == before.keys() and all(torch.equal(after[n], before[n]) for n in before)
+    lora_b = [p for n, p in run.model.named_parameters() if ".lora_B." in n]
+    assert all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it moved, so the adapters did train
+
+
+def test_a_full_fine_tune_changes_every_weight_and_writes_a_model_to_export(tiny_model, small_data, tmp_path):
+    """--method full trains every parameter of the base: each matrix of the saved model differs from the
+    checkpoint's, the summary counts every parameter as trained, and the folder is a model export reads as it is
+    (merge refuses it, naming the folder)."""
+    import torch
+
+    summary = finetune(_cfg(tiny_model, small_data, tmp_path / "ft", method="full", max_steps=2))
+    model = tmp_path / "ft" / "model"
+    assert summary.method == "full" and summary.output == "model" and summary.frozen_base is None
+    assert summary.trainable_params == summary.total_params
+    assert not (tmp_path / "ft" / "adapter").exists()
+    original, saved = load_file(str(tiny_model / "model.safetensors")), load_file(str(model / "model.safetensors"))
+    assert saved.keys() == original.keys()
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    unchanged = [k for k in saved if torch.equal(saved[k].float(), original[k].float())]
+    assert not unchanged
+    manifest = json.loads((model / FINETUNE_MANIFEST).read_text())
+    assert manifest["config"]["method"] == "full" and manifest["quantization"]["quant"] == "none"
+    assert (model / "tokenizer.json").is_file()
+    r = run_edgeq("merge", "--adapter", tmp_path / "ft", "--out", tmp_path / "merged")
+    assert r.returncode == EXIT_USAGE and "nothing to merge" in r.stderr and str(model) in r.stderr
+    r = run_edgeq("export", "--model", model, "--quant", "Q8_0", "--out", tmp_path / "full.gguf")
+    assert r.returncode == 0, r.stderr[-2000:]

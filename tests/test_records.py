@@ -98,6 +98,8 @@ BENCH = BenchResult(
 )
 FINETUNE = FinetuneResult(
     "/o/.edgeq/finetune",
+    "qlora",
+    "adapter",
     2.1,
     0.4,
     0.5,

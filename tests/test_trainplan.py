@@ -32,6 +32,8 @@ def test_counts_on_a_shape_small_enough_to_count_by_hand():
     # 3 tokens: forward 2 FLOPs per weight per token, input gradients 2 more; head 10 × 4; recompute adds 2
     assert step_flops(HAND, 3, checkpointing=False) == 4 * 3 * (160 + 40)
     assert step_flops(HAND, 3, checkpointing=True) == 6 * 3 * (160 + 40)
+    # a full fine-tune adds the weight gradients: 2 more per weight per token
+    assert step_flops(HAND, 3, checkpointing=False, full=True) == 6 * 3 * (160 + 40)
 
 
 def test_the_lora_count_is_what_peft_trains(tiny_model):
@@ -64,7 +66,7 @@ def test_nf4_bits_are_what_bitsandbytes_stores():
 # round numbers, so every expected value below is arithmetic on them
 HAND_CAL = FinetuneCalibration(
     base_mib=500, load_factor=1.0, kept_bytes=100, checkpointed_bytes=10, logit_bytes=4, flops_per_s=1e9,
-    dequant_per_s=1e8, step_s=0.5,
+    dequant_per_s=1e8, step_s=0.5, adamw_per_s=1e6,
 )  # fmt: skip
 
 
@@ -106,17 +108,32 @@ def test_accumulation_adds_time_not_memory():
 
 
 def test_plain_lora_holds_every_weight_at_its_width_and_dequantizes_nothing():
-    """--quant none loads the whole base in one type (bf16: 2 bytes a weight; fp32: 4), where QLoRA keeps NF4
+    """--method lora loads the whole base in one type (bf16: 2 bytes a weight; fp32: 4), where QLoRA keeps NF4
     linears beside fp32 embeddings and norms; a step has no NF4 weight to dequantize."""
     cal = HAND_CAL
     qlora = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False)
-    lora = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, quantized=False)
-    half = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, quantized=False, width=2)
+    lora = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, method="lora")
+    half = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, method="lora", width=2)
     linears, others = HAND.layers * linear_params(HAND), 10 * 4 + 3 * 4  # tied embedding; two norms and the last
     assert qlora.terms_mib["frozen base"] * MIB == pytest.approx(linears * NF4_BITS / 8 + 4 * others)
     assert lora.terms_mib["frozen base"] * MIB == 4 * (linears + others)
     assert half.terms_mib["frozen base"] * MIB == 2 * (linears + others)
     assert qlora.s_per_step - lora.s_per_step == pytest.approx(2 * linears / 1e8)
+
+
+def test_a_full_fine_tune_trains_every_weight_with_adamw_and_freezes_nothing():
+    """--method full: 16 bytes for each of the 212 weights (fp32 weight, gradient, two moments) and no frozen base;
+    loading holds the fp32 model; a step adds the weight gradients' FLOPs and AdamW's update of every weight, and
+    dequantizes nothing."""
+    cal = HAND_CAL
+    full = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, method="full")
+    lora = predict_finetune(HAND, cal, tokens=3, lora_r=2, checkpointing=False, method="lora")
+    weights = 160 + 10 * 4 + 3 * 4  # the linears; the tied embedding; two norms and the last
+    assert full.terms_mib["frozen base"] == 0 and full.terms_mib["weights + AdamW"] * MIB == 16 * weights
+    assert "LoRA + AdamW" not in full.terms_mib and lora.terms_mib["LoRA + AdamW"] * MIB == 16 * 2 * (4 * 8 + 3 * 12)
+    assert full.load_mib * MIB == 500 * MIB + 4 * weights + 4 * weights  # the checkpoint read, the model built
+    flops = 6 * 3 * (160 + 40)  # forward, input and weight gradients, the head included
+    assert full.s_per_step == pytest.approx(flops / 1e9 + 0.5 + weights / 1e6)
 
 
 def test_a_16bit_base_is_the_bytes_of_the_model_transformers_loads_in_bf16(tiny_model):
