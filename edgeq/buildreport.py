@@ -394,6 +394,9 @@ def markdown(b: BuildResult, m: dict) -> str:
     return "\n".join(lines)
 
 
+_TRAINED = {"qlora": "QLoRA, merged", "lora": "LoRA on a 16-bit base, merged", "full": "every weight"}
+
+
 def _task_section(b: BuildResult, m: dict) -> list[str]:
     ev, sp = b.eval, b.system
     art, served = ev.artifact.score, ev.served.score
@@ -408,7 +411,8 @@ def _task_section(b: BuildResult, m: dict) -> list[str]:
         f"| model | {ev.merged.metric} | answer NLL (nats/token) |",
         "|---|---|---|",
         f"| base model | {ev.base.score:.1f} | {nll['base'].mean_nll:.3f} |",
-        f"| fine-tuned, merged (float32) | {ev.merged.score:.1f} | {nll['merged'].mean_nll:.3f} |",
+        f"| fine-tuned ({_TRAINED[b.finetune.method]}, float32) | {ev.merged.score:.1f} | "
+        f"{nll['merged'].mean_nll:.3f} |",
         f"| artifact, prompts as in training | {art:.1f} | {nll['artifact'].mean_nll:.3f} |",
         f"| **artifact as served** (only the user's turn, its embedded template) | **{served:.1f}** | |",
         "",

@@ -287,6 +287,29 @@ def test_every_input_keys_its_stages(setup, built, tmp_path):
     assert got["eval"] == "would run" and all(got[s] == "cached" for s in ("finetune", "merge", "plan", "sweep"))
     r = run_edgeq(*[a if a != 2 else 3 for a in _args(setup, built)], "--dry-run")
     assert _dry_states(r.stdout)["finetune"] == "would run"  # --max-steps 3
+    r = run_edgeq(*_args(setup, built), "--method", "lora", "--dry-run")
+    assert _dry_states(r.stdout)["finetune"] == "would run"
+
+
+def test_a_full_fine_tune_builds_with_its_own_model_where_a_merge_would_be(setup, tmp_path):
+    """--method full: the merge stage takes the fine-tune's model as it is (the template given the system prompt),
+    and the artifact is that model quantized: the rest of the chain is unchanged."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "full"
+    r = run_edgeq(*[a if a != 2 else 1 for a in _args(setup, out)], "--method", "full")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["finetune"]["method"] == "full" and m["finetune"]["trainable_params"] == m["finetune"]["total_params"]
+    assert m["merge"]["verification"] is None and m["merge"]["config"]["merge_into"] == "none"
+    trained, adopted = (
+        load_file(str(out / ".edgeq" / s / "model" / "model.safetensors")) for s in ("finetune", "merge")
+    )
+    assert trained.keys() == adopted.keys() and all(trained[k].equal(adopted[k]) for k in trained)
+    base = load_file(str(setup["base"] / "model.safetensors"))
+    assert not any(base[k].float().equal(adopted[k].float()) for k in base)  # every weight trained
+    assert "You control a drone" in (out / ".edgeq" / "merge" / "model" / "chat_template.jinja").read_text()
+    assert "| fine-tuned (every weight, float32) |" in (out / "report.md").read_text()
 
 
 def test_a_free_text_task_builds_end_to_end_with_a_held_out_split(setup, tmp_path):

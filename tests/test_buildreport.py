@@ -84,7 +84,7 @@ def test_the_reports_gains_are_the_differences_of_its_own_rows():
     base = dataclasses.replace(SCORE, score=10.0, answer_nll=AnswerNLL(2.0, 7.39, 40, 2))
     built = dataclasses.replace(built, eval=dataclasses.replace(built.eval, base=base))
     text = markdown(built, manifest(built, True))
-    assert "| base model | 10.0 | 2.000 |" in text and "| fine-tuned, merged (float32) | 77.5 | 0.030 |" in text
+    assert "| base model | 10.0 | 2.000 |" in text and "| fine-tuned (QLoRA, merged, float32) | 77.5 | 0.030 |" in text
     assert "The fine-tune gained **+67.5 points**; the artifact as served keeps +60.0 over the base." in text
     assert "lowered it by 1.970 nats/token" in text
     assert "96.0 % identical answers, 98.5 % of tokens before the first difference" in text
