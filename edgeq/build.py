@@ -45,7 +45,7 @@ from edgeq.evaluate import agreement, evaluate, float_task_score
 from edgeq.export.gguf import GgufExport, export_gguf, write_f16_gguf
 from edgeq.export.imatrix import compute_imatrix, load_imatrix, save_imatrix
 from edgeq.export.onnx import export_onnx
-from edgeq.finetune import METHOD_HELP, FinetuneConfig, finetune, latest_checkpoint
+from edgeq.finetune import LR_HELP, METHOD_HELP, FinetuneConfig, finetune, latest_checkpoint
 from edgeq.finetune import plan as plan_finetune
 from edgeq.io import atomic_path, check_free_disk, check_not_input, parse_json, sha256_file, write_json
 from edgeq.machine import versions
@@ -77,6 +77,7 @@ from edgeq.spec import (
     BUILD_STAGE_RECORD,
     BUILD_STAGES,
     BUILD_STATE_DIR,
+    FINETUNE_LR,
     FINETUNE_METHODS,
     FORMAT_GGUF,
     SCORE_SCHEMA,
@@ -101,6 +102,8 @@ class BuildConfig:
     dry_run: bool = setting(False, "print the plan and the stages that would run; write nothing")
     max_steps: int | None = setting(None, "cap the fine-tune's optimizer steps", minimum=1)
     method: str = setting(FINETUNE_METHODS[0], METHOD_HELP, choices=FINETUNE_METHODS)
+    lr: float | None = setting(None, "the fine-tune's " + LR_HELP)
+    seed: int = setting(0, "the fine-tune's seed: data order, adapter init, dropout")
     eval_limit: int | None = setting(None, "score only the first N held-out task examples", minimum=1)
     reps: int = setting(3, "bench repetitions (fresh processes)", minimum=1)
     calibration: str | None = setting(None, CALIBRATION_HELP)
@@ -180,7 +183,7 @@ RUNTIME_LIBRARIES = ("llama_cpp", "gguf", "onnxruntime", "onnxruntime_genai", "t
 def stage_settings(job: Job) -> dict:
     """Everything each stage's output depends on besides the stages before it."""
 
-    ft = dataclasses.asdict(FinetuneConfig(data="", out="", max_steps=job.cfg.max_steps, method=job.cfg.method))
+    ft = dataclasses.asdict(FinetuneConfig(data="", out="", **finetune_settings(job.cfg)))
     for k in ("data", "out", "base", "resume", "force", "dry_run"):
         ft.pop(k)
     mg = dataclasses.asdict(MergeConfig(adapter="", out="", system_prompt=job.system.text))
@@ -246,6 +249,12 @@ def stage_files(job: Job, stage: str, result) -> dict:
 # the stages: each works in `work` and returns its record (records.py), which the next stages read
 
 
+def finetune_settings(cfg: BuildConfig) -> dict:
+    """What the build sets of the fine-tune's config; the rest is its defaults."""
+    lr = cfg.lr or FINETUNE_LR[cfg.method]
+    return {"max_steps": cfg.max_steps, "method": cfg.method, "lr": lr, "seed": cfg.seed}
+
+
 def run_finetune(job: Job, work: Path) -> FinetuneResult:
 
     resume = latest_checkpoint(work) is not None
@@ -254,8 +263,7 @@ def run_finetune(job: Job, work: Path) -> FinetuneResult:
             data=str(job.data),
             out=str(work),
             base=str(job.base),
-            max_steps=job.cfg.max_steps,
-            method=job.cfg.method,
+            **finetune_settings(job.cfg),
             resume=resume,
             force=True,
         )
@@ -555,6 +563,10 @@ def resolve(cfg: BuildConfig) -> Job:
         problems.append(f"--max-steps {cfg.max_steps}: need at least 1")
     if cfg.sweep not in SWEEP_MODES:
         problems.append(f"--sweep {cfg.sweep!r}: expected one of {', '.join(SWEEP_MODES)}")
+    if cfg.method not in FINETUNE_METHODS:
+        problems.append(f"--method {cfg.method!r}: expected one of {', '.join(FINETUNE_METHODS)}")
+    if cfg.lr is not None and not 0 < cfg.lr < 1:  # also refuses nan
+        problems.append(f"--lr {cfg.lr}: must be in (0, 1)")
     if problems:
         raise UsageError("; ".join(problems), None, "fix the options above and run again")
     out = Path(cfg.out or Path("builds") / profile.name)
@@ -641,9 +653,7 @@ def dry_run(cfg: BuildConfig) -> tuple[Plan, FinetunePrediction, dict[str, str]]
     model (same shapes, prior quality; None-chosen where nothing fits) and each stage's state."""
 
     with prepared(cfg) as job:
-        ft = plan_finetune(
-            FinetuneConfig(data=str(job.data), out="", base=str(job.base), max_steps=cfg.max_steps, method=cfg.method)
-        )
+        ft = plan_finetune(FinetuneConfig(data=str(job.data), out="", base=str(job.base), **finetune_settings(cfg)))
         cfg = PlanConfig(profile=job.profile.source, model=str(job.base), calibration=str(job.calibration))
         planned = make_plan(cfg, write_f16_gguf)
         return planned, ft, {s: "cached" if cached(job, s) else "would run" for s in job.keys}

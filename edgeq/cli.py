@@ -27,6 +27,8 @@ from edgeq.buildreport import dry_run_view, finetune_table, summary
 from edgeq.calibrate import CalibrateConfig, calibrate
 from edgeq.calibrate import view as calibration_view
 from edgeq.chat import RunConfig, run
+from edgeq.compare import CompareConfig, compare_methods
+from edgeq.compare import view as compare_view
 from edgeq.doctor import TOOLCHAIN, run_checks, runtime_configuration, verdict
 from edgeq.doctor import view as doctor_view
 from edgeq.errors import BackendError, EdgeqError, UsageError
@@ -332,6 +334,13 @@ def build_command(**kw) -> None:
     result = build(cfg)
     report.out.print(summary(result))
     build_gate(result)
+
+
+@cli.command("compare-methods")
+@options(CompareConfig)
+def compare_methods_command(**kw) -> None:
+    """Full fine-tune vs LoRA vs QLoRA on your data, each at its best rate: task score, memory, time, forgetting."""
+    report.out.print(compare_view(compare_methods(CompareConfig(**kw))))
 
 
 @cli.command("calibrate")

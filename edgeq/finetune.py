@@ -48,6 +48,7 @@ from edgeq.io import (
 from edgeq.machine import platform_info, versions
 from edgeq.records import FinetuneResult
 from edgeq.spec import (
+    FINETUNE_LR,
     FINETUNE_MANIFEST,
     FINETUNE_METHODS,
     FINETUNE_STRUCTURAL,
@@ -69,6 +70,11 @@ from edgeq.trainplan import (
 )
 
 CKPT_DIR, CKPT_MARKER, ADAPTER_DIR, MODEL_DIR = "checkpoints", "COMPLETE", "adapter", "model"
+LR_HELP = (
+    "peak learning rate (linear warm-up, cosine decay) [default: "
+    + ", ".join(f"{lr:g} for {m}" for m, lr in FINETUNE_LR.items())
+    + "]"
+)
 METHOD_HELP = (
     "what trains: qlora = LoRA adapters on a base frozen in 4 bits; lora = LoRA adapters on a base frozen in 16 bits "
     "(bf16 where the hardware multiplies it natively, else fp32); full = every weight (fp32, AdamW; writes a whole "
@@ -95,7 +101,7 @@ class FinetuneConfig:
         "all of them, fused projections included]",
         listed=True,
     )
-    lr: float = setting(1e-3, "peak learning rate (linear warm-up, cosine decay)")
+    lr: float | None = setting(None, LR_HELP)
     epochs: float = setting(1.0, "passes over the training split")
     max_steps: int | None = setting(
         None, "stop after N optimizer steps (overrides --epochs)", minimum=1, maximum=1 << 30
@@ -146,7 +152,7 @@ class FinetuneConfig:
     def check(self) -> None:
         """Report every invalid setting at once: the fields' own bounds, then the open intervals."""
         p = problems(self)
-        if not 0 < self.lr < 1:  # also refuses nan
+        if self.lr is not None and not 0 < self.lr < 1:  # also refuses nan
             p.append(f"--lr {self.lr}: must be in (0, 1)")
         if not 0 < self.epochs <= 1000:
             p.append(f"--epochs {self.epochs}: must be in (0, 1000]")
@@ -622,6 +628,7 @@ def setup(cfg: FinetuneConfig) -> Run:
     from transformers import AutoConfig
 
     cfg.check()
+    cfg = replace(cfg, lr=cfg.lr or FINETUNE_LR[cfg.method])  # the manifest records the rate used
     rank, world = _dist_init()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":

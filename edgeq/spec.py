@@ -336,6 +336,9 @@ TASK_METRICS = ("json", "exact", "chrf")  # task scoring (metrics.py); the defau
 # What a fine-tune trains (first: the default): LoRA adapters on a 4-bit frozen base, LoRA adapters on a 16-bit
 # frozen base, or every weight of the model.
 FINETUNE_METHODS = ("qlora", "lora", "full")
+# Peak learning rate by method where none is given: adapters take a large step, a full fine-tune's every weight a small
+# one (`edgeq compare-methods` sweeps a third and three times each on the user's data).
+FINETUNE_LR = {"qlora": 1e-3, "lora": 1e-3, "full": 5e-5}
 QUANT_MODES = ("nf4", "fp4")  # the 4-bit type of QLoRA's frozen base
 UNQUANTIZED = "none"  # a manifest's quantization.quant where the base trained un-quantized (lora, full)
 NF4_BLOCKSIZE = 64  # bitsandbytes' 4-bit block size (the QLoRA paper's)

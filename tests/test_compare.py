@@ -1,0 +1,117 @@
+"""compare-methods on a tiny model: each method's rate is the best of its trials on the training split, the
+forgetting figures and the ratios match an independent computation, and a second call resumes without work."""
+
+import json
+
+import pytest
+
+from edgeq.compare import GENERAL_CHOICES, GENERAL_TEXT, LR_FACTORS
+from edgeq.runtime import ASSETS
+from edgeq.spec import FINETUNE_LR
+from tests.conftest import make_tiny_model, run_edgeq
+from tests.test_build import _profile
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, default_model):
+    return make_tiny_model(tmp_path_factory.mktemp("base") / "base", default_model, max_position_embeddings=2048)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, base, small_data):
+    root = tmp_path_factory.mktemp("compare")
+    out = root / "out"
+    args = ["compare-methods", "--base", base, "--data", small_data, "--profile", _profile(root / "mini.yaml")]
+    args += ["--methods", "full,qlora", "--max-steps", 2, "--trial-share", 0.5, "--out", out]
+    r = run_edgeq(*args, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"out": out, "args": args, "result": json.loads((out / "methods.json").read_text()), "stdout": r.stdout}
+
+
+def test_each_method_trains_at_the_best_of_its_three_rates_on_the_training_split(compared):
+    out, result = compared["out"], compared["result"]
+    assert [r["method"] for r in result["runs"]] == ["full", "qlora"]
+    test_lines = (out / "split" / "test.jsonl").read_text().splitlines()
+    train_lines = (out / "split" / "train.jsonl").read_text().splitlines()
+    assert len(test_lines) == 5 and len(train_lines) == 43  # one split, 10 % of the 48 held out, for every run
+    for run in result["runs"]:
+        trials = run["trials"]
+        assert [t["lr"] for t in trials] == pytest.approx([FINETUNE_LR[run["method"]] * f for f in LR_FACTORS])
+        assert all(t["steps"] == 1 for t in trials)  # half of the 2 steps
+        assert run["lr"] == min(trials, key=lambda t: t["eval_loss"])["lr"]
+        build = json.loads((out / "runs" / f"{run['method']}-s0" / "manifest.json").read_text())
+        assert build["finetune"]["method"] == run["method"] and build["inputs"]["data"]["path"].endswith("train.jsonl")
+        assert (
+            run["task_float"] == build["task"]["merged"]
+            and run["task_served"] == build["fidelity"]["task_served"]["score"]
+        )
+        assert run["finetune_peak_rss_mib"] == build["finetune"]["peak_rss_mib"]
+    full, qlora = result["runs"]
+    assert full["trainable_params"] == full["total_params"] > qlora["trainable_params"]
+
+
+def test_forgetting_is_the_kld_and_the_choice_accuracy_an_independent_count_gives(compared, base):
+    """KL(base ‖ fine-tuned) per position of the general text, by torch's own kl_div; the general questions'
+    picks by transformers' own loss over the answer tokens (the prompt's labels masked)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def picks(model_dir):
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        doc = json.loads((ASSETS / GENERAL_CHOICES).read_text())
+        right = 0
+        for it in doc["items"]:
+            convo = [{"role": "system", "content": doc["system"]}, {"role": "user", "content": it["question"]}]
+            head = tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
+            losses = []
+            for c in it["choices"]:
+                full = tok.apply_chat_template(convo + [{"role": "assistant", "content": c}], tokenize=False)
+                ids = tok(full, add_special_tokens=False, return_tensors="pt").input_ids
+                labels = ids.clone()
+                labels[0, : len(tok(head, add_special_tokens=False).input_ids)] = -100
+                with torch.no_grad():
+                    losses.append(float(model(input_ids=ids, labels=labels).loss))
+            right += min(range(len(losses)), key=losses.__getitem__) == it["answer"]
+        return 100.0 * right / len(doc["items"])
+
+    out, result = compared["out"], compared["result"]
+    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(base)
+    ids = tok((ASSETS / GENERAL_TEXT).read_text(), add_special_tokens=False, return_tensors="pt").input_ids
+    ids = ids[:, : base_model.config.max_position_embeddings]
+    with torch.no_grad():
+        p = torch.log_softmax(base_model(ids).logits[0].double(), -1)
+    for run in result["runs"]:
+        tuned_dir = out / "runs" / f"{run['method']}-s0" / ".edgeq" / "merge" / "model"
+        tuned = AutoModelForCausalLM.from_pretrained(tuned_dir, dtype=torch.float32).eval()
+        with torch.no_grad():
+            q = torch.log_softmax(tuned(ids).logits[0].double(), -1)
+        kld = torch.nn.functional.kl_div(q, p, log_target=True, reduction="none").sum(-1).mean()
+        assert run["general_kld"] == pytest.approx(float(kld), rel=1e-6) and run["general_kld"] > 0
+        assert run["general_tokens"] == ids.shape[1]
+        assert run["general_accuracy"] == pytest.approx(picks(tuned_dir))
+    assert result["runs"][0]["general_accuracy_base"] == pytest.approx(picks(base))
+
+
+def test_the_ratios_and_the_table_are_of_the_runs_own_figures(compared):
+    out, result = compared["out"], compared["result"]
+    full, qlora = result["runs"]
+    r = result["ratios"]
+    if full["task_float"]:
+        assert r["qlora_over_full_task_float"] == pytest.approx(qlora["task_float"] / full["task_float"])
+    assert r["lora_over_full_task_float"] is None and r["qlora_over_lora_memory"] is None  # LoRA was not run
+    md = (out / "methods.md").read_text()
+    assert f"| full fine-tune | 1 | {full['lr']:.3g} | {full['trainable_params']:,} |" in md
+    assert f"| QLoRA (NF4 base) | 1 | {qlora['lr']:.3g} | {qlora['trainable_params']:,} |" in md
+    assert (out / "methods.png").read_bytes()[:4] == b"\x89PNG"
+    assert "fine-tuning methods compared" in compared["stdout"]
+
+
+def test_a_second_call_resumes_and_does_no_work(compared):
+    out = compared["out"]
+    before = {p: p.stat().st_mtime_ns for p in (out / "results").iterdir()}
+    r = run_edgeq(*compared["args"], timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in (out / "results").iterdir()} == before
+    assert json.loads((out / "methods.json").read_text())["runs"] == compared["result"]["runs"]
