@@ -340,7 +340,7 @@ def build_command(**kw) -> None:
 @options(CompareConfig)
 def compare_methods_command(**kw) -> None:
     """Full fine-tune vs LoRA vs QLoRA on your data, each at its best rate: task score, memory, time, forgetting."""
-    report.out.print(compare_view(compare_methods(CompareConfig(**kw))))
+    report.out.print(compare_view(compare_methods(CompareConfig(**_keep(CompareConfig, kw)))))
 
 
 @cli.command("calibrate")

@@ -32,12 +32,12 @@ from pathlib import Path
 from edgeq import report
 from edgeq.basemodel import MODEL_HELP, load_tokenizer, resolve_model
 from edgeq.config import problems, setting
-from edgeq.data import read_jsonl_lines, split_holdout
-from edgeq.errors import ConfigError, EdgeqError
+from edgeq.data import load_dataset, read_jsonl_lines, split_holdout
+from edgeq.errors import ConfigError, EdgeqError, UsageError
 from edgeq.evaluate import answer_positions, compare, hf_answer_nll, reference_logits
-from edgeq.io import atomic_file, write_json, write_text
+from edgeq.io import OUTPUT_MARK, atomic_file, check_not_input, edgeq_wrote, write_json, write_text
 from edgeq.machine import platform_info
-from edgeq.profiles import PROFILE_HELP
+from edgeq.profiles import PROFILE_HELP, load_profile
 from edgeq.runtime import ASSETS
 from edgeq.spec import (
     BUILD_EXAMPLE_DATA,
@@ -50,7 +50,7 @@ from edgeq.spec import (
     FINETUNE_METHODS,
     SHIPPED_EXAMPLES,
 )
-from edgeq.task import Task
+from edgeq.task import Task, load_task
 
 LR_FACTORS = (1 / 3, 1.0, 3.0)  # the learning-rate trials, as multiples of the method's default
 GENERAL_TEXT, GENERAL_CHOICES = "general_text.txt", "general_choices.json"
@@ -91,12 +91,30 @@ class CompareConfig:
 # the split and the runs, each a fresh process (its peak RSS is its own)
 
 
-def split(cfg: CompareConfig, out: Path) -> tuple[Path, Path]:
-    """(training, held-out) files every run shares; a held-out share of --data is cut once and kept in OUT."""
+def inputs(cfg: CompareConfig) -> tuple[Path, Path | None, Path]:
+    """(training data, held-out data or None for a split of it, base), each refused here with one line if
+    malformed, before anything is written: the runs would only find it later, in a child process."""
+    from edgeq.finetune import FinetuneConfig
+
     package = Path(str(files(SHIPPED_EXAMPLES)))
     data = Path(cfg.data) if cfg.data else package / BUILD_EXAMPLE_DATA
-    if cfg.test_data or not cfg.data:
-        return data, Path(cfg.test_data) if cfg.test_data else package / BUILD_EXAMPLE_TEST
+    test = Path(cfg.test_data) if cfg.test_data else (package / BUILD_EXAMPLE_TEST if not cfg.data else None)
+    profile = load_profile(cfg.profile)
+    base = resolve_model(cfg.base)
+    load_dataset(data, load_tokenizer(base), FinetuneConfig(data="", out="").seq_len)
+    if test is not None:
+        load_task(test)
+    check_not_input(cfg.out, [cfg.base, data, test, profile.source if Path(profile.source).is_file() else None])
+    out = Path(cfg.out)
+    if out.exists() and not edgeq_wrote(out) and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError("not a compare-methods folder: it writes only into its own", str(out), "choose a new --out")
+    return data, test, base
+
+
+def split(data: Path, test: Path | None, out: Path) -> tuple[Path, Path]:
+    """(training, held-out) files every run shares; a held-out share of --data is cut once and kept in OUT."""
+    if test is not None:
+        return data, test
     if not (out / "split" / "test.jsonl").is_file():
         (out / "split").mkdir(parents=True, exist_ok=True)
         split_holdout(data, out / "split")
@@ -381,11 +399,12 @@ def view(result: dict):
 def compare_methods(cfg: CompareConfig) -> dict:
     """split → per method and seed: the rate's trials, the build, forgetting → the table, JSON and plot."""
     cfg.check()
+    data, test, base_dir = inputs(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    write_text(out / OUTPUT_MARK, "written by edgeq compare-methods\n")
     t0 = time.time()
-    train, test = split(cfg, out)
-    base_dir = resolve_model(cfg.base)
+    train, test = split(data, test, out)
     base = base_reference(base_dir, out)
     rows = [run_one(cfg, out, train, test, m, s, base) for s in range(cfg.seeds) for m in cfg.methods]
     summary = summarize(rows)

@@ -11,6 +11,7 @@ from edgeq.bench import BenchConfig
 from edgeq.build import BuildConfig
 from edgeq.calibrate import CalibrateConfig
 from edgeq.chat import RunConfig
+from edgeq.compare import CompareConfig
 from edgeq.config import problems
 from edgeq.evaluate import EvalConfig
 from edgeq.export.gguf import GgufExport
@@ -32,6 +33,7 @@ CONFIGS = [
     (RunConfig, "run"),
     (EvalConfig, "eval"),
     (TaskConfig, "eval-task"),
+    (CompareConfig, "compare-methods"),
 ]
 
 

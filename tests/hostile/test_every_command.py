@@ -106,6 +106,10 @@ CASES = [
     (["calibrate", "--points", "{input}", "--out", "{out}", "--no-onnx"], "points"),
     (["run", "{input}", "hi"], "artifact"),
     (["eval-task", "--data", "{input}"], "jsonl"),
+    (["compare-methods", "--data", "{input}", "--out", "{out}", "--max-steps", "1"], "jsonl"),
+    (["compare-methods", "--data", "{data}", "--test-data", "{input}", "--out", "{out}", "--max-steps", "1"], "jsonl"),
+    (["compare-methods", "--base", "{input}", "--data", "{data}", "--out", "{out}", "--max-steps", "1"], "model"),
+    (["compare-methods", "--profile", "{input}", "--data", "{data}", "--out", "{out}", "--max-steps", "1"], "yaml"),
     (["eval-task", "--model", "{input}", "--data", "{data}"], "model"),
 ]
 # calibrate --points: a path that does not exist yet is where new measurements go, not a malformed input
