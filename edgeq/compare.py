@@ -35,6 +35,7 @@ from edgeq.config import problems, setting
 from edgeq.data import load_dataset, read_jsonl_lines, split_holdout
 from edgeq.errors import ConfigError, EdgeqError, UsageError
 from edgeq.evaluate import answer_positions, compare, hf_answer_nll, reference_logits
+from edgeq.finetune import FinetuneConfig
 from edgeq.io import OUTPUT_MARK, atomic_file, check_not_input, edgeq_wrote, write_json, write_text
 from edgeq.machine import platform_info
 from edgeq.profiles import PROFILE_HELP, load_profile
@@ -94,8 +95,6 @@ class CompareConfig:
 def inputs(cfg: CompareConfig) -> tuple[Path, Path | None, Path]:
     """(training data, held-out data or None for a split of it, base), each refused here with one line if
     malformed, before anything is written: the runs would only find it later, in a child process."""
-    from edgeq.finetune import FinetuneConfig
-
     package = Path(str(files(SHIPPED_EXAMPLES)))
     data = Path(cfg.data) if cfg.data else package / BUILD_EXAMPLE_DATA
     test = Path(cfg.test_data) if cfg.test_data else (package / BUILD_EXAMPLE_TEST if not cfg.data else None)
@@ -123,8 +122,6 @@ def split(data: Path, test: Path | None, out: Path) -> tuple[Path, Path]:
 
 def steps_of(cfg: CompareConfig, train: Path) -> int:
     """Optimizer steps of one fine-tune at the defaults: one epoch of the training split less its eval share."""
-    from edgeq.finetune import FinetuneConfig
-
     if cfg.max_steps:
         return cfg.max_steps
     ft = FinetuneConfig(data="", out="")
