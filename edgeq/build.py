@@ -448,7 +448,29 @@ def assemble(job: Job) -> BuildResult:
 
 
 def run_report(job: Job, work: Path) -> Published:
-    return Published(tuple(write_outputs(assemble(job))))
+    """Publish into OUT; what the last report published there and this one does not (an artifact of another type,
+    a Modelfile beside what is now an ONNX artifact) is removed: OUT never shows a stale artifact beside the build
+    that replaced it."""
+    before = published_before(job)
+    names = tuple(write_outputs(assemble(job)))
+    for name in sorted(set(before) - set(names)):
+        stale = job.out / name
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+        elif stale.is_file() or stale.is_symlink():
+            stale.unlink()
+    return Published(names)
+
+
+def published_before(job: Job) -> tuple[str, ...]:
+    """The names the previous report stage published into OUT: plain names only (a record edited to name a path
+    elsewhere names nothing)."""
+    try:
+        record = StageRecord.from_dict(json.loads((job.dir("report") / BUILD_STAGE_RECORD).read_bytes()))
+        names = Published.from_dict(record.result).names
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return ()
+    return tuple(n for n in names if isinstance(n, str) and n not in ("", ".", "..") and Path(n).name == n)
 
 
 # stage → (what runs it, the record it returns and its stage.json reads back as)

@@ -132,6 +132,14 @@ def wide_model(tmp_path_factory, default_model):
     )
 
 
+@pytest.fixture(scope="module")
+def build_out(tmp_path_factory):
+    """One build folder for the builds whose budget binds: the same base, data and steps under other profiles, so
+    the second re-runs from the plan (the fine-tune, the merge and the float models' scores are kept), as a user's
+    rebuild with another profile does."""
+    return tmp_path_factory.mktemp("builds") / "out"
+
+
 def _export_auto(model, *args):
     return run_edgeq("export", "--model", model, "--quant", "auto", *args)
 
@@ -224,7 +232,7 @@ def test_plan_adds_a_mixed_candidate_only_where_the_budget_binds(wide_model, tmp
 
 
 @pytest.mark.slow
-def test_a_build_whose_budget_binds_ships_the_mixture_and_says_why(wide_model, tmp_path, small_data):
+def test_a_build_whose_budget_binds_ships_the_mixture_and_says_why(wide_model, tmp_path, small_data, build_out):
     """Storage 14 MiB: uniform Q8_0 (15.1 MiB) misses, Q4_K_M (12.0 MiB) fits; the mixture spends the rest."""
     import json
 
@@ -236,9 +244,8 @@ def test_a_build_whose_budget_binds_ships_the_mixture_and_says_why(wide_model, t
     profile["quality"]["max_task_accuracy_drop_points"] = 100
     profile["latency"] = {**drone["latency"], "ttft_ms": 600000, "min_decode_tok_s": 0.1}  # speed is not under test
     (tmp_path / "binding.yaml").write_text(yaml.safe_dump(profile))
-    test = tmp_path / "test.jsonl"
-    test.write_text("".join(small_data.read_text().splitlines(keepends=True)[:3]))
-    out = tmp_path / "out"
+    test = _held_out(small_data, build_out)
+    out = build_out
     r = run_edgeq(
         "build",
         "--profile",
@@ -296,6 +303,13 @@ def test_a_bad_pin_is_a_usage_error_before_any_work(wide_model, tmp_path):
             plan_mixed(wide_model, flt, ["Q8_0"], 256, 64, cal, 11, 1e6, None, tmp_path, forced=pin)
 
 
+def _held_out(small_data: Path, out: Path) -> Path:
+    """The first 3 examples, beside the build folder: the same file (and key) for every build into it."""
+    test = out.parent / "test.jsonl"
+    test.write_text("".join(small_data.read_text().splitlines(keepends=True)[:3]))
+    return test
+
+
 def _onnx_profile(tmp_path: Path, storage_mib: float) -> Path:
     """Drone budgets on ONNX alone, speed and quality out of the way: only storage can bind."""
     import yaml
@@ -341,7 +355,7 @@ def test_plan_adds_an_onnx_mixture_sized_to_the_budget_only_where_it_binds(wide_
 
 
 @pytest.mark.slow
-def test_a_build_whose_onnx_budget_binds_ships_the_solved_layout(wide_model, tmp_path, small_data):
+def test_a_build_whose_onnx_budget_binds_ships_the_solved_layout(wide_model, tmp_path, small_data, build_out):
     """At 17 MiB only int4-block128 (16.3 MiB) of the uniform types fits; the build exports --quant auto for the
     planned size: the artifact fits, the manifest records every weight's bits and block as the graph has them, and
     the report says what it gained over int4-block128, measured beside it."""
@@ -349,9 +363,7 @@ def test_a_build_whose_onnx_budget_binds_ships_the_solved_layout(wide_model, tmp
 
     import onnx
 
-    test = tmp_path / "test.jsonl"
-    test.write_text("".join(small_data.read_text().splitlines(keepends=True)[:3]))
-    out = tmp_path / "out"
+    test, out = _held_out(small_data, build_out), build_out
     args = ["--base", wide_model, "--data", small_data, "--test-data", test, "--max-steps", 1, "--reps", 1]
     r = run_edgeq("build", "--profile", _onnx_profile(tmp_path, 17), *args, "--out", out, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -371,3 +383,4 @@ def test_a_build_whose_onnx_budget_binds_ships_the_solved_layout(wide_model, tmp
     report = (out / "report.md").read_text()
     assert "ONNX 4/8-bit mixture solved for" in report and "the best uniform type that fits" in report
     assert "Ollama Modelfile: none for an ONNX artifact" in report and not (out / BUILD_MODELFILE).exists()
+    assert not list(out.glob("*.gguf"))  # an earlier build's GGUF artifact in this folder went with its Modelfile
