@@ -386,6 +386,27 @@ MUTATIONS = (
             "test_the_types_said_to_weigh_by_an_importance_matrix_are_those_llama_cpp_rounds_differently_with_one",
         ),
     ),
+    Mutation(
+        "LoRA's frozen base trains too",
+        "edgeq/finetune.py",
+        "        p.requires_grad_(not cfg.adapters)",
+        "        p.requires_grad_(True)",
+        ("tests/test_finetune.py::test_adapter_methods_leave_the_base_bit_identical_and_qlora_keeps_it_in_nf4",),
+    ),
+    Mutation(
+        "compare-methods picks the rate with the highest eval loss",
+        "edgeq/compare.py",
+        '    lr = min(trials, key=lambda t: t["eval_loss"])["lr"]',
+        '    lr = max(trials, key=lambda t: t["eval_loss"])["lr"]',
+        ("tests/test_compare.py::test_each_method_trains_at_the_best_of_its_three_rates_on_the_training_split",),
+    ),
+    Mutation(
+        "forgetting measured the other way round (KL of the fine-tune against the base)",
+        "edgeq/compare.py",
+        'kld = compare(base["logits"], reference_logits(model, base["ids"]), base["ids"]).mean_kld',
+        'kld = compare(reference_logits(model, base["ids"]), base["logits"], base["ids"]).mean_kld',
+        ("tests/test_compare.py::test_forgetting_is_the_kld_and_the_choice_accuracy_an_independent_count_gives",),
+    ),
 )
 
 

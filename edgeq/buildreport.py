@@ -105,7 +105,11 @@ def dry_run_view(planned, ft, stages: dict, out: Path):
 def finetune_table(p):
     """The fine-tune's predicted peak memory on a CPU, each term, and how far the prediction is known to hold. Its
     seconds per step are not shown: off by up to 77 % on shapes outside the fit (benchmarks/RESULTS.md)."""
-    rows = [["peak RSS", f"{p.peak_mib:.0f} MiB"], ["  loading the base", f"{p.load_mib:.0f} MiB"]]
+    rows = [
+        ["method", p.method],
+        ["peak RSS", f"{p.peak_mib:.0f} MiB"],
+        ["  loading the base", f"{p.load_mib:.0f} MiB"],
+    ]
     rows += [["  training", f"{p.train_mib:.0f} MiB"]] + [[f"    {k}", f"{v:.0f} MiB"] for k, v in p.terms_mib.items()]
     rows += [["gradient checkpointing", "on" if p.checkpointing else "off"]]
     if p.batch_size:

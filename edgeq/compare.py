@@ -238,15 +238,14 @@ def forgetting(tuned_dir: Path, base: dict) -> dict:
 # one run's row, then the table
 
 
-def row(where: Path, method: str, seed: int, trials: list[dict], base: dict) -> dict:
+def row(where: Path, method: str, seed: int, trials: list[dict], lr: float, base: dict) -> dict:
     """What the table shows of one run, read from its build's manifest, with its forgetting."""
     m = json.loads((where / "manifest.json").read_text())
     ft, task, quant = m["finetune"], m["task"], m["quant_recipe"]
-    best = min(trials, key=lambda t: t["eval_loss"])
     return {
         "method": method,
         "seed": seed,
-        "lr": best["lr"],
+        "lr": lr,
         "trials": trials,
         "steps": ft["steps"],
         "task_base": task["base"],
@@ -274,7 +273,7 @@ def run_one(cfg: CompareConfig, out: Path, train: Path, test: Path, method: str,
     lr = min(trials, key=lambda t: t["eval_loss"])["lr"]
     report.err.print(f"{method}, seed {seed}: learning rate {lr:.3g} (eval loss " + ", ".join(
         f"{t['lr']:.3g} → {t['eval_loss']:.4f}" for t in trials) + ")")  # fmt: skip
-    got = row(run_build(cfg, out, train, test, method, seed, lr), method, seed, trials, base)
+    got = row(run_build(cfg, out, train, test, method, seed, lr), method, seed, trials, lr, base)
     write_json(kept, got)
     return got
 

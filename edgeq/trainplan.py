@@ -46,7 +46,9 @@ class FinetuneCalibration:
     adamw_per_s: float  # fp32 parameters AdamW updates per second (what a full fine-tune's optimizer costs)
 
 
-ADAMW_PER_S = 2.5e8
+# AdamW's fused fp32 update, measured 2026-12-07 on a 2-core AMD EPYC without AVX-512 by
+# `benchmarks/finetune_plan.py --adamw` (8.70e8 and 8.52e8 in two runs): the optimizer's share of a full fine-tune.
+ADAMW_PER_S = 8.6e8
 # Measured 2026-12-06 on a 2-core AMD EPYC (AVX2, AVX-512 with BF16: the NF4 base computes in bf16) by
 # benchmarks/finetune_plan.py, fitted on random-weight models of 17M and 135M parameters (benchmarks/RESULTS.md).
 CALIBRATION = FinetuneCalibration(
@@ -65,7 +67,8 @@ CALIBRATION = FinetuneCalibration(
 TRAINPLAN_SOURCE = "AMD EPYC (2 cores), 2026-12-06"
 # How far CALIBRATION held on shapes never in its fit (benchmarks/RESULTS.md): printed with every prediction
 TRAINPLAN_ERRORS = (
-    "±13 % (QLoRA peak RSS, four shapes); LoRA on a bf16 base (--quant none): -8 to +20 % on the default model"
+    "±13 % (QLoRA peak RSS, four shapes); on the default model, LoRA on a bf16 base -8 to +20 %, on an fp32 base "
+    "-9 to +16 %, a full fine-tune -3 to +8 %"
 )
 
 
@@ -95,6 +98,7 @@ class FinetunePrediction:
     terms_mib: dict  # the train moment's terms
     s_per_step: float
     checkpointing: bool
+    method: str = "qlora"  # spec.FINETUNE_METHODS
     batch_size: int | None = None  # the micro-batch and accumulation the fine-tune will use (finetune.fit_memory)
     grad_accum: int | None = None
     chosen: str | None = None  # what fit_memory changed to fit the memory limit, and why
@@ -215,6 +219,7 @@ def predict_finetune(
         terms_mib={k: v / MIB for k, v in terms.items()},
         s_per_step=seconds,
         checkpointing=checkpointing,
+        method=method,
     )
 
 

@@ -40,7 +40,10 @@ def test_each_method_trains_at_the_best_of_its_three_rates_on_the_training_split
         assert [t["lr"] for t in trials] == pytest.approx([FINETUNE_LR[run["method"]] * f for f in LR_FACTORS])
         assert all(t["steps"] == 1 for t in trials)  # half of the 2 steps
         assert run["lr"] == min(trials, key=lambda t: t["eval_loss"])["lr"]
-        build = json.loads((out / "runs" / f"{run['method']}-s0" / "manifest.json").read_text())
+        where = out / "runs" / f"{run['method']}-s0"
+        trained = json.loads(next((where / ".edgeq" / "finetune").glob("*/edgeq_finetune.json")).read_text())
+        assert trained["config"]["lr"] == run["lr"]  # the build trained at the chosen rate
+        build = json.loads((where / "manifest.json").read_text())
         assert build["finetune"]["method"] == run["method"] and build["inputs"]["data"]["path"].endswith("train.jsonl")
         assert (
             run["task_float"] == build["task"]["merged"]
