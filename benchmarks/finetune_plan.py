@@ -127,9 +127,10 @@ def other_methods(steps: int, methods: list[str]) -> None:
                 print(f"{row} {memory} | {time_} |", flush=True)
 
 
-def adamw_rate(steps: int = 5) -> float:
-    """fp32 parameters AdamW, as edgeq finetune configures it on a CPU, updates per second, over tensors of the
-    default model's shapes with a gradient each: the optimizer's share of a full fine-tune's step."""
+def adamw_rate(steps: int = 5, fused: bool = True) -> float:
+    """fp32 parameters AdamW, as edgeq finetune configures it on a CPU (or, fused=False, torch's default per-tensor
+    loop), updates per second, over tensors of the default model's shapes with a gradient each: the optimizer's share
+    of a full fine-tune's step."""
     import torch
 
     from edgeq.basemodel import ensure_default_model
@@ -143,7 +144,7 @@ def adamw_rate(steps: int = 5) -> float:
     params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p)
-    optim = cpu_adamw(params, 1e-4)
+    optim = cpu_adamw(params, 1e-4) if fused else torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     optim.step()  # the moments are allocated here: not part of a step's cost
     times = []
     for _ in range(steps):
@@ -161,7 +162,8 @@ def main():
     ap.add_argument("--adamw", action="store_true", help="measure AdamW's fp32 update rate (parameters per second)")
     a = ap.parse_args()
     if a.adamw:
-        print(f"AdamW: {adamw_rate():.3g} fp32 parameters per second")
+        fused, loop = adamw_rate(), adamw_rate(fused=False)
+        print(f"AdamW: {fused:.3g} fp32 parameters per second fused (edgeq), {loop:.3g} torch's default loop")
         return
     if a.methods:
         other_methods(a.steps, a.methods)

@@ -697,7 +697,7 @@ def setup(cfg: FinetuneConfig) -> Run:
 
 def cpu_adamw(params, lr: float):
     """AdamW without weight decay, its update fused into one kernel: the same arithmetic as the per-tensor loop,
-    about 5× faster on a CPU (benchmarks/finetune_plan.py --adamw), which a full fine-tune's step feels."""
+    3.5× its rate on a 2-core CPU (benchmarks/finetune_plan.py --adamw), which a full fine-tune's step feels."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
 
     return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
