@@ -32,10 +32,10 @@ from pathlib import Path
 from edgeq import report
 from edgeq.basemodel import MODEL_HELP, load_tokenizer, resolve_model
 from edgeq.config import problems, setting
-from edgeq.data import load_dataset, read_jsonl_lines, split_holdout
+from edgeq.data import load_dataset, split_holdout
 from edgeq.errors import ConfigError, EdgeqError, UsageError
 from edgeq.evaluate import answer_positions, compare, hf_answer_nll, reference_logits
-from edgeq.finetune import FinetuneConfig
+from edgeq.finetune import FinetuneConfig, optimizer_steps
 from edgeq.io import OUTPUT_MARK, atomic_file, check_not_input, edgeq_wrote, write_json, write_text
 from edgeq.machine import platform_info
 from edgeq.profiles import PROFILE_HELP, load_profile
@@ -120,13 +120,11 @@ def split(data: Path, test: Path | None, out: Path) -> tuple[Path, Path]:
     return out / "split" / "train.jsonl", out / "split" / "test.jsonl"
 
 
-def steps_of(cfg: CompareConfig, train: Path) -> int:
-    """Optimizer steps of one fine-tune at the defaults: one epoch of the training split less its eval share."""
-    if cfg.max_steps:
-        return cfg.max_steps
-    ft = FinetuneConfig(data="", out="")
-    n = len(read_jsonl_lines(train))
-    return max(1, (n - int(n * ft.eval_split)) // (ft.batch_size * ft.grad_accum))
+def trial_steps(cfg: CompareConfig, train: Path, base_dir: Path) -> int:
+    """Optimizer steps of each learning-rate trial: its share of what one fine-tune at the defaults takes."""
+    ft = FinetuneConfig(data=str(train), out="", max_steps=cfg.max_steps)
+    examples = len(load_dataset(train, load_tokenizer(base_dir), ft.seq_len).examples)
+    return max(1, math.ceil(cfg.trial_share * optimizer_steps(ft, examples)))
 
 
 def edgeq(*args) -> subprocess.CompletedProcess:
@@ -188,15 +186,17 @@ def general_task() -> tuple[Task, list[list[str]], list[int]]:
 
 def choice_accuracy(model, tok) -> float:
     """% of the general questions where the right choice has the lowest mean NLL per token as the model's answer
-    (rendered with the model's own template, after a neutral system prompt)."""
+    (rendered with the model's own template, after a neutral system prompt); every choice of every question
+    scored in one batched pass."""
     task, choices, right = general_task()
-    nll = []  # [question][choice]
-    for k in range(len(choices[0])):
+    seqs, starts = [], []
+    for k in range(len(choices[0])):  # choice k of every question, in question order
         as_answer = Task(task.prompts, [c[k] for c in choices], task.metric, task.why, task.source)
-        seqs, starts = answer_positions(tok, as_answer)
-        per = [hf_answer_nll(model, [s], [b]) for s, b in zip(seqs, starts, strict=True)]
-        nll.append([p["nll_sum"] / p["tokens"] for p in per])
-    picked = [min(range(len(choices[0])), key=lambda k, i=i: nll[k][i]) for i in range(len(right))]
+        s, b = answer_positions(tok, as_answer)
+        seqs, starts = seqs + s, starts + b
+    each = hf_answer_nll(model, seqs, starts)["each"]
+    mean = [nll / n for nll, n in each]  # [choice k × questions + question i]
+    picked = [min(range(len(choices[0])), key=lambda k, i=i: mean[k * len(right) + i]) for i in range(len(right))]
     return 100.0 * sum(p == r for p, r in zip(picked, right, strict=True)) / len(right)
 
 
@@ -264,11 +264,12 @@ def row(where: Path, method: str, seed: int, trials: list[dict], lr: float, base
     }
 
 
-def run_one(cfg: CompareConfig, out: Path, train: Path, test: Path, method: str, seed: int, base: dict) -> dict:
+def run_one(
+    cfg: CompareConfig, out: Path, train: Path, test: Path, method: str, seed: int, base: dict, steps: int
+) -> dict:
     kept = out / "results" / f"{method}-s{seed}.json"
     if kept.is_file():
         return json.loads(kept.read_text())
-    steps = max(1, math.ceil(cfg.trial_share * steps_of(cfg, train)))
     trials = [trial(cfg, out, train, method, seed, FINETUNE_LR[method] * f, steps) for f in LR_FACTORS]
     lr = min(trials, key=lambda t: t["eval_loss"])["lr"]
     report.err.print(f"{method}, seed {seed}: learning rate {lr:.3g} (eval loss " + ", ".join(
@@ -401,8 +402,8 @@ def compare_methods(cfg: CompareConfig) -> dict:
     write_text(out / OUTPUT_MARK, "written by edgeq compare-methods\n")
     t0 = time.time()
     train, test = split(data, test, out)
-    base = base_reference(base_dir, out)
-    rows = [run_one(cfg, out, train, test, m, s, base) for s in range(cfg.seeds) for m in cfg.methods]
+    base, steps = base_reference(base_dir, out), trial_steps(cfg, train, base_dir)
+    rows = [run_one(cfg, out, train, test, m, s, base, steps) for s in range(cfg.seeds) for m in cfg.methods]
     summary = summarize(rows)
     info = {"data": str(cfg.data or "the example drone data"), "test_data": str(test), "base": str(base_dir),
             "profile": cfg.profile, "cpu": platform_info()["cpu"], "date": time.strftime("%Y-%m-%d"),

@@ -167,25 +167,26 @@ def answer_budget(tok, task) -> int:
 
 def hf_answer_nll(model, sequences: list[list[int]], starts: list[int], batch_size: int = 16) -> dict:
     """runtime.answer_nll_of for an HF model, teacher-forced in right-padded batches (a causal model's logits at
-    a position never see the padding after it); the log-softmax only where an answer token is predicted."""
+    a position never see the padding after it); the log-softmax only where an answer token is predicted.
+    {"nll_sum", "tokens", "each": [(nll, tokens) of each sequence, in the order given]}"""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
 
-    total, count = 0.0, 0
+    each = [(0.0, 0)] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths: little padding
     for b in range(0, len(order), batch_size):
-        part = [(sequences[i], starts[i]) for i in order[b : b + batch_size]]
-        width = max(len(ids) for ids, _ in part)
+        part = order[b : b + batch_size]
+        width = max(len(sequences[i]) for i in part)
         ids = torch.zeros((len(part), width), dtype=torch.long)
         mask = torch.zeros((len(part), width), dtype=torch.long)
-        for j, (seq, _) in enumerate(part):
-            ids[j, : len(seq)], mask[j, : len(seq)] = torch.tensor(seq), 1
+        for j, i in enumerate(part):
+            ids[j, : len(sequences[i])], mask[j, : len(sequences[i])] = torch.tensor(sequences[i]), 1
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, vocab)
-        for j, (seq, start) in enumerate(part):
+        for j, i in enumerate(part):
+            seq, start = sequences[i], starts[i]
             logp = torch.log_softmax(logits[j, start - 1 : len(seq) - 1].double(), -1)  # position t predicts t+1
-            total -= float(logp[torch.arange(len(seq) - start), torch.tensor(seq[start:])].sum())
-            count += len(seq) - start
-    return {"nll_sum": total, "tokens": count}
+            each[i] = (-float(logp[torch.arange(len(seq) - start), torch.tensor(seq[start:])].sum()), len(seq) - start)
+    return {"nll_sum": sum(n for n, _ in each), "tokens": sum(t for _, t in each), "each": each}
 
 
 def float_task_score(model_dir: Path, task, gguf: Path | None = None) -> Score:

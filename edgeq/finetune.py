@@ -622,6 +622,15 @@ def lora_targets(requested: tuple[str, ...], linears: tuple[str, ...], base_dir:
     return tuple(requested)
 
 
+def optimizer_steps(cfg: FinetuneConfig, examples: int, world: int = 1) -> int:
+    """The run's optimizer steps: --max-steps, else its epochs over the examples less the eval share, each step
+    batch × accumulation × processes examples."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = max(1, (examples - int(examples * cfg.eval_split)) // (cfg.batch_size * cfg.grad_accum * world))
+    return max(1, math.ceil(cfg.epochs * per_epoch))
+
+
 def setup(cfg: FinetuneConfig) -> Run:
     """Refusals first (nothing is written), then the data, the split, the model and the optimizer."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
@@ -652,8 +661,7 @@ def setup(cfg: FinetuneConfig) -> Run:
     examples = list(dataset.examples)
     random.Random(cfg.seed).shuffle(examples)
     n_eval = int(len(examples) * cfg.eval_split)
-    steps_per_epoch = max(1, (len(examples) - n_eval) // (cfg.batch_size * cfg.grad_accum * world))
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total_steps = optimizer_steps(cfg, len(examples), world)
 
     longest = max(len(e.input_ids) for e in examples)
     config = AutoConfig.from_pretrained(base_dir)
@@ -907,6 +915,9 @@ def _write_output(run: Run, losses: list[float], result: FinetuneResult) -> None
         )
 
 
+FROZEN_BASE = {"lora": "not quantized", "full": "none: every weight trained (full fine-tune)"}  # qlora: its bits
+
+
 def summary_table(s: FinetuneResult):
     """The run at a glance (the CLI prints it)."""
 
@@ -920,10 +931,8 @@ def summary_table(s: FinetuneResult):
         ["trainable params", f"{s.trainable_params:,} of {s.total_params:,}"],
         [
             "frozen base",
-            "not quantized" if fb is None else f"{fb['bits_per_param']:.3f} bits/param (QLoRA paper: 4.127)",
-        ]
-        if s.trainable_params < s.total_params
-        else ["frozen base", "none: every weight trained (full fine-tune)"],
+            FROZEN_BASE[s.method] if fb is None else f"{fb['bits_per_param']:.3f} bits/param (QLoRA paper: 4.127)",
+        ],
         [s.output, str(Path(s.path) / s.output)],
     ]
     return report.table("finetune summary", ["", ""], rows)

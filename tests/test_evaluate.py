@@ -120,6 +120,9 @@ def test_batched_answer_nll_equals_one_sequence_at_a_time(tiny_model, small_data
     batched = hf_answer_nll(model, seqs, starts, batch_size=5)
     assert batched["tokens"] == one["tokens"] > 0
     assert batched["nll_sum"] == pytest.approx(one["nll_sum"], rel=1e-6)
+    for (nll, n), seq, start in zip(batched["each"], seqs, starts, strict=True):  # each in the order given
+        alone = answer_nll_of(lambda ids: reference_logits(model, ids), [seq], [start])
+        assert n == alone["tokens"] and nll == pytest.approx(alone["nll_sum"], rel=1e-6)
 
 
 def test_batched_generation_keeps_the_prompts_order(two_models, small_data):
