@@ -128,7 +128,7 @@ def finetune_table(p):
 def gpu_table(predictions):
     """The same micro-batch on a CUDA GPU (trainplan.predict_gpu), MiB, a column per method and checkpointing. Not
     measured: no GPU was lent here."""
-    names = {"qlora": "QLoRA", "lora-16bit": "LoRA bf16"}
+    names = {"qlora": "QLoRA", "lora-16bit": "LoRA bf16", "full": "full fp32"}
     head = ["MiB"] + [f"{names[g.method]}{', ckpt' if g.checkpointing else ''}" for g in predictions]
     rows = [[term] + [f"{g.terms_mib[term]:.0f}" for g in predictions] for term in predictions[0].terms_mib]
     rows += [["allocated (torch peak)"] + [f"{g.allocated_mib:.0f}" for g in predictions]]

@@ -61,6 +61,7 @@ from edgeq.spec import (
 )
 from edgeq.trainplan import (
     CALIBRATION,
+    GPU_METHODS,
     MIB,
     FinetunePrediction,
     activation_bytes,
@@ -723,8 +724,8 @@ def plan(cfg: FinetuneConfig) -> FinetunePrediction:
     d, tokens = Dims.from_config(base_dir), cfg.batch_size * longest  # memory holds one micro-batch at a time
     files, width = checkpoint_size(base_dir), dtype_bytes(weights_dtype(cfg, "cpu"))
     p = predict_finetune(d, CALIBRATION, tokens, cfg.lora_r, cfg.gradient_checkpointing, files, 1, cfg.method, width)
-    both = [(q, on) for q in (True, False) for on in (True, False)]  # QLoRA, LoRA on bf16; checkpointing on, off
-    gpu = tuple(predict_gpu(d, CALIBRATION, tokens, cfg.lora_r, on, q, cfg.optim_bits) for q, on in both)
+    gpu = tuple(predict_gpu(d, CALIBRATION, tokens, cfg.lora_r, on, m, cfg.optim_bits)
+                for m in GPU_METHODS for on in (True, False))  # fmt: skip
     return replace(p, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, chosen=why, gpu=gpu)
 
 

@@ -76,6 +76,7 @@ TRAINPLAN_ERRORS = (
 CUDA_CONTEXT_MIB = 512  # the CUDA context and library workspaces, outside torch's allocator: an allowance
 BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes' 8-bit optimizers keep a smaller tensor's state in 32 bits
 BNB_STATE_BLOCK = 256  # one fp32 absmax per 256 values of each 8-bit moment (blockwise quantization)
+GPU_METHODS = ("qlora", "lora-16bit", "full")  # what predict_gpu predicts, each with checkpointing on and off
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class GpuPrediction:
     """One CUDA fine-tune, predicted from the architecture: what torch's allocator peaks at, and that plus the
     CUDA context (what nvidia-smi shows)."""
 
-    method: str  # "qlora" (NF4 + double quantization) or "lora-16bit" (the base in bf16)
+    method: str  # GPU_METHODS: qlora (NF4 + double quantization), lora-16bit (the base in bf16) or full (fp32)
     checkpointing: bool
     allocated_mib: float  # torch.cuda.max_memory_allocated
     device_mib: float  # + CUDA_CONTEXT_MIB
@@ -128,15 +129,27 @@ def lora_shapes(d: Dims, r: int) -> list[tuple[int, int]]:
 
 
 def optimizer_bytes(d: Dims, r: int, bits: int) -> float:
-    """AdamW's two moments for every adapter matrix: fp32, or with `bits` 8 one byte each plus a block's fp32
-    absmax, except where bitsandbytes keeps a small tensor in 32 bits."""
-    per_layer, any8 = 0, False
-    for rows, cols in lora_shapes(d, r):
-        n = rows * cols
+    """AdamW's two moments for every adapter matrix (adamw_state_bytes)."""
+    return adamw_state_bytes([rows * cols for rows, cols in lora_shapes(d, r)] * d.layers, bits)
+
+
+def adamw_state_bytes(sizes: list[int], bits: int) -> float:
+    """AdamW's two moments for tensors of these element counts: fp32, or with `bits` 8 one byte each plus a block's
+    fp32 absmax, except where bitsandbytes keeps a small tensor in 32 bits."""
+    total, any8 = 0, False
+    for n in sizes:
         eight = bits == 8 and n >= BNB_MIN_8BIT_SIZE
-        per_layer += 2 * n + 2 * 4 * math.ceil(n / BNB_STATE_BLOCK) if eight else 8 * n
+        total += 2 * n + 2 * 4 * math.ceil(n / BNB_STATE_BLOCK) if eight else 8 * n
         any8 |= eight
-    return d.layers * per_layer + any8 * 2 * 4 * 256  # + the two moments' 256-entry code maps, shared
+    return total + any8 * 2 * 4 * 256  # + the two moments' 256-entry code maps, shared
+
+
+def weight_sizes(d: Dims) -> list[int]:
+    """Element counts of every weight tensor a full fine-tune trains: each layer's seven linears and two norms,
+    the embedding, the head where it is not tied, the final norm."""
+    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    layer = [d.hidden * q, d.hidden * kv, d.hidden * kv, q * d.hidden] + [d.hidden * d.intermediate] * 3
+    return layer * d.layers + [d.hidden] * (2 * d.layers + 1) + [d.vocab * d.hidden] * (1 if d.tied else 2)
 
 
 def other_params(d: Dims) -> int:
@@ -224,22 +237,25 @@ def predict_finetune(
 
 
 def predict_gpu(
-    d: Dims, cal: FinetuneCalibration, tokens: int, lora_r: int, checkpointing: bool, quantized: bool, optim_bits: int
+    d: Dims, cal: FinetuneCalibration, tokens: int, lora_r: int, checkpointing: bool, method: str, optim_bits: int
 ) -> GpuPrediction:
-    """A CUDA fine-tune of `tokens` padded tokens a micro-batch, as edgeq runs it there: QLoRA with the rest of the
-    model in fp32, or LoRA on the base in bf16; fp32 adapters with their gradients; paged AdamW at `optim_bits`.
-    Activations and logits take the CPU's measured bytes per token: the same autograd graph runs on both, measured
-    with QLoRA's fp32 stream; a bf16 stream keeps fewer bytes, so this is the most they take."""
+    """A CUDA fine-tune of `tokens` padded tokens a micro-batch, as edgeq runs it there (`method`, GPU_METHODS):
+    QLoRA with the rest of the model in fp32, LoRA on the base in bf16, or every weight in fp32 and trained;
+    fp32 trained weights with their gradients; paged AdamW at `optim_bits`. Activations and logits take the CPU's
+    measured bytes per token: the same autograd graph runs on both, measured with QLoRA's fp32 stream; a bf16
+    stream keeps fewer bytes, so this is the most they take."""
+    full = method == "full"
+    trained = weight_sizes(d) if full else [rows * cols for rows, cols in lora_shapes(d, lora_r)] * d.layers
     terms = {
-        "frozen base": frozen_bytes(d, quantized, 2),
-        "LoRA + gradients": lora_params(d, lora_r) * 8,
-        "AdamW states": optimizer_bytes(d, lora_r, optim_bits),
+        "frozen base": 0.0 if full else frozen_bytes(d, method == "qlora", 2),
+        "trained + gradients": 8 * sum(trained),
+        "AdamW states": adamw_state_bytes(trained, optim_bits),
         "activations": activation_bytes(tokens, d.layers, d.hidden, checkpointing, cal),
         "logits": tokens * d.vocab * cal.logit_bytes,
     }
     allocated = sum(terms.values()) / MIB
     return GpuPrediction(
-        method="qlora" if quantized else "lora-16bit",
+        method=method,
         checkpointing=checkpointing,
         allocated_mib=allocated,
         device_mib=allocated + CUDA_CONTEXT_MIB,

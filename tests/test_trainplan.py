@@ -9,9 +9,11 @@ from edgeq.footprint import Dims
 from edgeq.trainplan import (
     ADAM_BYTES_PER_PARAM,
     CUDA_CONTEXT_MIB,
+    GPU_METHODS,
     MIB,
     NF4_BITS,
     FinetuneCalibration,
+    adamw_state_bytes,
     frozen_bytes,
     linear_params,
     lora_params,
@@ -20,6 +22,7 @@ from edgeq.trainplan import (
     predict_finetune,
     predict_gpu,
     step_flops,
+    weight_sizes,
 )
 
 # One layer, hidden 4, one head of 4, intermediate 8, vocabulary 10: every count small enough to do by hand.
@@ -168,15 +171,42 @@ def test_the_optimizer_states_are_what_bitsandbytes_allocates(bits):
 
 def test_the_gpu_prediction_is_its_terms_and_the_cuda_context():
     """QLoRA and LoRA on a bf16 base differ by the frozen base alone; adapters and their gradients are fp32 (8 bytes
-    a parameter) under either; the device figure adds the CUDA context allowance."""
+    a parameter) under either; a full fine-tune has no frozen base and trains every weight (counted by hand); the
+    device figure adds the CUDA context allowance."""
     cal = HAND_CAL
-    q = predict_gpu(HAND, cal, tokens=3, lora_r=2, checkpointing=False, quantized=True, optim_bits=32)
-    h = predict_gpu(HAND, cal, tokens=3, lora_r=2, checkpointing=True, quantized=False, optim_bits=32)
+    q = predict_gpu(HAND, cal, tokens=3, lora_r=2, checkpointing=False, method="qlora", optim_bits=32)
+    h = predict_gpu(HAND, cal, tokens=3, lora_r=2, checkpointing=True, method="lora-16bit", optim_bits=32)
+    f = predict_gpu(HAND, cal, tokens=3, lora_r=2, checkpointing=True, method="full", optim_bits=8)
     assert q.terms_mib["frozen base"] * MIB == pytest.approx(frozen_bytes(HAND, True, 4))
     assert h.terms_mib["frozen base"] * MIB == 2 * (HAND.layers * linear_params(HAND) + 10 * 4 + 3 * 4)
-    assert q.terms_mib["LoRA + gradients"] * MIB == 8 * lora_params(HAND, 2)
+    assert q.terms_mib["trained + gradients"] * MIB == 8 * lora_params(HAND, 2)
     assert q.terms_mib["AdamW states"] * MIB == 8 * lora_params(HAND, 2)  # every matrix under 4096: 32-bit states
     assert q.terms_mib["activations"] * MIB == 3 * 1 * 4 * 100 and h.terms_mib["activations"] * MIB == 3 * 4 * 10
     assert q.terms_mib["logits"] * MIB == 3 * 10 * 4
+    weights = 4 * 4 * 4 + 3 * 4 * 8 + 2 * 4 + 10 * 4 + 4  # 7 linears, 2 norms, the tied embedding, the final norm
+    assert f.terms_mib["frozen base"] == 0 and f.terms_mib["trained + gradients"] * MIB == 8 * weights
+    assert f.terms_mib["AdamW states"] * MIB == 8 * weights  # 8-bit asked, but every tensor is under 4096
     assert q.allocated_mib == pytest.approx(sum(q.terms_mib.values()))
-    assert (q.method, h.method, q.device_mib - q.allocated_mib) == ("qlora", "lora-16bit", CUDA_CONTEXT_MIB)
+    assert [g.method for g in (q, h, f)] == list(GPU_METHODS) and q.device_mib - q.allocated_mib == CUDA_CONTEXT_MIB
+
+
+@pytest.mark.parametrize("bits", [8, 32])
+def test_a_full_fine_tunes_weights_and_optimizer_states_are_what_the_model_and_bitsandbytes_hold(tiny_model, bits):
+    """weight_sizes against the tensors transformers builds (a tied head counted once), and their AdamW states
+    against one step of bitsandbytes' AdamW over the model's own parameters (the states its paged variants keep)."""
+    import bitsandbytes as bnb
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    params = list(model.parameters())
+    d = Dims.from_config(tiny_model)
+    assert sorted(p.numel() for p in params) == sorted(weight_sizes(d))
+    optim = (bnb.optim.AdamW8bit if bits == 8 else bnb.optim.AdamW32bit)(params, lr=1e-3)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optim.step()
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for p in params for t in optim.state[p].values() if torch.is_tensor(t)}  # fmt: skip
+    assert sum(storages.values()) == adamw_state_bytes(weight_sizes(d), bits)
+    assert bits == 32 or any(n >= 4096 for n in weight_sizes(d))  # the 8-bit rule is exercised
