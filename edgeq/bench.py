@@ -9,7 +9,6 @@ each process comes before the timed one. Statistics over --reps: mean ± sd, min
 from __future__ import annotations
 
 import math
-import os
 import platform
 import statistics
 import time
@@ -22,7 +21,7 @@ from edgeq.config import setting
 from edgeq.errors import BudgetError, UsageError
 from edgeq.ggufcheck import check_gguf
 from edgeq.io import claim_output, read_json, sha256_file
-from edgeq.machine import package_version, platform_info
+from edgeq.machine import cores, package_version, platform_info
 from edgeq.onnxcheck import check_onnx_folder
 from edgeq.profiles import load_profile
 from edgeq.records import BenchResult, BenchSettings, Stats
@@ -330,7 +329,7 @@ def bench(cfg: BenchConfig) -> BenchResult:
     profile = load_profile(cfg.profile) if cfg.profile else None
     baseline = load_baseline(cfg.baseline) if cfg.baseline else None
     n_prompt = cfg.prompt_tokens or (profile.prompt_tokens if profile else 512)
-    threads = cfg.threads or (profile.threads if profile else os.cpu_count() or 1)
+    threads = cfg.threads or (profile.threads if profile else cores())
     n_ctx = cfg.ctx or (profile.max_context_tokens if profile else n_prompt + cfg.gen_tokens + WARMUP_TOKENS)
     if cfg.reps < 1 or cfg.gen_tokens < 2 or n_prompt < 1 or n_ctx < n_prompt + cfg.gen_tokens or cfg.gpu_layers < 0:
         raise UsageError(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
-import os
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -44,7 +43,7 @@ from edgeq.footprint import (
     predict_onnx_rss,
 )
 from edgeq.io import FILE_MARK, claim_output, read_json, write_json
-from edgeq.machine import package_version, platform_info
+from edgeq.machine import cores, package_version, platform_info
 from edgeq.probe import tiny_gguf
 from edgeq.runtime import llama_config, quantize
 from edgeq.spec import CALIBRATION_SCHEMA, FORMAT_GGUF, FORMAT_ONNX, GGUF_TOKEN_EMBD, quant_names
@@ -288,7 +287,7 @@ def calibrate(cfg: CalibrateConfig) -> dict:
         raise UsageError(
             "--onnx needs the ONNX builder (the full toolchain)", None, 'pip install "edgeq[full]", or pass --no-onnx'
         )
-    threads = cfg.threads or os.cpu_count() or 1
+    threads = cfg.threads or cores()
     if reuse:
         points = load_points(saved)
         onnx = any(p["fmt"] == FORMAT_ONNX for p in points)

@@ -16,7 +16,6 @@ Runs inside the child (runtime.py), never in the parent.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import EdgeqError
+from edgeq.machine import cores
 
 # Sequences decoded together. Every token attends over the whole shared cache (masked), so more slots cost
 # attention: 64 prompts of the drone task on the F16 default model took 279 s one at a time, 129 / 126 / 131 / 193 s
@@ -56,7 +56,7 @@ class _Context:
             raise EdgeqError("llama.cpp could not load the model", path, "re-export it with edgeq export")
         p = lc.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, n_batch, min(n_batch, 512), n_seq
-        p.n_threads = p.n_threads_batch = os.cpu_count() or 1
+        p.n_threads = p.n_threads_batch = cores()
         p.kv_unified = True
         p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama-cpp-python's Llama serves it
         p.no_perf = True

@@ -10,7 +10,6 @@ memory    runtime base + resident weights + KV cache + compute buffers. GGUF: th
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from edgeq.errors import UsageError
 from edgeq.export import onnxquant
 from edgeq.ggufcheck import check_gguf
 from edgeq.io import read_json
+from edgeq.machine import cores
 from edgeq.mixed import Tensor, tensor_bytes
 from edgeq.records import Prediction, Row
 from edgeq.runtime import quantize_plan
@@ -188,7 +188,7 @@ def gguf_runtime(
     """What llama.cpp spends beside the weights when `edgeq bench` serves this model at (n_ctx, prompt): measured on
     stand-ins of the model (standin.py)."""
     st = float_gguf.stat()
-    threads = threads or os.cpu_count() or 1
+    threads = threads or cores()
     key = (str(float_gguf.resolve()), st.st_size, st.st_mtime_ns, n_ctx, prompt, threads, gen)
     if key not in _RUNTIME:
         _RUNTIME[key] = runtime_cost(float_gguf, n_ctx, prompt, gen, threads)

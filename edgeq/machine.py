@@ -15,6 +15,13 @@ _DISTRIBUTION = {
 }
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's cpuset, taskset, a pinned test worker),
+    what every runtime thread count defaults to. os.cpu_count() counts the machine's, and threads beyond the cores
+    one may use wait on each other."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def package_version(module: str) -> str:
     try:
         return importlib.metadata.version(_DISTRIBUTION.get(module, module))
@@ -65,6 +72,7 @@ def platform_info() -> dict:
         "machine": platform.machine(),
         "cpu": model,
         "cores_logical": os.cpu_count(),
+        "cores_usable": cores(),
         "cores_physical": psutil.cpu_count(logical=False),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "cpu_features": [f for f in wanted if f in flags],

@@ -23,6 +23,7 @@ import numpy as np
 from edgeq import child, decode, probe
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.ggufcheck import check_adapter, check_gguf
+from edgeq.machine import cores
 from edgeq.onnxcheck import check_onnx_folder
 from edgeq.probe import llama_setup as setup
 from edgeq.probe import tiny_gguf
@@ -219,9 +220,7 @@ def load_gguf_here(path: Path, n_ctx: int = 2048, logits_all: bool = False, n_th
     from llama_cpp import Llama  # deferred: a native runtime, loaded only where it runs
 
     check_gguf(path)
-    return Llama(
-        str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=n_threads or os.cpu_count() or 1, verbose=False, **kw
-    )
+    return Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, n_threads=n_threads or cores(), verbose=False, **kw)
 
 
 def load_adapters_here(llm, paths: list[str]) -> list:
@@ -378,7 +377,7 @@ def quantize_here(src: str, dst: str | None, quant: str, imatrix=None, dry_run: 
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[quant].ftype
-    params.nthread = os.cpu_count() or 1
+    params.nthread = cores()
     params.dry_run = dry_run
     keep = None
     if imatrix:

@@ -9,6 +9,18 @@ from edgeq.basemodel import RANDOM_MODEL_DIMS, random_model
 from edgeq.spec import PROFILE_FIELDS, STAGE_SCHEMA
 
 
+def pytest_configure(config):
+    """A pytest-xdist worker runs on its own share of the cores, so torch's and llama.cpp's threads (edgeq and torch
+    count the cores a process may use) never outnumber the cores: two workers each spreading threads over every
+    core wait on each other (benchmarks/worker_threads.py). Set before torch loads; child processes inherit it."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    if worker and count and len(usable) >= int(count):
+        share = len(usable) // int(count)
+        i = int(worker.removeprefix("gw"))
+        os.sched_setaffinity(0, usable[i * share : (i + 1) * share])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Never touch the user's cache: tests convert the default model into CI's or a temp cache."""

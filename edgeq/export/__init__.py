@@ -22,3 +22,13 @@ class ExportConfig:
     )
     imatrix: str | None = setting(None, "or the matrix itself, already computed (the build's plan)", flag="")
     max_size_mib: float | None = setting(None, "--quant auto: the artifact's size budget in MiB", minimum=1)
+
+
+def tensor_names(cfg, arch):
+    """gguf-py's HF → GGUF tensor-name map for the architecture (a spec.GGUF_ARCHS row) and the config's layers: the
+    names the GGUF export writes, the adapter export follows and the importance matrix is keyed by."""
+    from gguf import get_tensor_name_map  # deferred: gguf-py's import costs the CLI's start-up
+    from gguf.constants import MODEL_ARCH_NAMES
+
+    arch_id = next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
+    return get_tensor_name_map(arch_id, cfg.num_hidden_layers)

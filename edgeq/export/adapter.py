@@ -24,7 +24,8 @@ from edgeq import __version__, report
 from edgeq.basemodel import base_fingerprint, load_tokenizer, resolve_model
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.evaluate import GATE_TOKENS, compare, fidelity_ids, reference_logits
-from edgeq.export.gguf import GgufExport, rope_rows, tensor_names, write_float_gguf
+from edgeq.export import tensor_names
+from edgeq.export.gguf import GgufExport, rope_rows, write_float_gguf
 from edgeq.ggufcheck import check_adapter, check_gguf
 from edgeq.io import FILE_MARK, atomic_path, claim_output
 from edgeq.merge import adapter_config, find_adapter, trained_manifest

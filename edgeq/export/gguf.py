@@ -29,7 +29,7 @@ from edgeq.config import setting
 from edgeq.data import read_jsonl
 from edgeq.errors import EdgeqError, UsageError
 from edgeq.evaluate import GATE_TOKENS, compare_logits, fidelity_ids
-from edgeq.export import ExportConfig
+from edgeq.export import ExportConfig, tensor_names
 from edgeq.export.imatrix import imatrix_for, refuse_unweighted
 from edgeq.ggufcheck import check_gguf
 from edgeq.io import FILE_MARK, atomic_path, check_free_disk, claim_output
@@ -75,15 +75,6 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF rotate-half rows → llama.cpp's interleaved pairs (the inverse of basemodel._unpermute)."""
     # w: (n_head * head_dim, hidden); per head (2, head_dim/2) → (head_dim/2, 2)
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def tensor_names(cfg, arch):
-    """gguf-py's HF → GGUF tensor-name map for the architecture and its layer count."""
-    from gguf import get_tensor_name_map  # deferred: gguf-py's import costs the CLI's start-up
-    from gguf.constants import MODEL_ARCH_NAMES
-
-    arch_id = next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch.gguf_arch)
-    return get_tensor_name_map(arch_id, cfg.num_hidden_layers)
 
 
 def rope_rows(w: np.ndarray, hf_name: str, cfg, arch) -> np.ndarray:

@@ -16,6 +16,7 @@ from edgeq import report, templates
 from edgeq.basemodel import load_tokenizer
 from edgeq.data import read_jsonl
 from edgeq.errors import EdgeqError, UsageError
+from edgeq.export import tensor_names
 from edgeq.io import atomic_path
 from edgeq.spec import GGUF_ARCHS, QUANT_TYPES
 
@@ -25,16 +26,11 @@ CHUNK_TOKENS = 512
 def compute_imatrix(model_dir: Path, data: str | Path, max_tokens: int = 16384) -> tuple[dict, dict]:
     """{gguf tensor name: float32 (in_features,)} and a summary {tokens, chunks, tensors}."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
-    from gguf import get_tensor_name_map
-    from gguf.constants import MODEL_ARCH_NAMES
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    arch = GGUF_ARCHS[model.config.model_type].gguf_arch
-    names = get_tensor_name_map(
-        next(k for k, v in MODEL_ARCH_NAMES.items() if v == arch), model.config.num_hidden_layers
-    )
+    names = tensor_names(model.config, GGUF_ARCHS[model.config.model_type])
     ids: list[int] = []
     for msgs in read_jsonl(data):
         if len(ids) >= max_tokens:
