@@ -126,15 +126,20 @@ def finetune_table(p):
 
 
 def gpu_table(predictions):
-    """The same micro-batch on a CUDA GPU (trainplan.predict_gpu), MiB, a column per method and checkpointing. Not
-    measured: no GPU was lent here."""
+    """The same micro-batch on a CUDA GPU (trainplan.predict_gpu), MiB, a column per method, each cell checkpointing
+    on / off. Not measured: no GPU was lent here."""
     names = {"qlora": "QLoRA", "lora-16bit": "LoRA bf16", "full": "full fp32"}
-    head = ["MiB"] + [f"{names[g.method]}{', ckpt' if g.checkpointing else ''}" for g in predictions]
-    rows = [[term] + [f"{g.terms_mib[term]:.0f}" for g in predictions] for term in predictions[0].terms_mib]
-    rows += [["allocated (torch peak)"] + [f"{g.allocated_mib:.0f}" for g in predictions]]
-    rows += [[f"+ CUDA context {CUDA_CONTEXT_MIB}"] + [f"{g.device_mib:.0f}" for g in predictions]]
-    title = "fine-tune on a CUDA GPU (predicted from the architecture; never measured on a GPU)"
-    return report.table(title, head, rows)
+    by = {m: [g for g in predictions if g.method == m] for m in dict.fromkeys(g.method for g in predictions)}
+    pair = {m: sorted(gs, key=lambda g: not g.checkpointing) for m, gs in by.items()}  # on, then off
+
+    def cells(value) -> list[str]:
+        return [" / ".join(f"{value(g):.0f}" for g in gs) for gs in pair.values()]
+
+    rows = [[term] + cells(lambda g, t=term: g.terms_mib[t]) for term in predictions[0].terms_mib]
+    rows += [["allocated (torch peak)"] + cells(lambda g: g.allocated_mib)]
+    rows += [[f"+ CUDA context {CUDA_CONTEXT_MIB}"] + cells(lambda g: g.device_mib)]
+    title = "fine-tune on a CUDA GPU, checkpointing on / off (predicted from the architecture; never measured on a GPU)"
+    return report.table(title, ["MiB"] + [names[m] for m in pair], rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -422,9 +422,12 @@ def test_the_dry_run_predicts_a_7b_base_from_its_config_alone_and_writes_nothing
     lora = 32 * 16 * (2 * (4096 + 4096) * 2 + 3 * (4096 + 11008))  # rank 16 on q, k, v, o, gate, up, down
     assert trained["qlora"] == trained["lora"] == round(16 * lora / 2**20)
     assert frozen["full"] == 0 and trained["full"] == round(16 * (linears + others) / 2**20)
-    # on a CUDA GPU: QLoRA as on the CPU, LoRA on the base in bf16, checkpointing on and off
-    gpu = [ln.split("│")[2:-1] for ln in r.stdout.splitlines() if "frozen base" in ln and ln.count("│") == 6]
-    assert [int(c) for c in gpu[0]] == [frozen["qlora"]] * 2 + [round(2 * (linears + others) / 2**20)] * 2
+    # on a CUDA GPU: QLoRA as on the CPU, LoRA on the base in bf16, a full fine-tune in fp32; checkpointing on, off
+    cells = [[c.strip() for c in ln.split("│")[1:-1]] for ln in r.stdout.splitlines() if ln.count("│") == 5]
+    gpu = {row[0]: [[int(x) for x in c.split(" / ")] for c in row[1:]] for row in cells if " / " in row[1]}
+    assert gpu["frozen base"] == [[frozen["qlora"]] * 2, [round(2 * (linears + others) / 2**20)] * 2, [0, 0]]
+    trained_mib = [round(8 * lora / 2**20)] * 2, [round(8 * (linears + others) / 2**20)] * 2  # fp32 + gradient
+    assert gpu["trained + gradients"] == [trained_mib[0], trained_mib[0], trained_mib[1]]
     assert not (tmp_path / "out").exists()
 
 
