@@ -47,7 +47,7 @@ class _Seq:
 class _Context:
     """One llama.cpp model and context (unified KV cache, n_seq sequence ids) and one token batch."""
 
-    def __init__(self, path: str | Path, n_ctx: int, n_seq: int, n_batch: int):
+    def __init__(self, path: str | Path, n_ctx: int, n_seq: int, n_batch: int, flash: bool = False):
         import llama_cpp as lc  # deferred: a native runtime, loaded only where it runs
 
         self.lc = lc
@@ -58,7 +58,8 @@ class _Context:
         p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, n_batch, min(n_batch, 512), n_seq
         p.n_threads = p.n_threads_batch = cores()
         p.kv_unified = True
-        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama-cpp-python's Llama serves it
+        # off as llama-cpp-python's Llama serves it; on only where benchmarks/eval_slots.py measures what it would save
+        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         p.no_perf = True
         self.ctx = lc.llama_init_from_model(self.model, p)
         if not self.ctx:
@@ -114,6 +115,7 @@ def answers_here(
     stop_ids: list[int],
     refs: list[list[int]] | None = None,
     slots: int = SLOTS,
+    flash: bool = False,
 ) -> list[dict]:
     """Greedy continuation of each prompt (token ids), stopping before any of `stop_ids` or after max_new_tokens;
     where `refs` gives a reference continuation, its teacher-forced NLL too. [{"ids", "nll_sum", "nll_tokens"}]"""
@@ -124,7 +126,7 @@ def answers_here(
     per_seq = max(map(len, prompts)) + max_new_tokens + longest_ref  # its cells at most, teacher copy's included
     slots = max(1, min(slots, len(prompts), MAX_CELLS // per_seq))
     n_ctx = -(-(slots * per_seq + 256) // 256) * 256
-    ctx = _Context(path, n_ctx, 2 * slots + 1, slots * (max(map(len, prompts)) + longest_ref + 1))
+    ctx = _Context(path, n_ctx, 2 * slots + 1, slots * (max(map(len, prompts)) + longest_ref + 1), flash)
     try:
         return _run(ctx, prompts, refs, max_new_tokens, set(stop_ids), slots)
     finally:
