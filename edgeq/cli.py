@@ -286,7 +286,7 @@ def eval_command(as_json: bool, **kw) -> None:
     cfg = EvalConfig(**kw)
     if cfg.served and not cfg.data:
         raise UsageError("--served scores the task: it needs --data", None, "add --data FILE.jsonl")
-    r = evaluate(cfg.artifact, cfg.reference, cfg.data, cfg.limit, cfg.served, cfg.metric)
+    r = evaluate(cfg.artifact, cfg.reference, cfg.data, cfg.limit, cfg.served, cfg.metric, cfg.adapter)
     if as_json:
         report.print_json(r.as_dict())
         return

@@ -16,6 +16,7 @@ Runs inside the child (runtime.py), never in the parent.
 
 from __future__ import annotations
 
+import ctypes
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,13 +48,21 @@ class _Seq:
 class _Context:
     """One llama.cpp model and context (unified KV cache, n_seq sequence ids) and one token batch."""
 
-    def __init__(self, path: str | Path, n_ctx: int, n_seq: int, n_batch: int, flash: bool = False):
+    def __init__(
+        self, path: str | Path, n_ctx: int, n_seq: int, n_batch: int, flash: bool = False, adapter: str | None = None
+    ):
         import llama_cpp as lc  # deferred: a native runtime, loaded only where it runs
 
         self.lc = lc
         self.model = lc.llama_model_load_from_file(str(path).encode(), lc.llama_model_default_params())
         if not self.model:
             raise EdgeqError("llama.cpp could not load the model", path, "re-export it with edgeq export")
+        self.adapter = lc.llama_adapter_lora_init(self.model, adapter.encode()) if adapter else None
+        if adapter and not self.adapter:
+            lc.llama_model_free(self.model)
+            raise EdgeqError(
+                "llama.cpp could not load the adapter", adapter, "re-export it: edgeq export --adapter RUN"
+            )
         p = lc.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, n_batch, min(n_batch, 512), n_seq
         p.n_threads = p.n_threads_batch = cores()
@@ -63,16 +72,25 @@ class _Context:
         p.no_perf = True
         self.ctx = lc.llama_init_from_model(self.model, p)
         if not self.ctx:
+            if self.adapter:
+                lc.llama_adapter_lora_free(self.adapter)
             lc.llama_model_free(self.model)
             raise EdgeqError("llama.cpp could not create a context", path, f"free memory: it asked for {n_ctx} cells")
         self.mem = lc.llama_get_memory(self.ctx)
         self.vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
         self.batch = lc.llama_batch_init(n_batch, 0, 1)
         self.path = str(path)
+        if self.adapter:  # every sequence of the pass under the one adapter, at scale 1 (as served)
+            chosen, scale = (lc.llama_adapter_lora_p_ctypes * 1)(self.adapter), (ctypes.c_float * 1)(1.0)
+            if lc.llama_set_adapters_lora(self.ctx, chosen, 1, scale):
+                self.close()
+                raise EdgeqError("llama.cpp could not apply the adapter", adapter, "re-export it for this base")
 
     def close(self) -> None:
         self.lc.llama_batch_free(self.batch)
         self.lc.llama_free(self.ctx)
+        if self.adapter:
+            self.lc.llama_adapter_lora_free(self.adapter)
         self.lc.llama_model_free(self.model)
 
     def add(self, token: int, pos: int, seq: int, want_logits: bool) -> int:
@@ -116,9 +134,11 @@ def answers_here(
     refs: list[list[int]] | None = None,
     slots: int = SLOTS,
     flash: bool = False,
+    adapter: str | None = None,
 ) -> list[dict]:
     """Greedy continuation of each prompt (token ids), stopping before any of `stop_ids` or after max_new_tokens;
-    where `refs` gives a reference continuation, its teacher-forced NLL too. [{"ids", "nll_sum", "nll_tokens"}]"""
+    where `refs` gives a reference continuation, its teacher-forced NLL too; with a GGUF LoRA `adapter` (checked
+    against the model by the caller) applied. [{"ids", "nll_sum", "nll_tokens"}]"""
     if not prompts:
         return []
     refs = refs if refs is not None else [None] * len(prompts)
@@ -126,7 +146,7 @@ def answers_here(
     per_seq = max(map(len, prompts)) + max_new_tokens + longest_ref  # its cells at most, teacher copy's included
     slots = max(1, min(slots, len(prompts), MAX_CELLS // per_seq))
     n_ctx = -(-(slots * per_seq + 256) // 256) * 256
-    ctx = _Context(path, n_ctx, 2 * slots + 1, slots * (max(map(len, prompts)) + longest_ref + 1), flash)
+    ctx = _Context(path, n_ctx, 2 * slots + 1, slots * (max(map(len, prompts)) + longest_ref + 1), flash, adapter)
     try:
         return _run(ctx, prompts, refs, max_new_tokens, set(stop_ids), slots)
     finally:

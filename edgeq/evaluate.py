@@ -21,7 +21,7 @@ from edgeq.basemodel import load_tokenizer, resolve_model
 from edgeq.config import setting
 from edgeq.errors import EdgeqError
 from edgeq.records import Agreement, AnswerNLL, Evaluation, Fidelity, Score
-from edgeq.runtime import artifact_format, fidelity_text, gguf_tokenize, logits, task_answers
+from edgeq.runtime import artifact_format, checked_adapters, fidelity_text, gguf_tokenize, logits, task_answers
 from edgeq.serving import user_only
 from edgeq.spec import FORMAT_GGUF, TASK_METRICS
 from edgeq.task import METRIC_HELP, generate_hf, load_task
@@ -69,10 +69,11 @@ def compare(ref_logits: np.ndarray, art_logits: np.ndarray, ids: list[int]) -> F
     )
 
 
-def artifact_logits(path: Path, ids: list[int]) -> np.ndarray:
-    """(T, vocab) logits from the artifact's own runtime (llama.cpp or ONNX Runtime GenAI, in a child)."""
+def artifact_logits(path: Path, ids: list[int], adapter: Path | None = None) -> np.ndarray:
+    """(T, vocab) logits from the artifact's own runtime (llama.cpp or ONNX Runtime GenAI, in a child); a GGUF with
+    its LoRA `adapter` applied."""
 
-    return logits(path, ids)
+    return logits(path, ids, [adapter] if adapter else [])
 
 
 def reference_logits(model, ids: list[int]) -> np.ndarray:
@@ -83,9 +84,9 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].double().numpy()
 
 
-def compare_logits(artifact: Path, reference, ids: list[int]) -> Fidelity:
-    """The one comparison every gate and eval makes: the artifact's logits against the reference's
-    at each position of ids. reference: an HF model directory (loaded in float32), or logits already
+def compare_logits(artifact: Path, reference, ids: list[int], adapter: Path | None = None) -> Fidelity:
+    """The one comparison every gate and eval makes: the artifact's logits (with its `adapter`, if any) against the
+    reference's at each position of ids. reference: an HF model directory (loaded in float32), or logits already
     computed on the same ids."""
     if not isinstance(reference, np.ndarray):
         import torch
@@ -93,7 +94,7 @@ def compare_logits(artifact: Path, reference, ids: list[int]) -> Fidelity:
 
         model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).eval()
         reference = reference_logits(model, ids)
-    return compare(reference, artifact_logits(artifact, ids), ids)
+    return compare(reference, artifact_logits(artifact, ids, adapter), ids)
 
 
 def task_text_ids(tok, task, n: int) -> list[int]:
@@ -131,13 +132,16 @@ def _nll_summary(r: dict, examples: int) -> AnswerNLL:
     return AnswerNLL(mean, float(np.exp(mean)), r["tokens"], examples)
 
 
-def artifact_task(path: Path, tok, task, budget: int, served: bool = False) -> tuple[Score, Score | None]:
+def artifact_task(
+    path: Path, tok, task, budget: int, served: bool = False, adapter: Path | None = None
+) -> tuple[Score, Score | None]:
     """The artifact's task score from its own greedy answers to the prompts rendered as in training, with the
     reference answers' NLL (teacher-forced); with `served`, its score as served too (only the user's turns, its
-    own embedded template, its runtime's chat completion). One child, one pass (runtime.task_answers)."""
+    own embedded template, its runtime's chat completion); a GGUF with its LoRA `adapter` applied. One child, one
+    pass (runtime.task_answers)."""
     prompts, refs = rendered(tok, task)
     convos = [user_only(p) for p in task.prompts] if served else []
-    r = task_answers(path, prompts, refs, convos, budget, templates.turn_ends(tok))
+    r = task_answers(path, prompts, refs, convos, budget, templates.turn_ends(tok), adapter)
     answers = [tok.decode(a, skip_special_tokens=True) for a in r["answers"]]
     nll = _nll_summary(r, sum(x is not None for x in refs))
     if not served:
@@ -223,6 +227,11 @@ class EvalConfig:
     limit: int | None = setting(None, "score only the first N task examples", minimum=1)
     served: bool = setting(False, "with --data: also score the artifact as served (user's turns, its own template)")
     metric: str | None = setting(None, METRIC_HELP, choices=TASK_METRICS)
+    adapter: str | None = setting(
+        None,
+        "GGUF: a LoRA adapter for the artifact, its base (edgeq export --adapter): everything is measured with it "
+        "applied; --reference is then the fine-tune's merged model",
+    )
 
 
 def evaluate(
@@ -232,6 +241,7 @@ def evaluate(
     limit: int | None = None,
     served: bool = False,
     metric: str | None = None,
+    adapter: str | Path | None = None,
 ) -> Evaluation:
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoModelForCausalLM
@@ -239,6 +249,7 @@ def evaluate(
     artifact = Path(artifact)
     fmt = artifact_format(artifact)
     task = load_task(data, limit, metric) if data else None  # refused here, before anything is generated
+    adapter = Path(checked_adapters(artifact, [Path(adapter)])[0]) if adapter else None  # and a wrong adapter
     ref_dir = resolve_model(reference)
     tok = load_tokenizer(ref_dir)
     model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
@@ -251,13 +262,14 @@ def evaluate(
             str(artifact),
             "pass the --reference the artifact was exported from",
         )
-    text = compare_logits(artifact, reference_logits(model, text_ids), text_ids)
+    text = compare_logits(artifact, reference_logits(model, text_ids), text_ids, adapter)
+    named = str(adapter) if adapter else None
     if not task:
-        return Evaluation(str(artifact), fmt, str(ref_dir), text)
+        return Evaluation(str(artifact), fmt, str(ref_dir), text, adapter=named)
     task_ids = task_text_ids(tok, task, min(TASK_TOKENS, positions))
-    task_text = compare_logits(artifact, reference_logits(model, task_ids), task_ids)
-    score, as_served = artifact_task(artifact, tok, task, answer_budget(tok, task), served)
-    return Evaluation(str(artifact), fmt, str(ref_dir), text, task_text, score, as_served)
+    task_text = compare_logits(artifact, reference_logits(model, task_ids), task_ids, adapter)
+    score, as_served = artifact_task(artifact, tok, task, answer_budget(tok, task), served, adapter)
+    return Evaluation(str(artifact), fmt, str(ref_dir), text, task_text, score, as_served, named)
 
 
 def view(r: Evaluation) -> list:
@@ -275,7 +287,8 @@ def view(r: Evaluation) -> list:
         if f is not None
     ]
     columns = ["on", "positions", "PPL ref", "PPL artifact", "mean KLD", "top-1 %"]
-    lines: list = [report.table(f"fidelity of {r.artifact}", columns, rows)]
+    what = r.artifact + (f" + adapter {r.adapter}" if r.adapter else "")
+    lines: list = [report.table(f"fidelity of {what}", columns, rows)]
     for s, how in ((r.task, "prompts as in training"), (r.served, "as served: user's turns, own template")):
         if s is not None:
             lines.append(f"task {s.metric} {s.score:.1f} (n={s.details['n']}; {how}; {s.why})")

@@ -416,10 +416,13 @@ class Evaluation:
     task_text: Fidelity | None = None
     task: Score | None = None  # with its answer_nll
     served: Score | None = None
+    adapter: str | None = None  # a GGUF LoRA adapter applied to the artifact throughout
 
     def as_dict(self) -> dict:
         """`edgeq eval --json`."""
         d = {"artifact": self.artifact, "format": self.fmt, "reference": self.reference, "text": asdict(self.text)}
+        if self.adapter:
+            d["adapter"] = self.adapter
         if self.task_text:
             d["task_text"] = asdict(self.task_text)
         if self.task:

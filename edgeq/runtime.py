@@ -124,14 +124,18 @@ def task_answers(
     conversations: list[list[dict]],
     max_new_tokens: int,
     stop_ids: list[int],
+    adapter: Path | None = None,
 ) -> dict:
     """All the eval asks of an artifact on a held-out task, in one child: each prompt's greedy answer (token ids,
     stopping before any of `stop_ids`), the teacher-forced NLL of each reference continuation given (None: not
     scored), and each conversation answered as served (as chat() does; prompt i's answer is reused for
-    conversation i where the served prompt is the same ids). {"answers", "nll_sum", "tokens", "served", "reused"}"""
+    conversation i where the served prompt is the same ids); a GGUF with its LoRA `adapter` applied (checked
+    against it first). {"answers", "nll_sum", "tokens", "served", "reused"}"""
     path, fmt = checked_artifact(Path(path))
     op = "gguf_task_here" if fmt == FORMAT_GGUF else "onnx_task_here"
     kw = {"prompts": prompts, "refs": refs, "conversations": conversations, "max_new_tokens": max_new_tokens}
+    if adapter is not None:
+        kw["adapter"] = checked_adapters(path, [adapter])[0]
     return child_call(op, "answering the held-out task", path, path=path, stop_ids=stop_ids, **kw)
 
 
@@ -309,7 +313,9 @@ def eog_ids_here(llm) -> set[int]:
     return {t for t in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, t)}
 
 
-def gguf_task_here(path: str, prompts: list, refs: list, conversations: list, max_new_tokens: int, stop_ids) -> dict:
+def gguf_task_here(
+    path: str, prompts: list, refs: list, conversations: list, max_new_tokens: int, stop_ids, adapter: str | None = None
+) -> dict:
     """runtime.task_answers for a GGUF, in one batched pass (decode.py): each prompt's greedy answer and its
     reference's NLL, and each conversation as served: the prompt the chat completion renders, greedy until an
     end-of-generation token or max_new_tokens, as llama-cpp-python's completion decodes it. A served prompt that is
@@ -319,7 +325,7 @@ def gguf_task_here(path: str, prompts: list, refs: list, conversations: list, ma
     stops = sorted(set(stop_ids) | eog_ids_here(llm))  # the runtime stops at these whatever the template says
     extra = [i for i, ids in enumerate(served) if i >= len(prompts) or ids != prompts[i]]
     out = decode.answers_here(
-        path, prompts + [served[i] for i in extra], max_new_tokens, stops, refs + [None] * len(extra)
+        path, prompts + [served[i] for i in extra], max_new_tokens, stops, refs + [None] * len(extra), adapter=adapter
     )
     own = dict(zip(extra, out[len(prompts) :], strict=True))
     chats = []

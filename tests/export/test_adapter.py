@@ -2,6 +2,8 @@
 logits as the HF base with the peft adapter, for layouts with and without the q/k row permutation and with fused
 projections; one base serving several adapters, switched without the previous one's cached prompt."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -142,3 +144,36 @@ def test_switching_adapters_gives_each_its_own_answer_never_the_previous_ones(ll
     for name in ("survey", "inspect", "survey", None):
         use_adapter_here(llm, loaded.get(name))
         assert answer(llm) == fresh[name], name
+
+
+def test_eval_scores_base_plus_adapter_as_its_merged_model_is_scored(llama_pair, small_data, tmp_path):
+    """`edgeq eval BASE.gguf --adapter A.gguf --reference MERGED`: the task's answers, as evaluated and as served, are
+    the answers of the merged model's own F32 GGUF (peft's merge_and_unload, exported the usual way), its logits
+    agree with the merged float model, and they are not the bare base's: the adapter is applied throughout."""
+    import json
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from edgeq.evaluate import evaluate
+
+    base, base_gguf, adapters = llama_pair
+    merged = tmp_path / "merged"
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    run = Path(adapters["survey"].path).with_suffix("")  # llama_pair's peft folder beside its export
+    PeftModel.from_pretrained(model, run).merge_and_unload().save_pretrained(merged)
+    load_tokenizer(base).save_pretrained(merged)
+    merged_gguf = tmp_path / "merged.F32.gguf"
+    write_float_gguf(merged, merged_gguf, "F32")
+
+    r = run_edgeq("eval", base_gguf, "--adapter", adapters["survey"].path, "--reference", merged, "--data", small_data,
+                  "--limit", 8, "--served", "--json")  # fmt: skip
+    assert r.returncode == EXIT_OK, r.stderr
+    got = json.loads(r.stdout)
+    want = evaluate(merged_gguf, merged, small_data, 8, served=True)
+    bare = evaluate(base_gguf, merged, small_data, 8)
+    assert got["adapter"] == adapters["survey"].path
+    assert got["task"]["answers"] == list(want.task.answers) != list(bare.task.answers)
+    assert got["task_served"]["answers"] == list(want.served.answers)
+    assert got["text"]["top1_agreement"] >= 0.99 and got["text"]["mean_kld"] < 1e-3 < bare.text.mean_kld

@@ -74,9 +74,11 @@ def test_an_adapter_for_another_base_is_refused_naming_both(base, tmp_path, tiny
     with pytest.raises(UsageError, match=f"trained on base {other[:12]}, the base GGUF was written from") as e:
         check_adapter(check_gguf(base), check_gguf(adapter), str(adapter))
     assert check_gguf(base)["metadata"]["edgeq.source.sha256"][:12] in str(e.value)
-    r = run_edgeq("run", base, "hi", "--adapter", adapter)
-    assert r.returncode == EXIT_USAGE and "Traceback" not in r.stderr
-    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error")]) == 1
+    for command in (["run", base, "hi"], ["eval", base, "--reference", tiny_model]):  # before any model loads
+        r = run_edgeq(*command, "--adapter", adapter)
+        assert r.returncode == EXIT_USAGE and "Traceback" not in r.stderr
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
+        assert len(errors) == 1 and "trained on base" in errors[0], command
 
 
 def test_exporting_an_adapter_for_another_base_or_one_llama_cpp_cannot_carry_is_refused(
