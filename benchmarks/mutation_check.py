@@ -114,7 +114,7 @@ MUTATIONS = (
     Mutation(
         "eval compares the reference with itself",
         "edgeq/evaluate.py",
-        "    text = compare_logits(artifact, reference_logits(model, text_ids), text_ids)",
+        "    text = compare_logits(artifact, reference_logits(model, text_ids), text_ids, adapter)",
         "    text = compare(reference_logits(model, text_ids), reference_logits(model, text_ids), text_ids)",
         ("tests/test_evaluate.py::test_eval_tells_another_models_artifact_from_the_reference",),
     ),
@@ -406,6 +406,20 @@ MUTATIONS = (
         'kld = compare(base["logits"], reference_logits(model, base["ids"]), base["ids"]).mean_kld',
         'kld = compare(reference_logits(model, base["ids"]), base["logits"], base["ids"]).mean_kld',
         ("tests/test_compare.py::test_forgetting_is_the_kld_and_the_choice_accuracy_an_independent_count_gives",),
+    ),
+    Mutation(
+        "eval --adapter loads the adapter but never applies it",
+        "edgeq/decode.py",
+        "        if self.adapter:  # every sequence of the pass under the one adapter, at scale 1 (as served)",
+        "        if False:  # every sequence of the pass under the one adapter, at scale 1 (as served)",
+        ("tests/export/test_adapter.py::test_eval_scores_base_plus_adapter_as_its_merged_model_is_scored",),
+    ),
+    Mutation(
+        "a full fine-tune on CUDA keeps no gradients",
+        "edgeq/trainplan.py",
+        '        "trained + gradients": 8 * sum(trained),',
+        '        "trained + gradients": 4 * sum(trained),',
+        ("tests/test_trainplan.py::test_the_gpu_prediction_is_its_terms_and_the_cuda_context",),
     ),
 )
 
