@@ -153,20 +153,28 @@ def test_the_optimizer_states_are_what_bitsandbytes_allocates(bits):
     """Every adapter matrix of a 3-layer shape through one step of bitsandbytes' AdamW (8- and 32-bit, the states
     its paged variants keep on CUDA): the bytes of its state tensors, shared code maps once, against the formula.
     r 8 × hidden 576 takes 8-bit moments; r 8 × a 64-wide projection stays in 32 bits (under 4096 values)."""
-    import bitsandbytes as bnb
     import torch
 
     d = Dims(layers=3, hidden=576, heads=1, kv_heads=1, head_dim=64, intermediate=1536, vocab=10, max_positions=64,
              tied=True)  # fmt: skip
     params = [torch.nn.Parameter(torch.zeros(shape)) for _ in range(d.layers) for shape in lora_shapes(d, 8)]
     assert sum(p.numel() for p in params) == lora_params(d, 8)
+    assert adamw_state_allocated(params, bits) == optimizer_bytes(d, 8, bits)
+
+
+def adamw_state_allocated(params, bits: int) -> int:
+    """Bytes of the state tensors bitsandbytes' AdamW (8- or 32-bit) allocates in one step over `params`, each
+    storage once (the code maps are shared)."""
+    import bitsandbytes as bnb
+    import torch
+
     optim = (bnb.optim.AdamW8bit if bits == 8 else bnb.optim.AdamW32bit)(params, lr=1e-3)
     for p in params:
         p.grad = torch.ones_like(p)
     optim.step()
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                 for p in params for t in optim.state[p].values() if torch.is_tensor(t)}  # fmt: skip
-    assert sum(storages.values()) == optimizer_bytes(d, 8, bits)
+    return sum(storages.values())
 
 
 def test_the_gpu_prediction_is_its_terms_and_the_cuda_context():
@@ -194,7 +202,6 @@ def test_the_gpu_prediction_is_its_terms_and_the_cuda_context():
 def test_a_full_fine_tunes_weights_and_optimizer_states_are_what_the_model_and_bitsandbytes_hold(tiny_model, bits):
     """weight_sizes against the tensors transformers builds (a tied head counted once), and their AdamW states
     against one step of bitsandbytes' AdamW over the model's own parameters (the states its paged variants keep)."""
-    import bitsandbytes as bnb
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -202,11 +209,5 @@ def test_a_full_fine_tunes_weights_and_optimizer_states_are_what_the_model_and_b
     params = list(model.parameters())
     d = Dims.from_config(tiny_model)
     assert sorted(p.numel() for p in params) == sorted(weight_sizes(d))
-    optim = (bnb.optim.AdamW8bit if bits == 8 else bnb.optim.AdamW32bit)(params, lr=1e-3)
-    for p in params:
-        p.grad = torch.ones_like(p)
-    optim.step()
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for p in params for t in optim.state[p].values() if torch.is_tensor(t)}  # fmt: skip
-    assert sum(storages.values()) == adamw_state_bytes(weight_sizes(d), bits)
+    assert adamw_state_allocated(params, bits) == adamw_state_bytes(weight_sizes(d), bits)
     assert bits == 32 or any(n >= 4096 for n in weight_sizes(d))  # the 8-bit rule is exercised
