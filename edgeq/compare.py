@@ -34,7 +34,7 @@ from edgeq.basemodel import MODEL_HELP, load_tokenizer, resolve_model
 from edgeq.config import problems, setting
 from edgeq.data import load_dataset, split_holdout
 from edgeq.errors import ConfigError, EdgeqError, UsageError
-from edgeq.evaluate import answer_positions, compare, hf_answer_nll, reference_logits
+from edgeq.evaluate import compare, hf_answer_nll, reference_logits
 from edgeq.finetune import FinetuneConfig, optimizer_steps
 from edgeq.io import OUTPUT_MARK, atomic_file, check_not_input, edgeq_wrote, write_json, write_text
 from edgeq.machine import platform_info
@@ -51,7 +51,7 @@ from edgeq.spec import (
     FINETUNE_METHODS,
     SHIPPED_EXAMPLES,
 )
-from edgeq.task import Task, load_task
+from edgeq.task import load_task
 
 LR_FACTORS = (1 / 3, 1.0, 3.0)  # the learning-rate trials, as multiples of the method's default
 GENERAL_TEXT, GENERAL_CHOICES = "general_text.txt", "general_choices.json"
@@ -174,29 +174,30 @@ def run_build(cfg: CompareConfig, out: Path, train: Path, test: Path, method: st
 # forgetting: the fine-tuned float model against the base
 
 
-def general_task() -> tuple[Task, list[list[str]], list[int]]:
-    """The general multiple-choice questions as chat prompts, their choices and the right one's index."""
+def general_items() -> tuple[list[str], list[list[str]], list[int]]:
+    """The general multiple-choice questions, their choices and the right one's index."""
     doc = json.loads((ASSETS / GENERAL_CHOICES).read_text(encoding="utf-8"))
-    prompts = [[{"role": "system", "content": doc["system"]}, {"role": "user", "content": it["question"]}]
-               for it in doc["items"]]  # fmt: skip
-    choices = [it["choices"] for it in doc["items"]]
-    task = Task(prompts, [c[0] for c in choices], "exact", "general multiple choice", GENERAL_CHOICES)
-    return task, choices, [it["answer"] for it in doc["items"]]
+    return [it["question"] for it in doc["items"]], [it["choices"] for it in doc["items"]], [it["answer"] for it in
+            doc["items"]]  # fmt: skip
 
 
 def choice_accuracy(model, tok) -> float:
-    """% of the general questions where the right choice has the lowest mean NLL per token as the model's answer
-    (rendered with the model's own template, after a neutral system prompt); every choice of every question
-    scored in one batched pass."""
-    task, choices, right = general_task()
+    """% of the general questions where the right choice is the model's most likely continuation of
+    "Question: Q\nAnswer:" (lowest mean NLL per token of " CHOICE"): plain text, as language-model benchmarks score
+    multiple choice, so the figure is what the model knows, not whether its chat turn is one word long (a base that
+    answers in sentences scores near chance on one-word chat answers, and a terse fine-tune above it). Every choice
+    of every question in one batched pass."""
+    questions, choices, right = general_items()
     seqs, starts = [], []
-    for k in range(len(choices[0])):  # choice k of every question, in question order
-        as_answer = Task(task.prompts, [c[k] for c in choices], task.metric, task.why, task.source)
-        s, b = answer_positions(tok, as_answer)
-        seqs, starts = seqs + s, starts + b
+    for q, options in zip(questions, choices, strict=True):
+        head = tok.encode(f"Question: {q}\nAnswer:", add_special_tokens=False)
+        for c in options:
+            seqs.append(head + tok.encode(f" {c}", add_special_tokens=False))
+            starts.append(len(head))
     each = hf_answer_nll(model, seqs, starts)["each"]
-    mean = [nll / n for nll, n in each]  # [choice k × questions + question i]
-    picked = [min(range(len(choices[0])), key=lambda k, i=i: mean[k * len(right) + i]) for i in range(len(right))]
+    k = len(choices[0])
+    mean = [nll / n for nll, n in each]  # [question i × choices + choice k]
+    picked = [min(range(k), key=lambda j, i=i: mean[i * k + j]) for i in range(len(right))]
     return 100.0 * sum(p == r for p, r in zip(picked, right, strict=True)) / len(right)
 
 

@@ -55,7 +55,7 @@ def test_each_method_trains_at_the_best_of_its_three_rates_on_the_training_split
 
 def test_forgetting_is_the_kld_and_the_choice_accuracy_an_independent_count_gives(compared, base):
     """KL(base ‖ fine-tuned) per position of the general text, by torch's own kl_div; the general questions'
-    picks by transformers' own loss over the answer tokens (the prompt's labels masked)."""
+    picks by transformers' own loss over each choice's tokens after "Question: …\nAnswer:" (the question masked)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -65,12 +65,10 @@ def test_forgetting_is_the_kld_and_the_choice_accuracy_an_independent_count_give
         doc = json.loads((ASSETS / GENERAL_CHOICES).read_text())
         right = 0
         for it in doc["items"]:
-            convo = [{"role": "system", "content": doc["system"]}, {"role": "user", "content": it["question"]}]
-            head = tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
+            head = f"Question: {it['question']}\nAnswer:"
             losses = []
             for c in it["choices"]:
-                full = tok.apply_chat_template(convo + [{"role": "assistant", "content": c}], tokenize=False)
-                ids = tok(full, add_special_tokens=False, return_tensors="pt").input_ids
+                ids = tok(head + f" {c}", add_special_tokens=False, return_tensors="pt").input_ids
                 labels = ids.clone()
                 labels[0, : len(tok(head, add_special_tokens=False).input_ids)] = -100
                 with torch.no_grad():
