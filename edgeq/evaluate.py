@@ -141,7 +141,7 @@ def artifact_task(
     pass (runtime.task_answers)."""
     prompts, refs = rendered(tok, task)
     convos = [user_only(p) for p in task.prompts] if served else []
-    r = task_answers(path, prompts, refs, convos, budget, templates.turn_ends(tok), adapter)
+    r = task_answers(path, prompts, refs, convos, budget, templates.turn_ends(tok), adapter=adapter)
     answers = [tok.decode(a, skip_special_tokens=True) for a in r["answers"]]
     nll = _nll_summary(r, sum(x is not None for x in refs))
     if not served:

@@ -343,7 +343,7 @@ def test_a_gemma_answer_ends_at_end_of_turn_in_the_gguf_the_evaluation_and_the_m
     assert check_gguf(tmp_path / "m.gguf")["metadata"]["tokenizer.ggml.eot_token_id"] == end_of_turn
 
     asked = []
-    monkeypatch.setattr(evaluate, "task_answers", lambda *a: asked.append(a[-1]) or NOTHING_ANSWERED)
+    monkeypatch.setattr(evaluate, "task_answers", lambda *a, **kw: asked.append(a[-1]) or NOTHING_ANSWERED)
     task = Task([[{"role": "user", "content": "hover"}]], ["land"], "exact", "test", "-")
     evaluate.artifact_task(tmp_path / "m.gguf", tok, task, 8)
     assert asked == [[tok.eos_token_id, end_of_turn]]
