@@ -128,9 +128,9 @@ def lora_shapes(d: Dims, r: int) -> list[tuple[int, int]]:
     return [m for i, o in linears for m in ((r, i), (o, r))]
 
 
-def optimizer_bytes(d: Dims, r: int, bits: int) -> float:
-    """AdamW's two moments for every adapter matrix (adamw_state_bytes)."""
-    return adamw_state_bytes([rows * cols for rows, cols in lora_shapes(d, r)] * d.layers, bits)
+def adapter_sizes(d: Dims, r: int) -> list[int]:
+    """Element counts of every adapter matrix of every layer: what LoRA trains."""
+    return [rows * cols for rows, cols in lora_shapes(d, r)] * d.layers
 
 
 def adamw_state_bytes(sizes: list[int], bits: int) -> float:
@@ -245,7 +245,7 @@ def predict_gpu(
     measured bytes per token: the same autograd graph runs on both, measured with QLoRA's fp32 stream; a bf16
     stream keeps fewer bytes, so this is the most they take."""
     full = method == "full"
-    trained = weight_sizes(d) if full else [rows * cols for rows, cols in lora_shapes(d, lora_r)] * d.layers
+    trained = weight_sizes(d) if full else adapter_sizes(d, lora_r)
     terms = {
         "frozen base": 0.0 if full else frozen_bytes(d, method == "qlora", 2),
         "trained + gradients": 8 * sum(trained),

@@ -14,11 +14,11 @@ from edgeq.trainplan import (
     NF4_BITS,
     FinetuneCalibration,
     adamw_state_bytes,
+    adapter_sizes,
     frozen_bytes,
     linear_params,
     lora_params,
     lora_shapes,
-    optimizer_bytes,
     predict_finetune,
     predict_gpu,
     step_flops,
@@ -159,7 +159,7 @@ def test_the_optimizer_states_are_what_bitsandbytes_allocates(bits):
              tied=True)  # fmt: skip
     params = [torch.nn.Parameter(torch.zeros(shape)) for _ in range(d.layers) for shape in lora_shapes(d, 8)]
     assert sum(p.numel() for p in params) == lora_params(d, 8)
-    assert adamw_state_allocated(params, bits) == optimizer_bytes(d, 8, bits)
+    assert adamw_state_allocated(params, bits) == adamw_state_bytes(adapter_sizes(d, 8), bits)
 
 
 def adamw_state_allocated(params, bits: int) -> int:
