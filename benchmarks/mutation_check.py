@@ -114,8 +114,9 @@ MUTATIONS = (
     Mutation(
         "eval compares the reference with itself",
         "edgeq/evaluate.py",
-        "    text = compare_logits(artifact, reference_logits(model, text_ids), text_ids, adapter)",
-        "    text = compare(reference_logits(model, text_ids), reference_logits(model, text_ids), text_ids)",
+        "    text, *task_text = compare_texts(artifact, [reference_logits(model, ids) for ids in texts], texts, "
+        "adapter)",
+        "    text, *task_text = [compare(reference_logits(model, i), reference_logits(model, i), i) for i in texts]",
         ("tests/test_evaluate.py::test_eval_tells_another_models_artifact_from_the_reference",),
     ),
     Mutation(
@@ -193,22 +194,22 @@ MUTATIONS = (
     Mutation(
         "KLD the other way round",
         "edgeq/evaluate.py",
-        "    kld = (np.exp(p) * (p - q)).sum(-1)",
-        "    kld = (np.exp(q) * (q - p)).sum(-1)",
+        "        kld += float((p.exp() * (p - q)).sum())",
+        "        kld += float((q.exp() * (q - p)).sum())",
         (KLD_BY_HAND,),
     ),
     Mutation(
         "top-1 agreement of the reference with itself",
         "edgeq/evaluate.py",
-        "top1_agreement=float((ref_logits.argmax(-1) == art_logits.argmax(-1)).mean()),",
-        "top1_agreement=float((ref_logits.argmax(-1) == ref_logits.argmax(-1)).mean()),",
+        "        top1 += float((ref.argmax(-1) == art.argmax(-1)).sum())",
+        "        top1 += float((ref.argmax(-1) == ref.argmax(-1)).sum())",
         (KLD_BY_HAND,),
     ),
     Mutation(
         "the artifact's perplexity read from the reference",
         "edgeq/evaluate.py",
-        "    nll_art = -q[np.arange(len(nxt)), nxt]",
-        "    nll_art = -p[np.arange(len(nxt)), nxt]",
+        "        nll_art -= float(q[rows, nxt[lo : lo + len(rows)]].sum())",
+        "        nll_art -= float(p[rows, nxt[lo : lo + len(rows)]].sum())",
         (KLD_BY_HAND,),
     ),
     Mutation(

@@ -17,7 +17,7 @@ from edgeq.basemodel import load_tokenizer
 from edgeq.calibration import calibrated
 from edgeq.data import read_jsonl
 from edgeq.errors import BudgetError, UsageError
-from edgeq.evaluate import compare_logits, reference_logits
+from edgeq.evaluate import compare_texts, reference_logits
 from edgeq.footprint import (
     MIB,
     Dims,
@@ -163,9 +163,7 @@ def kld_probe(model_dir: Path, data: str | None):
     texts = [ids for ids in (task[:n], tok.encode(pricing_text(), add_special_tokens=False)[:n]) if ids]
     refs = [reference_logits(model, ids) for ids in texts]
     del model
-    return lambda path: (
-        sum(compare_logits(path, r, ids).mean_kld for r, ids in zip(refs, texts, strict=True)) / len(texts)
-    )
+    return lambda path: sum(f.mean_kld for f in compare_texts(path, refs, texts)) / len(texts)
 
 
 def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatrix, data, work: Path) -> Row | None:

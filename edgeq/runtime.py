@@ -98,14 +98,20 @@ def checked_adapters(base: Path, adapters: list[Path]) -> list[str]:
 # the parent's side: one child per call
 
 
-def logits(path: str | Path, ids: list[int], adapters: list[Path] = ()) -> np.ndarray:
-    """(T, vocab) float64 logits of a GGUF or an ONNX artifact for every position of `ids`; a GGUF with its LoRA
-    `adapters` applied (each checked against it first)."""
+def text_logits(path: str | Path, texts: list[list[int]], adapters: list[Path] = ()) -> list[np.ndarray]:
+    """(T, vocab) float32 logits (the runtimes' own precision) of a GGUF or an ONNX artifact for every position of
+    each token list in `texts`, in one child that loads the model once; a GGUF with its LoRA `adapters` applied
+    (each checked against it first)."""
     path, fmt = checked_artifact(Path(path))
     adapters = checked_adapters(path, adapters)
     if fmt == FORMAT_GGUF:
-        return child_call("gguf_logits_here", "computing logits", path, path=path, ids=ids, adapters=adapters)
-    return child_call("onnx_logits_here", "computing logits", path, path=path, ids=ids)
+        return child_call("gguf_logits_here", "computing logits", path, path=path, texts=texts, adapters=adapters)
+    return child_call("onnx_logits_here", "computing logits", path, path=path, texts=texts)
+
+
+def logits(path: str | Path, ids: list[int], adapters: list[Path] = ()) -> np.ndarray:
+    """text_logits of one token list."""
+    return text_logits(path, [ids], adapters)[0]
 
 
 def generate(path: str | Path, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
@@ -261,11 +267,15 @@ def apply_adapters(llm, paths: list[str]) -> None:
         use_adapter_here(llm, load_adapters_here(llm, paths)[0])
 
 
-def gguf_logits_here(path: str, ids: list[int], adapters: list[str] = ()) -> np.ndarray:
-    llm = load_gguf_here(Path(path), n_ctx=max(512, len(ids)), logits_all=True)
+def gguf_logits_here(path: str, texts: list[list[int]], adapters: list[str] = ()) -> list[np.ndarray]:
+    llm = load_gguf_here(Path(path), n_ctx=max(512, *map(len, texts)), logits_all=True)
     apply_adapters(llm, adapters)
-    llm.eval(ids)
-    return np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    out = []
+    for ids in texts:
+        llm.reset()  # each text from position 0: no prompt cache carried between them
+        llm.eval(ids)
+        out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    return out
 
 
 def answer_nll_of(logits_of, sequences: list[list[int]], starts: list[int]) -> dict:
@@ -273,7 +283,7 @@ def answer_nll_of(logits_of, sequences: list[list[int]], starts: list[int]) -> d
     Pure numpy, in the child that holds the artifact (evaluate.hf_answer_nll does the same for an HF model)."""
     total, count = 0.0, 0
     for ids, start in zip(sequences, starts, strict=True):
-        x = logits_of(ids)[start - 1 : len(ids) - 1]  # (answer tokens, vocab): position t predicts t+1
+        x = np.asarray(logits_of(ids)[start - 1 : len(ids) - 1], np.float64)  # (answer tokens, vocab): t predicts t+1
         x = x - x.max(-1, keepdims=True)
         logp = x - np.log(np.exp(x).sum(-1, keepdims=True))  # (T, vocab)
         targets = np.asarray(ids[start:])
@@ -466,13 +476,14 @@ def onnx_chat_here(path: str, conversations: list[list[dict]], max_tokens: int) 
     return onnx_task_here(path, [], [], conversations, max_tokens, [])["served"]
 
 
-def onnx_logits_here(path: str, ids: list[int]) -> np.ndarray:
-    """(T, vocab) logits of the builder's decoder graph for a whole sequence (empty KV cache)."""
-    return _onnx_logits_fn(path)(ids)
+def onnx_logits_here(path: str, texts: list[list[int]]) -> list[np.ndarray]:
+    """(T, vocab) logits of the builder's decoder graph for each whole sequence (empty KV cache)."""
+    logits_of = _onnx_logits_fn(path)
+    return [logits_of(ids) for ids in texts]
 
 
 def _onnx_logits_fn(path: str):
-    """One ORT session on the folder's decoder graph; returns ids → (T, vocab) float64 logits."""
+    """One ORT session on the folder's decoder graph; returns ids → (T, vocab) float32 logits."""
 
     import onnxruntime as ort  # deferred: a native runtime, loaded only where it runs
 
@@ -495,7 +506,7 @@ def _onnx_logits_fn(path: str):
                 feeds[inp.name] = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), dtype=dtype)
             else:
                 raise UsageError(f"unexpected ONNX input {inp.name!r}", str(path))
-        return np.asarray(sess.run(["logits"], feeds)[0][0], dtype=np.float64)
+        return np.asarray(sess.run(["logits"], feeds)[0][0], dtype=np.float32)
 
     return logits_of
 
