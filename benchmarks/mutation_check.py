@@ -243,8 +243,8 @@ MUTATIONS = (
     Mutation(
         "answer NLL of the artifact one position late",
         "edgeq/runtime.py",
-        "        x = logits_of(ids)[start - 1 : len(ids) - 1]",
-        "        x = logits_of(ids)[start : len(ids)]",
+        "        x = np.asarray(logits_of(ids)[start - 1 : len(ids) - 1], np.float64)",
+        "        x = np.asarray(logits_of(ids)[start : len(ids)], np.float64)",
         ("tests/test_runtime.py::test_answer_nll_sums_minus_log_softmax_of_each_answer_token_at_the_position_before",),
     ),
     Mutation(
