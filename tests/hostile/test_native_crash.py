@@ -70,4 +70,4 @@ def test_a_bad_time_limit_is_a_usage_error(monkeypatch):
 def test_an_error_raised_in_the_child_keeps_its_kind(tmp_path):
     (tmp_path / "bad.gguf").write_bytes(b"GGUF" + (99).to_bytes(4, "little") + b"\0" * 32)
     with pytest.raises(UsageError, match="unsupported version 99"):
-        child.call("edgeq.runtime:gguf_logits_here", "computing logits", "x", path=tmp_path / "bad.gguf", ids=[1])
+        child.call("edgeq.runtime:gguf_logits_here", "computing logits", "x", path=tmp_path / "bad.gguf", texts=[[1]])
