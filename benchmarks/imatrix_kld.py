@@ -24,7 +24,7 @@ def main() -> None:
     from edgeq.evaluate import compare, reference_logits
     from edgeq.export.gguf import quantize_gguf, write_float_gguf
     from edgeq.export.imatrix import compute_imatrix
-    from edgeq.runtime import gguf_logits
+    from edgeq.runtime import logits
     from edgeq.task import load_task
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,7 +59,7 @@ def main() -> None:
             for label, imx in (("plain", None), ("imatrix", matrix)):
                 out = Path(tmp) / f"{q}-{label}.gguf"
                 quantize_gguf(f16, out, q, imx)
-                row[label] = compare(ref, gguf_logits(out, ids), ids)
+                row[label] = compare(ref, logits(out, ids), ids)
                 out.unlink()
             a, b = row["plain"], row["imatrix"]
             print(
