@@ -1,4 +1,4 @@
-"""Three paths every export, build and eval takes, as they were (baseline) and as they are (edgeq), side by side in
+"""Four paths every export, build and eval takes, as they were (baseline) and as they are (edgeq), side by side in
 one run on the default model, with the ratio and the check that both give the same answer:
 
 - the export's special-token gate: bos/eos/pad and the chat template read back from the written F16 GGUF by
@@ -8,7 +8,10 @@ one run on the default model, with the ratio and the check that both give the sa
   evaluate.compare (torch, float64, in blocks of rows);
 - the artifact's logits on two texts (the fidelity text's 640 tokens, the pricing text's first 1024): a child per
   text, widened to float64 (the former runtime.logits widened them in the child, so the baseline here is if
-  anything quicker than it was) vs runtime.text_logits (one child, one model load, float32 out).
+  anything quicker than it was) vs runtime.text_logits (one child, one model load, float32 out);
+- one priced group of a mixed recipe (the token embedding at Q4_0, the rest F16) on the pricing probe's two texts
+  of GAIN_TOKENS: runtime.quantize in one child, then text_logits in another (the former pricing) vs
+  runtime.quantized_logits (both in one child).
 
     python benchmarks/logit_paths.py [--reps 3]
 """
@@ -63,7 +66,9 @@ def main() -> None:
     from edgeq.evaluate import TASK_TOKENS, TEXT_TOKENS, compare, fidelity_ids
     from edgeq.export.gguf import write_float_gguf
     from edgeq.machine import platform_info
-    from edgeq.runtime import gguf_is_eog, pricing_text, text_logits
+    from edgeq.mixed import quantizable
+    from edgeq.pricing import GAIN_TOKENS
+    from edgeq.runtime import gguf_is_eog, pricing_text, quantize, quantized_logits, text_logits
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
@@ -102,6 +107,19 @@ def main() -> None:
         (new_a, new_b), t_ours = best_of(a.reps, lambda: text_logits(gguf, texts))
         same = np.array_equal(new_a, old_a.astype(np.float32)) and np.array_equal(new_b, old_b.astype(np.float32))
         rows.append(("logits of two texts", t_base, t_ours, "bit-identical" if same else "DIFFERENT"))
+
+        recipe = {t.name: ("Q4_0" if t.name == "token_embd.weight" else "F16") for t in quantizable(gguf)}
+        pair = [ids[:GAIN_TOKENS] for ids in texts]
+        group = Path(tmp) / "gain.gguf"
+
+        def two_children():
+            quantize(gguf, group, "Q8_0", None, recipe)
+            return text_logits(group, pair)
+
+        old_g, t_base = best_of(a.reps, two_children)
+        new_g, t_ours = best_of(a.reps, lambda: quantized_logits(gguf, group, "Q8_0", None, recipe, pair))
+        same = all(np.array_equal(x, y) for x, y in zip(old_g, new_g, strict=True)) and not group.exists()
+        rows.append(("a priced group", t_base, t_ours, "bit-identical" if same else "DIFFERENT"))
 
         ids = texts[0]
         rng = np.random.default_rng(0)

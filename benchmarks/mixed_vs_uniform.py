@@ -77,7 +77,7 @@ def main() -> None:
         written = {q: dry_run_types(flt, q) for q in quants}  # one dry run per type
         palette = sorted({written[q][t.name][0] for q in quants for t in tensors})
         errors = mixed.sensitivity(flt, palette, imatrix, work, quants[0])
-        gains = mixed.group_gains(flt, errors, quants[0], imatrix, kld_probe(model_dir, args.calib), work)
+        gains = mixed.group_gains(errors, kld_probe(model_dir, args.calib, flt, quants[0], imatrix, work))
         priced = mixed.priced(errors, gains)
 
         def measure(path: Path) -> dict:

@@ -208,11 +208,9 @@ def gain_groups(names) -> dict[str, str]:
     return out
 
 
-def group_gains(
-    float_gguf: Path, errors: dict, base_quant: str, imatrix: dict | None, kld_of, work: Path, update=None
-) -> dict:
+def group_gains(errors: dict, kld_of, update=None) -> dict:
     """{group: {type, kld, error, gain}}: each gain group quantized alone (to the palette type its class loses most
-    to, every other tensor F16), its KLD against the float model measured by `kld_of(path)`, and gain = KLD /
+    to, every other tensor F16), its KLD against the float model measured by `kld_of(recipe)`, and gain = KLD /
     Σ error, the nats one unit of the group's error costs."""
 
     groups: dict[str, list[str]] = {}
@@ -230,11 +228,7 @@ def group_gains(
         if update:
             update(i, g)
         q = worst[tensor_class(members[0])]
-        recipe = {n: (q if n in members else "F16") for n in errors}
-        path = work / "gain.gguf"
-        quantize(float_gguf, path, base_quant, imatrix, recipe)
-        kld = kld_of(path)
-        path.unlink()
+        kld = kld_of({n: (q if n in members else "F16") for n in errors})
         error = sum(errors[n][q] for n in members)
         out[g] = {"type": q, "kld": kld, "error": error, "gain": kld / error if error > 0 else 0.0}
     return out

@@ -17,7 +17,7 @@ from edgeq.basemodel import load_tokenizer
 from edgeq.calibration import calibrated
 from edgeq.data import read_jsonl
 from edgeq.errors import BudgetError, UsageError
-from edgeq.evaluate import compare_texts, reference_logits
+from edgeq.evaluate import compare, reference_logits
 from edgeq.footprint import (
     MIB,
     Dims,
@@ -36,7 +36,7 @@ from edgeq.footprint import (
 )
 from edgeq.mixed import quantizable
 from edgeq.records import KLD_PRIOR, Candidate, Prediction, Row
-from edgeq.runtime import pricing_text
+from edgeq.runtime import pricing_text, quantized_logits
 from edgeq.spec import (
     FORMAT_GGUF,
     FORMAT_ONNX,
@@ -112,7 +112,8 @@ def plan_mixed(
             update(len(palette), "")
         n_groups = len(set(mixed.gain_groups(errors).values()))
         with report.progress("pricing", n_groups) as update:
-            gains = mixed.group_gains(float_gguf, errors, quants[0], imatrix, kld_probe(model_dir, data), work, update)
+            kld_of = kld_probe(model_dir, data, float_gguf, quants[0], imatrix, work)
+            gains = mixed.group_gains(errors, kld_of, update)
             update(n_groups, "")
     else:
         errors, gains = measured
@@ -144,11 +145,12 @@ def plan_mixed(
     return candidate, Prediction(size / MIB, mem["total"] / MIB, terms), info
 
 
-def kld_probe(model_dir: Path, data: str | None):
-    """path → the artifact's mean KLD against the HF float model: the mean over GAIN_TOKENS positions of `data`'s
-    conversations and GAIN_TOKENS of the pricing text. Both, because the task data alone underprices what the
-    task never shows: on the drone fine-tune it priced the tied embedding (every word's row) at 0.44× what the two
-    texts do, and the mixtures it chose drifted up to 1.5× further than llama.cpp's on general text."""
+def kld_probe(model_dir: Path, data: str | None, float_gguf: Path, base_quant: str, imatrix: dict | None, work: Path):
+    """recipe → mean KLD against the HF float model of `float_gguf` quantized by the recipe ({tensor: type}; the
+    rest as `base_quant` writes it): the mean over GAIN_TOKENS positions of `data`'s conversations and GAIN_TOKENS
+    of the pricing text. Both, because the task data alone underprices what the task never shows: on the drone
+    fine-tune it priced the tied embedding (every word's row) at 0.44× what the two texts do, and the mixtures it
+    chose drifted up to 1.5× further than llama.cpp's on general text."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoModelForCausalLM
 
@@ -163,7 +165,12 @@ def kld_probe(model_dir: Path, data: str | None):
     texts = [ids for ids in (task[:n], tok.encode(pricing_text(), add_special_tokens=False)[:n]) if ids]
     refs = [reference_logits(model, ids) for ids in texts]
     del model
-    return lambda path: sum(f.mean_kld for f in compare_texts(path, refs, texts)) / len(texts)
+
+    def kld_of(recipe: dict) -> float:
+        ours = quantized_logits(float_gguf, work / "gain.gguf", base_quant, imatrix, recipe, texts)
+        return sum(compare(r, a, ids).mean_kld for r, a, ids in zip(refs, ours, texts, strict=True)) / len(texts)
+
+    return kld_of
 
 
 def mixed_row(model_dir, profile, n_ctx, float_gguf, rows: list[Row], cal, imatrix, data, work: Path) -> Row | None:

@@ -175,6 +175,21 @@ def quantize(src: Path, dst: Path, quant: str, imatrix: dict | None = None, reci
     child_call("quantize_here", what, src, src=src, dst=dst, quant=quant, imatrix=imatrix, recipe=recipe)
 
 
+def quantized_logits(
+    src: Path, dst: Path, quant: str, imatrix: dict | None, recipe: dict | None, texts: list[list[int]]
+) -> list[np.ndarray]:
+    """quantize() to `dst`, then text_logits() of it, in one child (one interpreter and one llama.cpp start instead
+    of two: a mixed recipe's pricing does this once per tensor group); `dst` is removed before it returns."""
+
+    check_gguf(src)
+    what = f"quantizing to {quant} and computing its logits"
+    kw = {"src": src, "dst": dst, "quant": quant, "imatrix": imatrix, "recipe": recipe, "texts": texts}
+    try:
+        return child_call("quantized_logits_here", what, src, **kw)
+    finally:
+        dst.unlink(missing_ok=True)  # also where the child died between writing and reading it
+
+
 def quantize_plan(src: Path, quant: str, recipe: dict | None = None) -> list[str]:
     """llama.cpp's quantizer in dry-run mode: its log, which names each tensor's chosen type."""
 
@@ -276,6 +291,11 @@ def gguf_logits_here(path: str, texts: list[list[int]], adapters: list[str] = ()
         llm.eval(ids)
         out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
     return out
+
+
+def quantized_logits_here(src: str, dst: str, quant: str, imatrix, recipe, texts: list[list[int]]) -> list[np.ndarray]:
+    quantize_here(src, dst, quant, imatrix, recipe=recipe)
+    return gguf_logits_here(dst, texts)  # header-checked first, as every GGUF this child opens
 
 
 def answer_nll_of(logits_of, sequences: list[list[int]], starts: list[int]) -> dict:

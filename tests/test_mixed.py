@@ -6,6 +6,7 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeq import mixed
@@ -194,6 +195,25 @@ def test_verify_catches_a_type_llama_cpp_did_not_write(wide_model, tmp_path):
     quantize_gguf(flt, dst, "Q8_0")
     with pytest.raises(EdgeqError, match="another type than the recipe"):
         mixed.verify(dst, {"blk.0.attn_q.weight": "Q4_K"})
+
+
+def test_a_priced_group_is_the_recipes_own_quantization_read_in_one_child(wide_model, tmp_path):
+    """runtime.quantized_logits (what the pricing measures each group with) gives the logits of the file quantize()
+    writes for the recipe, bit for bit, and leaves no file behind; the recipe is applied (not the float file)."""
+    from edgeq.export.gguf import write_float_gguf
+    from edgeq.runtime import quantize, quantized_logits, text_logits
+
+    flt = tmp_path / "f16.gguf"
+    write_float_gguf(wide_model, flt, "F16")
+    recipe = {t.name: ("Q4_0" if t.name == "token_embd.weight" else "F16") for t in mixed.quantizable(flt)}
+    texts = [list(range(10, 60)), list(range(300, 340))]
+    ours = quantized_logits(flt, tmp_path / "group.gguf", "Q8_0", None, recipe, texts)
+    assert not (tmp_path / "group.gguf").exists()
+    quantize(flt, tmp_path / "two.gguf", "Q8_0", None, recipe)
+    assert mixed.written_types(tmp_path / "two.gguf")["token_embd.weight"] == "Q4_0"
+    theirs = text_logits(tmp_path / "two.gguf", texts)
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert not np.array_equal(ours[0], text_logits(flt, texts)[0])
 
 
 def test_plan_adds_a_mixed_candidate_only_where_the_budget_binds(wide_model, tmp_path, small_data):
