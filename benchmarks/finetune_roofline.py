@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections import Counter
 from importlib.resources import files
 
 from edgeq.spec import BUILD_EXAMPLE_DATA, SHIPPED_EXAMPLES
@@ -48,11 +49,11 @@ def gemm_flops_per_s(d, tokens: int, dtype, budget_s: float = 2.0, most: int = 5
     import torch
 
     q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
-    count: dict[tuple[int, int], int] = {}
-    for shape in [(d.hidden, q), (d.hidden, kv), (d.hidden, kv), (q, d.hidden)] + [(d.hidden, d.intermediate)] * 2:
-        count[shape] = count.get(shape, 0) + d.layers
-    count[(d.intermediate, d.hidden)] = count.get((d.intermediate, d.hidden), 0) + d.layers
-    count[(d.hidden, d.vocab)] = count.get((d.hidden, d.vocab), 0) + 1
+    count: Counter = Counter()  # (in, out) → matmuls a micro-batch's forward takes at that shape
+    for shape in [(d.hidden, q), (d.hidden, kv), (d.hidden, kv), (q, d.hidden), (d.hidden, d.intermediate),
+                  (d.hidden, d.intermediate), (d.intermediate, d.hidden)]:  # fmt: skip
+        count[shape] += d.layers
+    count[(d.hidden, d.vocab)] += 1
     flops = seconds = 0.0
     for (i, o), n in count.items():
         x, w = torch.randn(tokens, i, dtype=dtype), torch.randn(i, o, dtype=dtype)

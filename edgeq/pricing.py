@@ -146,11 +146,11 @@ def plan_mixed(
 
 
 def kld_probe(model_dir: Path, data: str | None, float_gguf: Path, base_quant: str, imatrix: dict | None, work: Path):
-    """recipe → mean KLD against the HF float model of `float_gguf` quantized by the recipe ({tensor: type}; the
-    rest as `base_quant` writes it): the mean over GAIN_TOKENS positions of `data`'s conversations and GAIN_TOKENS
-    of the pricing text. Both, because the task data alone underprices what the task never shows: on the drone
-    fine-tune it priced the tied embedding (every word's row) at 0.44× what the two texts do, and the mixtures it
-    chose drifted up to 1.5× further than llama.cpp's on general text."""
+    """recipe → mean KLD against the HF float model of `float_gguf` quantized by the recipe ({tensor: type} for every
+    quantizable tensor; `base_quant` the file type asked of llama.cpp): the mean over GAIN_TOKENS positions of
+    `data`'s conversations and GAIN_TOKENS of the pricing text. Both, because the task data alone underprices what
+    the task never shows: on the drone fine-tune it priced the tied embedding (every word's row) at 0.44× what the
+    two texts do, and the mixtures it chose drifted up to 1.5× further than llama.cpp's on general text."""
     import torch  # deferred: the workstation toolchain, absent from the runtime-only install
     from transformers import AutoModelForCausalLM
 
